@@ -1,0 +1,21 @@
+//! The shared kernel of BitArk: the small value types and wire formats that every other
+//! crate speaks.
+//!
+//! # Layout
+//! - [`ids`]: `Lsn`, `Epoch`, `NodeId`, the identifiers of the log and the cluster.
+//! - [`command`]: the state-changing commands (mark read, mark unread, batch, range) and
+//!   their binary payload codec.
+//! - [`record`]: the write-ahead-log record, `length | magic | version | type | epoch |
+//!   lsn | payload | crc32`, used on disk and on the replication wire alike.
+//! - [`error`]: the codec error, which keeps a short record (torn write) apart from a
+//!   damaged one (corruption).
+
+pub mod command;
+pub mod error;
+pub mod ids;
+pub mod record;
+
+pub use command::Command;
+pub use error::CodecError;
+pub use ids::{Epoch, Lsn, NodeId};
+pub use record::Record;

@@ -1,0 +1,29 @@
+//! Infrastructure of BitArk: everything that touches a disk or a metrics registry.
+//!
+//! # Layout
+//! - [`config`]: the `wal` section of the configuration.
+//! - [`error`]: [`StorageError`], which keeps corruption (names a file and an offset)
+//!   apart from I/O failure.
+//! - [`fsutil`]: fsync of directories and atomic file replacement.
+//! - [`wal`]: segmented write-ahead log: segment naming and listing, the group-commit
+//!   writer thread, the recovery scan and garbage collection (`purge_to`).
+//! - [`snapshot`]: snapshot files (header, per-user portable roaring sets, checksummed
+//!   trailer) written temp → fsync → rename → fsync dir.
+//! - [`checkpoint`]: the small file naming the LSN the newest valid snapshot covers.
+//! - [`metrics`]: every Prometheus family BitArk exports, registered on an injected
+//!   registry.
+//!
+//! Named fault-injection points (the `fail` crate, enabled by the `failpoints` feature):
+//! `wal::before-write`, `wal::before-fsync`, `snapshot::before-rename`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod metrics;
+pub mod snapshot;
+pub mod wal;
+
+pub use config::{FsyncPolicy, WalConfig};
+pub use error::StorageError;
+pub use metrics::Metrics;

@@ -1,0 +1,325 @@
+//! Snapshot files.
+//!
+//! A snapshot holds every user's set in the portable roaring serialization (the 64-bit
+//! `RoaringTreemap` form), so other tools can read it. Files live in
+//! `<data-dir>/snapshots/` named `snapshot-<lsn, 20 digits>.snap`.
+//!
+//! ```text
+//! header, 64 bytes, little endian
+//!    0  8  magic "BITARKSN"
+//!    8  4  format version (1)
+//!   12  4  reserved, zero
+//!   16  8  lsn      every record at or below it is reflected
+//!   24  8  epoch
+//!   32  8  users
+//!   40  8  marks
+//!   48  8  created, Unix milliseconds
+//!   56  4  crc32 of the body
+//!   60  4  crc32 of header bytes 0..60
+//! body: per user  user u64 | marks u64 | len u32 | len bytes of portable roaring
+//! ```
+//! The file is written as `*.snap.tmp`, the header rewritten once the counts are known,
+//! fsynced, renamed into place and the directory fsynced: a crash leaves either no
+//! snapshot or a whole one.
+
+use crate::error::{IoContext, StorageError};
+use crate::fsutil::fsync_dir;
+use bitark_common::{Epoch, Lsn};
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"BITARKSN";
+const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 64;
+const ENTRY_HEADER_LEN: usize = 20;
+
+/// What a finished or verified snapshot holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub path: PathBuf,
+    pub lsn: Lsn,
+    pub epoch: Epoch,
+    pub users: u64,
+    pub marks: u64,
+    pub size: u64,
+}
+
+/// The file name of the snapshot taken at `lsn`.
+pub fn snapshot_name(lsn: Lsn) -> String {
+    format!("snapshot-{:020}.snap", lsn.0)
+}
+
+/// Every snapshot file in `dir`, oldest first (by LSN). Temp files are not listed.
+pub fn list_snapshots(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, StorageError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name();
+        let Some(lsn) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("snapshot-"))
+            .and_then(|n| n.strip_suffix(".snap"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        out.push((Lsn(lsn), entry.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Deletes all but the newest `keep` snapshots and any leftover temp files.
+pub fn remove_old_snapshots(dir: &Path, keep: usize) -> Result<usize, StorageError> {
+    let snapshots = list_snapshots(dir)?;
+    let mut removed = 0;
+    for (_, path) in snapshots.iter().take(snapshots.len().saturating_sub(keep)) {
+        fs::remove_file(path).at(path)?;
+        removed += 1;
+    }
+    for entry in fs::read_dir(dir).at(dir)? {
+        let path = entry.at(dir)?.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            fs::remove_file(&path).at(&path)?;
+        }
+    }
+    if removed > 0 {
+        fsync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// Streams a new snapshot to disk.
+pub struct SnapshotWriter {
+    tmp: PathBuf,
+    path: PathBuf,
+    out: BufWriter<File>,
+    crc: crc32fast::Hasher,
+    lsn: Lsn,
+    epoch: Epoch,
+    users: u64,
+    marks: u64,
+    size: u64,
+}
+
+impl SnapshotWriter {
+    /// Starts `snapshot-<lsn>.snap.tmp` in `dir`.
+    pub fn create(dir: &Path, lsn: Lsn, epoch: Epoch) -> Result<Self, StorageError> {
+        let path = dir.join(snapshot_name(lsn));
+        let tmp = path.with_extension("snap.tmp");
+        let file = File::create(&tmp).at(&tmp)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&[0u8; HEADER_LEN]).at(&tmp)?;
+        Ok(SnapshotWriter {
+            tmp,
+            path,
+            out,
+            crc: crc32fast::Hasher::new(),
+            lsn,
+            epoch,
+            users: 0,
+            marks: 0,
+            size: HEADER_LEN as u64,
+        })
+    }
+
+    /// Appends one user's set, given in the portable roaring serialization.
+    pub fn add_user(&mut self, user: u64, marks: u64, portable: &[u8]) -> Result<(), StorageError> {
+        let mut head = [0u8; ENTRY_HEADER_LEN];
+        head[0..8].copy_from_slice(&user.to_le_bytes());
+        head[8..16].copy_from_slice(&marks.to_le_bytes());
+        head[16..20].copy_from_slice(&(portable.len() as u32).to_le_bytes());
+        self.crc.update(&head);
+        self.crc.update(portable);
+        self.out.write_all(&head).at(&self.tmp)?;
+        self.out.write_all(portable).at(&self.tmp)?;
+        self.users += 1;
+        self.marks += marks;
+        self.size += (ENTRY_HEADER_LEN + portable.len()) as u64;
+        Ok(())
+    }
+
+    /// Writes the header, makes the file durable and moves it into place.
+    pub fn finish(self) -> Result<SnapshotInfo, StorageError> {
+        let SnapshotWriter { tmp, path, out, crc, lsn, epoch, users, marks, size } = self;
+        let mut file = out.into_inner().map_err(|e| StorageError::io(&tmp, e.into_error()))?;
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let header = encode_header(lsn, epoch, users, marks, created, crc.finalize());
+        file.seek(SeekFrom::Start(0)).at(&tmp)?;
+        file.write_all(&header).at(&tmp)?;
+        file.sync_all().at(&tmp)?;
+        drop(file);
+        fail::fail_point!("snapshot::before-rename", |_| Err(StorageError::io(
+            &tmp,
+            std::io::Error::other("injected failure at snapshot::before-rename")
+        )));
+        fs::rename(&tmp, &path).at(&path)?;
+        fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        Ok(SnapshotInfo { path, lsn, epoch, users, marks, size })
+    }
+
+    /// Drops an unfinished snapshot and its temp file.
+    pub fn abandon(self) {
+        let tmp = self.tmp.clone();
+        drop(self);
+        let _ = fs::remove_file(tmp);
+    }
+}
+
+fn encode_header(lsn: Lsn, epoch: Epoch, users: u64, marks: u64, created: u64, body_crc: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&lsn.0.to_le_bytes());
+    h[24..32].copy_from_slice(&epoch.0.to_le_bytes());
+    h[32..40].copy_from_slice(&users.to_le_bytes());
+    h[40..48].copy_from_slice(&marks.to_le_bytes());
+    h[48..56].copy_from_slice(&created.to_le_bytes());
+    h[56..60].copy_from_slice(&body_crc.to_le_bytes());
+    let crc = crc32fast::hash(&h[0..60]);
+    h[60..64].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("slice of 8"))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("slice of 4"))
+}
+
+/// Reads and verifies a snapshot, handing each user's portable set to `load`.
+///
+/// `load` sees entries before the body checksum is known to be right: on an error the
+/// caller must discard what it loaded. Every error names the file and byte offset.
+pub fn read_snapshot(
+    path: &Path,
+    mut load: impl FnMut(u64, u64, &[u8]) -> Result<(), String>,
+) -> Result<SnapshotInfo, StorageError> {
+    let corrupt = |offset: u64, reason: String| StorageError::corruption(path, offset, reason);
+    let file = File::open(path).at(path)?;
+    let size = file.metadata().at(path)?.len();
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut h = [0u8; HEADER_LEN];
+    input.read_exact(&mut h).map_err(|_| corrupt(0, "file shorter than the snapshot header".into()))?;
+    if &h[0..8] != MAGIC {
+        return Err(corrupt(0, "not a BitArk snapshot (bad magic)".into()));
+    }
+    if crc32fast::hash(&h[0..60]) != u32_at(&h, 60) {
+        return Err(corrupt(0, "header checksum mismatch".into()));
+    }
+    let version = u32_at(&h, 8);
+    if version != FORMAT_VERSION {
+        return Err(corrupt(8, format!("unsupported snapshot format version {version}")));
+    }
+    let (lsn, epoch, users, marks) = (Lsn(u64_at(&h, 16)), Epoch(u64_at(&h, 24)), u64_at(&h, 32), u64_at(&h, 40));
+    let mut crc = crc32fast::Hasher::new();
+    let mut offset = HEADER_LEN as u64;
+    let mut seen_marks = 0u64;
+    let mut buf = Vec::new();
+    for _ in 0..users {
+        let mut head = [0u8; ENTRY_HEADER_LEN];
+        input.read_exact(&mut head).map_err(|_| corrupt(offset, "file ends inside an entry header".into()))?;
+        let len = u32_at(&head, 16) as u64;
+        if offset + ENTRY_HEADER_LEN as u64 + len > size {
+            return Err(corrupt(offset, format!("entry length {len} runs past the end of the file")));
+        }
+        buf.resize(len as usize, 0);
+        input.read_exact(&mut buf).map_err(|_| corrupt(offset, "file ends inside an entry".into()))?;
+        crc.update(&head);
+        crc.update(&buf);
+        let (user, user_marks) = (u64_at(&head, 0), u64_at(&head, 8));
+        load(user, user_marks, &buf).map_err(|reason| corrupt(offset, reason))?;
+        seen_marks += user_marks;
+        offset += ENTRY_HEADER_LEN as u64 + len;
+    }
+    if offset != size {
+        return Err(corrupt(offset, format!("{} unexpected bytes after the last entry", size - offset)));
+    }
+    if crc.finalize() != u32_at(&h, 56) {
+        return Err(corrupt(HEADER_LEN as u64, "body checksum mismatch".into()));
+    }
+    if seen_marks != marks {
+        return Err(corrupt(40, format!("header says {marks} marks, entries hold {seen_marks}")));
+    }
+    Ok(SnapshotInfo { path: path.to_path_buf(), lsn, epoch, users, marks, size })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, lsn: u64, users: &[(u64, u64, &[u8])]) -> SnapshotInfo {
+        let mut w = SnapshotWriter::create(dir, Lsn(lsn), Epoch(2)).unwrap();
+        for (user, marks, bytes) in users {
+            w.add_user(*user, *marks, bytes).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn read_all(path: &Path) -> Result<(SnapshotInfo, Vec<(u64, u64, Vec<u8>)>), StorageError> {
+        let mut got = Vec::new();
+        let info = read_snapshot(path, |u, m, b| {
+            got.push((u, m, b.to_vec()));
+            Ok(())
+        })?;
+        Ok((info, got))
+    }
+
+    #[test]
+    fn written_snapshot_reads_back_with_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = write(dir.path(), 77, &[(1, 2, b"ab"), (u64::MAX, 1, b"c")]);
+        assert_eq!(info.path, dir.path().join(snapshot_name(Lsn(77))));
+        let (read, users) = read_all(&info.path).unwrap();
+        assert_eq!(read, info);
+        assert_eq!((read.users, read.marks, read.epoch), (2, 3, Epoch(2)));
+        assert_eq!(users, vec![(1, 2, b"ab".to_vec()), (u64::MAX, 1, b"c".to_vec())]);
+        assert!(!dir.path().join("snapshot-00000000000000000077.snap.tmp").exists());
+    }
+
+    #[test]
+    fn any_flipped_byte_is_reported_as_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = write(dir.path(), 5, &[(1, 2, b"abcd"), (2, 1, b"xyz")]);
+        let original = fs::read(&info.path).unwrap();
+        for at in 0..original.len() {
+            let mut bytes = original.clone();
+            bytes[at] ^= 0x40;
+            fs::write(&info.path, &bytes).unwrap();
+            match read_all(&info.path) {
+                Err(StorageError::Corruption { path, .. }) => assert_eq!(path, info.path),
+                other => panic!("flip at {at}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_snapshot_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = write(dir.path(), 5, &[(1, 2, b"abcd")]);
+        let len = fs::metadata(&info.path).unwrap().len();
+        fs::OpenOptions::new().write(true).open(&info.path).unwrap().set_len(len - 1).unwrap();
+        assert!(matches!(read_all(&info.path), Err(StorageError::Corruption { .. })));
+    }
+
+    #[test]
+    fn listing_sorts_by_lsn_and_cleanup_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        for lsn in [30, 4, 100] {
+            write(dir.path(), lsn, &[]);
+        }
+        fs::write(dir.path().join("snapshot-00000000000000000200.snap.tmp"), b"partial").unwrap();
+        let lsns: Vec<u64> = list_snapshots(dir.path()).unwrap().iter().map(|(l, _)| l.0).collect();
+        assert_eq!(lsns, vec![4, 30, 100]);
+        assert_eq!(remove_old_snapshots(dir.path(), 2).unwrap(), 1);
+        let lsns: Vec<u64> = list_snapshots(dir.path()).unwrap().iter().map(|(l, _)| l.0).collect();
+        assert_eq!(lsns, vec![30, 100]);
+        assert!(!dir.path().join("snapshot-00000000000000000200.snap.tmp").exists());
+    }
+}

@@ -1,0 +1,20 @@
+//! The segmented write-ahead log.
+//!
+//! Segments live in `<data-dir>/wal/` and are named by the LSN of their first record,
+//! zero-padded to 20 digits (`00000000000000000001.wal`), so a directory listing sorts
+//! in log order and the LSN of any record maps to one segment and an offset in it.
+//! Records are appended back to back in the format of `bitark_common::record`.
+//!
+//! - [`segment`]: naming, listing and garbage collection of segment files.
+//! - [`writer`]: the group-commit writer thread: batches concurrent proposals into one
+//!   write and one fsync, then hands the durable batch to the applier.
+//! - [`scan`]: the recovery scan: replays records from an LSN, cuts a torn tail, and
+//!   stops on corruption before the tail with the file and offset.
+
+pub mod scan;
+pub mod segment;
+pub mod writer;
+
+pub use scan::{replay, ReplayOutcome};
+pub use segment::{list_segments, purge_to, SegmentFile};
+pub use writer::{Applier, GroupCommit, Proposal, WalHandle};
