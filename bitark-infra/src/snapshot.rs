@@ -262,7 +262,9 @@ mod tests {
         w.finish().unwrap()
     }
 
-    fn read_all(path: &Path) -> Result<(SnapshotInfo, Vec<(u64, u64, Vec<u8>)>), StorageError> {
+    type Entry = (u64, u64, Vec<u8>);
+
+    fn read_all(path: &Path) -> Result<(SnapshotInfo, Vec<Entry>), StorageError> {
         let mut got = Vec::new();
         let info = read_snapshot(path, |u, m, b| {
             got.push((u, m, b.to_vec()));
