@@ -17,4 +17,4 @@ pub mod writer;
 
 pub use scan::{replay, ReplayOutcome};
 pub use segment::{list_segments, purge_to, SegmentFile};
-pub use writer::{Applier, GroupCommit, Proposal, WalHandle};
+pub use writer::{Applier, GroupCommit, Proposal, ProposeError, WalHandle};

@@ -1,0 +1,317 @@
+//! The application configuration, the `@ConfigurationProperties` of BitArk.
+//!
+//! Sources, later ones overriding earlier ones:
+//! 1. the `application.yml` embedded in the binary (the defaults, documented key by key);
+//! 2. `./application.yml` if present, or the file given with `--config` (which must exist);
+//! 3. `application-{profile}.yml` beside it, for the profile from `--profile` or
+//!    `BITARK_PROFILE` (must exist when a profile is asked for);
+//! 4. environment variables `BITARK_<SECTION>__<KEY>`, `__` separating levels and `_`
+//!    standing for `-` (`BITARK_WAL__SEGMENT_SIZE=16MiB` sets `wal.segment-size`);
+//! 5. command-line flags `--port`, `--bind`, `--data-dir`.
+//!
+//! Each crate owns the struct of its section; this module composes them. Unknown keys
+//! and bad values stop start-up with a message naming the key and the file it came from;
+//! [`AppConfig::problems`] then lists every invalid value at once.
+
+use bitark_engine::{EngineConfig, LimitsConfig, NodeConfig, ReadsConfig, SnapshotConfig};
+use bitark_infra::WalConfig;
+use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The defaults, compiled in.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../../application.yml");
+
+/// The whole configuration tree.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct AppConfig {
+    pub server: ServerConfig,
+    pub node: NodeConfig,
+    pub wal: WalConfig,
+    pub snapshot: SnapshotConfig,
+    pub limits: LimitsConfig,
+    pub reads: ReadsConfig,
+    pub security: SecurityConfig,
+}
+
+/// `server.*`: the HTTP listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// TCP port; `0` picks a free one. Default `8080`.
+    pub port: u16,
+    /// Address to listen on. Default `127.0.0.1`.
+    pub bind: IpAddr,
+    /// Longest a graceful shutdown waits for in-flight requests. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { port: 8080, bind: IpAddr::from([127, 0, 0, 1]), shutdown_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// `security.*`: bearer tokens. Empty means the endpoints are open.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Token required by `/admin/*`. Default empty (open).
+    pub admin_token: Secret,
+    /// Token required by `/internal/*` (replication). Default empty (open).
+    pub cluster_token: Secret,
+}
+
+/// A secret value: printed and serialized as `******`, never in clear.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value, when one is set.
+    pub fn expose(&self) -> Option<&str> {
+        (!self.0.is_empty()).then_some(self.0.as_str())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"******\"" })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "******" })
+    }
+}
+
+/// Where configuration comes from, as given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// `--config FILE`.
+    pub config_file: Option<PathBuf>,
+    /// `--profile NAME` or `BITARK_PROFILE`.
+    pub profile: Option<String>,
+    /// Flag overrides.
+    pub port: Option<u16>,
+    pub bind: Option<IpAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Problems(Vec<String>),
+}
+
+impl AppConfig {
+    /// Loads, merges and validates the configuration from every source.
+    pub fn load(sources: &Sources) -> Result<AppConfig, ConfigError> {
+        Self::load_with_env(sources, Env::prefixed("BITARK_"))
+    }
+
+    fn load_with_env(sources: &Sources, env: Env) -> Result<AppConfig, ConfigError> {
+        let mut figment = Figment::new().merge(Yaml::string(EMBEDDED_DEFAULTS));
+        let base = match &sources.config_file {
+            Some(file) if !file.is_file() => return Err(ConfigError::MissingFile(file.clone())),
+            Some(file) => Some(file.clone()),
+            None => Some(PathBuf::from("application.yml")).filter(|p| p.is_file()),
+        };
+        if let Some(file) = &base {
+            figment = figment.merge(Yaml::file_exact(file));
+        }
+        if let Some(profile) = sources.profile.as_deref().filter(|p| !p.is_empty()) {
+            let dir = base.as_deref().and_then(Path::parent).unwrap_or(Path::new(""));
+            let file = dir.join(format!("application-{profile}.yml"));
+            if !file.is_file() {
+                return Err(ConfigError::MissingFile(file));
+            }
+            figment = figment.merge(Yaml::file_exact(file));
+        }
+        let env = env
+            .ignore(&["PROFILE", "CONFIG", "LOG"])
+            .map(|key| key.as_str().replace("__", ".").replace('_', "-").into())
+            .split(".");
+        figment = figment.merge(env);
+        if let Some(port) = sources.port {
+            figment = figment.merge(Serialized::default("server.port", port));
+        }
+        if let Some(bind) = sources.bind {
+            figment = figment.merge(Serialized::default("server.bind", bind.to_string()));
+        }
+        if let Some(dir) = &sources.data_dir {
+            figment = figment.merge(Serialized::default("node.data-dir", dir));
+        }
+        let config: AppConfig = figment.extract().map_err(|e| ConfigError::Invalid(describe(e)))?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Problems(problems))
+        }
+    }
+
+    /// Every invalid value, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        self.engine().problems()
+    }
+
+    /// The sections the engine consumes.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            node: self.node.clone(),
+            wal: self.wal.clone(),
+            snapshot: self.snapshot.clone(),
+            limits: self.limits.clone(),
+            reads: self.reads.clone(),
+        }
+    }
+}
+
+/// One line per error, each naming the key and the source it came from.
+fn describe(errors: figment::Error) -> String {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
+            let source = match e.metadata.as_ref() {
+                Some(meta) => match &meta.source {
+                    Some(source) => format!("{source}"),
+                    None => meta.name.to_string(),
+                },
+                None => "configuration".to_string(),
+            };
+            format!("{key}: {} (from {source})", e.kind)
+        })
+        .collect();
+    format!("invalid configuration:\n  - {}", lines.join("\n  - "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn no_env() -> Env {
+        Env::prefixed("BITARK_TEST_NOTHING_")
+    }
+
+    fn load_in(dir: &Path, sources: Sources) -> Result<AppConfig, ConfigError> {
+        let mut sources = sources;
+        if sources.config_file.is_none() {
+            sources.config_file = Some(dir.join("application.yml"));
+        }
+        AppConfig::load_with_env(&sources, no_env())
+    }
+
+    #[test]
+    fn embedded_defaults_parse_to_the_documented_defaults() {
+        let config: AppConfig = Figment::new().merge(Yaml::string(EMBEDDED_DEFAULTS)).extract().unwrap();
+        let mut expected = AppConfig::default();
+        expected.node.data_dir = PathBuf::from("./data");
+        assert_eq!(config, expected, "application.yml and the Default impls must agree");
+    }
+
+    #[test]
+    fn file_then_profile_then_flags_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("application.yml"), "server:\n  port: 9000\nwal:\n  segment-size: 1MiB\n").unwrap();
+        fs::write(dir.path().join("application-prod.yml"), "server:\n  port: 9100\nreads:\n  min-lsn-wait: 250ms\n")
+            .unwrap();
+        let config = load_in(
+            dir.path(),
+            Sources { profile: Some("prod".into()), data_dir: Some("/tmp/x".into()), ..Sources::default() },
+        )
+        .unwrap();
+        assert_eq!(config.server.port, 9100);
+        assert_eq!(config.wal.segment_size, bytesize::ByteSize::mib(1));
+        assert_eq!(config.reads.min_lsn_wait, Duration::from_millis(250));
+        assert_eq!(config.node.data_dir, PathBuf::from("/tmp/x"));
+        let flagged = load_in(dir.path(), Sources { port: Some(1234), ..Sources::default() }).unwrap();
+        assert_eq!(flagged.server.port, 1234);
+    }
+
+    #[test]
+    fn environment_variables_override_files() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("application.yml"), "server:\n  port: 9000\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BITARK_ENVTEST_SERVER__PORT", "7000");
+            jail.set_env("BITARK_ENVTEST_WAL__SEGMENT_SIZE", "2MiB");
+            let sources = Sources { config_file: Some(dir.path().join("application.yml")), ..Sources::default() };
+            let config = AppConfig::load_with_env(&sources, Env::prefixed("BITARK_ENVTEST_")).unwrap();
+            assert_eq!(config.server.port, 7000);
+            assert_eq!(config.wal.segment_size, bytesize::ByteSize::mib(2));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("application.yml"), "wal:\n  segmnt-size: 1MiB\n").unwrap();
+        let err = load_in(dir.path(), Sources::default()).unwrap_err().to_string();
+        assert!(err.contains("segmnt-size"), "{err}");
+        assert!(err.contains("application.yml"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named_with_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("application.yml"), "server:\n  port: lots\n").unwrap();
+        let err = load_in(dir.path(), Sources::default()).unwrap_err().to_string();
+        assert!(err.contains("server.port"), "{err}");
+        assert!(err.contains("application.yml"), "{err}");
+    }
+
+    #[test]
+    fn every_invalid_value_is_listed_together() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("application.yml"),
+            "wal:\n  segment-size: 1KiB\nlimits:\n  max-batch: 0\nsnapshot:\n  keep: 0\n",
+        )
+        .unwrap();
+        let err = load_in(dir.path(), Sources::default()).unwrap_err().to_string();
+        for key in ["wal.segment-size", "limits.max-batch", "snapshot.keep"] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_requested_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.yml");
+        let err =
+            load_in(dir.path(), Sources { config_file: Some(missing.clone()), ..Sources::default() }).unwrap_err();
+        assert!(err.to_string().contains("nope.yml"));
+        fs::write(dir.path().join("application.yml"), "").unwrap();
+        let err = load_in(dir.path(), Sources { profile: Some("qa".into()), ..Sources::default() }).unwrap_err();
+        assert!(err.to_string().contains("application-qa.yml"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_masked_in_debug_and_serialized_output() {
+        let mut config = AppConfig::default();
+        config.security.admin_token = Secret::new("hunter2");
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&config).unwrap().contains("hunter2"));
+        assert_eq!(config.security.admin_token.expose(), Some("hunter2"));
+    }
+}

@@ -1,0 +1,142 @@
+//! `/actuator/*`: health, info, Prometheus metrics and the effective configuration.
+
+use super::error::ErrorBody;
+use super::AppState;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/actuator/health", get(health))
+        .route("/actuator/health/liveness", get(liveness))
+        .route("/actuator/health/readiness", get(readiness))
+        .route("/actuator/info", get(info))
+        .route("/actuator/prometheus", get(prometheus))
+        .route("/actuator/configprops", get(configprops))
+}
+
+/// `UP` or not, Spring Boot style.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    /// `UP`, `DOWN` or `OUT_OF_SERVICE`.
+    pub status: &'static str,
+}
+
+/// Overall health with its liveness and readiness groups.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    pub components: HealthComponents,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthComponents {
+    /// The process runs and its write-ahead log accepts writes.
+    pub liveness: Status,
+    /// Recovery has finished and the node is not shutting down: send it traffic.
+    pub readiness: Status,
+}
+
+fn liveness_status(state: &AppState) -> &'static str {
+    match state.node_if_open() {
+        Some(node) if !node.is_healthy() => "DOWN",
+        _ => "UP",
+    }
+}
+
+fn readiness_status(state: &AppState) -> &'static str {
+    if state.node().is_ok() && liveness_status(state) == "UP" {
+        "UP"
+    } else {
+        "OUT_OF_SERVICE"
+    }
+}
+
+fn code(status: &str) -> StatusCode {
+    if status == "UP" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// Overall health: 200 when live and ready, 503 otherwise.
+#[utoipa::path(get, path = "/actuator/health", tag = "actuator",
+    responses((status = 200, body = Health), (status = 503, description = "Starting, stopping or failed", body = Health)))]
+pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let (live, ready) = (liveness_status(&state), readiness_status(&state));
+    let overall = if ready == "UP" {
+        "UP"
+    } else if live == "DOWN" {
+        "DOWN"
+    } else {
+        "OUT_OF_SERVICE"
+    };
+    let body = Health {
+        status: overall,
+        components: HealthComponents { liveness: Status { status: live }, readiness: Status { status: ready } },
+    };
+    (code(overall), Json(body))
+}
+
+/// Liveness probe: 503 only when the node can no longer write (restart it).
+#[utoipa::path(get, path = "/actuator/health/liveness", tag = "actuator",
+    responses((status = 200, body = Status), (status = 503, body = Status)))]
+pub async fn liveness(State(state): State<AppState>) -> impl IntoResponse {
+    let status = liveness_status(&state);
+    (code(status), Json(Status { status }))
+}
+
+/// Readiness probe: 503 while recovering or shutting down.
+#[utoipa::path(get, path = "/actuator/health/readiness", tag = "actuator",
+    responses((status = 200, body = Status), (status = 503, body = Status)))]
+pub async fn readiness(State(state): State<AppState>) -> impl IntoResponse {
+    let status = readiness_status(&state);
+    (code(status), Json(Status { status }))
+}
+
+/// Version, node id and role, LSNs, and what recovery did.
+#[utoipa::path(get, path = "/actuator/info", tag = "actuator",
+    responses((status = 200, description = "Build and node information", body = Object)))]
+pub async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let config = state.config();
+    let mut body = json!({
+        "app": { "name": "bitark", "version": env!("CARGO_PKG_VERSION") },
+        "node": { "id": config.node.id, "role": config.node.role },
+        "uptimeSeconds": state.uptime().as_secs(),
+    });
+    if let Some(node) = state.node_if_open() {
+        let recovery = node.recovery();
+        body["appliedLsn"] = json!(node.applied_lsn().0);
+        body["durableLsn"] = json!(node.durable_lsn().0);
+        body["users"] = json!(node.user_count());
+        body["marks"] = json!(node.mark_count());
+        body["recovery"] = json!({
+            "snapshotLsn": recovery.snapshot_lsn.0,
+            "recordsReplayed": recovery.replayed,
+            "skippedSnapshots": recovery.skipped_snapshots,
+            "durationMs": recovery.duration.as_millis() as u64,
+        });
+    }
+    Json(body)
+}
+
+/// Every metric in the Prometheus text exposition format.
+#[utoipa::path(get, path = "/actuator/prometheus", tag = "actuator",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
+pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics().render())
+}
+
+/// The effective configuration after every source was merged; secrets show as `******`.
+#[utoipa::path(get, path = "/actuator/configprops", tag = "actuator",
+    responses((status = 200, description = "Effective configuration", body = Object), (status = 500, body = ErrorBody)))]
+pub async fn configprops(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::to_value(state.config()).unwrap_or_else(|e| json!({ "error": e.to_string() })))
+}

@@ -1,0 +1,198 @@
+//! Request extractors that turn every malformed input into an [`ApiError`] naming the
+//! problem, instead of axum's plain-text rejections.
+
+use super::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::{header, request::Parts, StatusCode};
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+
+/// Parses a path or query id: a decimal `u64`, nothing else.
+pub fn parse_id(name: &str, raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>().map_err(|_| {
+        let why = if raw.starts_with('-') { " (ids are never negative)" } else { "" };
+        ApiError::bad_request(
+            "invalid_id",
+            format!("{name}: `{raw}` is not a decimal integer in 0..={}{why}", u64::MAX),
+        )
+    })
+}
+
+/// The `{userId}` of a route.
+pub struct UserId(pub u64);
+
+/// The `{userId}` and `{msgId}` of a route.
+pub struct UserMsg {
+    pub user: u64,
+    pub msg: u64,
+}
+
+async fn path_params(parts: &mut Parts) -> Result<HashMap<String, String>, ApiError> {
+    Path::<HashMap<String, String>>::from_request_parts(parts, &())
+        .await
+        .map(|Path(p)| p)
+        .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
+}
+
+fn param(params: &HashMap<String, String>, name: &str) -> Result<u64, ApiError> {
+    let raw = params.get(name).ok_or_else(|| ApiError::bad_request("invalid_path", format!("missing {name}")))?;
+    parse_id(name, raw)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for UserId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let params = path_params(parts).await?;
+        Ok(UserId(param(&params, "userId")?))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for UserMsg {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let params = path_params(parts).await?;
+        Ok(UserMsg { user: param(&params, "userId")?, msg: param(&params, "msgId")? })
+    }
+}
+
+/// The query string as key → value; values are parsed by the handler.
+pub struct QueryParams(pub HashMap<String, String>);
+
+impl QueryParams {
+    /// An optional id parameter.
+    pub fn id(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.0.get(name).map(|raw| parse_id(name, raw)).transpose()
+    }
+
+    /// A required id parameter.
+    pub fn required_id(&self, name: &str) -> Result<u64, ApiError> {
+        self.id(name)?
+            .ok_or_else(|| ApiError::bad_request("invalid_query", format!("query parameter `{name}` is required")))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).map_err(|e| {
+            ApiError::bad_request("invalid_query", format!("malformed query string: {}", e.body_text()))
+        })?;
+        Ok(QueryParams(pairs.into_iter().collect()))
+    }
+}
+
+/// A JSON body: `Content-Type: application/json` required (415 otherwise), size
+/// bounded by the router's body limit (413), and a parse error names what was wrong
+/// and where (400).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            let shown = if content_type.is_empty() { "none".to_string() } else { format!("`{content_type}`") };
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "the body must be application/json; Content-Type was {shown}"
+            )));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge { code: "body_too_large", message: "the request body exceeds the size limit".into() }
+            } else {
+                ApiError::bad_request("invalid_body", e.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
+    }
+}
+
+/// A `u64` id in a JSON body, given as a number or as a decimal string (JavaScript
+/// cannot hold integers above 2^53 exactly, so clients may send `"9223372036854775813"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlexU64(pub u64);
+
+impl<'de> Deserialize<'de> for FlexU64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = FlexU64;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "an id: an integer in 0..={} as a number or a decimal string", u64::MAX)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<FlexU64, E> {
+                Ok(FlexU64(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<FlexU64, E> {
+                u64::try_from(v).map(FlexU64).map_err(|_| E::custom(format!("id {v} is negative")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<FlexU64, E> {
+                Err(E::custom(format!("id {v} is not an integer in 0..={}", u64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FlexU64, E> {
+                v.parse::<u64>()
+                    .map(FlexU64)
+                    .map_err(|_| E::custom(format!("id \"{v}\" is not a decimal integer in 0..={}", u64::MAX)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl utoipa::PartialSchema for FlexU64 {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::UInt64))),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[0-9]{1,20}$")))
+            .description(Some(
+                "An unsigned 64-bit id (0..=18446744073709551615), as a JSON number or as a decimal string; \
+                 use the string form above 2^53, which JavaScript numbers cannot hold exactly.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for FlexU64 {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flex_ids_accept_numbers_and_strings_over_the_full_range() {
+        let ids: Vec<FlexU64> = serde_json::from_str(r#"[0, 18446744073709551615, "9223372036854775813"]"#).unwrap();
+        assert_eq!(ids, vec![FlexU64(0), FlexU64(u64::MAX), FlexU64((1 << 63) + 5)]);
+    }
+
+    #[test]
+    fn flex_ids_reject_negative_fractional_oversized_and_text() {
+        for bad in ["-1", "1.5", "18446744073709551616", "\"18446744073709551616\"", "\"12a\"", "\"\"", "null", "true"]
+        {
+            assert!(serde_json::from_str::<FlexU64>(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn path_ids_name_the_parameter() {
+        let err = parse_id("msgId", "-3").unwrap_err().to_string();
+        assert!(err.contains("msgId") && err.contains("negative"), "{err}");
+        assert_eq!(parse_id("userId", "18446744073709551615").unwrap(), u64::MAX);
+        assert!(parse_id("userId", "18446744073709551616").is_err());
+    }
+}

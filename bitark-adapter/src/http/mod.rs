@@ -1,0 +1,134 @@
+//! The HTTP layer: shared state, the merged router, and request metrics.
+//!
+//! Each resource module owns its routes, request/response types and handlers and
+//! exposes one `router()`; [`router`] merges them with the fallbacks for unknown routes
+//! and methods, the body limit and the metrics middleware.
+
+pub mod actuator;
+pub mod admin;
+pub mod error;
+pub mod extract;
+pub mod reads;
+
+use crate::config::AppConfig;
+use crate::openapi;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bitark_engine::Node;
+use bitark_infra::Metrics;
+use error::ApiError;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Cheap-to-clone state of the HTTP layer.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: AppConfig,
+    metrics: Metrics,
+    /// Set once recovery finished; until then the API answers 503 `starting`. A
+    /// `OnceLock` because it is written exactly once and read on every request.
+    node: OnceLock<Node>,
+    /// Set when shutdown begins; from then on the API answers 503 `shutting_down`.
+    stopping: AtomicBool,
+    started: Instant,
+}
+
+impl AppState {
+    pub fn new(config: AppConfig, metrics: Metrics) -> Self {
+        AppState {
+            inner: Arc::new(Inner {
+                config,
+                metrics,
+                node: OnceLock::new(),
+                stopping: AtomicBool::new(false),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    /// The node, or why requests cannot be served now.
+    pub fn node(&self) -> Result<&Node, ApiError> {
+        if self.inner.stopping.load(Ordering::Acquire) {
+            return Err(ApiError::ShuttingDown);
+        }
+        self.inner.node.get().ok_or(ApiError::Starting)
+    }
+
+    /// The node if recovery has finished, whatever the shutdown state.
+    pub fn node_if_open(&self) -> Option<&Node> {
+        self.inner.node.get()
+    }
+
+    /// Makes the recovered node available to requests.
+    pub fn set_node(&self, node: Node) {
+        let _ = self.inner.node.set(node);
+    }
+
+    /// From now on the API refuses new work with 503.
+    pub fn begin_shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+    }
+
+    pub fn config(&self) -> &AppConfig {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+}
+
+/// Every route of the service.
+pub fn router(state: AppState) -> Router {
+    // Room for a full batch of ids written as 20-digit strings, plus JSON punctuation.
+    let body_limit = state.config().limits.max_batch.saturating_mul(24).saturating_add(4096);
+    Router::new()
+        .merge(reads::router())
+        .merge(actuator::router())
+        .merge(admin::router(state.clone()))
+        .route("/openapi.json", get(openapi_document))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// The OpenAPI document of this build, byte for byte the one in `openapi/`.
+async fn openapi_document() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi::document()).into_response()
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(uri.path().to_string())
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
+}
+
+/// Counts every request by route template, method and status, and times it.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = route.unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let metrics = state.metrics();
+    metrics.http_duration.with_label_values(&[&route, &method]).observe(started.elapsed().as_secs_f64());
+    metrics.http_requests.with_label_values(&[&route, &method, response.status().as_str()]).inc();
+    response
+}

@@ -1,0 +1,128 @@
+//! `bitark`: the read-status server.
+
+use bitark_adapter::config::{AppConfig, Sources};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// BitArk: has user U read message M? Runs the embedded `application.yml` by default.
+#[derive(Parser)]
+#[command(name = "bitark", version)]
+struct Cli {
+    /// Configuration file (instead of ./application.yml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Profile: also load application-{profile}.yml beside the configuration file.
+    #[arg(long, env = "BITARK_PROFILE")]
+    profile: Option<String>,
+    /// Overrides server.port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Overrides server.bind.
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Overrides node.data-dir.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the OpenAPI document and exit.
+    Openapi,
+    /// Print the effective configuration (secrets masked) and exit.
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Openapi) = cli.command {
+        print!("{}", bitark_adapter::openapi::document());
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BITARK_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let sources = Sources {
+        config_file: cli.config,
+        profile: cli.profile,
+        port: cli.port,
+        bind: cli.bind,
+        data_dir: cli.data_dir,
+    };
+    let config = match AppConfig::load(&sources) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("bitark: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Config) = cli.command {
+        println!("{}", serde_yaml_like(&config));
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bitark: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("bitark: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serde_yaml_like(config: &AppConfig) -> String {
+    serde_json::to_string_pretty(config).unwrap_or_default()
+}
+
+async fn serve(config: AppConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let addr = SocketAddr::new(config.server.bind, config.server.port);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(
+        node = %config.node.id,
+        data_dir = %config.node.data_dir.display(),
+        fsync = ?config.wal.fsync,
+        "listening on http://{}",
+        listener.local_addr()?
+    );
+    bitark_adapter::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,29 @@
+//! The services of BitArk: the read-state machine and everything that keeps it
+//! durable and recoverable. No file I/O happens here except through `bitark-infra`.
+//!
+//! # Layout
+//! - [`config`]: the `node`, `snapshot`, `limits` and `reads` configuration sections.
+//! - [`readset`]: the per-user set, compact for the many users with few marks.
+//! - [`store`]: [`ReadStore`], users sharded over read-write locks.
+//! - `apply`: the single path by which log records change the store, shared by
+//!   recovery and the group-commit writer.
+//! - `recovery`: newest valid snapshot, then the log after it.
+//! - `snapshotter`: background fuzzy snapshots, checkpoint, snapshot and WAL GC.
+//! - [`node`]: [`Node`], the handle the adapter uses: open, write, read, wait for an
+//!   LSN, digest, snapshot, shut down.
+//! - [`error`]: open, write, validation and consistency errors.
+
+mod apply;
+pub mod config;
+pub mod error;
+pub mod node;
+pub mod readset;
+mod recovery;
+mod snapshotter;
+pub mod store;
+
+pub use config::{EngineConfig, LimitsConfig, NodeConfig, ReadsConfig, Role, SnapshotConfig};
+pub use error::{ConsistencyError, InvalidCommand, OpenError, WriteError};
+pub use node::Node;
+pub use recovery::RecoveryReport;
+pub use store::{ReadStore, StoreDigest};

@@ -1,0 +1,276 @@
+//! [`Node`]: the handle through which the adapter reads and writes.
+//!
+//! Opening a node recovers its state, starts the group-commit writer and the
+//! snapshotter, and holds an exclusive lock on the data directory so two processes can
+//! never write the same log.
+
+use crate::apply::{State, StoreApplier};
+use crate::config::EngineConfig;
+use crate::error::{ConsistencyError, InvalidCommand, OpenError, WriteError};
+use crate::recovery::{recover, RecoveryReport};
+use crate::snapshotter::{Request, Snapshotter};
+use crate::store::{ReadStore, StoreDigest};
+use bitark_common::{Command, Epoch, Lsn};
+use bitark_infra::fsutil::create_dir_durable;
+use bitark_infra::snapshot::{list_snapshots, read_snapshot, SnapshotInfo};
+use bitark_infra::wal::{GroupCommit, WalHandle};
+use bitark_infra::{Metrics, StorageError};
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tokio::sync::{oneshot, watch};
+
+/// Name of the lock file in the data directory.
+const LOCK_FILE: &str = "LOCK";
+
+/// Cheap-to-clone handle on an open node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: EngineConfig,
+    state: Arc<State>,
+    wal: WalHandle,
+    snapshots: SyncSender<Request>,
+    /// Joined on shutdown; a std `Mutex` because it is taken once, outside any runtime.
+    snapshot_thread: Mutex<Option<JoinHandle<()>>>,
+    recovery: RecoveryReport,
+    /// Held for the life of the node: the OS lock on `<data-dir>/LOCK`.
+    _lock: File,
+}
+
+impl Node {
+    /// Recovers the node from its data directory and starts its background threads.
+    /// Blocking: call it from a blocking context.
+    pub fn open(config: EngineConfig, metrics: Metrics) -> Result<Node, OpenError> {
+        let data_dir = config.node.data_dir.clone();
+        let wal_dir = data_dir.join("wal");
+        let snapshot_dir = data_dir.join("snapshots");
+        create_dir_durable(&wal_dir)?;
+        create_dir_durable(&snapshot_dir)?;
+        let lock = lock_data_dir(&data_dir)?;
+
+        let store = ReadStore::new();
+        let report = recover(&store, &wal_dir, &snapshot_dir, &data_dir)?;
+        metrics.recovery_duration_seconds.set(report.duration.as_secs_f64());
+        metrics.recovery_records_replayed.set(report.replayed as i64);
+
+        let (applied, _) = watch::channel(report.applied);
+        let state = Arc::new(State {
+            store,
+            applied,
+            metrics: metrics.clone(),
+            since_snapshot: AtomicU64::new(report.replayed),
+        });
+        state.publish_applied(report.applied);
+
+        let epoch = Epoch::INITIAL;
+        let (snapshots, snapshot_rx) = sync_channel(16);
+        let applier = StoreApplier {
+            state: state.clone(),
+            every_records: config.snapshot.every_records,
+            nudge: snapshots.clone(),
+        };
+        let wal = GroupCommit::start(&wal_dir, &config.wal, report.applied.next(), epoch, applier, metrics.clone())?;
+
+        let last = newest_snapshot_info(&snapshot_dir, report.snapshot_lsn);
+        let snapshotter = Snapshotter {
+            state: state.clone(),
+            config: config.snapshot.clone(),
+            data_dir: data_dir.clone(),
+            wal_dir,
+            snapshot_dir,
+            epoch,
+            last,
+            last_at: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("snapshotter".into())
+            .spawn(move || snapshotter.run(snapshot_rx))
+            .map_err(|e| StorageError::io(&data_dir, e))?;
+        Ok(Node {
+            inner: Arc::new(Inner {
+                config,
+                state,
+                wal,
+                snapshots,
+                snapshot_thread: Mutex::new(Some(thread)),
+                recovery: report,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The configuration the node was opened with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// What start-up recovery did.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    /// Checks a command against the configured limits.
+    pub fn validate(&self, command: &Command) -> Result<(), InvalidCommand> {
+        let limits = &self.inner.config.limits;
+        match command {
+            Command::MarkBatch { msgs, .. } if msgs.is_empty() => Err(InvalidCommand::EmptyBatch),
+            Command::MarkBatch { msgs, .. } if msgs.len() > limits.max_batch => {
+                Err(InvalidCommand::BatchTooLarge { len: msgs.len(), max: limits.max_batch })
+            }
+            Command::MarkRange { from, to, .. } => self.validate_range(*from, *to),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks a `from..=to` range against `limits.max-range`.
+    pub fn validate_range(&self, from: u64, to: u64) -> Result<(), InvalidCommand> {
+        let max = self.inner.config.limits.max_range;
+        if from > to {
+            Err(InvalidCommand::InvertedRange { from, to })
+        } else if to - from >= max {
+            Err(InvalidCommand::RangeTooLarge { from, to, max })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks a batch size against `limits.max-batch`.
+    pub fn validate_batch_len(&self, len: usize) -> Result<(), InvalidCommand> {
+        let max = self.inner.config.limits.max_batch;
+        if len == 0 {
+            Err(InvalidCommand::EmptyBatch)
+        } else if len > max {
+            Err(InvalidCommand::BatchTooLarge { len, max })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Logs, fsyncs and applies `command`; answers its LSN once it is durable (under
+    /// the configured fsync policy) and visible to readers.
+    pub async fn write(&self, command: Command) -> Result<Lsn, WriteError> {
+        self.validate(&command)?;
+        let metrics = &self.inner.state.metrics;
+        let pending = self.inner.wal.propose(command).inspect_err(|e| {
+            metrics.writes_rejected.with_label_values(&[reject_reason(e)]).inc();
+        })?;
+        match pending.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(WriteError::ShuttingDown),
+        }
+    }
+
+    pub fn is_read(&self, user: u64, msg: u64) -> bool {
+        self.inner.state.store.is_read(user, msg)
+    }
+
+    pub fn check(&self, user: u64, msgs: &[u64]) -> Vec<bool> {
+        self.inner.state.store.check(user, msgs)
+    }
+
+    /// Ids in `from..=to` that `user` has not read.
+    pub fn unread_count(&self, user: u64, from: u64, to: u64) -> Result<u64, InvalidCommand> {
+        self.validate_range(from, to)?;
+        Ok((to - from + 1) - self.inner.state.store.count_read(user, from, to))
+    }
+
+    pub fn applied_lsn(&self) -> Lsn {
+        self.inner.state.applied_lsn()
+    }
+
+    pub fn durable_lsn(&self) -> Lsn {
+        self.inner.wal.durable_lsn()
+    }
+
+    /// Waits until the applied LSN reaches `min`, at most `reads.min-lsn-wait`.
+    pub async fn wait_applied(&self, min: Lsn) -> Result<Lsn, ConsistencyError> {
+        let mut rx = self.inner.state.applied.subscribe();
+        let wait = self.inner.config.reads.min_lsn_wait;
+        let reached = tokio::time::timeout(wait, rx.wait_for(|applied| *applied >= min)).await;
+        match reached {
+            Ok(Ok(applied)) => Ok(*applied),
+            _ => Err(ConsistencyError::Behind {
+                requested: min.0,
+                applied: self.applied_lsn().0,
+                waited_ms: wait.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Order-independent digest of every (user, message) pair held.
+    pub fn digest(&self) -> StoreDigest {
+        self.inner.state.store.digest()
+    }
+
+    pub fn user_count(&self) -> u64 {
+        self.inner.state.store.user_count()
+    }
+
+    pub fn mark_count(&self) -> u64 {
+        self.inner.state.store.mark_count()
+    }
+
+    /// Takes a snapshot now and answers where it went.
+    pub async fn snapshot_now(&self) -> Result<SnapshotInfo, String> {
+        let (reply, rx) = oneshot::channel();
+        match self.inner.snapshots.try_send(Request::Now(reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err("the snapshotter is busy; retry later".into()),
+            Err(TrySendError::Disconnected(_)) => return Err("the node is shutting down".into()),
+        }
+        rx.await.unwrap_or_else(|_| Err("the node is shutting down".into()))
+    }
+
+    /// False once the log failed and writes are refused.
+    pub fn is_healthy(&self) -> bool {
+        !self.inner.wal.has_failed()
+    }
+
+    /// Finishes in-flight writes, fsyncs, and stops the background threads. Blocking.
+    pub fn shutdown(&self) {
+        self.inner.wal.shutdown();
+        let _ = self.inner.snapshots.send(Request::Stop);
+        let thread = self.inner.snapshot_thread.lock().expect("snapshot thread slot").take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn reject_reason(e: &bitark_infra::wal::ProposeError) -> &'static str {
+    match e {
+        bitark_infra::wal::ProposeError::Overloaded => "overloaded",
+        bitark_infra::wal::ProposeError::Closed => "shutting-down",
+        bitark_infra::wal::ProposeError::Failed(_) => "wal-failed",
+    }
+}
+
+fn lock_data_dir(data_dir: &Path) -> Result<File, StorageError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file =
+        File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| StorageError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(_) => Err(StorageError::io(
+            &path,
+            std::io::Error::other("the data directory is in use by another BitArk process"),
+        )),
+    }
+}
+
+/// The snapshot recovery loaded, so an unchanged node does not write it again.
+fn newest_snapshot_info(dir: &Path, lsn: Lsn) -> Option<SnapshotInfo> {
+    if lsn == Lsn::ZERO {
+        return None;
+    }
+    let (_, path) = list_snapshots(dir).ok()?.into_iter().find(|(l, _)| *l == lsn)?;
+    read_snapshot(&path, |_, _, _| Ok(())).ok()
+}

@@ -1,0 +1,157 @@
+//! The background snapshotter.
+//!
+//! A fuzzy snapshot: it notes the applied LSN `L`, then copies one shard at a time under
+//! that shard's read lock while writes go on. Each shard is captured at some LSN at or
+//! above `L`; since every command only sets or clears bits, replaying the log after `L`
+//! over that state yields exactly the state at the end of the log. So recovery loads the
+//! snapshot and replays from `L`.
+//!
+//! After a snapshot: the checkpoint is moved to `L`, snapshots beyond `snapshot.keep` are
+//! deleted, and WAL segments wholly below the oldest kept snapshot are purged. Keeping the
+//! log back to the older snapshot is what lets recovery fall back to it.
+
+use crate::apply::State;
+use crate::config::SnapshotConfig;
+use bitark_common::{Epoch, Lsn};
+use bitark_infra::checkpoint::{write_checkpoint, Checkpoint};
+use bitark_infra::snapshot::{list_snapshots, remove_old_snapshots, SnapshotInfo, SnapshotWriter};
+use bitark_infra::wal::{list_segments, purge_to};
+use bitark_infra::StorageError;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// What the snapshotter thread is asked to do.
+pub(crate) enum Request {
+    /// Enough records accumulated; snapshot if `every-records` is reached.
+    Nudge,
+    /// Snapshot now (admin), answering with the result.
+    Now(oneshot::Sender<Result<SnapshotInfo, String>>),
+    Stop,
+}
+
+pub(crate) struct Snapshotter {
+    pub state: Arc<State>,
+    pub config: SnapshotConfig,
+    pub data_dir: PathBuf,
+    pub wal_dir: PathBuf,
+    pub snapshot_dir: PathBuf,
+    pub epoch: Epoch,
+    pub last: Option<SnapshotInfo>,
+    pub last_at: Instant,
+}
+
+impl Snapshotter {
+    pub fn run(mut self, rx: Receiver<Request>) {
+        let tick = if self.config.every.is_zero() {
+            Duration::from_secs(60)
+        } else {
+            self.config.every.min(Duration::from_secs(1))
+        };
+        loop {
+            match rx.recv_timeout(tick) {
+                Ok(Request::Nudge) => {
+                    let since = self.state.since_snapshot.load(Ordering::Relaxed);
+                    if self.config.every_records > 0 && since >= self.config.every_records {
+                        self.take_logged();
+                    }
+                }
+                Ok(Request::Now(reply)) => {
+                    let _ = reply.send(self.take().map_err(|e| e.to_string()));
+                }
+                Ok(Request::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {
+                    let due = !self.config.every.is_zero() && self.last_at.elapsed() >= self.config.every;
+                    if due && self.state.applied_lsn() > self.last_lsn() {
+                        self.take_logged();
+                    }
+                }
+            }
+        }
+    }
+
+    fn last_lsn(&self) -> Lsn {
+        self.last.as_ref().map(|s| s.lsn).unwrap_or(Lsn::ZERO)
+    }
+
+    fn take_logged(&mut self) {
+        if let Err(e) = self.take() {
+            tracing::error!(error = %e, "snapshot failed; the log keeps growing until one succeeds");
+        }
+    }
+
+    /// Takes a snapshot unless the newest one already covers the applied LSN.
+    fn take(&mut self) -> Result<SnapshotInfo, StorageError> {
+        let lsn = self.state.applied_lsn();
+        self.last_at = Instant::now();
+        if let Some(last) = self.last.as_ref().filter(|s| s.lsn == lsn && s.path.exists()) {
+            return Ok(last.clone());
+        }
+        let started = Instant::now();
+        self.state.since_snapshot.store(0, Ordering::Relaxed);
+        let metrics = &self.state.metrics;
+        match self.write(lsn) {
+            Ok(info) => {
+                let elapsed = started.elapsed();
+                metrics.snapshot_duration_seconds.observe(elapsed.as_secs_f64());
+                metrics.snapshot_size_bytes.set(info.size as i64);
+                metrics.snapshot_last_lsn.set(info.lsn.0 as i64);
+                metrics.snapshots.with_label_values(&["ok"]).inc();
+                tracing::info!(
+                    lsn = %info.lsn, users = info.users, marks = info.marks, bytes = info.size,
+                    ms = elapsed.as_millis() as u64, "snapshot written"
+                );
+                self.last = Some(info.clone());
+                self.collect_garbage()?;
+                Ok(info)
+            }
+            Err(e) => {
+                metrics.snapshots.with_label_values(&["error"]).inc();
+                Err(e)
+            }
+        }
+    }
+
+    fn write(&self, lsn: Lsn) -> Result<SnapshotInfo, StorageError> {
+        let store = &self.state.store;
+        let mut writer = SnapshotWriter::create(&self.snapshot_dir, lsn, self.epoch)?;
+        // Each shard is serialized into memory under its read lock and written out
+        // after the lock is released, so disk latency never blocks that shard's writers.
+        let mut bytes = Vec::new();
+        let mut entries = Vec::new();
+        for shard in 0..store.shard_count() {
+            bytes.clear();
+            entries.clear();
+            store.visit_shard(shard, |user, set| {
+                let start = bytes.len();
+                set.serialize_portable(&mut bytes);
+                entries.push((user, set.len(), start..bytes.len()));
+            });
+            for (user, marks, range) in entries.drain(..) {
+                if let Err(e) = writer.add_user(user, marks, &bytes[range]) {
+                    writer.abandon();
+                    return Err(e);
+                }
+            }
+        }
+        let info = writer.finish()?;
+        write_checkpoint(&self.data_dir, Checkpoint { lsn, epoch: self.epoch })?;
+        Ok(info)
+    }
+
+    fn collect_garbage(&self) -> Result<(), StorageError> {
+        remove_old_snapshots(&self.snapshot_dir, self.config.keep)?;
+        let horizon = list_snapshots(&self.snapshot_dir)?.first().map(|(lsn, _)| *lsn).unwrap_or(Lsn::ZERO);
+        let deleted = purge_to(&self.wal_dir, horizon)?;
+        let metrics = &self.state.metrics;
+        metrics.wal_segments_deleted.inc_by(deleted as u64);
+        metrics.wal_segments.set(list_segments(&self.wal_dir)?.len() as i64);
+        if deleted > 0 {
+            tracing::info!(deleted, %horizon, "WAL segments garbage-collected");
+        }
+        Ok(())
+    }
+}

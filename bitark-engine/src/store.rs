@@ -1,0 +1,701 @@
+//! [`ReadStore`]: every user's read set in memory, sharded by user.
+//!
+//! # Layout
+//! 256 shards, each behind its own `RwLock`. A shard keeps two tables, and a user is in
+//! at most one of them:
+//! - `packed`: a `hashbrown::HashTable<Box<[u8]>>` of packed entries (see
+//!   [`crate::readset`]). The key sits inside the entry, so a slot is 16 bytes; hashbrown
+//!   runs at 44–88% load, which makes slot size a large share of a small user's cost.
+//! - `roaring`: `(user, RoaringTreemap)` pairs for the few users past the packed limit.
+//!
+//! # Keys
+//! `mix` (the murmur3 64-bit finalizer) is a bijection on `u64`. The top 8 bits of
+//! `mix(user)` choose the shard, so an entry stores only the remaining 56 bits, a fixed
+//! 7 bytes, and [`ReadStore::visit_shard`] recovers the user by inverting `mix`. The
+//! obvious alternative, the user id as a varint, takes 9–10 bytes for random or
+//! snowflake-style 64-bit ids: 7 bytes move a typical entry down one allocator size class
+//! (20 ids below 100 000: 56 → 48 bytes) and make the key test a fixed-width compare.
+//! Small sequential ids pay for it, 7 bytes where a varint would take 3–4.
+//!
+//! # Counts and digest
+//! `user_count` and `mark_count` read two atomics. Each shard also keeps its own counts
+//! under its lock, so that `clear` subtracts exactly what it drops. The digest sums a
+//! 128-bit hash of every (user, msg) pair, so it depends on contents only, never on
+//! history, form or iteration order.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bitark_common::Command;
+use hashbrown::HashTable;
+use roaring::RoaringTreemap;
+
+pub use crate::readset::SetView;
+use crate::readset::{self, Edit, NewForm, Outcome, KEY_LEN, PACKED_MAX};
+
+const SHARD_BITS: u32 = 8;
+const SHARDS: usize = 1 << SHARD_BITS;
+const KEY_BITS: u32 = 64 - SHARD_BITS;
+const KEY_MASK: u64 = (1 << KEY_BITS) - 1;
+const _: () = assert!(KEY_BITS as usize == 8 * KEY_LEN, "an entry key holds exactly the bits the shard does not imply");
+
+/// The read state of every user: who has read which message ids.
+pub struct ReadStore {
+    /// Critical sections are short and synchronous and reads far outnumber writes, so a
+    /// std `RwLock` per shard; no call holds two of them or holds one across an await.
+    shards: Box<[RwLock<Shard>]>,
+    /// Sum of the shards' `users`, kept so that the total is O(1) to read.
+    users: AtomicU64,
+    /// Sum of the shards' `marks`.
+    marks: AtomicU64,
+}
+
+/// Order-independent summary of a store's contents; equal contents give equal digests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreDigest {
+    pub users: u64,
+    pub marks: u64,
+    /// 32 lowercase hex digits: two independent 64-bit lanes.
+    pub digest: String,
+}
+
+#[derive(Default)]
+struct Shard {
+    packed: HashTable<Box<[u8]>>,
+    roaring: HashTable<(u64, RoaringTreemap)>,
+    users: u64,
+    marks: u64,
+}
+
+/// How one operation changed a shard's counts.
+#[derive(Default)]
+struct Delta {
+    users: i64,
+    added: u64,
+    removed: u64,
+}
+
+impl Delta {
+    fn of(existed: bool, outcome: &Outcome) -> Self {
+        let users = match (&outcome.form, existed) {
+            (NewForm::Empty, true) => -1,
+            (NewForm::Packed(_) | NewForm::Roaring(_), false) => 1,
+            _ => 0,
+        };
+        Delta { users, added: outcome.added, removed: outcome.removed }
+    }
+}
+
+impl ReadStore {
+    pub fn new() -> Self {
+        ReadStore {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            users: AtomicU64::new(0),
+            marks: AtomicU64::new(0),
+        }
+    }
+
+    /// Applies one command. Unreading an id that is not read changes nothing, and a user
+    /// left with no read ids is removed.
+    pub fn apply(&self, cmd: &Command) {
+        let (user, edit) = match cmd {
+            Command::MarkRead { user, msg } => (*user, Edit::Insert(*msg)),
+            Command::MarkUnread { user, msg } => (*user, Edit::Remove(*msg)),
+            Command::MarkBatch { user, msgs } => (*user, Edit::InsertMany(msgs)),
+            Command::MarkRange { user, from, to } => (*user, Edit::InsertRange { from: *from, to: *to }),
+        };
+        let slot = Slot::of(user);
+        let mut shard = self.write(slot.shard);
+        let delta = shard.edit(slot, user, edit);
+        self.account(&mut shard, delta);
+    }
+
+    pub fn is_read(&self, user: u64, msg: u64) -> bool {
+        let slot = Slot::of(user);
+        self.read(slot.shard).view(slot, user).is_some_and(|set| set.contains(msg))
+    }
+
+    /// Whether `user` has read each of `msgs`, in the same order, under one lock.
+    pub fn check(&self, user: u64, msgs: &[u64]) -> Vec<bool> {
+        let slot = Slot::of(user);
+        match self.read(slot.shard).view(slot, user) {
+            Some(set) => set.check(msgs),
+            None => vec![false; msgs.len()],
+        }
+    }
+
+    /// Number of ids in `from..=to` that `user` has read.
+    pub fn count_read(&self, user: u64, from: u64, to: u64) -> u64 {
+        let slot = Slot::of(user);
+        self.read(slot.shard).view(slot, user).map_or(0, |set| set.count_in(from, to))
+    }
+
+    /// Number of users with at least one read id.
+    pub fn user_count(&self) -> u64 {
+        self.users.load(Ordering::Relaxed)
+    }
+
+    /// Number of (user, msg) pairs.
+    pub fn mark_count(&self) -> u64 {
+        self.marks.load(Ordering::Relaxed)
+    }
+
+    /// Digest of every (user, msg) pair, taken one shard at a time: exact when no write
+    /// runs concurrently.
+    pub fn digest(&self) -> StoreDigest {
+        let mut digest = DigestSum::default();
+        for shard in 0..SHARDS {
+            self.visit_shard(shard, |user, set| digest.add(user, set));
+        }
+        digest.finish()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        SHARDS
+    }
+
+    /// Calls `f` for every user in `shard` (below [`Self::shard_count`]) while holding that
+    /// shard's read lock, so each shard is seen at one instant though shards are not.
+    pub fn visit_shard(&self, shard: usize, mut f: impl FnMut(u64, &SetView<'_>)) {
+        let guard = self.read(shard);
+        for entry in &guard.packed {
+            let user = Slot::user(shard, key_of_entry(entry));
+            f(user, &SetView::packed(readset::entry_body(entry)));
+        }
+        for (user, set) in &guard.roaring {
+            f(*user, &SetView::roaring(set));
+        }
+    }
+
+    /// Replaces `user`'s set with `set`; an empty set removes the user.
+    pub fn insert_user_set(&self, user: u64, set: RoaringTreemap) {
+        let slot = Slot::of(user);
+        let mut shard = self.write(slot.shard);
+        let mut delta = shard.remove_user(slot, user);
+        let len = set.len();
+        if len > 0 {
+            let form = if len <= PACKED_MAX {
+                NewForm::Packed(readset::encode(&slot.key_bytes(), &set.iter().collect::<Vec<_>>()))
+            } else {
+                NewForm::Roaring(set)
+            };
+            shard.install(slot, user, form);
+            delta.users += 1;
+            delta.added += len;
+        }
+        self.account(&mut shard, delta);
+    }
+
+    /// Removes every user.
+    pub fn clear(&self) {
+        for lock in self.shards.iter() {
+            // The old tables are dropped after the lock is released, so readers of this
+            // shard do not wait while millions of entries are freed.
+            let old = std::mem::take(&mut *lock.write().unwrap_or_else(PoisonError::into_inner));
+            self.users.fetch_sub(old.users, Ordering::Relaxed);
+            self.marks.fetch_sub(old.marks, Ordering::Relaxed);
+        }
+    }
+
+    // A panic while a shard lock is held cannot leave a half-edited set: every edit builds
+    // the new form before touching the tables. A poisoned shard is therefore still sound
+    // and is used as it is rather than failing every later call for its users.
+    fn read(&self, shard: usize) -> RwLockReadGuard<'_, Shard> {
+        self.shards[shard].read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self, shard: usize) -> RwLockWriteGuard<'_, Shard> {
+        self.shards[shard].write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records `delta` in the shard, whose lock the caller holds, and in the totals.
+    fn account(&self, shard: &mut Shard, delta: Delta) {
+        shard.users = shard.users.wrapping_add_signed(delta.users);
+        shard.marks = shard.marks + delta.added - delta.removed;
+        match delta.users {
+            1 => self.users.fetch_add(1, Ordering::Relaxed),
+            -1 => self.users.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        if delta.added > 0 {
+            self.marks.fetch_add(delta.added, Ordering::Relaxed);
+        }
+        if delta.removed > 0 {
+            self.marks.fetch_sub(delta.removed, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Default for ReadStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for ReadStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadStore")
+            .field("users", &self.user_count())
+            .field("marks", &self.mark_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shard {
+    fn view(&self, slot: Slot, user: u64) -> Option<SetView<'_>> {
+        let key = slot.key_bytes();
+        if let Some(entry) = self.packed.find(slot.hash(), |e| readset::entry_key(e) == key) {
+            return Some(SetView::packed(readset::entry_body(entry)));
+        }
+        self.roaring.find(slot.hash(), |(u, _)| *u == user).map(|(_, set)| SetView::roaring(set))
+    }
+
+    fn edit(&mut self, slot: Slot, user: u64, edit: Edit<'_>) -> Delta {
+        let key = slot.key_bytes();
+        if let Ok(mut entry) = self.packed.find_entry(slot.hash(), |e| readset::entry_key(e) == key) {
+            let outcome = readset::edit_packed(&key, readset::entry_body(entry.get()), edit);
+            let delta = Delta::of(true, &outcome);
+            match outcome.form {
+                NewForm::Kept => {}
+                // The common case: swap the slot's box without touching the table.
+                NewForm::Packed(new) => *entry.get_mut() = new,
+                other => {
+                    entry.remove();
+                    self.install(slot, user, other);
+                }
+            }
+            return delta;
+        }
+        if let Ok(mut entry) = self.roaring.find_entry(slot.hash(), |(u, _)| *u == user) {
+            let outcome = readset::edit_roaring(&key, &mut entry.get_mut().1, edit);
+            let delta = Delta::of(true, &outcome);
+            if !matches!(outcome.form, NewForm::Kept) {
+                entry.remove();
+                self.install(slot, user, outcome.form);
+            }
+            return delta;
+        }
+        let outcome = readset::edit_packed(&key, &[], edit);
+        let delta = Delta::of(false, &outcome);
+        self.install(slot, user, outcome.form);
+        delta
+    }
+
+    /// Puts a user who is in neither table into the table for `form`.
+    fn install(&mut self, slot: Slot, user: u64, form: NewForm) {
+        match form {
+            NewForm::Packed(entry) => {
+                self.packed.insert_unique(slot.hash(), entry, |e| table_hash(key_of_entry(e)));
+            }
+            NewForm::Roaring(set) => {
+                self.roaring.insert_unique(slot.hash(), (user, set), |(u, _)| Slot::of(*u).hash());
+            }
+            NewForm::Kept | NewForm::Empty => {}
+        }
+    }
+
+    fn remove_user(&mut self, slot: Slot, user: u64) -> Delta {
+        let key = slot.key_bytes();
+        let removed = if let Ok(entry) = self.packed.find_entry(slot.hash(), |e| readset::entry_key(e) == key) {
+            readset::packed_len(readset::entry_body(&entry.remove().0))
+        } else if let Ok(entry) = self.roaring.find_entry(slot.hash(), |(u, _)| *u == user) {
+            entry.remove().0 .1.len()
+        } else {
+            return Delta::default();
+        };
+        Delta { users: -1, added: 0, removed }
+    }
+}
+
+/// Where a user lives: its shard, and the 56-bit key its entry carries.
+#[derive(Clone, Copy)]
+struct Slot {
+    shard: usize,
+    key: u64,
+}
+
+impl Slot {
+    fn of(user: u64) -> Self {
+        let mixed = mix(user);
+        Slot { shard: (mixed >> KEY_BITS) as usize, key: mixed & KEY_MASK }
+    }
+
+    /// The user whose entry in `shard` carries `key`.
+    fn user(shard: usize, key: u64) -> u64 {
+        unmix((shard as u64) << KEY_BITS | key)
+    }
+
+    fn key_bytes(self) -> [u8; KEY_LEN] {
+        let bytes = self.key.to_le_bytes();
+        bytes[..KEY_LEN].try_into().expect("KEY_LEN is below 8")
+    }
+
+    fn hash(self) -> u64 {
+        table_hash(self.key)
+    }
+}
+
+/// The hash the shard tables use. hashbrown picks the bucket from the low bits and a
+/// 7-bit tag from the top bits; a key's top 8 bits are always zero, so rotating brings
+/// 8 varying bits, independent of the bucket bits, up to where the tag is read.
+fn table_hash(key: u64) -> u64 {
+    key.rotate_right(SHARD_BITS)
+}
+
+fn key_of_entry(entry: &[u8]) -> u64 {
+    let mut bytes = [0; 8];
+    bytes[..KEY_LEN].copy_from_slice(readset::entry_key(entry));
+    u64::from_le_bytes(bytes)
+}
+
+const MIX_1: u64 = 0xff51_afd7_ed55_8ccd;
+const MIX_2: u64 = 0xc4ce_b9fe_1a85_ec53;
+
+/// murmur3's 64-bit finalizer: every step is invertible, so distinct inputs never collide.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(MIX_1);
+    x ^= x >> 33;
+    x = x.wrapping_mul(MIX_2);
+    x ^ (x >> 33)
+}
+
+/// The inverse of [`mix`]. A shift of 33 is at least half the width, so `x ^= x >> 33`
+/// undoes itself; the multiplications are undone by the modular inverses.
+fn unmix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(inverse(MIX_2));
+    x ^= x >> 33;
+    x = x.wrapping_mul(inverse(MIX_1));
+    x ^ (x >> 33)
+}
+
+/// Inverse of an odd number modulo 2^64 by Newton's iteration; each step doubles the
+/// number of correct low bits, starting from 3.
+const fn inverse(odd: u64) -> u64 {
+    let mut x = odd;
+    let mut step = 0;
+    while step < 5 {
+        x = x.wrapping_mul(2u64.wrapping_sub(odd.wrapping_mul(x)));
+        step += 1;
+    }
+    x
+}
+
+/// Running sum of the pair hashes, one per lane. Addition makes the result independent
+/// of visiting order; two lanes with unrelated seeds make the digest 128 bits.
+#[derive(Default)]
+struct DigestSum {
+    users: u64,
+    marks: u64,
+    lanes: [u64; 2],
+}
+
+const LANE_SEEDS: [u64; 2] = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
+
+impl DigestSum {
+    fn add(&mut self, user: u64, set: &SetView<'_>) {
+        self.users += 1;
+        let [a, b] = LANE_SEEDS.map(|seed| mix(user ^ seed));
+        for msg in set.iter() {
+            self.marks += 1;
+            self.lanes[0] = self.lanes[0].wrapping_add(mix(a ^ msg));
+            self.lanes[1] = self.lanes[1].wrapping_add(mix(b.wrapping_add(msg)));
+        }
+    }
+
+    fn finish(self) -> StoreDigest {
+        let [a, b] = self.lanes;
+        StoreDigest { users: self.users, marks: self.marks, digest: format!("{a:016x}{b:016x}") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    type Model = BTreeMap<u64, BTreeSet<u64>>;
+
+    const USERS: [u64; 4] = [0, 7, (1 << 63) + 5, u64::MAX];
+    /// Ids come from three windows, at the bottom, middle and top of `u64`, narrow enough
+    /// that reads and unreads of the same ids meet often.
+    const WINDOW: u64 = 256;
+    const BASES: [u64; 3] = [0, 1 << 63, u64::MAX - (WINDOW - 1)];
+    /// How far past its window a generated range may reach.
+    const RANGE_MAX: u64 = 300;
+
+    fn apply_model(model: &mut Model, cmd: &Command) {
+        match cmd {
+            Command::MarkRead { user, msg } => {
+                model.entry(*user).or_default().insert(*msg);
+            }
+            Command::MarkUnread { user, msg } => {
+                if let Some(set) = model.get_mut(user) {
+                    set.remove(msg);
+                    if set.is_empty() {
+                        model.remove(user);
+                    }
+                }
+            }
+            Command::MarkBatch { user, msgs } if !msgs.is_empty() => {
+                model.entry(*user).or_default().extend(msgs);
+            }
+            Command::MarkRange { user, from, to } if from <= to => {
+                model.entry(*user).or_default().extend(*from..=*to);
+            }
+            _ => {}
+        }
+    }
+
+    fn user() -> impl Strategy<Value = u64> {
+        prop::sample::select(USERS.to_vec())
+    }
+
+    fn msg() -> impl Strategy<Value = u64> {
+        (0..BASES.len(), 0..WINDOW).prop_map(|(window, offset)| BASES[window] + offset)
+    }
+
+    fn commands() -> impl Strategy<Value = Vec<Command>> {
+        let op = prop_oneof![
+            4 => (user(), msg()).prop_map(|(user, msg)| vec![Command::MarkRead { user, msg }]),
+            3 => (user(), msg()).prop_map(|(user, msg)| vec![Command::MarkUnread { user, msg }]),
+            2 => (user(), vec(msg(), 0..100))
+                .prop_map(|(user, msgs)| vec![Command::MarkBatch { user, msgs }]),
+            2 => (user(), msg(), 0..RANGE_MAX).prop_map(|(user, from, len)| {
+                vec![Command::MarkRange { user, from, to: from.saturating_add(len) }]
+            }),
+            // A run of unreads is what shrinks a roaring set back into packed form.
+            1 => (user(), msg(), 1..200u64).prop_map(|(user, from, len)| {
+                (from..=from.saturating_add(len)).map(|msg| Command::MarkUnread { user, msg }).collect()
+            }),
+        ];
+        vec(op, 1..60).prop_map(|ops| ops.into_iter().flatten().collect())
+    }
+
+    /// Every id a generated command can touch.
+    fn reachable_ids() -> Vec<u64> {
+        BASES.iter().flat_map(|&base| (0..WINDOW + RANGE_MAX).filter_map(move |o| base.checked_add(o))).collect()
+    }
+
+    fn store_from(model: &Model) -> ReadStore {
+        let store = ReadStore::new();
+        for (&user, ids) in model {
+            store.insert_user_set(user, RoaringTreemap::from_sorted_iter(ids.iter().copied()).unwrap());
+        }
+        store
+    }
+
+    fn contents(store: &ReadStore) -> Model {
+        let mut seen = Model::new();
+        for shard in 0..store.shard_count() {
+            store.visit_shard(shard, |user, set| {
+                let ids: BTreeSet<u64> = set.iter().collect();
+                assert_eq!(set.len(), ids.len() as u64, "len of user {user}");
+                assert!(seen.insert(user, ids).is_none(), "user {user} visited twice");
+            });
+        }
+        seen
+    }
+
+    /// Which table holds `user`, if any.
+    fn form_of(store: &ReadStore, user: u64) -> Option<&'static str> {
+        let slot = Slot::of(user);
+        let shard = store.read(slot.shard);
+        let key = slot.key_bytes();
+        if shard.packed.find(slot.hash(), |e| readset::entry_key(e) == key).is_some() {
+            Some("packed")
+        } else if shard.roaring.find(slot.hash(), |(u, _)| *u == user).is_some() {
+            Some("roaring")
+        } else {
+            None
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn store_matches_a_model_under_any_command_sequence(
+            cmds in commands(),
+            windows in vec((user(), msg(), msg()), 1..20),
+        ) {
+            let store = ReadStore::new();
+            let mut model = Model::new();
+            for cmd in &cmds {
+                store.apply(cmd);
+                apply_model(&mut model, cmd);
+                prop_assert_eq!(store.user_count(), model.len() as u64, "after {:?}", cmd);
+                prop_assert_eq!(store.mark_count(), model.values().map(|s| s.len() as u64).sum::<u64>(), "after {:?}", cmd);
+            }
+
+            let ids = reachable_ids();
+            for &user in &USERS {
+                let expected: Vec<bool> = ids.iter().map(|id| model.get(&user).is_some_and(|s| s.contains(id))).collect();
+                prop_assert_eq!(&store.check(user, &ids), &expected, "check for user {}", user);
+                let single: Vec<bool> = ids.iter().map(|&id| store.is_read(user, id)).collect();
+                prop_assert_eq!(&single, &expected, "is_read for user {}", user);
+                let all = model.get(&user).map_or(0, |s| s.len() as u64);
+                prop_assert_eq!(store.count_read(user, 0, u64::MAX), all);
+            }
+            for (user, a, b) in windows {
+                let (from, to) = (a.min(b), a.max(b));
+                let expected = model.get(&user).map_or(0, |s| s.range(from..=to).count() as u64);
+                prop_assert_eq!(store.count_read(user, from, to), expected, "user {} in {}..={}", user, from, to);
+            }
+
+            prop_assert_eq!(&contents(&store), &model);
+            let digest = store.digest();
+            prop_assert_eq!(digest.users, model.len() as u64);
+            prop_assert_eq!(digest.marks, store.mark_count());
+            prop_assert_eq!(&digest, &store_from(&model).digest());
+        }
+    }
+
+    #[test]
+    fn a_user_turns_roaring_past_the_limit_and_packed_again_only_below_the_lower_limit() {
+        let store = ReadStore::new();
+        let user = 42;
+        for msg in 0..PACKED_MAX {
+            store.apply(&Command::MarkRead { user, msg: msg * 3 });
+        }
+        assert_eq!(form_of(&store, user), Some("packed"));
+        store.apply(&Command::MarkRead { user, msg: 1 });
+        assert_eq!(form_of(&store, user), Some("roaring"));
+
+        let mut left = PACKED_MAX + 1;
+        for msg in (0..PACKED_MAX).map(|m| m * 3) {
+            store.apply(&Command::MarkUnread { user, msg });
+            left -= 1;
+            let expected = if left >= readset::ROARING_MIN { "roaring" } else { "packed" };
+            assert_eq!(form_of(&store, user), Some(expected), "{left} ids left");
+            assert_eq!(store.mark_count(), left);
+        }
+        assert!(store.is_read(user, 1));
+        store.apply(&Command::MarkUnread { user, msg: 1 });
+        assert_eq!(form_of(&store, user), None);
+        assert_eq!((store.user_count(), store.mark_count()), (0, 0));
+    }
+
+    #[test]
+    fn a_large_range_is_held_as_roaring_and_counted_exactly() {
+        let store = ReadStore::new();
+        let user = u64::MAX;
+        store.apply(&Command::MarkRange { user, from: u64::MAX - 999_999, to: u64::MAX });
+        assert_eq!(form_of(&store, user), Some("roaring"));
+        assert_eq!(store.mark_count(), 1_000_000);
+        assert_eq!(store.count_read(user, u64::MAX - 9, u64::MAX), 10);
+        assert!(store.is_read(user, u64::MAX) && !store.is_read(user, u64::MAX - 1_000_000));
+    }
+
+    #[test]
+    fn unreading_what_is_not_read_changes_nothing() {
+        let store = ReadStore::new();
+        store.apply(&Command::MarkUnread { user: 1, msg: 1 });
+        store.apply(&Command::MarkBatch { user: 1, msgs: vec![] });
+        store.apply(&Command::MarkRange { user: 1, from: 9, to: 8 });
+        assert_eq!((store.user_count(), store.mark_count()), (0, 0));
+        assert_eq!(form_of(&store, 1), None);
+
+        store.apply(&Command::MarkRead { user: 1, msg: 5 });
+        store.apply(&Command::MarkUnread { user: 1, msg: 6 });
+        assert_eq!((store.user_count(), store.mark_count()), (1, 1));
+        assert!(store.is_read(1, 5));
+    }
+
+    #[test]
+    fn insert_user_set_replaces_the_old_set_and_an_empty_set_removes_the_user() {
+        let store = ReadStore::new();
+        store.apply(&Command::MarkBatch { user: 9, msgs: vec![1, 2, 3] });
+        let big = RoaringTreemap::from_sorted_iter(1000..2000).unwrap();
+        store.insert_user_set(9, big);
+        assert!(!store.is_read(9, 1) && store.is_read(9, 1999));
+        assert_eq!((store.user_count(), store.mark_count()), (1, 1000));
+        assert_eq!(form_of(&store, 9), Some("roaring"));
+
+        store.insert_user_set(9, RoaringTreemap::from_sorted_iter([u64::MAX]).unwrap());
+        assert_eq!(store.check(9, &[1500, u64::MAX]), [false, true]);
+        assert_eq!((store.user_count(), store.mark_count()), (1, 1));
+        assert_eq!(form_of(&store, 9), Some("packed"));
+
+        store.insert_user_set(9, RoaringTreemap::new());
+        assert_eq!(form_of(&store, 9), None);
+        assert_eq!((store.user_count(), store.mark_count()), (0, 0));
+    }
+
+    #[test]
+    fn clear_removes_every_user_and_zeroes_the_counts() {
+        let store = ReadStore::new();
+        for user in 0..1000 {
+            store.apply(&Command::MarkRange { user, from: 0, to: user % 300 });
+        }
+        store.clear();
+        assert_eq!((store.user_count(), store.mark_count()), (0, 0));
+        assert!((0..1000).all(|user| !store.is_read(user, 0)));
+        assert_eq!(store.digest(), ReadStore::new().digest());
+        store.apply(&Command::MarkRead { user: 3, msg: 3 });
+        assert_eq!((store.user_count(), store.mark_count()), (1, 1));
+    }
+
+    #[test]
+    fn digest_depends_on_contents_not_on_history_or_form() {
+        let by_range = ReadStore::new();
+        by_range.apply(&Command::MarkRange { user: 5, from: 0, to: 199 });
+        for msg in 100..200 {
+            by_range.apply(&Command::MarkUnread { user: 5, msg });
+        }
+        let by_batch = ReadStore::new();
+        by_batch.apply(&Command::MarkBatch { user: 5, msgs: (0..100).rev().collect() });
+        assert_eq!(form_of(&by_range, 5), Some("roaring"));
+        assert_eq!(form_of(&by_batch, 5), Some("packed"));
+        assert_eq!(by_range.digest(), by_batch.digest());
+    }
+
+    #[test]
+    fn digest_changes_when_pairs_change_even_if_counts_do_not() {
+        let digest_of = |pairs: &[(u64, u64)]| {
+            let store = ReadStore::new();
+            pairs.iter().for_each(|&(user, msg)| store.apply(&Command::MarkRead { user, msg }));
+            store.digest()
+        };
+        let base = digest_of(&[(1, 1), (2, 2)]);
+        assert_eq!(base.digest.len(), 32);
+        assert!(base.digest.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        for other in [[(1, 2), (2, 1)], [(1, 1), (2, 3)], [(1, 1), (3, 2)]] {
+            let changed = digest_of(&other);
+            assert_eq!((changed.users, changed.marks), (2, 2));
+            assert_ne!(changed.digest, base.digest, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn visiting_shards_yields_every_user_id_unchanged() {
+        let mut users: Vec<u64> = (0..2000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+        users.extend([0, 1, u64::MAX, 1 << 63, KEY_MASK, !KEY_MASK]);
+        let store = ReadStore::new();
+        for &user in &users {
+            store.apply(&Command::MarkRead { user, msg: user });
+        }
+        let seen = contents(&store);
+        let expected: Model = users.iter().map(|&u| (u, BTreeSet::from([u]))).collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn sequential_user_ids_spread_over_all_shards() {
+        let mut per_shard = [0u32; SHARDS];
+        for user in 0..(SHARDS as u64 * 100) {
+            per_shard[Slot::of(user).shard] += 1;
+        }
+        assert!(per_shard.iter().all(|&n| (50..=150).contains(&n)), "{per_shard:?}");
+    }
+
+    #[test]
+    fn read_store_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<ReadStore>();
+    }
+}
