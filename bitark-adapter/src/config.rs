@@ -248,6 +248,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure returns figment::Error
     fn environment_variables_override_files() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("application.yml"), "server:\n  port: 9000\n").unwrap();

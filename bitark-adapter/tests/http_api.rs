@@ -1,0 +1,394 @@
+//! The HTTP contract, in process: every route answers as documented, and every kind of
+//! bad input gets the documented status and a JSON error naming the problem, with
+//! nothing half-applied.
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use bitark_adapter::config::Secret;
+use bitark_adapter::http::{router, AppState};
+use bitark_adapter::AppConfig;
+use bitark_engine::Node;
+use bitark_infra::{FsyncPolicy, Metrics};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tower::ServiceExt;
+
+struct Server {
+    app: Router,
+    state: AppState,
+    node: Node,
+    _dir: tempfile::TempDir,
+}
+
+fn config(dir: &std::path::Path) -> AppConfig {
+    let mut config = AppConfig::default();
+    config.node.data_dir = dir.to_path_buf();
+    config.wal.fsync = FsyncPolicy::Never;
+    config.limits.max_batch = 100;
+    config.limits.max_range = 1000;
+    config.reads.min_lsn_wait = Duration::from_millis(100);
+    config
+}
+
+fn start_with(edit: impl FnOnce(&mut AppConfig)) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    edit(&mut config);
+    let metrics = Metrics::standalone();
+    let node = Node::open(config.engine(), metrics.clone()).unwrap();
+    let state = AppState::new(config, metrics);
+    state.set_node(node.clone());
+    Server { app: router(state.clone()), state, node, _dir: dir }
+}
+
+fn start() -> Server {
+    start_with(|_| {})
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.node.shutdown();
+    }
+}
+
+impl Server {
+    async fn raw(&self, request: Request<Body>) -> (StatusCode, String, axum::http::HeaderMap) {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap(), headers)
+    }
+
+    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut builder = Request::builder().method(method).uri(uri);
+        let body = match body {
+            Some(v) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        let (status, text, headers) = self.raw(builder.body(body).unwrap()).await;
+        if !status.is_success() {
+            let ct = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(ct.as_deref(), Some("application/json"), "error bodies are JSON: {text}");
+        }
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, uri, None).await
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, uri, Some(body)).await
+    }
+}
+
+fn assert_error(result: &(StatusCode, Value), status: StatusCode, code: &str, mentions: &str) {
+    assert_eq!(result.0, status, "{}", result.1);
+    assert_eq!(result.1["error"], code, "{}", result.1);
+    let message = result.1["message"].as_str().unwrap();
+    assert!(message.contains(mentions), "message {message:?} should mention {mentions:?}");
+}
+
+#[tokio::test]
+async fn marks_round_trip_over_the_full_id_range() {
+    let s = start();
+    let big = "9223372036854775813"; // 2^63 + 5
+    let (status, body) = s.call(Method::PUT, &format!("/api/v1/users/18446744073709551615/reads/{big}"), None).await;
+    assert_eq!((status, body["lsn"].as_u64()), (StatusCode::OK, Some(1)));
+    let (_, body) = s.get(&format!("/api/v1/users/18446744073709551615/reads/{big}")).await;
+    assert_eq!(body, json!({"read": true, "lsn": 1}));
+    let (_, body) = s
+        .post("/api/v1/users/18446744073709551615/reads/check", json!({"msgIds": [big, 5, "9223372036854775812"]}))
+        .await;
+    assert_eq!(body["read"], json!([true, false, false]));
+
+    let (status, body) = s.call(Method::DELETE, &format!("/api/v1/users/18446744073709551615/reads/{big}"), None).await;
+    assert_eq!((status, body["lsn"].as_u64()), (StatusCode::OK, Some(2)));
+    let (_, body) = s.get(&format!("/api/v1/users/18446744073709551615/reads/{big}")).await;
+    assert_eq!(body, json!({"read": false, "lsn": 2}));
+}
+
+#[tokio::test]
+async fn batch_range_check_and_unread_count_agree() {
+    let s = start();
+    let (status, _) = s.post("/api/v1/users/7/reads", json!({"msgIds": [1, "3", 5]})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = s.post("/api/v1/users/7/reads", json!({"from": "100", "to": 199})).await;
+    assert_eq!((status, body["lsn"].as_u64()), (StatusCode::OK, Some(2)));
+    let (_, body) = s.post("/api/v1/users/7/reads/check", json!({"msgIds": [5, 4, 3, 100, 199, 200]})).await;
+    assert_eq!(body["read"], json!([true, false, true, true, true, false]));
+    let (_, body) = s.get("/api/v1/users/7/unread-count?from=0&to=299").await;
+    assert_eq!(body["unread"], 300 - 3 - 100);
+    let (_, body) = s.get("/api/v1/users/8/unread-count?from=10&to=10").await;
+    assert_eq!(body["unread"], 1);
+}
+
+#[tokio::test]
+async fn malformed_ids_are_400_naming_the_parameter() {
+    let s = start();
+    assert_error(&s.get("/api/v1/users/abc/reads/1").await, StatusCode::BAD_REQUEST, "invalid_id", "userId");
+    assert_error(&s.get("/api/v1/users/1/reads/-1").await, StatusCode::BAD_REQUEST, "invalid_id", "negative");
+    assert_error(
+        &s.call(Method::PUT, "/api/v1/users/1/reads/18446744073709551616", None).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
+        "msgId",
+    );
+    assert_error(&s.get("/api/v1/users/1/reads/1?minLsn=x").await, StatusCode::BAD_REQUEST, "invalid_id", "minLsn");
+    assert_error(&s.get("/api/v1/users/1/unread-count?from=5").await, StatusCode::BAD_REQUEST, "invalid_query", "to");
+    assert_error(
+        &s.get("/api/v1/users/1/unread-count?from=9&to=5").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_range",
+        "9",
+    );
+    assert_error(
+        &s.get("/api/v1/users/1/unread-count?from=0&to=18446744073709551615").await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "range_too_large",
+        "limits.max-range",
+    );
+    assert_eq!(s.node.applied_lsn().0, 0, "nothing was written");
+}
+
+#[tokio::test]
+async fn bad_bodies_are_rejected_and_nothing_is_applied() {
+    let s = start();
+    let cases = [
+        (json!({"msgIds": [1, -2]}), "negative"),
+        (json!({"msgIds": [1, 2.5]}), "not an integer"),
+        (json!({"msgIds": ["1x"]}), "decimal integer"),
+        (json!({"msgIds": [18446744073709551615u64, "18446744073709551616"]}), "decimal integer"),
+        (json!({"msgIds": [1], "from": 1, "to": 2}), "either"),
+        (json!({"from": 1}), "either"),
+        (json!({"msgIds": [1], "extra": true}), "unknown field"),
+        (json!([1, 2]), "invalid"),
+    ];
+    for (body, mentions) in cases {
+        assert_error(&s.post("/api/v1/users/1/reads", body).await, StatusCode::BAD_REQUEST, "invalid_body", mentions);
+    }
+    assert_error(
+        &s.post("/api/v1/users/1/reads", json!({"msgIds": []})).await,
+        StatusCode::BAD_REQUEST,
+        "empty_batch",
+        "empty",
+    );
+    assert_error(
+        &s.post("/api/v1/users/1/reads", json!({"from": 10, "to": 9})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_range",
+        "after",
+    );
+    let request = Request::post("/api/v1/users/1/reads")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{\"msgIds\": [1, 2"))
+        .unwrap();
+    let (status, text, _) = s.raw(request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("invalid_body") && text.contains("EOF"), "{text}");
+    assert_eq!(s.node.applied_lsn().0, 0, "no bad request reached the log");
+    assert_eq!(s.node.mark_count(), 0);
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_415() {
+    let s = start();
+    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+        let mut builder = Request::post("/api/v1/users/1/reads");
+        if let Some(ct) = content_type {
+            builder = builder.header(header::CONTENT_TYPE, ct);
+        }
+        let (status, text, _) = s.raw(builder.body(Body::from(r#"{"msgIds":[1]}"#)).unwrap()).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{text}");
+        assert!(text.contains("application/json"), "{text}");
+    }
+    let request = Request::post("/api/v1/users/1/reads")
+        .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(Body::from(r#"{"msgIds":[1]}"#))
+        .unwrap();
+    assert_eq!(s.raw(request).await.0, StatusCode::OK, "a charset parameter is fine");
+}
+
+#[tokio::test]
+async fn oversized_batches_and_ranges_are_413_and_not_half_applied() {
+    let s = start();
+    let ids: Vec<u64> = (0..101).collect();
+    assert_error(
+        &s.post("/api/v1/users/1/reads", json!({ "msgIds": ids })).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "batch_too_large",
+        "limits.max-batch",
+    );
+    assert_error(
+        &s.post("/api/v1/users/1/reads/check", json!({ "msgIds": ids })).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "batch_too_large",
+        "101",
+    );
+    assert_error(
+        &s.post("/api/v1/users/1/reads", json!({"from": 0, "to": 1000})).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "range_too_large",
+        "limits.max-range",
+    );
+    let huge = format!("{{\"msgIds\": [{}]}}", vec!["1"; 20_000].join(","));
+    let request = Request::post("/api/v1/users/1/reads")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(huge))
+        .unwrap();
+    let (status, text, _) = s.raw(request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    assert!(text.contains("body_too_large"), "{text}");
+    assert_eq!((s.node.applied_lsn().0, s.node.mark_count()), (0, 0));
+    let (status, _) = s.post("/api/v1/users/1/reads", json!({"from": 0, "to": 999})).await;
+    assert_eq!(status, StatusCode::OK, "a range of exactly max-range ids is accepted");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let s = start();
+    assert_error(&s.get("/api/v1/nothing").await, StatusCode::NOT_FOUND, "not_found", "/api/v1/nothing");
+    assert_error(
+        &s.call(Method::PATCH, "/api/v1/users/1/reads/2", None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "PATCH",
+    );
+    assert_error(&s.get("/api/v1/users/1/reads").await, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "GET");
+}
+
+#[tokio::test]
+async fn min_lsn_waits_for_a_write_and_times_out_clearly() {
+    let s = start_with(|c| c.reads.min_lsn_wait = Duration::from_secs(30));
+    let reader = {
+        let app = s.app.clone();
+        tokio::spawn(async move {
+            let request = Request::get("/api/v1/users/3/reads/4?minLsn=1").body(Body::empty()).unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        })
+    };
+    let (status, _) = s.call(Method::PUT, "/api/v1/users/3/reads/4", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reader.await.unwrap(), json!({"read": true, "lsn": 1}), "the read saw the write it waited for");
+
+    let s = start();
+    assert_error(
+        &s.get("/api/v1/users/3/reads/4?minLsn=5").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "lsn_not_reached",
+        "minLsn 5",
+    );
+}
+
+#[tokio::test]
+async fn requests_before_recovery_and_during_shutdown_get_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = AppState::new(config(dir.path()), Metrics::standalone());
+    let app = router(state.clone());
+    let response =
+        app.clone().oneshot(Request::get("/api/v1/users/1/reads/1").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&bytes).contains("starting"));
+    let readiness =
+        app.clone().oneshot(Request::get("/actuator/health/readiness").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(readiness.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    let s = start();
+    s.state.begin_shutdown();
+    assert_error(
+        &s.call(Method::PUT, "/api/v1/users/1/reads/1", None).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "shutting down",
+    );
+}
+
+#[tokio::test]
+async fn admin_endpoints_require_the_configured_token() {
+    let s = start_with(|c| c.security.admin_token = Secret::new("s3cret-token"));
+    for auth in [None, Some("Bearer wrong"), Some("Bearer s3cret-toke"), Some("s3cret-token")] {
+        let mut builder = Request::get("/admin/digest");
+        if let Some(a) = auth {
+            builder = builder.header(header::AUTHORIZATION, a);
+        }
+        let (status, text, headers) = s.raw(builder.body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}: {text}");
+        assert_eq!(headers.get(header::WWW_AUTHENTICATE).unwrap(), "Bearer");
+    }
+    s.call(Method::PUT, "/api/v1/users/1/reads/2", None).await;
+    let request = Request::post("/admin/snapshot")
+        .header(header::AUTHORIZATION, "Bearer s3cret-token")
+        .body(Body::empty())
+        .unwrap();
+    let (status, text, _) = s.raw(request).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let snapshot: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((snapshot["lsn"].as_u64(), snapshot["marks"].as_u64()), (Some(1), Some(1)));
+    let request =
+        Request::get("/admin/digest").header(header::AUTHORIZATION, "Bearer s3cret-token").body(Body::empty()).unwrap();
+    let digest: Value = serde_json::from_str(&s.raw(request).await.1).unwrap();
+    assert_eq!((digest["appliedLsn"].as_u64(), digest["marks"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(digest["digest"].as_str().unwrap().len(), 32);
+
+    let (_, config) = s.get("/actuator/configprops").await;
+    assert_eq!(config["security"]["admin-token"], "******");
+    assert!(!config.to_string().contains("s3cret"));
+}
+
+#[tokio::test]
+async fn actuator_reports_health_info_and_prometheus_metrics() {
+    let s = start();
+    s.call(Method::PUT, "/api/v1/users/1/reads/2", None).await;
+    s.get("/api/v1/users/x/reads/2").await;
+    let (status, health) = s.get("/actuator/health").await;
+    assert_eq!((status, health["status"].as_str()), (StatusCode::OK, Some("UP")));
+    let (_, info) = s.get("/actuator/info").await;
+    assert_eq!((info["node"]["role"].as_str(), info["appliedLsn"].as_u64()), (Some("master"), Some(1)));
+    let (status, text, headers) = s.raw(Request::get("/actuator/prometheus").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get(header::CONTENT_TYPE).unwrap().to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    for needle in [
+        r#"bitark_http_requests_total{method="PUT",route="/api/v1/users/{userId}/reads/{msgId}",status="200"} 1"#,
+        r#"bitark_http_requests_total{method="GET",route="/api/v1/users/{userId}/reads/{msgId}",status="400"} 1"#,
+        "bitark_http_request_duration_seconds_bucket",
+        "bitark_wal_append_seconds_count 1",
+        "bitark_group_commit_batch_records_count 1",
+        "bitark_lsn_applied 1",
+        "bitark_store_marks 1",
+        "bitark_wal_segments 1",
+        "bitark_recovery_duration_seconds",
+    ] {
+        assert!(text.contains(needle), "missing {needle}");
+    }
+}
+
+#[tokio::test]
+async fn served_openapi_document_is_the_checked_in_file() {
+    let s = start();
+    let (status, served, _) = s.raw(Request::get("/openapi.json").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/openapi.json")).unwrap();
+    assert!(
+        served == file,
+        "openapi/openapi.json is stale; regenerate: cargo run -p bitark-adapter --bin bitark -- openapi > openapi/openapi.json"
+    );
+    let doc: Value = serde_json::from_str(&served).unwrap();
+    for path in [
+        "/api/v1/users/{userId}/reads/{msgId}",
+        "/api/v1/users/{userId}/reads",
+        "/api/v1/users/{userId}/reads/check",
+        "/api/v1/users/{userId}/unread-count",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+    assert!(doc["components"]["schemas"]["FlexU64"]["description"].as_str().unwrap().contains("decimal string"));
+}

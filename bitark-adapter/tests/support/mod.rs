@@ -1,0 +1,394 @@
+//! A harness around the real `bitark` binary, for tests that need whole processes:
+//! crashes, signals, restarts, and later several nodes side by side.
+//!
+//! - [`NodeBuilder`] describes a process (data directory, port, environment, flags) and
+//!   is kept by the [`Node`] it starts, so a restart runs the same command line on the
+//!   same directory. Clone one builder to start the nodes of a cluster.
+//! - [`Node`] owns one running process: a reader thread keeps every stderr line and
+//!   picks up the `listening on http://…` address; signals go through `libc::kill`; the
+//!   process is killed on drop.
+//! - [`Api`] is an async client for the HTTP API.
+//! - [`wait_until`] polls a condition against a deadline. Tests synchronise on
+//!   conditions only, never on a bare sleep.
+
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use bitark_adapter::http::admin::{Digest, SnapshotTaken};
+use bitark_adapter::http::reads::{CheckResponse, LsnResponse, ReadStatus};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// How long a node may take to bind and recover, and a stopping node to exit.
+pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between two looks at a condition.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Polls `condition` until it holds; false once `timeout` has passed without it.
+pub async fn poll_until(timeout: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls `condition` until it holds; panics naming `what` once `timeout` has passed.
+pub async fn wait_until(timeout: Duration, what: &str, condition: impl AsyncFnMut() -> bool) {
+    assert!(poll_until(timeout, condition).await, "timed out after {timeout:?} waiting for {what}");
+}
+
+/// How to start a `bitark` process.
+#[derive(Clone, Debug, Default)]
+pub struct NodeBuilder {
+    data_dir: Option<PathBuf>,
+    port: u16,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+impl NodeBuilder {
+    /// Uses `dir` as the data directory instead of a fresh temporary one.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Listens on `port` (default 0: a free port, a new one on each restart).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Sets an environment variable, e.g. `("BITARK_WAL__SEGMENT_SIZE", "64KiB")`.
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Adds a command-line argument after `--port` and `--data-dir`.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Starts the process without waiting for it to listen or recover.
+    pub fn spawn(self) -> Node {
+        let (data_dir, temp) = match self.data_dir.clone() {
+            Some(dir) => (dir, None),
+            None => {
+                let temp = tempfile::tempdir().expect("temporary data directory");
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        let builder = NodeBuilder { data_dir: Some(data_dir.clone()), ..self };
+        let (child, log) = launch(&builder, &data_dir);
+        Node { builder, data_dir, _temp: temp, child, exit: None, log }
+    }
+
+    /// Starts the process and waits until it is ready to serve.
+    pub async fn start(self) -> Node {
+        let mut node = self.spawn();
+        node.wait_ready().await;
+        node
+    }
+}
+
+/// What the stderr reader thread has seen of one run of the process. Behind a std
+/// `Mutex`: the writer is a plain thread and no one holds the lock across an await.
+#[derive(Default)]
+struct StderrLog {
+    lines: Vec<String>,
+    addr: Option<SocketAddr>,
+    /// The process closed stderr: every line it wrote is in `lines`.
+    closed: bool,
+}
+
+fn launch(builder: &NodeBuilder, data_dir: &Path) -> (Child, Arc<Mutex<StderrLog>>) {
+    std::fs::create_dir_all(data_dir).expect("create the data directory");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bitark"));
+    // Only the settings of this test apply: not the caller's BITARK_* variables, not an
+    // application.yml in the working directory.
+    for (key, _) in std::env::vars().filter(|(key, _)| key.starts_with("BITARK_")) {
+        command.env_remove(key);
+    }
+    command
+        .current_dir(data_dir)
+        .env("BITARK_LOG", "info")
+        .envs(builder.env.iter().map(|(k, v)| (k, v)))
+        .arg("--port")
+        .arg(builder.port.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(&builder.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn bitark");
+    let log = Arc::new(Mutex::new(StderrLog::default()));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let sink = log.clone();
+    std::thread::Builder::new()
+        .name("bitark-stderr".into())
+        .spawn(move || read_stderr(stderr, &sink))
+        .expect("spawn the stderr reader");
+    (child, log)
+}
+
+fn read_stderr(stderr: ChildStderr, log: &Mutex<StderrLog>) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+        let mut log = log.lock().unwrap();
+        if log.addr.is_none() {
+            log.addr = text.split("listening on http://").nth(1).and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+        }
+        log.lines.push(text);
+        line.clear();
+    }
+    log.lock().unwrap().closed = true;
+}
+
+/// One `bitark` process; killed with SIGKILL on drop if still running.
+pub struct Node {
+    builder: NodeBuilder,
+    data_dir: PathBuf,
+    /// Deletes a temporary data directory once the node is gone.
+    _temp: Option<TempDir>,
+    child: Child,
+    /// Set once the process has been reaped; its pid must not be signalled after that.
+    exit: Option<ExitStatus>,
+    log: Arc<Mutex<StderrLog>>,
+}
+
+impl Node {
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// A builder for another process on this node's data directory.
+    pub fn same_dir(&self) -> NodeBuilder {
+        NodeBuilder { data_dir: Some(self.data_dir.clone()), port: 0, ..self.builder.clone() }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().expect("query the bitark process");
+        }
+        self.exit
+    }
+
+    /// The address it listens on, once it has logged it.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.log.lock().unwrap().addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr().expect("the node has not logged its address yet"))
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&self.url())
+    }
+
+    /// Every stderr line of the current run so far.
+    pub fn stderr_text(&self) -> String {
+        self.log.lock().unwrap().lines.join("\n")
+    }
+
+    /// Waits until the readiness probe answers 200; panics with the log if the process
+    /// exits first or the deadline passes.
+    pub async fn wait_ready(&mut self) {
+        let mut api = None;
+        let ready = poll_until(PROCESS_TIMEOUT, async || {
+            if let Some(status) = self.try_exit() {
+                panic!("bitark exited ({status}) before it was ready:\n{}", self.stderr_text());
+            }
+            let Some(addr) = self.addr() else { return false };
+            let api = api.get_or_insert_with(|| Api::new(&format!("http://{addr}")));
+            api.readiness().await.is_ok_and(|status| status == StatusCode::OK)
+        })
+        .await;
+        assert!(ready, "bitark was not ready after {PROCESS_TIMEOUT:?}:\n{}", self.stderr_text());
+    }
+
+    /// Waits for the process to exit and for its last stderr line to be read.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let exited = poll_until(timeout, async || self.try_exit().is_some() && self.log.lock().unwrap().closed).await;
+        assert!(exited, "bitark did not exit within {timeout:?}:\n{}", self.stderr_text());
+        self.exit.expect("exited")
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub async fn stop(&mut self) -> ExitStatus {
+        self.sigterm();
+        self.wait_exit(PROCESS_TIMEOUT).await
+    }
+
+    /// Kills the process at once and reaps it.
+    pub fn sigkill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.exit = Some(self.child.wait().expect("reap the killed process"));
+    }
+
+    pub fn sigterm(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Freezes the process: it keeps its sockets but answers nothing.
+    pub fn sigstop(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn sigcont(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
+        assert!(self.try_exit().is_none(), "bitark already exited ({:?})", self.exit);
+        // SAFETY: kill(2) only sends a signal; the pid is our child and not yet reaped.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}): {}", self.pid(), std::io::Error::last_os_error());
+    }
+
+    /// Starts the process again on the same data directory, without waiting.
+    pub fn respawn(&mut self) {
+        assert!(self.try_exit().is_some(), "bitark is still running; kill or stop it first");
+        (self.child, self.log) = launch(&self.builder, &self.data_dir);
+        self.exit = None;
+    }
+
+    /// Starts the process again on the same data directory and waits until it is ready.
+    pub async fn restart(&mut self) {
+        self.respawn();
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            self.sigkill();
+        }
+    }
+}
+
+/// Why a call got no 200.
+#[derive(Debug)]
+pub enum CallError {
+    /// No answer (refused, reset, timed out): a write may or may not have taken effect.
+    Transport(reqwest::Error),
+    /// The server answered with another status.
+    Status(StatusCode, String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Transport(e) => write!(f, "no answer: {e}"),
+            CallError::Status(status, body) => write!(f, "{status}: {body}"),
+        }
+    }
+}
+
+/// An async client for one node's HTTP API.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    pub fn new(base_url: &str) -> Self {
+        // A bound on every call, so a frozen (SIGSTOPped) node cannot hang a test.
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client");
+        Api { http, base: base_url.trim_end_matches('/').to_owned() }
+    }
+
+    async fn call<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, CallError> {
+        let response = request.send().await.map_err(CallError::Transport)?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            return Err(CallError::Status(status, response.text().await.unwrap_or_default()));
+        }
+        response.json().await.map_err(CallError::Transport)
+    }
+
+    fn reads(&self, user: u64) -> String {
+        format!("{}/api/v1/users/{user}/reads", self.base)
+    }
+
+    pub async fn mark_read(&self, user: u64, msg: u64) -> Result<u64, CallError> {
+        let answer: LsnResponse = self.call(self.http.put(format!("{}/{msg}", self.reads(user)))).await?;
+        Ok(answer.lsn)
+    }
+
+    pub async fn mark_unread(&self, user: u64, msg: u64) -> Result<u64, CallError> {
+        let answer: LsnResponse = self.call(self.http.delete(format!("{}/{msg}", self.reads(user)))).await?;
+        Ok(answer.lsn)
+    }
+
+    pub async fn mark_batch(&self, user: u64, msgs: &[u64]) -> Result<u64, CallError> {
+        let answer: LsnResponse = self.call(self.http.post(self.reads(user)).json(&json!({ "msgIds": msgs }))).await?;
+        Ok(answer.lsn)
+    }
+
+    /// Marks `from..=to` read.
+    pub async fn mark_range(&self, user: u64, from: u64, to: u64) -> Result<u64, CallError> {
+        let body = json!({ "from": from, "to": to });
+        let answer: LsnResponse = self.call(self.http.post(self.reads(user)).json(&body)).await?;
+        Ok(answer.lsn)
+    }
+
+    pub async fn is_read(&self, user: u64, msg: u64) -> Result<bool, CallError> {
+        let answer: ReadStatus = self.call(self.http.get(format!("{}/{msg}", self.reads(user)))).await?;
+        Ok(answer.read)
+    }
+
+    /// Read flags of `msgs`, in their order.
+    pub async fn check(&self, user: u64, msgs: &[u64]) -> Result<Vec<bool>, CallError> {
+        let request = self.http.post(format!("{}/check", self.reads(user))).json(&json!({ "msgIds": msgs }));
+        let answer: CheckResponse = self.call(request).await?;
+        Ok(answer.read)
+    }
+
+    pub async fn digest(&self) -> Result<Digest, CallError> {
+        self.call(self.http.get(format!("{}/admin/digest", self.base))).await
+    }
+
+    pub async fn snapshot(&self) -> Result<SnapshotTaken, CallError> {
+        self.call(self.http.post(format!("{}/admin/snapshot", self.base))).await
+    }
+
+    pub async fn info(&self) -> Result<Value, CallError> {
+        self.call(self.http.get(format!("{}/actuator/info", self.base))).await
+    }
+
+    /// The status of the readiness probe (200 ready, 503 recovering or stopping).
+    pub async fn readiness(&self) -> Result<StatusCode, CallError> {
+        let url = format!("{}/actuator/health/readiness", self.base);
+        Ok(self.http.get(url).send().await.map_err(CallError::Transport)?.status())
+    }
+}
