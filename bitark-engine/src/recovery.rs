@@ -87,14 +87,82 @@ pub(crate) fn recover(
     Ok(report)
 }
 
+/// Entries handed to a decoding worker at a time.
+const CHUNK: usize = 2048;
+
+/// Loads one snapshot. The calling thread reads and checksums the file; worker threads
+/// decode the roaring sets and insert them (the store is sharded, so they rarely
+/// contend). Any damage, found by either side, fails the whole load.
 fn load_snapshot(store: &ReadStore, path: &Path) -> Result<(), StorageError> {
-    read_snapshot(path, |user, marks, bytes| {
-        let set = RoaringTreemap::deserialize_from(bytes).map_err(|e| format!("user {user}: bad roaring set: {e}"))?;
-        if set.len() != marks {
-            return Err(format!("user {user}: entry says {marks} marks, set holds {}", set.len()));
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+    std::thread::scope(|scope| {
+        let mut senders = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(4);
+            senders.push(tx);
+            handles.push(scope.spawn(move || -> Result<(), String> {
+                for chunk in rx {
+                    chunk.insert_into(store)?;
+                }
+                Ok(())
+            }));
         }
-        store.insert_user_set(user, set);
-        Ok(())
+        let mut chunk = Chunk::default();
+        let mut next = 0;
+        let read = read_snapshot(path, |user, marks, bytes| {
+            chunk.push(user, marks, bytes);
+            if chunk.len() == CHUNK {
+                // A worker that stopped has failed; its error is collected below.
+                let _ = senders[next % workers].send(std::mem::take(&mut chunk));
+                next += 1;
+            }
+            Ok(())
+        });
+        let _ = senders[next % workers].send(chunk);
+        drop(senders);
+        let mut worker_error = None;
+        for handle in handles {
+            if let Err(e) = handle.join().unwrap_or_else(|_| Err("snapshot worker panicked".into())) {
+                worker_error.get_or_insert(e);
+            }
+        }
+        read?;
+        match worker_error {
+            Some(reason) => Err(StorageError::corruption(path, 0, reason)),
+            None => Ok(()),
+        }
     })
-    .map(|_| ())
+}
+
+/// A run of snapshot entries: users, their mark counts, and their sets back to back.
+#[derive(Default)]
+struct Chunk {
+    entries: Vec<(u64, u64, usize)>,
+    bytes: Vec<u8>,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn push(&mut self, user: u64, marks: u64, set: &[u8]) {
+        self.bytes.extend_from_slice(set);
+        self.entries.push((user, marks, self.bytes.len()));
+    }
+
+    fn insert_into(&self, store: &ReadStore) -> Result<(), String> {
+        let mut start = 0;
+        for &(user, marks, end) in &self.entries {
+            let set = RoaringTreemap::deserialize_from(&self.bytes[start..end])
+                .map_err(|e| format!("user {user}: bad roaring set: {e}"))?;
+            if set.len() != marks {
+                return Err(format!("user {user}: entry says {marks} marks, set holds {}", set.len()));
+            }
+            store.insert_user_set(user, set);
+            start = end;
+        }
+        Ok(())
+    }
 }
