@@ -89,7 +89,10 @@ fn snapshot_then_log_tail_recovers_the_same_state_and_purges_the_log() {
     assert_eq!(info.lsn, Lsn(4000));
     assert_eq!(info.marks, node.mark_count());
     let segments_after = list_segments(&dir.path().join("wal")).unwrap().len();
-    assert!(segments_after < segments_before, "segments below the snapshot are purged ({segments_before} -> {segments_after})");
+    assert!(
+        segments_after < segments_before,
+        "segments below the snapshot are purged ({segments_before} -> {segments_after})"
+    );
     write_all(&rt, &node, workload(500));
     let before = node.digest();
     node.shutdown();
@@ -227,6 +230,7 @@ fn corruption_before_the_tail_stops_opening_with_file_and_offset() {
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[44 * 5 + 30] ^= 0xFF; // inside record 6 (each is 44 bytes)
     std::fs::write(&segment, bytes).unwrap();
-    let err = Node::open(config.clone(), Metrics::standalone()).err().expect("corruption must stop start-up").to_string();
+    let err =
+        Node::open(config.clone(), Metrics::standalone()).err().expect("corruption must stop start-up").to_string();
     assert!(err.contains(&segment.display().to_string()) && err.contains("offset 220"), "{err}");
 }
