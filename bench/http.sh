@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-15}
 port=${BENCH_PORT:-18555}
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
-cargo build --release --quiet --bin bitark
+cargo build --release --quiet --bin bitark --example minimal
 data=$(mktemp -d)
 BITARK_LOG=warn ./target/release/bitark --port "$port" --data-dir "$data" &
 pid=$!
@@ -24,6 +24,13 @@ run() {
   line=$(wrk -t2 -c64 -d"${secs}s" --latency -s "bench/wrk/$script" "http://127.0.0.1:$port" | grep '^RESULT')
   echo "$name $line"
 }
+# The reference: a minimal axum handler on the same machine, same client settings.
+./target/release/examples/minimal $((port + 1)) &
+minimal=$!
+for _ in $(seq 1 100); do curl -s "http://127.0.0.1:$((port + 1))/api/v1/users/1/reads/1" >/dev/null && break; sleep 0.1; done
+echo "minimal-get $(wrk -t2 -c64 -d"${secs}s" --latency -s bench/wrk/is-read.lua "http://127.0.0.1:$((port + 1))" | grep '^RESULT')"
+echo "minimal-put $(wrk -t2 -c64 -d"${secs}s" --latency -s bench/wrk/mark.lua "http://127.0.0.1:$((port + 1))" | grep '^RESULT')"
+kill $minimal; wait $minimal 2>/dev/null || true
 run batch-mark batch-mark.lua
 run is-read is-read.lua
 run mark mark.lua

@@ -1,21 +1,21 @@
 //! A harness around the real `bitark` binary, for tests that need whole processes:
 //! crashes, signals, restarts, and later several nodes side by side.
 //!
-//! - [`NodeBuilder`] describes a process (data directory, port, environment, flags) and
-//!   is kept by the [`Node`] it starts, so a restart runs the same command line on the
-//!   same directory. Clone one builder to start the nodes of a cluster.
-//! - [`Node`] owns one running process: a reader thread keeps every stderr line and
-//!   picks up the `listening on http://…` address; signals go through `libc::kill`; the
-//!   process is killed on drop.
+//! - [`NodeBuilder`] describes a process (data directory, environment, flags). The
+//!   [`Node`] it starts keeps it, so a restart runs the same command line on the same
+//!   directory; clone one builder to start the nodes of a cluster.
+//! - [`Node`] owns one running process on a free port: a reader thread keeps every stderr
+//!   line and picks up the `listening on http://…` address (a new one on each restart);
+//!   signals go through `libc::kill`; the process is killed on drop.
 //! - [`Api`] is an async client for the HTTP API.
-//! - [`wait_until`] polls a condition against a deadline. Tests synchronise on
-//!   conditions only, never on a bare sleep.
+//! - [`wait_until`] polls a condition against a deadline: tests synchronise on
+//!   conditions, never on a bare sleep.
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 use bitark_adapter::http::admin::{Digest, SnapshotTaken};
-use bitark_adapter::http::reads::{CheckResponse, LsnResponse, ReadStatus};
-use reqwest::StatusCode;
+use bitark_adapter::http::reads::{CheckResponse, LsnResponse};
+use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-/// How long a node may take to bind and recover, and a stopping node to exit.
+/// How long a node may take to listen and recover, or to exit once stopping.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between two looks at a condition.
 const POLL: Duration = Duration::from_millis(10);
@@ -34,15 +34,13 @@ const POLL: Duration = Duration::from_millis(10);
 /// Polls `condition` until it holds; false once `timeout` has passed without it.
 pub async fn poll_until(timeout: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return true;
-        }
+    while !condition().await {
         if Instant::now() >= deadline {
             return false;
         }
         tokio::time::sleep(POLL).await;
     }
+    true
 }
 
 /// Polls `condition` until it holds; panics naming `what` once `timeout` has passed.
@@ -53,22 +51,15 @@ pub async fn wait_until(timeout: Duration, what: &str, condition: impl AsyncFnMu
 /// How to start a `bitark` process.
 #[derive(Clone, Debug, Default)]
 pub struct NodeBuilder {
+    /// `None`: a fresh temporary directory, deleted with the [`Node`].
     data_dir: Option<PathBuf>,
-    port: u16,
     env: Vec<(String, String)>,
     args: Vec<String>,
 }
 
 impl NodeBuilder {
-    /// Uses `dir` as the data directory instead of a fresh temporary one.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
-        self
-    }
-
-    /// Listens on `port` (default 0: a free port, a new one on each restart).
-    pub fn port(mut self, port: u16) -> Self {
-        self.port = port;
         self
     }
 
@@ -106,8 +97,8 @@ impl NodeBuilder {
     }
 }
 
-/// What the stderr reader thread has seen of one run of the process. Behind a std
-/// `Mutex`: the writer is a plain thread and no one holds the lock across an await.
+/// What the stderr reader thread has seen of one run. Behind a std `Mutex`: the writer
+/// is a plain thread and no one holds the lock across an await.
 #[derive(Default)]
 struct StderrLog {
     lines: Vec<String>,
@@ -119,31 +110,19 @@ struct StderrLog {
 fn launch(builder: &NodeBuilder, data_dir: &Path) -> (Child, Arc<Mutex<StderrLog>>) {
     std::fs::create_dir_all(data_dir).expect("create the data directory");
     let mut command = Command::new(env!("CARGO_BIN_EXE_bitark"));
-    // Only the settings of this test apply: not the caller's BITARK_* variables, not an
+    // Only this test's settings apply: not the caller's BITARK_* variables, and not an
     // application.yml in the working directory.
     for (key, _) in std::env::vars().filter(|(key, _)| key.starts_with("BITARK_")) {
         command.env_remove(key);
     }
-    command
-        .current_dir(data_dir)
-        .env("BITARK_LOG", "info")
-        .envs(builder.env.iter().map(|(k, v)| (k, v)))
-        .arg("--port")
-        .arg(builder.port.to_string())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(&builder.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    command.current_dir(data_dir).env("BITARK_LOG", "info").envs(builder.env.iter().map(|(k, v)| (k, v)));
+    command.arg("--port").arg("0").arg("--data-dir").arg(data_dir).args(&builder.args);
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = command.spawn().expect("spawn bitark");
-    let log = Arc::new(Mutex::new(StderrLog::default()));
     let stderr = child.stderr.take().expect("piped stderr");
+    let log = Arc::new(Mutex::new(StderrLog::default()));
     let sink = log.clone();
-    std::thread::Builder::new()
-        .name("bitark-stderr".into())
-        .spawn(move || read_stderr(stderr, &sink))
-        .expect("spawn the stderr reader");
+    std::thread::spawn(move || read_stderr(stderr, &sink));
     (child, log)
 }
 
@@ -154,7 +133,8 @@ fn read_stderr(stderr: ChildStderr, log: &Mutex<StderrLog>) {
         let text = String::from_utf8_lossy(&line).trim_end().to_owned();
         let mut log = log.lock().unwrap();
         if log.addr.is_none() {
-            log.addr = text.split("listening on http://").nth(1).and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+            let addr = text.split("listening on http://").nth(1).and_then(|rest| rest.split_whitespace().next());
+            log.addr = addr.and_then(|addr| addr.parse().ok());
         }
         log.lines.push(text);
         line.clear();
@@ -181,15 +161,11 @@ impl Node {
 
     /// A builder for another process on this node's data directory.
     pub fn same_dir(&self) -> NodeBuilder {
-        NodeBuilder { data_dir: Some(self.data_dir.clone()), port: 0, ..self.builder.clone() }
+        self.builder.clone()
     }
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
     }
 
     /// The exit status, once the process has exited.
@@ -200,13 +176,8 @@ impl Node {
         self.exit
     }
 
-    /// The address it listens on, once it has logged it.
-    pub fn addr(&self) -> Option<SocketAddr> {
-        self.log.lock().unwrap().addr
-    }
-
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr().expect("the node has not logged its address yet"))
+        format!("http://{}", self.log.lock().unwrap().addr.expect("the node has not logged its address yet"))
     }
 
     pub fn api(&self) -> Api {
@@ -226,7 +197,7 @@ impl Node {
             if let Some(status) = self.try_exit() {
                 panic!("bitark exited ({status}) before it was ready:\n{}", self.stderr_text());
             }
-            let Some(addr) = self.addr() else { return false };
+            let Some(addr) = self.log.lock().unwrap().addr else { return false };
             let api = api.get_or_insert_with(|| Api::new(&format!("http://{addr}")));
             api.readiness().await.is_ok_and(|status| status == StatusCode::OK)
         })
@@ -268,9 +239,10 @@ impl Node {
 
     fn signal(&mut self, signal: libc::c_int) {
         assert!(self.try_exit().is_none(), "bitark already exited ({:?})", self.exit);
-        // SAFETY: kill(2) only sends a signal; the pid is our child and not yet reaped.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}): {}", self.pid(), std::io::Error::last_os_error());
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) only sends a signal, to our own child, which is not reaped yet.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
     }
 
     /// Starts the process again on the same data directory, without waiting.
@@ -296,21 +268,14 @@ impl Drop for Node {
 }
 
 /// Why a call got no 200.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// No answer (refused, reset, timed out): a write may or may not have taken effect.
+    #[error("no answer: {0}")]
     Transport(reqwest::Error),
     /// The server answered with another status.
+    #[error("{0}: {1}")]
     Status(StatusCode, String),
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Transport(e) => write!(f, "no answer: {e}"),
-            CallError::Status(status, body) => write!(f, "{status}: {body}"),
-        }
-    }
 }
 
 /// An async client for one node's HTTP API.
@@ -327,68 +292,61 @@ impl Api {
         Api { http, base: base_url.trim_end_matches('/').to_owned() }
     }
 
-    async fn call<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, CallError> {
-        let response = request.send().await.map_err(CallError::Transport)?;
-        let status = response.status();
-        if status != StatusCode::OK {
-            return Err(CallError::Status(status, response.text().await.unwrap_or_default()));
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Value>) -> Result<T, CallError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
         }
-        response.json().await.map_err(CallError::Transport)
+        let response = request.send().await.map_err(CallError::Transport)?;
+        match response.status() {
+            StatusCode::OK => response.json().await.map_err(CallError::Transport),
+            status => Err(CallError::Status(status, response.text().await.unwrap_or_default())),
+        }
     }
 
-    fn reads(&self, user: u64) -> String {
-        format!("{}/api/v1/users/{user}/reads", self.base)
+    async fn write(&self, method: Method, path: String, body: Option<Value>) -> Result<u64, CallError> {
+        self.call::<LsnResponse>(method, &path, body).await.map(|answer| answer.lsn)
     }
 
+    /// Each write answers the LSN of its record.
     pub async fn mark_read(&self, user: u64, msg: u64) -> Result<u64, CallError> {
-        let answer: LsnResponse = self.call(self.http.put(format!("{}/{msg}", self.reads(user)))).await?;
-        Ok(answer.lsn)
+        self.write(Method::PUT, format!("/api/v1/users/{user}/reads/{msg}"), None).await
     }
 
     pub async fn mark_unread(&self, user: u64, msg: u64) -> Result<u64, CallError> {
-        let answer: LsnResponse = self.call(self.http.delete(format!("{}/{msg}", self.reads(user)))).await?;
-        Ok(answer.lsn)
+        self.write(Method::DELETE, format!("/api/v1/users/{user}/reads/{msg}"), None).await
     }
 
     pub async fn mark_batch(&self, user: u64, msgs: &[u64]) -> Result<u64, CallError> {
-        let answer: LsnResponse = self.call(self.http.post(self.reads(user)).json(&json!({ "msgIds": msgs }))).await?;
-        Ok(answer.lsn)
+        self.write(Method::POST, format!("/api/v1/users/{user}/reads"), Some(json!({ "msgIds": msgs }))).await
     }
 
     /// Marks `from..=to` read.
     pub async fn mark_range(&self, user: u64, from: u64, to: u64) -> Result<u64, CallError> {
-        let body = json!({ "from": from, "to": to });
-        let answer: LsnResponse = self.call(self.http.post(self.reads(user)).json(&body)).await?;
-        Ok(answer.lsn)
-    }
-
-    pub async fn is_read(&self, user: u64, msg: u64) -> Result<bool, CallError> {
-        let answer: ReadStatus = self.call(self.http.get(format!("{}/{msg}", self.reads(user)))).await?;
-        Ok(answer.read)
+        self.write(Method::POST, format!("/api/v1/users/{user}/reads"), Some(json!({ "from": from, "to": to }))).await
     }
 
     /// Read flags of `msgs`, in their order.
     pub async fn check(&self, user: u64, msgs: &[u64]) -> Result<Vec<bool>, CallError> {
-        let request = self.http.post(format!("{}/check", self.reads(user))).json(&json!({ "msgIds": msgs }));
-        let answer: CheckResponse = self.call(request).await?;
-        Ok(answer.read)
+        let (path, body) = (format!("/api/v1/users/{user}/reads/check"), json!({ "msgIds": msgs }));
+        self.call::<CheckResponse>(Method::POST, &path, Some(body)).await.map(|answer| answer.read)
     }
 
     pub async fn digest(&self) -> Result<Digest, CallError> {
-        self.call(self.http.get(format!("{}/admin/digest", self.base))).await
+        self.call(Method::GET, "/admin/digest", None).await
     }
 
     pub async fn snapshot(&self) -> Result<SnapshotTaken, CallError> {
-        self.call(self.http.post(format!("{}/admin/snapshot", self.base))).await
+        self.call(Method::POST, "/admin/snapshot", None).await
     }
 
     pub async fn info(&self) -> Result<Value, CallError> {
-        self.call(self.http.get(format!("{}/actuator/info", self.base))).await
+        self.call(Method::GET, "/actuator/info", None).await
     }
 
-    /// The status of the readiness probe (200 ready, 503 recovering or stopping).
+    /// The status of the readiness probe: 200 ready, 503 recovering or stopping.
     pub async fn readiness(&self) -> Result<StatusCode, CallError> {
         let url = format!("{}/actuator/health/readiness", self.base);
-        Ok(self.http.get(url).send().await.map_err(CallError::Transport)?.status())
+        self.http.get(url).send().await.map(|response| response.status()).map_err(CallError::Transport)
     }
 }
