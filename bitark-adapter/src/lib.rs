@@ -17,6 +17,7 @@ pub mod openapi;
 
 pub use config::AppConfig;
 
+use axum::serve::ListenerExt;
 use bitark_engine::{Node, OpenError};
 use bitark_infra::Metrics;
 use std::future::{Future, IntoFuture};
@@ -45,6 +46,12 @@ pub async fn run(listener: TcpListener, config: AppConfig, shutdown: impl Future
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let state = http::AppState::new(config.clone(), metrics.clone());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    // Answers are small and each is written at once: never hold one back (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = tokio::spawn(
         axum::serve(listener, http::router(state.clone()))
             .with_graceful_shutdown(async move {

@@ -357,9 +357,9 @@ async fn actuator_reports_health_info_and_prometheus_metrics() {
     assert_eq!(status, StatusCode::OK);
     assert!(headers.get(header::CONTENT_TYPE).unwrap().to_str().unwrap().starts_with("text/plain; version=0.0.4"));
     for needle in [
-        r#"bitark_http_requests_total{method="PUT",route="/api/v1/users/{userId}/reads/{msgId}",status="200"} 1"#,
-        r#"bitark_http_requests_total{method="GET",route="/api/v1/users/{userId}/reads/{msgId}",status="400"} 1"#,
-        "bitark_http_request_duration_seconds_bucket",
+        r#"bitark_http_request_duration_seconds_count{method="PUT",route="/api/v1/users/{userId}/reads/{msgId}",status="200"} 1"#,
+        r#"bitark_http_request_duration_seconds_count{method="GET",route="/api/v1/users/{userId}/reads/{msgId}",status="400"} 1"#,
+        r#"bitark_http_request_duration_seconds_bucket{method="PUT",route="/api/v1/users/{userId}/reads/{msgId}",status="200",le="#,
         "bitark_wal_append_seconds_count 1",
         "bitark_group_commit_batch_records_count 1",
         "bitark_lsn_applied 1",

@@ -3,11 +3,10 @@
 
 use super::error::ApiError;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
 use axum::http::{header, request::Parts, StatusCode};
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::fmt;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
@@ -32,15 +31,17 @@ pub struct UserMsg {
     pub msg: u64,
 }
 
-async fn path_params(parts: &mut Parts) -> Result<HashMap<String, String>, ApiError> {
-    Path::<HashMap<String, String>>::from_request_parts(parts, &())
+async fn path_params(parts: &mut Parts) -> Result<RawPathParams, ApiError> {
+    RawPathParams::from_request_parts(parts, &())
         .await
-        .map(|Path(p)| p)
         .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
 }
 
-fn param(params: &HashMap<String, String>, name: &str) -> Result<u64, ApiError> {
-    let raw = params.get(name).ok_or_else(|| ApiError::bad_request("invalid_path", format!("missing {name}")))?;
+fn param(params: &RawPathParams, name: &str) -> Result<u64, ApiError> {
+    let raw = params
+        .iter()
+        .find_map(|(key, value)| (key == name).then_some(value))
+        .ok_or_else(|| ApiError::bad_request("invalid_path", format!("missing {name}")))?;
     parse_id(name, raw)
 }
 
@@ -62,13 +63,14 @@ impl<S: Send + Sync> FromRequestParts<S> for UserMsg {
     }
 }
 
-/// The query string as key → value; values are parsed by the handler.
-pub struct QueryParams(pub HashMap<String, String>);
+/// The query string's key-value pairs; values are parsed by the handler. A list, not a
+/// map: there are one or two parameters, and most requests have none.
+pub struct QueryParams(pub Vec<(String, String)>);
 
 impl QueryParams {
-    /// An optional id parameter.
+    /// An optional id parameter (the last one wins when repeated).
     pub fn id(&self, name: &str) -> Result<Option<u64>, ApiError> {
-        self.0.get(name).map(|raw| parse_id(name, raw)).transpose()
+        self.0.iter().rev().find(|(key, _)| key == name).map(|(_, raw)| parse_id(name, raw)).transpose()
     }
 
     /// A required id parameter.

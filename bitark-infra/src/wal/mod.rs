@@ -11,6 +11,7 @@
 //! - [`scan`]: the recovery scan: replays records from an LSN, cuts a torn tail, and
 //!   stops on corruption before the tail with the file and offset.
 
+mod active;
 pub mod scan;
 pub mod segment;
 pub mod writer;

@@ -8,7 +8,8 @@
 //! them, they are the remains of a write that a crash interrupted and that was never
 //! acknowledged: the file is cut back to the last good record and the cut is logged.
 //! A bad record anywhere else, or one followed by valid records, is corruption: recovery
-//! stops with an error naming the file and byte offset.
+//! stops with an error naming the file and byte offset. An all-zero tail of the newest
+//! segment is its unused preallocated space: the clean end of the log, trimmed quietly.
 
 use crate::error::{IoContext, StorageError};
 use crate::wal::segment::{list_segments, SegmentFile};
@@ -99,6 +100,12 @@ fn scan_segment(
                 }
                 offset += used;
             }
+            Err(_) if is_last && bytes[offset..].iter().all(|b| *b == 0) => {
+                // The unused, preallocated end of the newest segment: the log ends here.
+                // Trimmed so the writer continues right after the last record.
+                trim(path, offset as u64)?;
+                return Ok(());
+            }
             Err(err) if is_last && (err.is_truncation() || !valid_record_follows(&bytes[offset + 1..])) => {
                 let cut = (bytes.len() - offset) as u64;
                 tracing::warn!(
@@ -108,9 +115,7 @@ fn scan_segment(
                     reason = %err,
                     "cutting torn tail of the write-ahead log"
                 );
-                let file = OpenOptions::new().write(true).open(path).at(path)?;
-                file.set_len(offset as u64).at(path)?;
-                file.sync_all().at(path)?;
+                trim(path, offset as u64)?;
                 outcome.truncated = Some((path.clone(), offset as u64, cut));
                 return Ok(());
             }
@@ -118,6 +123,13 @@ fn scan_segment(
         }
     }
     Ok(())
+}
+
+/// Cuts `path` to `len` bytes, durably.
+fn trim(path: &Path, len: u64) -> Result<(), StorageError> {
+    let file = OpenOptions::new().write(true).open(path).at(path)?;
+    file.set_len(len).at(path)?;
+    file.sync_all().at(path)
 }
 
 /// True when a complete, valid record starts anywhere in `bytes`.
@@ -187,10 +199,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = write_log(dir.path(), &[1..=3]);
         let mut f = OpenOptions::new().append(true).open(&paths[0]).unwrap();
-        f.write_all(&[0u8; 100]).unwrap();
+        f.write_all(&[0xAB; 100]).unwrap();
         let (lsns, outcome) = collect(dir.path(), 0).unwrap();
         assert_eq!(lsns, vec![1, 2, 3]);
         assert!(outcome.truncated.is_some());
+    }
+
+    #[test]
+    fn a_preallocated_zero_tail_is_the_clean_end_and_is_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = write_log(dir.path(), &[1..=3]);
+        let len = fs::metadata(&paths[0]).unwrap().len();
+        OpenOptions::new().write(true).open(&paths[0]).unwrap().set_len(len + 4096).unwrap();
+        let (lsns, outcome) = collect(dir.path(), 0).unwrap();
+        assert_eq!(lsns, vec![1, 2, 3]);
+        assert_eq!(outcome.truncated, None, "not reported as a torn tail");
+        assert_eq!(fs::metadata(&paths[0]).unwrap().len(), len);
+    }
+
+    #[test]
+    fn a_zero_tail_in_an_older_segment_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = write_log(dir.path(), &[1..=3, 4..=6]);
+        let len = fs::metadata(&paths[0]).unwrap().len();
+        OpenOptions::new().write(true).open(&paths[0]).unwrap().set_len(len + 100).unwrap();
+        assert!(matches!(collect(dir.path(), 0), Err(StorageError::Corruption { .. })));
     }
 
     #[test]

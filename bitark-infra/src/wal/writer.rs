@@ -12,13 +12,11 @@
 //! can await them.
 
 use crate::config::{FsyncPolicy, WalConfig};
-use crate::error::{IoContext, StorageError};
-use crate::fsutil::fsync_dir;
+use crate::error::StorageError;
 use crate::metrics::Metrics;
-use crate::wal::segment::{list_segments, segment_name};
+use crate::wal::active::ActiveSegment;
+use crate::wal::segment::list_segments;
 use bitark_common::{Command, Epoch, Lsn, Record};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
@@ -155,33 +153,6 @@ impl GroupCommit {
     }
 }
 
-struct ActiveSegment {
-    path: PathBuf,
-    file: File,
-    len: u64,
-}
-
-impl ActiveSegment {
-    /// Continues the newest segment, or starts one at `next_lsn` when there is none.
-    fn open(dir: &Path, next_lsn: Lsn, segment_size: u64) -> Result<Self, StorageError> {
-        if let Some(last) = list_segments(dir)?.pop() {
-            let file = OpenOptions::new().append(true).open(&last.path).at(&last.path)?;
-            let len = file.metadata().at(&last.path)?.len();
-            if len < segment_size && last.first_lsn <= next_lsn {
-                return Ok(ActiveSegment { path: last.path, file, len });
-            }
-        }
-        Self::create(dir, next_lsn)
-    }
-
-    fn create(dir: &Path, first_lsn: Lsn) -> Result<Self, StorageError> {
-        let path = dir.join(segment_name(first_lsn));
-        let file = OpenOptions::new().append(true).create(true).open(&path).at(&path)?;
-        fsync_dir(dir)?;
-        Ok(ActiveSegment { path, file, len: 0 })
-    }
-}
-
 struct Writer<A> {
     dir: PathBuf,
     config: WalConfig,
@@ -236,9 +207,13 @@ impl<A: Applier> Writer<A> {
                         let _ = p.reply.send(Err(ProposeError::Closed));
                     }
                 }
-                // Even under `never`, a clean shutdown leaves the log on stable storage.
-                if self.dirty {
-                    let _ = self.sync();
+                // Even under `never`, a clean shutdown leaves the log on stable storage,
+                // trimmed to its last record.
+                if let Err(e) = self.active.seal() {
+                    tracing::error!(error = %e, "cannot close the WAL segment cleanly");
+                } else {
+                    self.dirty = false;
+                    self.publish_durable();
                 }
                 return;
             }
@@ -291,8 +266,7 @@ impl<A: Applier> Writer<A> {
             &self.active.path,
             std::io::Error::other("injected failure at wal::before-write")
         )));
-        self.active.file.write_all(&self.buf).at(&self.active.path)?;
-        self.active.len += self.buf.len() as u64;
+        self.active.write(&self.buf)?;
         self.dirty = true;
         self.metrics.wal_append_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.wal_bytes_written.inc_by(self.buf.len() as u64);
@@ -310,13 +284,17 @@ impl<A: Applier> Writer<A> {
             std::io::Error::other("injected failure at wal::before-fsync")
         )));
         let started = Instant::now();
-        self.active.file.sync_data().at(&self.active.path)?;
+        self.active.sync()?;
         self.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
         self.dirty = false;
         self.last_sync = Instant::now();
+        self.publish_durable();
+        Ok(())
+    }
+
+    fn publish_durable(&self) {
         self.shared.durable.store(self.pending_durable.0, Ordering::Release);
         self.metrics.lsn_durable.set(self.pending_durable.0 as i64);
-        Ok(())
     }
 
     fn sync_if_due(&mut self) {
@@ -329,10 +307,10 @@ impl<A: Applier> Writer<A> {
     }
 
     fn rotate(&mut self) -> Result<(), StorageError> {
-        if self.dirty && self.config.fsync != FsyncPolicy::Never {
-            self.sync()?;
-        }
-        self.active = ActiveSegment::create(&self.dir, self.next_lsn)?;
+        self.active.seal()?;
+        self.dirty = false;
+        self.publish_durable();
+        self.active = ActiveSegment::create(&self.dir, self.next_lsn, self.config.segment_size.as_u64())?;
         self.metrics.wal_segments.set(list_segments(&self.dir)?.len() as i64);
         tracing::debug!(segment = %self.active.path.display(), "started WAL segment");
         Ok(())
