@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Config) = cli.command {
-        println!("{}", serde_yaml_like(&config));
+        println!("{}", serde_json::to_string_pretty(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -85,10 +85,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn serde_yaml_like(config: &AppConfig) -> String {
-    serde_json::to_string_pretty(config).unwrap_or_default()
 }
 
 async fn serve(config: AppConfig) -> Result<(), Box<dyn std::error::Error>> {

@@ -234,3 +234,21 @@ fn corruption_before_the_tail_stops_opening_with_file_and_offset() {
         Node::open(config.clone(), Metrics::standalone()).err().expect("corruption must stop start-up").to_string();
     assert!(err.contains(&segment.display().to_string()) && err.contains("offset 220"), "{err}");
 }
+
+#[test]
+fn time_trigger_takes_a_snapshot_once_something_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.snapshot.every = std::time::Duration::from_millis(100);
+    let rt = runtime();
+    let node = open(&config);
+    let snapshots = dir.path().join("snapshots");
+    write_all(&rt, &node, workload(10));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while list_snapshots(&snapshots).unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the timer never took a snapshot");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(list_snapshots(&snapshots).unwrap()[0].0, Lsn(10));
+    node.shutdown();
+}

@@ -16,8 +16,9 @@ impl Applier for Collect {
     }
 }
 
+/// Small segments and batches, so 4000 records always span many of both.
 fn config(fsync: FsyncPolicy) -> WalConfig {
-    WalConfig { segment_size: bytesize::ByteSize::kib(64), fsync, ..WalConfig::default() }
+    WalConfig { segment_size: bytesize::ByteSize::kib(64), fsync, max_batch_records: 64, ..WalConfig::default() }
 }
 
 #[test]
@@ -102,4 +103,28 @@ fn proposals_after_shutdown_are_refused() {
     .unwrap();
     wal.shutdown();
     assert!(wal.propose(Command::MarkRead { user: 1, msg: 1 }).is_err());
+}
+
+#[test]
+fn interval_policy_answers_before_fsync_and_syncs_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WalConfig {
+        fsync: FsyncPolicy::Interval,
+        fsync_interval: std::time::Duration::from_millis(50),
+        ..config(FsyncPolicy::Interval)
+    };
+    let metrics = Metrics::standalone();
+    let wal = GroupCommit::start(dir.path(), &config, Lsn(1), Epoch(1), Collect::default(), metrics.clone()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let lsn =
+        runtime.block_on(async { wal.propose(Command::MarkRead { user: 1, msg: 2 }).unwrap().await.unwrap().unwrap() });
+    assert_eq!(lsn, Lsn(1));
+    // No further writes: the background sync alone must make LSN 1 durable.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while wal.durable_lsn() < Lsn(1) {
+        assert!(std::time::Instant::now() < deadline, "the interval fsync never ran");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(metrics.render().contains("bitark_wal_fsync_seconds_count 1"));
+    wal.shutdown();
 }
