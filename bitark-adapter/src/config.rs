@@ -13,7 +13,7 @@
 //! and bad values stop start-up with a message naming the key and the file it came from;
 //! [`AppConfig::problems`] then lists every invalid value at once.
 
-use bitark_engine::{EngineConfig, LimitsConfig, NodeConfig, ReadsConfig, SnapshotConfig};
+use bitark_engine::{EngineConfig, LimitsConfig, NodeConfig, ReadsConfig, ReplicationConfig, SnapshotConfig};
 use bitark_infra::WalConfig;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::Figment;
@@ -36,6 +36,7 @@ pub struct AppConfig {
     pub snapshot: SnapshotConfig,
     pub limits: LimitsConfig,
     pub reads: ReadsConfig,
+    pub replication: ReplicationConfig,
     pub security: SecurityConfig,
 }
 
@@ -180,6 +181,7 @@ impl AppConfig {
             snapshot: self.snapshot.clone(),
             limits: self.limits.clone(),
             reads: self.reads.clone(),
+            replication: self.replication.clone(),
         }
     }
 }

@@ -18,9 +18,13 @@ pub mod openapi;
 pub use config::AppConfig;
 
 use axum::serve::ListenerExt;
+use bitark_common::replication::Features;
+use bitark_engine::replication::Follower;
 use bitark_engine::{Node, OpenError};
+use bitark_infra::replication::ReplicationClient;
 use bitark_infra::Metrics;
 use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 /// Why the service stopped with an error.
@@ -45,6 +49,7 @@ pub enum RunError {
 pub async fn run(listener: TcpListener, config: AppConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let state = http::AppState::new(config.clone(), metrics.clone());
+    let local_addr = listener.local_addr()?;
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     // Answers are small and each is written at once: never hold one back (Nagle).
     let listener = listener.tap_io(|tcp| {
@@ -61,7 +66,10 @@ pub async fn run(listener: TcpListener, config: AppConfig, shutdown: impl Future
     );
 
     let engine = config.engine();
-    let opening = tokio::task::spawn_blocking(move || Node::open(engine, metrics));
+    let opening = {
+        let metrics = metrics.clone();
+        tokio::task::spawn_blocking(move || Node::open(engine, metrics))
+    };
     tokio::pin!(shutdown);
     let node = tokio::select! {
         opened = opening => match opened? {
@@ -86,6 +94,7 @@ pub async fn run(listener: TcpListener, config: AppConfig, shutdown: impl Future
         ms = report.duration.as_millis() as u64,
         "ready: serving reads and writes"
     );
+    start_replication(&state, &node, &config, local_addr, &metrics);
     state.set_node(node.clone());
 
     shutdown.await;
@@ -96,7 +105,45 @@ pub async fn run(listener: TcpListener, config: AppConfig, shutdown: impl Future
         Ok(done) => done??,
         Err(_) => tracing::warn!("in-flight requests did not finish within server.shutdown-timeout"),
     }
-    tokio::task::spawn_blocking(move || node.shutdown()).await?;
+    let follower = state.follower().cloned();
+    tokio::task::spawn_blocking(move || {
+        node.shutdown();
+        if let Some(follower) = follower {
+            follower.flush_progress();
+        }
+    })
+    .await?;
     tracing::info!("stopped; the write-ahead log is durable");
     Ok(())
+}
+
+/// Starts the replication module the configuration asks for: a master's hub, or a
+/// slave's follower. Neither when replication is off.
+fn start_replication(
+    state: &http::AppState,
+    node: &Node,
+    config: &AppConfig,
+    local_addr: SocketAddr,
+    metrics: &Metrics,
+) {
+    let replication = &config.replication;
+    let features = replication.effective_features();
+    for (name, on) in Features::NAMES.iter().zip(features_flags(features)) {
+        metrics.replication_feature.with_label_values(&[name]).set(on as i64);
+    }
+    let client =
+        ReplicationClient::new(replication.request_timeout, config.security.cluster_token.expose().map(str::to_string));
+    if node.is_slave() {
+        let self_url =
+            if replication.self_url.is_empty() { format!("http://{local_addr}") } else { replication.self_url.clone() };
+        tracing::info!(master = %replication.master_url, %self_url, features = ?features.enabled(), "following the master");
+        state.set_follower(Follower::start(node.clone(), self_url, client, metrics.clone()));
+    } else if let Some(hub) = node.start_master_hub(client) {
+        tracing::info!(features = ?features.enabled(), static_slaves = replication.slaves.len(), "replicating to slaves");
+        state.set_hub(hub);
+    }
+}
+
+fn features_flags(f: Features) -> [bool; 4] {
+    [f.notify, f.progress, f.bounded_buffer, f.reliable]
 }

@@ -3,7 +3,7 @@
 //! `openapi/openapi.json` in the repository is this document byte for byte (a test
 //! checks it); regenerate it with `cargo run -p bitark-adapter --bin bitark -- openapi > openapi/openapi.json`.
 
-use crate::http::{actuator, admin, error, reads};
+use crate::http::{actuator, admin, error, reads, replication};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -21,7 +21,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         reads::mark_read, reads::mark_unread, reads::is_read, reads::mark_many, reads::check, reads::unread_count,
         actuator::health, actuator::liveness, actuator::readiness, actuator::info, actuator::prometheus,
-        actuator::configprops, admin::snapshot, admin::digest,
+        actuator::configprops, replication::replication_status, admin::snapshot, admin::digest,
     ),
     components(schemas(error::ErrorBody)),
     modifiers(&BearerAuth),

@@ -7,6 +7,7 @@
 //!   their binary payload codec.
 //! - [`record`]: the write-ahead-log record, `length | magic | version | type | epoch |
 //!   lsn | payload | crc32`, used on disk and on the replication wire alike.
+//! - [`replication`]: replication flags and the JSON messages of `/internal/replication`.
 //! - [`error`]: the codec error, which keeps a short record (torn write) apart from a
 //!   damaged one (corruption).
 
@@ -14,6 +15,7 @@ pub mod command;
 pub mod error;
 pub mod ids;
 pub mod record;
+pub mod replication;
 
 pub use command::Command;
 pub use error::CodecError;

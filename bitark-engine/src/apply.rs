@@ -1,6 +1,7 @@
 //! The one path by which log records change the read state, shared by start-up replay
 //! and by the group-commit writer (and, later, by replication apply).
 
+use crate::replication::MasterHub;
 use crate::snapshotter::Request;
 use crate::store::ReadStore;
 use bitark_common::{Lsn, Record};
@@ -8,7 +9,7 @@ use bitark_infra::wal::Applier;
 use bitark_infra::Metrics;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
 
 /// Applies records, in LSN order, to the store.
@@ -27,6 +28,8 @@ pub(crate) struct State {
     pub metrics: Metrics,
     /// Records logged since the last snapshot started; drives `snapshot.every-records`.
     pub since_snapshot: AtomicU64,
+    /// A master's replication hub, once started: told of every durable batch.
+    pub replication: OnceLock<MasterHub>,
 }
 
 impl State {
@@ -57,6 +60,9 @@ impl Applier for StoreApplier {
         apply_records(&self.state.store, records);
         if let Some(last) = records.last() {
             self.state.publish_applied(last.lsn);
+        }
+        if let Some(hub) = self.state.replication.get() {
+            hub.on_commit(records);
         }
         let since = self.state.since_snapshot.fetch_add(records.len() as u64, Ordering::Relaxed) + records.len() as u64;
         if self.every_records > 0 && since >= self.every_records {

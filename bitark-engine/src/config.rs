@@ -1,7 +1,9 @@
-//! The configuration sections the engine owns: `node`, `snapshot`, `limits`, `reads`.
+//! The configuration sections the engine owns: `node`, `snapshot`, `limits`, `reads`,
+//! `replication`.
 //! Each struct is the declaration of its section: every field documented with its
 //! default; `problems()` lists every invalid value by key.
 
+use bitark_common::replication::Features;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +14,8 @@ use std::time::Duration;
 pub enum Role {
     /// Accepts writes.
     Master,
-    /// Follows a master (replication); not available in a single-node build.
+    /// Follows a master: logs and applies its records, serves reads, and answers
+    /// writes with the master's address.
     Slave,
 }
 
@@ -89,6 +92,141 @@ impl Default for ReadsConfig {
     }
 }
 
+/// `replication.*`: master/slave replication, rolled out stage by stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Slave: base URL of the master, e.g. `http://10.0.0.1:8080`. Default empty.
+    pub master_url: String,
+    /// Slave: the URL the master reaches this node at. Default empty: the address the
+    /// server is bound to.
+    pub self_url: String,
+    /// Master: slave URLs to contact at start-up, besides the slaves that register
+    /// themselves. Default none.
+    pub slaves: Vec<String>,
+    /// Rollout shorthand: turns on every flag up to this roadmap stage: `0` (off), `1`
+    /// notify, `2` progress, `2.5` bounded-buffer, `3` reliable. Default `0`.
+    pub stage: f64,
+    /// Individual flags, added to those of `stage`. Default all off.
+    pub features: Features,
+    /// Master: the bounded send buffer of each slave (stage 2.5).
+    pub buffer: BufferConfig,
+    /// Most records in one replication batch. Default `1000`, minimum `1`.
+    pub batch_max_records: usize,
+    /// Longest a replication call may take. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Master: retries of failed sends (stage 3).
+    pub retry: RetryConfig,
+    /// Slave: how often it registers with its master (also its keep-alive). Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub register_interval: Duration,
+    /// Slave: how often `slave-progress.bin` is rewritten while records arrive
+    /// (stage 3). Default `10ms`.
+    #[serde(with = "humantime_serde")]
+    pub progress_flush: Duration,
+}
+
+/// `replication.buffer.*`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// Records one slave's send buffer holds before the slave is marked SLOW. Default `100000`.
+    pub max_records: usize,
+    /// Bytes one slave's send buffer holds before the slave is marked SLOW. Default `64MiB`.
+    pub max_bytes: bytesize::ByteSize,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig { max_records: 100_000, max_bytes: bytesize::ByteSize::mib(64) }
+    }
+}
+
+/// `replication.retry.*`: exponential backoff with full jitter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Backoff before the first retry. Default `50ms`.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest backoff. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { initial_backoff: Duration::from_millis(50), max_backoff: Duration::from_secs(2) }
+    }
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            master_url: String::new(),
+            self_url: String::new(),
+            slaves: Vec::new(),
+            stage: 0.0,
+            features: Features::default(),
+            buffer: BufferConfig::default(),
+            batch_max_records: 1000,
+            request_timeout: Duration::from_secs(2),
+            retry: RetryConfig::default(),
+            register_interval: Duration::from_secs(1),
+            progress_flush: Duration::from_millis(10),
+        }
+    }
+}
+
+impl ReplicationConfig {
+    /// The flags in force: those of `stage` plus the individual ones.
+    pub fn effective_features(&self) -> Features {
+        Features::up_to_stage(self.stage).unwrap_or_default().union(self.features)
+    }
+
+    fn problems(&self, role: Role) -> Vec<String> {
+        let mut out = Vec::new();
+        if Features::up_to_stage(self.stage).is_none() {
+            out.push(format!("replication.stage: {} is not a stage this build has; use 0, 1, 2, 2.5 or 3", self.stage));
+        }
+        let features = self.effective_features();
+        for (flag, missing) in features.rollout_violations() {
+            out.push(format!(
+                "replication.features: `{flag}` needs `{missing}` (rollout order: {})",
+                Features::NAMES.join(", ")
+            ));
+        }
+        if role == Role::Slave {
+            if self.master_url.trim().is_empty() {
+                out.push("replication.master-url: a slave needs its master's URL".into());
+            }
+            if !features.notify {
+                out.push("replication.stage: a slave needs replication turned on (stage 1 or later)".into());
+            }
+        }
+        for (key, url) in [("replication.master-url", &self.master_url), ("replication.self-url", &self.self_url)] {
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !url.is_empty() && !scheme_ok {
+                out.push(format!("{key}: `{url}` must start with http:// or https://"));
+            }
+        }
+        if self.batch_max_records == 0 {
+            out.push("replication.batch-max-records: must be at least 1".into());
+        }
+        if self.buffer.max_records == 0 || self.buffer.max_bytes.as_u64() == 0 {
+            out.push("replication.buffer: max-records and max-bytes must be at least 1".into());
+        }
+        if self.retry.initial_backoff.is_zero() || self.retry.max_backoff < self.retry.initial_backoff {
+            out.push("replication.retry: initial-backoff must be > 0 and max-backoff at least initial-backoff".into());
+        }
+        if self.request_timeout.is_zero() || self.register_interval.is_zero() || self.progress_flush.is_zero() {
+            out.push("replication: request-timeout, register-interval and progress-flush must be > 0".into());
+        }
+        out
+    }
+}
+
 /// Everything the engine needs to open a node.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EngineConfig {
@@ -97,6 +235,7 @@ pub struct EngineConfig {
     pub snapshot: SnapshotConfig,
     pub limits: LimitsConfig,
     pub reads: ReadsConfig,
+    pub replication: ReplicationConfig,
 }
 
 impl EngineConfig {
@@ -106,9 +245,7 @@ impl EngineConfig {
         if self.node.id.trim().is_empty() {
             out.push("node.id: must not be empty".into());
         }
-        if self.node.role == Role::Slave {
-            out.push("node.role: `slave` needs replication, which this build does not include; use `master`".into());
-        }
+        out.extend(self.replication.problems(self.node.role));
         if self.node.data_dir.as_os_str().is_empty() {
             out.push("node.data-dir: must not be empty".into());
         }

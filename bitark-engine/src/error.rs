@@ -13,7 +13,7 @@ pub enum OpenError {
 }
 
 /// Why a write was not made durable. Each variant maps to one HTTP status.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum WriteError {
     /// The command breaks a configured limit or is malformed (400 / 413).
     #[error("{0}")]
@@ -27,6 +27,9 @@ pub enum WriteError {
     /// The log could not be written; the node refuses writes until restarted (500).
     #[error("the write-ahead log failed: {0}")]
     Storage(String),
+    /// This node is a slave; writes go to its master (409).
+    #[error("this node is a slave; send writes to the master at {master_url}")]
+    NotMaster { master_url: String },
 }
 
 impl From<ProposeError> for WriteError {
@@ -35,8 +38,23 @@ impl From<ProposeError> for WriteError {
             ProposeError::Overloaded => WriteError::Overloaded,
             ProposeError::Closed => WriteError::ShuttingDown,
             ProposeError::Failed(reason) => WriteError::Storage(reason),
+            gap @ ProposeError::Gap { .. } => WriteError::Storage(gap.to_string()),
         }
     }
+}
+
+/// Why a batch from the master was not logged.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ReplicateError {
+    /// The batch does not continue the log: records from `expected` on are needed (409).
+    #[error("records must continue this node's log at LSN {expected}")]
+    Gap { expected: u64 },
+    /// This node is not a slave (409).
+    #[error("this node is not a slave")]
+    NotSlave,
+    /// The node is busy, shutting down or its log failed (503 / 500).
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 /// A command that breaks a limit or makes no sense.

@@ -9,6 +9,7 @@
 //!   recovery and the group-commit writer.
 //! - `recovery`: newest valid snapshot, then the log after it.
 //! - `snapshotter`: background fuzzy snapshots, checkpoint, snapshot and WAL GC.
+//! - [`replication`]: the master hub and senders, the slave follower, their status.
 //! - [`node`]: [`Node`], the handle the adapter uses: open, write, read, wait for an
 //!   LSN, digest, snapshot, shut down.
 //! - [`error`]: open, write, validation and consistency errors.
@@ -19,11 +20,12 @@ pub mod error;
 pub mod node;
 pub mod readset;
 mod recovery;
+pub mod replication;
 mod snapshotter;
 pub mod store;
 
-pub use config::{EngineConfig, LimitsConfig, NodeConfig, ReadsConfig, Role, SnapshotConfig};
-pub use error::{ConsistencyError, InvalidCommand, OpenError, WriteError};
+pub use config::{EngineConfig, LimitsConfig, NodeConfig, ReadsConfig, ReplicationConfig, Role, SnapshotConfig};
+pub use error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, WriteError};
 pub use node::Node;
 pub use recovery::RecoveryReport;
 pub use store::{ReadStore, StoreDigest};

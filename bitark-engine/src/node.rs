@@ -5,21 +5,23 @@
 //! never write the same log.
 
 use crate::apply::{State, StoreApplier};
-use crate::config::EngineConfig;
-use crate::error::{ConsistencyError, InvalidCommand, OpenError, WriteError};
+use crate::config::{EngineConfig, Role};
+use crate::error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, WriteError};
 use crate::recovery::{recover, RecoveryReport};
+use crate::replication::MasterHub;
 use crate::snapshotter::{Request, Snapshotter};
 use crate::store::{ReadStore, StoreDigest};
-use bitark_common::{Command, Epoch, Lsn};
+use bitark_common::{Command, Epoch, Lsn, Record};
 use bitark_infra::fsutil::create_dir_durable;
+use bitark_infra::replication::ReplicationClient;
 use bitark_infra::snapshot::{list_snapshots, read_snapshot, SnapshotInfo};
-use bitark_infra::wal::{GroupCommit, WalHandle};
+use bitark_infra::wal::{AppendOutcome, GroupCommit, ProposeError, WalHandle};
 use bitark_infra::{Metrics, StorageError};
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::{oneshot, watch};
@@ -67,6 +69,7 @@ impl Node {
             applied,
             metrics: metrics.clone(),
             since_snapshot: AtomicU64::new(report.replayed),
+            replication: OnceLock::new(),
         });
         state.publish_applied(report.applied);
 
@@ -157,6 +160,9 @@ impl Node {
     /// Logs, fsyncs and applies `command`; answers its LSN once it is durable (under
     /// the configured fsync policy) and visible to readers.
     pub async fn write(&self, command: Command) -> Result<Lsn, WriteError> {
+        if self.is_slave() {
+            return Err(WriteError::NotMaster { master_url: self.inner.config.replication.master_url.clone() });
+        }
         self.validate(&command)?;
         let metrics = &self.inner.state.metrics;
         let pending = self.inner.wal.propose(command).inspect_err(|e| {
@@ -166,6 +172,57 @@ impl Node {
             Ok(result) => Ok(result?),
             Err(_) => Err(WriteError::ShuttingDown),
         }
+    }
+
+    /// Logs and applies records from the master, which carry their LSNs (slave only).
+    /// Records this node already holds are skipped; the rest must continue its log.
+    pub async fn replicate(&self, records: Vec<Record>) -> Result<AppendOutcome, ReplicateError> {
+        if !self.is_slave() {
+            return Err(ReplicateError::NotSlave);
+        }
+        let received = records.len() as u64;
+        let pending = self.inner.wal.append(records).map_err(|e| ReplicateError::Write(e.into()))?;
+        match pending.await {
+            Ok(Ok(outcome)) => {
+                self.inner.state.metrics.replication_received_records.inc_by(received - outcome.skipped);
+                Ok(outcome)
+            }
+            Ok(Err(ProposeError::Gap { expected, .. })) => Err(ReplicateError::Gap { expected: expected.0 }),
+            Ok(Err(e)) => Err(ReplicateError::Write(e.into())),
+            Err(_) => Err(ReplicateError::Write(WriteError::ShuttingDown)),
+        }
+    }
+
+    /// True when this node follows a master.
+    pub fn is_slave(&self) -> bool {
+        self.inner.config.node.role == Role::Slave
+    }
+
+    /// Starts the master side of replication (when this node is a master with
+    /// replication on) on the current tokio runtime: every durable batch is handed to
+    /// the hub from now on.
+    pub fn start_master_hub(&self, client: ReplicationClient) -> Option<MasterHub> {
+        let config = &self.inner.config;
+        if self.is_slave() || !config.replication.effective_features().any() {
+            return None;
+        }
+        let hub = MasterHub::new(
+            config.node.id.clone(),
+            config.replication.clone(),
+            config.node.data_dir.join("wal"),
+            client,
+            self.inner.state.metrics.clone(),
+            self.inner.state.applied.subscribe(),
+            tokio::runtime::Handle::current(),
+        );
+        let _ = self.inner.state.replication.set(hub.clone());
+        hub.contact_static_slaves();
+        Some(hub)
+    }
+
+    /// The epoch this node writes in.
+    pub fn epoch(&self) -> Epoch {
+        Epoch::INITIAL
     }
 
     pub fn is_read(&self, user: u64, msg: u64) -> bool {
@@ -250,6 +307,7 @@ fn reject_reason(e: &bitark_infra::wal::ProposeError) -> &'static str {
         bitark_infra::wal::ProposeError::Overloaded => "overloaded",
         bitark_infra::wal::ProposeError::Closed => "shutting-down",
         bitark_infra::wal::ProposeError::Failed(_) => "wal-failed",
+        bitark_infra::wal::ProposeError::Gap { .. } => "gap",
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`snapshot`]: snapshot files (header, per-user portable roaring sets, checksummed
 //!   trailer) written temp → fsync → rename → fsync dir.
 //! - [`checkpoint`]: the small file naming the LSN the newest valid snapshot covers.
+//! - [`replication`]: the HTTP replication transport and the slave's progress file.
 //! - [`metrics`]: every Prometheus family BitArk exports, registered on an injected
 //!   registry.
 //!
@@ -21,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod metrics;
+pub mod replication;
 pub mod snapshot;
 pub mod wal;
 

@@ -3,7 +3,8 @@
 //! process).
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    exponential_buckets, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Cheap-to-clone handle on the metric families; each field is itself an `Arc`.
@@ -48,6 +49,40 @@ pub struct Metrics {
     pub wal_segments_deleted: IntCounter,
     /// `bitark_writes_rejected_total{reason}`: writes refused before logging.
     pub writes_rejected: IntCounterVec,
+    /// `bitark_replication_feature{feature}`: 1 for each replication flag in force.
+    pub replication_feature: IntGaugeVec,
+    /// `bitark_replication_slave_state{slave,state}`: 1 for the state a slave is in.
+    pub replication_slave_state: IntGaugeVec,
+    /// `bitark_replication_slave_ack_lsn{slave}`
+    pub replication_ack_lsn: IntGaugeVec,
+    /// `bitark_replication_slave_lag_records{slave}`
+    pub replication_lag_records: IntGaugeVec,
+    /// `bitark_replication_slave_lag_bytes{slave}`: bytes of records sent but not acknowledged or still queued.
+    pub replication_lag_bytes: IntGaugeVec,
+    /// `bitark_replication_slave_lag_seconds{slave}`: age of the oldest record the slave has not acknowledged.
+    pub replication_lag_seconds: GaugeVec,
+    /// `bitark_replication_buffer_depth{slave}`: records waiting in the send buffer.
+    pub replication_buffer_depth: IntGaugeVec,
+    /// `bitark_replication_retries_total{slave}`
+    pub replication_retries: IntCounterVec,
+    /// `bitark_replication_sent_batches_total{slave}`
+    pub replication_sent_batches: IntCounterVec,
+    /// `bitark_replication_sent_records_total{slave}`
+    pub replication_sent_records: IntCounterVec,
+    /// `bitark_replication_acked_batches_total{slave}`
+    pub replication_acked_batches: IntCounterVec,
+    /// `bitark_replication_acked_records_total{slave}`
+    pub replication_acked_records: IntCounterVec,
+    /// `bitark_replication_caught_up_records_total{slave}`: records read back from the WAL for a slave that fell behind.
+    pub replication_catchup_records: IntCounterVec,
+    /// `bitark_replication_send_seconds{slave}`: time of one batch send, answer included.
+    pub replication_send_seconds: HistogramVec,
+    /// `bitark_replication_duplicates_skipped_total` (slave): records received again and skipped.
+    pub replication_duplicates_skipped: IntCounter,
+    /// `bitark_replication_crc_failures_total` (slave): batches refused for a bad checksum.
+    pub replication_crc_failures: IntCounter,
+    /// `bitark_replication_received_records_total` (slave): records logged and applied from the master.
+    pub replication_received_records: IntCounter,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -127,6 +162,126 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new("bitark_writes_rejected_total", "Writes refused before reaching the WAL"),
                     &["reason"],
+                )?,
+            )?,
+            replication_feature: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("bitark_replication_feature", "1 for each replication flag in force"),
+                    &["feature"],
+                )?,
+            )?,
+            replication_slave_state: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("bitark_replication_slave_state", "1 for the state each slave is in"),
+                    &["slave", "state"],
+                )?,
+            )?,
+            replication_ack_lsn: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("bitark_replication_slave_ack_lsn", "Last LSN each slave acknowledged"),
+                    &["slave"],
+                )?,
+            )?,
+            replication_lag_records: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("bitark_replication_slave_lag_records", "Records each slave has not acknowledged"),
+                    &["slave"],
+                )?,
+            )?,
+            replication_lag_bytes: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "bitark_replication_slave_lag_bytes",
+                        "Bytes of records each slave has not acknowledged, where known",
+                    ),
+                    &["slave"],
+                )?,
+            )?,
+            replication_lag_seconds: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "bitark_replication_slave_lag_seconds",
+                        "Age of the oldest record each slave has not acknowledged",
+                    ),
+                    &["slave"],
+                )?,
+            )?,
+            replication_buffer_depth: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("bitark_replication_buffer_depth", "Records waiting in each slave's send buffer"),
+                    &["slave"],
+                )?,
+            )?,
+            replication_retries: reg(
+                r,
+                IntCounterVec::new(Opts::new("bitark_replication_retries_total", "Batch sends retried"), &["slave"])?,
+            )?,
+            replication_sent_batches: reg(
+                r,
+                IntCounterVec::new(Opts::new("bitark_replication_sent_batches_total", "Batches sent"), &["slave"])?,
+            )?,
+            replication_sent_records: reg(
+                r,
+                IntCounterVec::new(Opts::new("bitark_replication_sent_records_total", "Records sent"), &["slave"])?,
+            )?,
+            replication_acked_batches: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("bitark_replication_acked_batches_total", "Batches acknowledged"),
+                    &["slave"],
+                )?,
+            )?,
+            replication_acked_records: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("bitark_replication_acked_records_total", "Records acknowledged"),
+                    &["slave"],
+                )?,
+            )?,
+            replication_catchup_records: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitark_replication_caught_up_records_total",
+                        "Records read back from the WAL to catch a slave up",
+                    ),
+                    &["slave"],
+                )?,
+            )?,
+            replication_send_seconds: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("bitark_replication_send_seconds", "Time of one batch send, answer included")
+                        .buckets(latency_buckets()),
+                    &["slave"],
+                )?,
+            )?,
+            replication_duplicates_skipped: reg(
+                r,
+                IntCounter::new(
+                    "bitark_replication_duplicates_skipped_total",
+                    "Replicated records received again and skipped",
+                )?,
+            )?,
+            replication_crc_failures: reg(
+                r,
+                IntCounter::new(
+                    "bitark_replication_crc_failures_total",
+                    "Replicated batches refused for a bad checksum",
+                )?,
+            )?,
+            replication_received_records: reg(
+                r,
+                IntCounter::new(
+                    "bitark_replication_received_records_total",
+                    "Records logged and applied from the master",
                 )?,
             )?,
             registry,

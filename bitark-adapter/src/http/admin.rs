@@ -25,19 +25,23 @@ pub fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
     presented.len() == expected.len() && bool::from(presented.ct_eq(expected))
 }
 
+/// True when the request carries `Authorization: Bearer <expected>`.
+pub fn bearer_matches(headers: &axum::http::HeaderMap, expected: &str) -> bool {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    token_matches(presented.as_bytes(), expected.as_bytes())
+}
+
 async fn require_admin_token(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(expected) = state.config().security.admin_token.expose() {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !token_matches(presented.as_bytes(), expected.as_bytes()) {
+        if !bearer_matches(request.headers(), expected) {
             return Err(ApiError::Unauthorized);
         }
     }

@@ -19,6 +19,12 @@ pub struct ErrorBody {
     /// What was wrong, for a person.
     #[schema(example = "userId: `abc` is not a decimal integer in 0..=18446744073709551615")]
     pub message: String,
+    /// With `not_master`: where writes go.
+    #[serde(rename = "masterUrl", skip_serializing_if = "Option::is_none")]
+    pub master_url: Option<String>,
+    /// With `lsn_gap` (replication): the LSN the slave needs next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<u64>,
 }
 
 /// An error answered to an HTTP client.
@@ -57,6 +63,15 @@ pub enum ApiError {
     /// 503: the snapshotter cannot take a request now.
     #[error("{0}")]
     Busy(String),
+    /// 409: this node is a slave; the write belongs on the master (also in `Location`).
+    #[error("this node is a slave; send writes to the master at {master_url}")]
+    NotMaster { master_url: String, location: String },
+    /// 409 (replication): the batch does not continue the slave's log.
+    #[error("records must continue this node's log at LSN {expected}")]
+    LsnGap { expected: u64 },
+    /// 409 (replication): the request needs another role or replication turned on.
+    #[error("{0}")]
+    WrongRole(String),
     /// 500: logged; the client gets a generic message.
     #[error("internal error")]
     Internal(String),
@@ -80,6 +95,9 @@ impl ApiError {
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Behind(_) => (StatusCode::SERVICE_UNAVAILABLE, "lsn_not_reached"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::NotMaster { .. } => (StatusCode::CONFLICT, "not_master"),
+            ApiError::LsnGap { .. } => (StatusCode::CONFLICT, "lsn_gap"),
+            ApiError::WrongRole(_) => (StatusCode::CONFLICT, "wrong_role"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -108,6 +126,7 @@ impl From<WriteError> for ApiError {
             WriteError::Overloaded => ApiError::Overloaded,
             WriteError::ShuttingDown => ApiError::ShuttingDown,
             WriteError::Storage(reason) => ApiError::Internal(format!("write-ahead log: {reason}")),
+            WriteError::NotMaster { master_url } => ApiError::NotMaster { location: master_url.clone(), master_url },
         }
     }
 }
@@ -122,8 +141,18 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = (status, Json(ErrorBody { error: code, message })).into_response();
+        let (master_url, expected) = match &self {
+            ApiError::NotMaster { master_url, .. } => (Some(master_url.clone()), None),
+            ApiError::LsnGap { expected } => (None, Some(*expected)),
+            _ => (None, None),
+        };
+        let mut response = (status, Json(ErrorBody { error: code, message, master_url, expected })).into_response();
         match self {
+            ApiError::NotMaster { location, .. } => {
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(header::LOCATION, value);
+                }
+            }
             ApiError::Unauthorized => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }

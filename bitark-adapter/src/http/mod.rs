@@ -9,6 +9,7 @@ pub mod admin;
 pub mod error;
 pub mod extract;
 pub mod reads;
+pub mod replication;
 
 use crate::config::AppConfig;
 use crate::openapi;
@@ -18,6 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use bitark_engine::replication::{Follower, MasterHub};
 use bitark_engine::Node;
 use bitark_infra::Metrics;
 use error::ApiError;
@@ -39,6 +41,10 @@ struct Inner {
     node: OnceLock<Node>,
     /// Set when shutdown begins; from then on the API answers 503 `shutting_down`.
     stopping: AtomicBool,
+    /// A master's replication hub, once started.
+    hub: OnceLock<MasterHub>,
+    /// A slave's follower, once started.
+    follower: OnceLock<Follower>,
     started: Instant,
 }
 
@@ -50,6 +56,8 @@ impl AppState {
                 metrics,
                 node: OnceLock::new(),
                 stopping: AtomicBool::new(false),
+                hub: OnceLock::new(),
+                follower: OnceLock::new(),
                 started: Instant::now(),
             }),
         }
@@ -71,6 +79,22 @@ impl AppState {
     /// Makes the recovered node available to requests.
     pub fn set_node(&self, node: Node) {
         let _ = self.inner.node.set(node);
+    }
+
+    pub fn set_hub(&self, hub: MasterHub) {
+        let _ = self.inner.hub.set(hub);
+    }
+
+    pub fn hub(&self) -> Option<&MasterHub> {
+        self.inner.hub.get()
+    }
+
+    pub fn set_follower(&self, follower: Follower) {
+        let _ = self.inner.follower.set(follower);
+    }
+
+    pub fn follower(&self) -> Option<&Follower> {
+        self.inner.follower.get()
     }
 
     /// From now on the API refuses new work with 503.
@@ -99,6 +123,8 @@ pub fn router(state: AppState) -> Router {
         .merge(reads::router())
         .merge(actuator::router())
         .merge(admin::router(state.clone()))
+        .merge(replication::internal_router(state.clone()))
+        .merge(replication::actuator_router())
         .route("/openapi.json", get(openapi_document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -3,11 +3,12 @@
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, FlexU64, QueryParams, UserId, UserMsg};
 use super::AppState;
-use axum::extract::State;
+use axum::extract::{OriginalUri, State};
+use axum::http::Uri;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bitark_common::{Command, Lsn};
-use bitark_engine::Node;
+use bitark_engine::{Node, WriteError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -105,9 +106,16 @@ async fn consistent_node(state: &AppState, query: &QueryParams) -> Result<(Node,
     Ok((node, applied))
 }
 
-async fn write(state: &AppState, command: Command) -> Result<Json<LsnResponse>, ApiError> {
-    let lsn = state.node()?.write(command).await?;
-    Ok(Json(LsnResponse { lsn: lsn.0 }))
+async fn write(state: &AppState, command: Command, uri: &Uri) -> Result<Json<LsnResponse>, ApiError> {
+    match state.node()?.write(command).await {
+        Ok(lsn) => Ok(Json(LsnResponse { lsn: lsn.0 })),
+        // A slave points the client at the same request on the master.
+        Err(WriteError::NotMaster { master_url }) => {
+            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            Err(ApiError::NotMaster { location: format!("{}{path}", master_url.trim_end_matches('/')), master_url })
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Mark one message read.
@@ -117,11 +125,16 @@ async fn write(state: &AppState, command: Command) -> Result<Json<LsnResponse>, 
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 409, description = "This node is a slave: `not_master`, with `masterUrl` and a `Location` header", body = ErrorBody),
         (status = 503, description = "Starting, shutting down or overloaded", body = ErrorBody),
     )
 )]
-pub async fn mark_read(State(state): State<AppState>, ids: UserMsg) -> Result<Json<LsnResponse>, ApiError> {
-    write(&state, Command::MarkRead { user: ids.user, msg: ids.msg }).await
+pub async fn mark_read(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    ids: UserMsg,
+) -> Result<Json<LsnResponse>, ApiError> {
+    write(&state, Command::MarkRead { user: ids.user, msg: ids.msg }, &uri).await
 }
 
 /// Mark one message unread.
@@ -131,11 +144,16 @@ pub async fn mark_read(State(state): State<AppState>, ids: UserMsg) -> Result<Js
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 409, description = "This node is a slave: `not_master`, with `masterUrl` and a `Location` header", body = ErrorBody),
         (status = 503, description = "Starting, shutting down or overloaded", body = ErrorBody),
     )
 )]
-pub async fn mark_unread(State(state): State<AppState>, ids: UserMsg) -> Result<Json<LsnResponse>, ApiError> {
-    write(&state, Command::MarkUnread { user: ids.user, msg: ids.msg }).await
+pub async fn mark_unread(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    ids: UserMsg,
+) -> Result<Json<LsnResponse>, ApiError> {
+    write(&state, Command::MarkUnread { user: ids.user, msg: ids.msg }, &uri).await
 }
 
 /// Has the user read this message?
@@ -166,12 +184,14 @@ pub async fn is_read(
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed body or id, empty batch, inverted range", body = ErrorBody),
+        (status = 409, description = "This node is a slave: `not_master`, with `masterUrl` and a `Location` header", body = ErrorBody),
         (status = 413, description = "Batch or range over the limit", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
     )
 )]
 pub async fn mark_many(
     State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
     UserId(user): UserId,
     ApiJson(body): ApiJson<MarkManyRequest>,
 ) -> Result<Json<LsnResponse>, ApiError> {
@@ -189,7 +209,7 @@ pub async fn mark_many(
             ))
         }
     };
-    write(&state, command).await
+    write(&state, command, &uri).await
 }
 
 /// Which of these messages has the user read?

@@ -8,14 +8,17 @@
 //! - [`segment`]: naming, listing and garbage collection of segment files.
 //! - [`writer`]: the group-commit writer thread: batches concurrent proposals into one
 //!   write and one fsync, then hands the durable batch to the applier.
+//! - [`cursor`]: a forward reader from an LSN, for catching up slaves.
 //! - [`scan`]: the recovery scan: replays records from an LSN, cuts a torn tail, and
 //!   stops on corruption before the tail with the file and offset.
 
 mod active;
+pub mod cursor;
 pub mod scan;
 pub mod segment;
 pub mod writer;
 
+pub use cursor::{CursorRead, WalCursor};
 pub use scan::{replay, ReplayOutcome};
 pub use segment::{list_segments, purge_to, SegmentFile};
-pub use writer::{Applier, GroupCommit, Proposal, ProposeError, WalHandle};
+pub use writer::{AppendOutcome, Applier, GroupCommit, Proposal, ProposeError, Replicated, WalHandle};

@@ -41,6 +41,8 @@ pub enum ProposeError {
     Closed,
     #[error("the write-ahead log failed: {0}")]
     Failed(String),
+    #[error("records must continue the log at LSN {expected}, found LSN {found}")]
+    Gap { expected: Lsn, found: Lsn },
 }
 
 /// A command waiting to be logged, and where to send its LSN.
@@ -49,8 +51,25 @@ pub struct Proposal {
     pub reply: oneshot::Sender<Result<Lsn, ProposeError>>,
 }
 
+/// Records another node already stamped with LSNs (a slave logging its master's log),
+/// and where to send the outcome.
+pub struct Replicated {
+    pub records: Vec<Record>,
+    pub reply: oneshot::Sender<Result<AppendOutcome, ProposeError>>,
+}
+
+/// What logging a batch of replicated records did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The last LSN now logged and applied.
+    pub last: Lsn,
+    /// Records of the batch at or below the log's end, already applied and skipped.
+    pub skipped: u64,
+}
+
 enum Msg {
     Propose(Proposal),
+    Append(Replicated),
     Shutdown,
 }
 
@@ -80,6 +99,23 @@ impl WalHandle {
         }
         let (reply, rx) = oneshot::channel();
         match self.tx.try_send(Msg::Propose(Proposal { command, reply })) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(ProposeError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(ProposeError::Closed),
+        }
+    }
+
+    /// Queues records that already carry their LSNs (replication). Records at or below
+    /// the log's end are skipped; the rest must continue it without a gap.
+    pub fn append(
+        &self,
+        records: Vec<Record>,
+    ) -> Result<oneshot::Receiver<Result<AppendOutcome, ProposeError>>, ProposeError> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(ProposeError::Failed("an earlier write or fsync failed".into()));
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Msg::Append(Replicated { records, reply })) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(ProposeError::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(ProposeError::Closed),
@@ -179,17 +215,20 @@ impl<A: Applier> Writer<A> {
         let mut batch = Vec::with_capacity(self.config.max_batch_records);
         loop {
             let mut stopping = false;
+            let mut replicated = None;
             match rx.recv_timeout(idle_wait) {
                 Ok(Msg::Propose(p)) => batch.push(p),
+                Ok(Msg::Append(r)) => replicated = Some(r),
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => stopping = true,
                 Err(RecvTimeoutError::Timeout) => {
                     self.sync_if_due();
                     continue;
                 }
             }
-            while !stopping && batch.len() < self.config.max_batch_records {
+            while !stopping && replicated.is_none() && batch.len() < self.config.max_batch_records {
                 match rx.try_recv() {
                     Ok(Msg::Propose(p)) => batch.push(p),
+                    Ok(Msg::Append(r)) => replicated = Some(r),
                     Ok(Msg::Shutdown) => stopping = true,
                     Err(_) => break,
                 }
@@ -197,14 +236,19 @@ impl<A: Applier> Writer<A> {
             if !batch.is_empty() {
                 self.commit(&mut batch);
             }
+            if let Some(r) = replicated {
+                self.commit_replicated(r);
+            }
             if self.config.fsync == FsyncPolicy::Interval {
                 self.sync_if_due();
             }
             if stopping {
                 // Answer what raced in behind the shutdown, then make everything durable.
                 while let Ok(msg) = rx.try_recv() {
-                    if let Msg::Propose(p) = msg {
-                        let _ = p.reply.send(Err(ProposeError::Closed));
+                    match msg {
+                        Msg::Propose(p) => drop(p.reply.send(Err(ProposeError::Closed))),
+                        Msg::Append(r) => drop(r.reply.send(Err(ProposeError::Closed))),
+                        Msg::Shutdown => {}
                     }
                 }
                 // Even under `never`, a clean shutdown leaves the log on stable storage,
@@ -237,27 +281,67 @@ impl<A: Applier> Writer<A> {
             records.push(record);
             replies.push(p.reply);
         }
-        let last = Lsn(first.0 + records.len() as u64 - 1);
-        if let Err(e) = self.write_and_sync(last) {
-            tracing::error!(error = %e, "WAL write failed; refusing further writes");
-            self.shared.failed.store(true, Ordering::Release);
+        if let Err(e) = self.persist(&records) {
             for reply in replies {
-                let _ = reply.send(Err(ProposeError::Failed(e.to_string())));
+                let _ = reply.send(Err(e.clone()));
             }
             return;
         }
-        self.next_lsn = last.next();
-        self.metrics.group_commit_batch_records.observe(records.len() as f64);
-        self.applier.apply(&records);
         for (reply, record) in replies.into_iter().zip(&records) {
             let _ = reply.send(Ok(record.lsn));
         }
+    }
+
+    /// Logs records that already carry their LSNs, skipping those the log holds.
+    fn commit_replicated(&mut self, Replicated { records, reply }: Replicated) {
+        if self.shared.failed.load(Ordering::Acquire) {
+            let _ = reply.send(Err(ProposeError::Failed("an earlier write or fsync failed".into())));
+            return;
+        }
+        if let Some(pair) = records.windows(2).find(|w| w[1].lsn != w[0].lsn.next()) {
+            let _ = reply.send(Err(ProposeError::Gap { expected: pair[0].lsn.next(), found: pair[1].lsn }));
+            return;
+        }
+        let skipped = records.iter().take_while(|r| r.lsn < self.next_lsn).count();
+        let fresh = &records[skipped..];
+        let outcome = AppendOutcome { last: Lsn(self.next_lsn.0 - 1), skipped: skipped as u64 };
+        match fresh.first() {
+            None => {
+                let _ = reply.send(Ok(outcome));
+            }
+            Some(first) if first.lsn != self.next_lsn => {
+                let _ = reply.send(Err(ProposeError::Gap { expected: self.next_lsn, found: first.lsn }));
+            }
+            Some(_) => {
+                self.buf.clear();
+                for record in fresh {
+                    record.encode_into(&mut self.buf);
+                }
+                let result = self.persist(fresh);
+                let _ = reply.send(result.map(|()| AppendOutcome { last: fresh[fresh.len() - 1].lsn, ..outcome }));
+            }
+        }
+    }
+
+    /// Writes the encoded batch in `buf`, syncs it per policy, applies it, and rotates
+    /// the segment when full. On failure the log refuses every later write.
+    fn persist(&mut self, records: &[Record]) -> Result<(), ProposeError> {
+        let last = records[records.len() - 1].lsn;
+        if let Err(e) = self.write_and_sync(last) {
+            tracing::error!(error = %e, "WAL write failed; refusing further writes");
+            self.shared.failed.store(true, Ordering::Release);
+            return Err(ProposeError::Failed(e.to_string()));
+        }
+        self.next_lsn = last.next();
+        self.metrics.group_commit_batch_records.observe(records.len() as f64);
+        self.applier.apply(records);
         if self.active.len >= self.config.segment_size.as_u64() {
             if let Err(e) = self.rotate() {
                 tracing::error!(error = %e, "WAL segment rotation failed; refusing further writes");
                 self.shared.failed.store(true, Ordering::Release);
             }
         }
+        Ok(())
     }
 
     fn write_and_sync(&mut self, last: Lsn) -> Result<(), StorageError> {

@@ -1,0 +1,177 @@
+//! What master and slaves say to each other over `/internal/replication/*`.
+//!
+//! Log batches travel as binary bodies: WAL records back to back, each carrying its own
+//! length and crc32 (content type [`WAL_CONTENT_TYPE`]). Everything else is JSON.
+
+use serde::{Deserialize, Serialize};
+
+/// Content type of a body of WAL records.
+pub const WAL_CONTENT_TYPE: &str = "application/x-bitark-wal";
+
+/// The replication capabilities of a node: one flag per roadmap stage, in rollout
+/// order. A valid set is a prefix of that order: a flag needs every earlier one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Features {
+    /// Stage 1: the master sends each committed record to each slave; no progress kept.
+    pub notify: bool,
+    /// Stage 2: the slave logs and applies each record and answers its `ackLsn`; the
+    /// master keeps `lastAckLsn` per slave.
+    pub progress: bool,
+    /// Stage 2.5: one bounded send buffer per slave; a slave that overflows it is
+    /// marked SLOW and caught up from the master's WAL.
+    pub bounded_buffer: bool,
+    /// Stage 3: retries with backoff and jitter; the slave keeps `slave-progress.bin`.
+    pub reliable: bool,
+}
+
+impl Features {
+    /// Flag names in rollout order.
+    pub const NAMES: [&'static str; 4] = ["notify", "progress", "bounded-buffer", "reliable"];
+
+    fn flags(&self) -> [bool; 4] {
+        [self.notify, self.progress, self.bounded_buffer, self.reliable]
+    }
+
+    fn from_flags(f: [bool; 4]) -> Features {
+        Features { notify: f[0], progress: f[1], bounded_buffer: f[2], reliable: f[3] }
+    }
+
+    /// Every flag up to the roadmap stage `stage` (0, 1, 2, 2.5 or 3).
+    pub fn up_to_stage(stage: f64) -> Option<Features> {
+        const STAGES: [f64; 5] = [0.0, 1.0, 2.0, 2.5, 3.0];
+        let count = STAGES.iter().position(|s| *s == stage)?;
+        let mut flags = [false; 4];
+        flags.iter_mut().take(count).for_each(|f| *f = true);
+        Some(Features::from_flags(flags))
+    }
+
+    /// Both sets together (a stage shorthand plus explicit flags).
+    pub fn union(self, other: Features) -> Features {
+        let (a, b) = (self.flags(), other.flags());
+        Features::from_flags([a[0] || b[0], a[1] || b[1], a[2] || b[2], a[3] || b[3]])
+    }
+
+    /// What two nodes can use together: the longest prefix of the rollout order that
+    /// both support.
+    pub fn common(self, other: Features) -> Features {
+        let (a, b) = (self.flags(), other.flags());
+        let mut out = [false; 4];
+        for i in 0..4 {
+            if !(a[i] && b[i]) {
+                break;
+            }
+            out[i] = true;
+        }
+        Features::from_flags(out)
+    }
+
+    /// The flags turned on without an earlier flag they need, e.g. `reliable` without
+    /// `progress`: `(flag, missing)` pairs.
+    pub fn rollout_violations(&self) -> Vec<(&'static str, &'static str)> {
+        let flags = self.flags();
+        let mut out = Vec::new();
+        for (i, on) in flags.iter().enumerate() {
+            if let Some(missing) = (0..i).find(|j| *on && !flags[*j]) {
+                out.push((Self::NAMES[i], Self::NAMES[missing]));
+            }
+        }
+        out
+    }
+
+    /// Names of the flags that are on.
+    pub fn enabled(&self) -> Vec<&'static str> {
+        self.flags().iter().zip(Self::NAMES).filter(|(on, _)| **on).map(|(_, n)| n).collect()
+    }
+
+    /// True when replication is on at all.
+    pub fn any(&self) -> bool {
+        self.notify
+    }
+}
+
+/// `POST /internal/replication/register`: a slave introduces itself (at start-up, and
+/// again whenever it loses contact).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterRequest {
+    pub slave_id: String,
+    /// Where the master reaches this slave.
+    pub url: String,
+    /// The slave's own resume point: the highest LSN it has logged and applied.
+    pub applied_lsn: u64,
+    pub features: Features,
+    /// Random per slave process start: a new one tells the master the slave restarted
+    /// and must be followed from `applied_lsn` again.
+    pub session: String,
+}
+
+/// The master's answer to a registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterResponse {
+    pub master_id: String,
+    /// The flags both sides will use.
+    pub features: Features,
+    pub durable_lsn: u64,
+    /// Changes each time the master process starts; a slave that sees a new one knows
+    /// the master forgot it and registers again.
+    pub session: String,
+}
+
+/// A slave's answer to a batch: everything at or below `ackLsn` is logged and applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppendResponse {
+    pub ack_lsn: u64,
+    /// Records of the batch that were already applied and skipped.
+    pub skipped: u64,
+}
+
+/// `GET /internal/replication/status`: where a node stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub role: String,
+    pub applied_lsn: u64,
+    pub features: Features,
+    pub session: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_turn_on_every_flag_up_to_them() {
+        assert_eq!(Features::up_to_stage(0.0).unwrap().enabled(), Vec::<&str>::new());
+        assert_eq!(Features::up_to_stage(2.0).unwrap().enabled(), vec!["notify", "progress"]);
+        assert_eq!(Features::up_to_stage(2.5).unwrap().enabled(), vec!["notify", "progress", "bounded-buffer"]);
+        assert_eq!(Features::up_to_stage(3.0).unwrap().enabled(), Features::NAMES.to_vec());
+        assert_eq!(Features::up_to_stage(1.5), None);
+        assert_eq!(Features::up_to_stage(4.0), None);
+    }
+
+    #[test]
+    fn flags_out_of_rollout_order_are_named() {
+        let f = Features { notify: true, reliable: true, ..Features::default() };
+        assert_eq!(f.rollout_violations(), vec![("reliable", "progress")]);
+        assert!(Features::up_to_stage(3.0).unwrap().rollout_violations().is_empty());
+    }
+
+    #[test]
+    fn nodes_use_the_longest_common_prefix() {
+        let three = Features::up_to_stage(3.0).unwrap();
+        let one = Features::up_to_stage(1.0).unwrap();
+        assert_eq!(three.common(one), one);
+        let odd = Features { notify: true, progress: false, bounded_buffer: true, reliable: true };
+        assert_eq!(three.common(odd), one);
+    }
+
+    #[test]
+    fn features_serialize_in_kebab_case() {
+        let json = serde_json::to_string(&Features::up_to_stage(2.5).unwrap()).unwrap();
+        assert_eq!(json, r#"{"notify":true,"progress":true,"bounded-buffer":true,"reliable":false}"#);
+    }
+}

@@ -1,0 +1,130 @@
+//! The replication transport: HTTP between real processes (reqwest), JSON for control
+//! messages, binary WAL records for log batches, the cluster token as a bearer token.
+
+use bitark_common::replication::{AppendResponse, NodeStatus, RegisterRequest, RegisterResponse, WAL_CONTENT_TYPE};
+use bitark_common::Lsn;
+use std::time::Duration;
+
+/// Header naming the master that sends a batch.
+pub const MASTER_ID_HEADER: &str = "x-bitark-master-id";
+/// Header carrying the master's session (changes at each master start).
+pub const SESSION_HEADER: &str = "x-bitark-session";
+
+/// Why a call failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum TransportError {
+    /// No answer: refused, reset, timed out.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The slave needs records from `expected` on: the batch would leave a gap.
+    #[error("the slave expects LSN {expected} next")]
+    Gap { expected: Lsn },
+    /// Any other answer that is not a success.
+    #[error("answered {status}: {body}")]
+    Refused { status: u16, body: String },
+}
+
+/// Calls to other nodes' `/internal/replication/*` endpoints.
+#[derive(Clone)]
+pub struct ReplicationClient {
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl ReplicationClient {
+    /// A client whose calls give up after `timeout`, sending `token` when set.
+    pub fn new(timeout: Duration, token: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_max_idle_per_host(4)
+            .build()
+            .expect("an HTTP client with default TLS-free settings");
+        ReplicationClient { http, token }
+    }
+
+    fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, url);
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    /// A slave introduces itself to its master.
+    pub async fn register(
+        &self,
+        master_url: &str,
+        request: &RegisterRequest,
+    ) -> Result<RegisterResponse, TransportError> {
+        let response = self
+            .request(reqwest::Method::POST, format!("{}/internal/replication/register", trim(master_url)))
+            .json(request)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        json_or_refused(response).await
+    }
+
+    /// Sends a batch of encoded WAL records. `Ok(None)` from a slave that keeps no
+    /// progress (stage 1 answers without a body).
+    pub async fn append(
+        &self,
+        slave_url: &str,
+        master_id: &str,
+        session: &str,
+        body: Vec<u8>,
+    ) -> Result<Option<AppendResponse>, TransportError> {
+        let response = self
+            .request(reqwest::Method::POST, format!("{}/internal/replication/append", trim(slave_url)))
+            .header(reqwest::header::CONTENT_TYPE, WAL_CONTENT_TYPE)
+            .header(MASTER_ID_HEADER, master_id)
+            .header(SESSION_HEADER, session)
+            .body(body)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if response.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        json_or_refused(response).await.map(Some)
+    }
+
+    /// Where a node stands.
+    pub async fn status(&self, url: &str) -> Result<NodeStatus, TransportError> {
+        let response = self
+            .request(reqwest::Method::GET, format!("{}/internal/replication/status", trim(url)))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        json_or_refused(response).await
+    }
+}
+
+fn trim(url: &str) -> &str {
+    url.trim_end_matches('/')
+}
+
+fn unreachable(e: reqwest::Error) -> TransportError {
+    TransportError::Unreachable(e.to_string())
+}
+
+async fn json_or_refused<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, TransportError> {
+    let status = response.status();
+    let body = response.bytes().await.map_err(unreachable)?;
+    if status.is_success() {
+        return serde_json::from_slice(&body)
+            .map_err(|e| TransportError::Refused { status: status.as_u16(), body: format!("unreadable answer: {e}") });
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if status == reqwest::StatusCode::CONFLICT {
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) {
+            if value["error"] == "lsn_gap" {
+                if let Some(expected) = value["expected"].as_u64() {
+                    return Err(TransportError::Gap { expected: Lsn(expected) });
+                }
+            }
+        }
+    }
+    Err(TransportError::Refused { status: status.as_u16(), body: text })
+}
