@@ -77,6 +77,9 @@ pub struct Metrics {
     pub replication_catchup_records: IntCounterVec,
     /// `bitark_replication_send_seconds{slave}`: time of one batch send, answer included.
     pub replication_send_seconds: HistogramVec,
+    /// `bitark_replication_lag_at_ack_seconds{slave}`: for each record sent from the
+    /// buffer, the time from its commit on the master to the slave's acknowledgement.
+    pub replication_ack_lag_seconds: HistogramVec,
     /// `bitark_replication_duplicates_skipped_total` (slave): records received again and skipped.
     pub replication_duplicates_skipped: IntCounter,
     /// `bitark_replication_crc_failures_total` (slave): batches refused for a bad checksum.
@@ -260,6 +263,17 @@ impl Metrics {
                 HistogramVec::new(
                     HistogramOpts::new("bitark_replication_send_seconds", "Time of one batch send, answer included")
                         .buckets(latency_buckets()),
+                    &["slave"],
+                )?,
+            )?,
+            replication_ack_lag_seconds: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "bitark_replication_lag_at_ack_seconds",
+                        "Time from a record's commit on the master to its acknowledgement by a slave",
+                    )
+                    .buckets(latency_buckets()),
                     &["slave"],
                 )?,
             )?,

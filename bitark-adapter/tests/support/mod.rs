@@ -10,8 +10,13 @@
 //! - [`Api`] is an async client for the HTTP API.
 //! - [`wait_until`] polls a condition against a deadline: tests synchronise on
 //!   conditions, never on a bare sleep.
+//! - [`proxy`] is a fault-injecting TCP proxy to put between two nodes; [`cluster`]
+//!   starts a master and its slaves wired through such proxies.
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
+
+pub mod cluster;
+pub mod proxy;
 
 use bitark_adapter::http::admin::{Digest, SnapshotTaken};
 use bitark_adapter::http::reads::{CheckResponse, LsnResponse};
@@ -176,8 +181,13 @@ impl Node {
         self.exit
     }
 
+    /// The address the current run listens on, once it has logged it.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.log.lock().unwrap().addr
+    }
+
     pub fn url(&self) -> String {
-        format!("http://{}", self.log.lock().unwrap().addr.expect("the node has not logged its address yet"))
+        format!("http://{}", self.addr().expect("the node has not logged its address yet"))
     }
 
     pub fn api(&self) -> Api {
@@ -203,6 +213,20 @@ impl Node {
         })
         .await;
         assert!(ready, "bitark was not ready after {PROCESS_TIMEOUT:?}:\n{}", self.stderr_text());
+    }
+
+    /// Waits until the current run has logged the address it listens on, which comes
+    /// before it is ready; panics with the log if the process exits first.
+    pub async fn wait_listening(&mut self) -> SocketAddr {
+        let listening = poll_until(PROCESS_TIMEOUT, async || {
+            if let Some(status) = self.try_exit() {
+                panic!("bitark exited ({status}) before it listened:\n{}", self.stderr_text());
+            }
+            self.addr().is_some()
+        })
+        .await;
+        assert!(listening, "bitark did not listen within {PROCESS_TIMEOUT:?}:\n{}", self.stderr_text());
+        self.addr().expect("listening")
     }
 
     /// Waits for the process to exit and for its last stderr line to be read.
@@ -338,6 +362,12 @@ impl Api {
 
     pub async fn snapshot(&self) -> Result<SnapshotTaken, CallError> {
         self.call(Method::POST, "/admin/snapshot", None).await
+    }
+
+    /// `GET /actuator/replication`: role, applied and durable LSNs, feature flags and,
+    /// on a master, the progress of each slave.
+    pub async fn replication_status(&self) -> Result<Value, CallError> {
+        self.call(Method::GET, "/actuator/replication", None).await
     }
 
     pub async fn info(&self) -> Result<Value, CallError> {

@@ -15,8 +15,8 @@ use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Most bytes read from the WAL for one catch-up batch.
-const CATCH_UP_BYTES: usize = 4 << 20;
+/// About the most bytes one batch carries, from the buffer or read back from the WAL.
+const BATCH_BYTES: usize = 4 << 20;
 /// How long an idle sender waits before looking again on its own.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -63,8 +63,7 @@ fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
         return Step::Wait;
     }
     if s.buffer.front().is_some_and(|q| q.record.lsn == s.next_send) {
-        let take = s.buffer.len().min(hub.config.batch_max_records);
-        return Step::Send(s.buffer.iter().take(take).map(|q| q.record.clone()).collect());
+        return Step::Send(take_batch(&s, hub.config.batch_max_records));
     }
     if s.next_send > applied {
         s.behind_since = None;
@@ -86,10 +85,24 @@ fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
     }
     if !s.buffer.is_empty() {
         // This stage cannot resend what the slave missed: send on, the slave reports the gap.
-        let take = s.buffer.len().min(hub.config.batch_max_records);
-        return Step::Send(s.buffer.iter().take(take).map(|q| q.record.clone()).collect());
+        return Step::Send(take_batch(&s, hub.config.batch_max_records));
     }
     Step::Wait
+}
+
+/// Copies the front of the buffer: up to `max` records and about `BATCH_BYTES`.
+fn take_batch(s: &super::master::LinkState, max: usize) -> Vec<Record> {
+    let mut bytes = 0;
+    s.buffer
+        .iter()
+        .take(max)
+        .take_while(|q| {
+            let fits = bytes < BATCH_BYTES;
+            bytes += q.bytes;
+            fits
+        })
+        .map(|q| q.record.clone())
+        .collect()
 }
 
 /// Reads the next records for the slave from the WAL.
@@ -106,7 +119,7 @@ async fn catch_up(
     let up_to = *hub.applied.borrow();
     let max = hub.config.batch_max_records;
     let (reader, read) = tokio::task::spawn_blocking(move || {
-        let read = reader.read(max, CATCH_UP_BYTES, up_to);
+        let read = reader.read(max, BATCH_BYTES, up_to);
         (reader, read)
     })
     .await
@@ -158,6 +171,12 @@ async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
             Ok(Some(ack)) => {
                 m.replication_acked_batches.with_label_values(&labels).inc();
                 m.replication_acked_records.with_label_values(&labels).inc_by(records.len() as u64);
+                let lag = m.replication_ack_lag_seconds.with_label_values(&labels);
+                for q in s.buffer.iter().take_while(|q| q.record.lsn.0 <= ack.ack_lsn) {
+                    if q.record.lsn > s.last_ack {
+                        lag.observe(q.committed.elapsed().as_secs_f64());
+                    }
+                }
                 s.last_ack = s.last_ack.max(Lsn(ack.ack_lsn));
                 s.next_send = Lsn(ack.ack_lsn).next();
                 recovered(&mut s, link);
