@@ -261,3 +261,55 @@ impl EngineConfig {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(edit: impl FnOnce(&mut EngineConfig)) -> Vec<String> {
+        let mut config = EngineConfig::default();
+        edit(&mut config);
+        config.problems()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(problems(|_| {}), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_flag_without_an_earlier_one_is_named_with_what_it_needs() {
+        let found = problems(|c| {
+            c.replication.features.notify = true;
+            c.replication.features.reliable = true;
+        });
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("`reliable` needs `progress`"), "{found:?}");
+    }
+
+    #[test]
+    fn stage_shorthand_turns_on_every_flag_up_to_it_and_adds_explicit_flags() {
+        let mut config = ReplicationConfig { stage: 2.0, ..ReplicationConfig::default() };
+        assert_eq!(config.effective_features().enabled(), vec!["notify", "progress"]);
+        config.features.bounded_buffer = true;
+        assert_eq!(config.effective_features().enabled(), vec!["notify", "progress", "bounded-buffer"]);
+        assert!(config.problems(Role::Master).is_empty());
+    }
+
+    #[test]
+    fn unknown_stages_and_incomplete_slaves_are_refused() {
+        let found = problems(|c| c.replication.stage = 4.0);
+        assert!(found.iter().any(|p| p.starts_with("replication.stage: 4")), "{found:?}");
+        let found = problems(|c| {
+            c.node.role = Role::Slave;
+            c.replication.stage = 3.0;
+        });
+        assert!(found.iter().any(|p| p.starts_with("replication.master-url")), "{found:?}");
+        let found = problems(|c| {
+            c.node.role = Role::Slave;
+            c.replication.master_url = "127.0.0.1:8080".into();
+        });
+        assert!(found.iter().any(|p| p.contains("must start with http://")), "{found:?}");
+        assert!(found.iter().any(|p| p.contains("stage 1 or later")), "{found:?}");
+    }
+}

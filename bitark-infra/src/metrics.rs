@@ -273,7 +273,8 @@ impl Metrics {
                         "bitark_replication_lag_at_ack_seconds",
                         "Time from a record's commit on the master to its acknowledgement by a slave",
                     )
-                    .buckets(latency_buckets()),
+                    // Finer than the other latency families: 0.1 ms to ~13 s in steps of 1.5x.
+                    .buckets(exponential_buckets(0.000_1, 1.5, 30).expect("valid buckets")),
                     &["slave"],
                 )?,
             )?,
