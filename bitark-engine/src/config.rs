@@ -122,7 +122,7 @@ pub struct ReplicationConfig {
     #[serde(with = "humantime_serde")]
     pub register_interval: Duration,
     /// Slave: how often `slave-progress.bin` is rewritten while records arrive
-    /// (stage 3). Default `10ms`.
+    /// (stage 3); it is also written on shutdown. Default `50ms`.
     #[serde(with = "humantime_serde")]
     pub progress_flush: Duration,
 }
@@ -174,7 +174,7 @@ impl Default for ReplicationConfig {
             request_timeout: Duration::from_secs(2),
             retry: RetryConfig::default(),
             register_interval: Duration::from_secs(1),
-            progress_flush: Duration::from_millis(10),
+            progress_flush: Duration::from_millis(50),
         }
     }
 }
