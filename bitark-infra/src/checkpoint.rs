@@ -1,17 +1,14 @@
 //! The checkpoint file: the LSN that the newest valid snapshot covers.
 //!
-//! `<data-dir>/checkpoint.bin`, 32 bytes, little endian: magic `0xB17AC4EC` (u32),
-//! format version (u32), LSN (u64), epoch (u64), reserved (u32), crc32 of the first
-//! 28 bytes (u32). Replaced atomically.
+//! `<data-dir>/checkpoint.bin`, a [`FixedFile`] of 32 bytes: magic `0xB17AC4EC`, format
+//! version 1, LSN, epoch, crc32. Replaced atomically.
 
-use crate::error::{IoContext, StorageError};
-use crate::fsutil::write_atomic;
+use crate::error::StorageError;
+use crate::fixedfile::FixedFile;
 use bitark_common::{Epoch, Lsn};
 use std::path::Path;
 
-const MAGIC: u32 = 0xB17A_C4EC;
-const VERSION: u32 = 1;
-const LEN: usize = 32;
+const FILE: FixedFile = FixedFile { magic: 0xB17A_C4EC, version: 1, what: "checkpoint" };
 /// File name inside the data directory.
 pub const FILE_NAME: &str = "checkpoint.bin";
 
@@ -24,40 +21,12 @@ pub struct Checkpoint {
 
 /// Durably records `checkpoint` in `data_dir`.
 pub fn write_checkpoint(data_dir: &Path, checkpoint: Checkpoint) -> Result<(), StorageError> {
-    let mut b = [0u8; LEN];
-    b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    b[4..8].copy_from_slice(&VERSION.to_le_bytes());
-    b[8..16].copy_from_slice(&checkpoint.lsn.0.to_le_bytes());
-    b[16..24].copy_from_slice(&checkpoint.epoch.0.to_le_bytes());
-    let crc = crc32fast::hash(&b[0..28]);
-    b[28..32].copy_from_slice(&crc.to_le_bytes());
-    write_atomic(&data_dir.join(FILE_NAME), &b)
+    FILE.write(&data_dir.join(FILE_NAME), checkpoint.lsn.0, checkpoint.epoch.0)
 }
 
 /// Reads the checkpoint; `Ok(None)` when there is none yet.
 pub fn read_checkpoint(data_dir: &Path) -> Result<Option<Checkpoint>, StorageError> {
-    let path = data_dir.join(FILE_NAME);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).at(&path),
-    };
-    let corrupt = |offset, reason: &str| StorageError::corruption(&path, offset, reason);
-    if bytes.len() != LEN {
-        return Err(corrupt(0, "checkpoint must be exactly 32 bytes"));
-    }
-    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("slice of 4"));
-    let long = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("slice of 8"));
-    if word(0) != MAGIC {
-        return Err(corrupt(0, "bad checkpoint magic"));
-    }
-    if crc32fast::hash(&bytes[0..28]) != word(28) {
-        return Err(corrupt(28, "checkpoint checksum mismatch"));
-    }
-    if word(4) != VERSION {
-        return Err(corrupt(4, "unsupported checkpoint version"));
-    }
-    Ok(Some(Checkpoint { lsn: Lsn(long(8)), epoch: Epoch(long(16)) }))
+    Ok(FILE.read(&data_dir.join(FILE_NAME))?.map(|(lsn, epoch)| Checkpoint { lsn: Lsn(lsn), epoch: Epoch(epoch) }))
 }
 
 #[cfg(test)]
@@ -74,13 +43,18 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_checkpoint_is_corruption() {
+    fn every_damaged_byte_and_a_short_file_are_corruption() {
         let dir = tempfile::tempdir().unwrap();
         write_checkpoint(dir.path(), Checkpoint { lsn: Lsn(9), epoch: Epoch(1) }).unwrap();
         let path = dir.path().join(FILE_NAME);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[9] ^= 1;
-        std::fs::write(&path, bytes).unwrap();
+        let original = std::fs::read(&path).unwrap();
+        for at in 0..original.len() {
+            let mut bytes = original.clone();
+            bytes[at] ^= 1;
+            std::fs::write(&path, bytes).unwrap();
+            assert!(matches!(read_checkpoint(dir.path()), Err(StorageError::Corruption { .. })), "byte {at}");
+        }
+        std::fs::write(&path, &original[..31]).unwrap();
         assert!(matches!(read_checkpoint(dir.path()), Err(StorageError::Corruption { .. })));
     }
 }

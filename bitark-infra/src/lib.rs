@@ -20,6 +20,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+mod fixedfile;
 pub mod fsutil;
 pub mod metrics;
 pub mod replication;

@@ -3,18 +3,17 @@
 //! can be lost on the way). Separate from the storage checkpoint: this is the
 //! replication layer's record, not the storage engine's.
 //!
-//! 32 bytes, little endian: magic `0xCAFEBABE` (u32), format version (u32), LSN (u64),
-//! last update in Unix milliseconds (u64), reserved (u32), crc32 of the first 28 bytes
-//! (u32). Replaced atomically (temp file, fsync, rename, fsync dir).
+//! A fixed-size binary file of 32 bytes, little endian: magic `0xCAFEBABE` (u32), format
+//! version (u32), LSN (u64), last update in Unix milliseconds (u64), reserved (u32),
+//! crc32 of the first 28 bytes (u32). Replaced atomically (temp file, fsync, rename,
+//! fsync dir).
 
-use crate::error::{IoContext, StorageError};
-use crate::fsutil::write_atomic;
+use crate::error::StorageError;
+use crate::fixedfile::FixedFile;
 use bitark_common::Lsn;
 use std::path::Path;
 
-const MAGIC: u32 = 0xCAFE_BABE;
-const VERSION: u32 = 1;
-const LEN: usize = 32;
+const FILE: FixedFile = FixedFile { magic: 0xCAFE_BABE, version: 1, what: "slave progress" };
 /// File name inside the data directory.
 pub const FILE_NAME: &str = "slave-progress.bin";
 
@@ -31,42 +30,14 @@ pub struct SlaveProgress {
 pub fn write_progress(data_dir: &Path, lsn: Lsn) -> Result<SlaveProgress, StorageError> {
     let updated_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let mut b = [0u8; LEN];
-    b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    b[4..8].copy_from_slice(&VERSION.to_le_bytes());
-    b[8..16].copy_from_slice(&lsn.0.to_le_bytes());
-    b[16..24].copy_from_slice(&updated_ms.to_le_bytes());
-    let crc = crc32fast::hash(&b[0..28]);
-    b[28..32].copy_from_slice(&crc.to_le_bytes());
-    write_atomic(&data_dir.join(FILE_NAME), &b)?;
+    FILE.write(&data_dir.join(FILE_NAME), lsn.0, updated_ms)?;
     Ok(SlaveProgress { lsn, updated_ms })
 }
 
 /// Reads the progress file: `Ok(None)` when there is none, `Corruption` naming the
 /// file and offset when it is damaged.
 pub fn read_progress(data_dir: &Path) -> Result<Option<SlaveProgress>, StorageError> {
-    let path = data_dir.join(FILE_NAME);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).at(&path),
-    };
-    let corrupt = |offset, reason: &str| StorageError::corruption(&path, offset, reason);
-    if bytes.len() != LEN {
-        return Err(corrupt(0, "slave progress file must be exactly 32 bytes"));
-    }
-    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("slice of 4"));
-    let long = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("slice of 8"));
-    if word(0) != MAGIC {
-        return Err(corrupt(0, "bad magic, expected 0xCAFEBABE"));
-    }
-    if crc32fast::hash(&bytes[0..28]) != word(28) {
-        return Err(corrupt(28, "checksum mismatch"));
-    }
-    if word(4) != VERSION {
-        return Err(corrupt(4, "unsupported format version"));
-    }
-    Ok(Some(SlaveProgress { lsn: Lsn(long(8)), updated_ms: long(16) }))
+    Ok(FILE.read(&data_dir.join(FILE_NAME))?.map(|(lsn, updated_ms)| SlaveProgress { lsn: Lsn(lsn), updated_ms }))
 }
 
 #[cfg(test)]

@@ -94,12 +94,18 @@ struct Shared {
 impl WalHandle {
     /// Queues a command. The receiver answers with its LSN once durable and applied.
     pub fn propose(&self, command: Command) -> Result<oneshot::Receiver<Result<Lsn, ProposeError>>, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Propose(Proposal { command, reply }))?;
+        Ok(rx)
+    }
+
+    /// Queues a message for the writer thread without waiting.
+    fn send(&self, msg: Msg) -> Result<(), ProposeError> {
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(ProposeError::Failed("an earlier write or fsync failed".into()));
         }
-        let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Msg::Propose(Proposal { command, reply })) {
-            Ok(()) => Ok(rx),
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(ProposeError::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(ProposeError::Closed),
         }
@@ -111,15 +117,9 @@ impl WalHandle {
         &self,
         records: Vec<Record>,
     ) -> Result<oneshot::Receiver<Result<AppendOutcome, ProposeError>>, ProposeError> {
-        if self.shared.failed.load(Ordering::Acquire) {
-            return Err(ProposeError::Failed("an earlier write or fsync failed".into()));
-        }
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Msg::Append(Replicated { records, reply })) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(ProposeError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(ProposeError::Closed),
-        }
+        self.send(Msg::Append(Replicated { records, reply }))?;
+        Ok(rx)
     }
 
     /// Highest LSN known to be durable.
