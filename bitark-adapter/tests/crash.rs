@@ -15,12 +15,12 @@
 mod support;
 
 use rand::rngs::StdRng;
-use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::workload::Write;
 use support::{wait_until, Api, CallError, Node};
 
 const ROUNDS: usize = 8;
@@ -39,51 +39,6 @@ fn users_of(writer: u64) -> Vec<u64> {
     (0..USERS_PER_WRITER).map(|i| 1000 + writer * 10 + i).collect()
 }
 
-/// One write as a writer sends it.
-#[derive(Clone, Debug)]
-enum Write {
-    Read { user: u64, msg: u64 },
-    Unread { user: u64, msg: u64 },
-    Batch { user: u64, msgs: Vec<u64> },
-    Range { user: u64, from: u64, to: u64 },
-}
-
-impl Write {
-    fn random(rng: &mut StdRng, users: &[u64]) -> Write {
-        let user = users[rng.gen_range(0..users.len())];
-        let msg = rng.gen_range(0..MSGS_PER_USER);
-        match rng.gen_range(0..100) {
-            0..40 => Write::Read { user, msg },
-            40..72 => Write::Unread { user, msg },
-            72..88 => {
-                let len = rng.gen_range(1..=16);
-                let msgs = sample(rng, MSGS_PER_USER as usize, len).into_iter().map(|m| m as u64).collect();
-                Write::Batch { user, msgs }
-            }
-            _ => Write::Range { user, from: msg, to: (msg + rng.gen_range(0..24)).min(MSGS_PER_USER - 1) },
-        }
-    }
-
-    /// Every key it sets, with the flag the key gets.
-    fn effects(&self) -> Vec<((u64, u64), bool)> {
-        match self {
-            Write::Read { user, msg } => vec![((*user, *msg), true)],
-            Write::Unread { user, msg } => vec![((*user, *msg), false)],
-            Write::Batch { user, msgs } => msgs.iter().map(|msg| ((*user, *msg), true)).collect(),
-            Write::Range { user, from, to } => (*from..=*to).map(|msg| ((*user, msg), true)).collect(),
-        }
-    }
-
-    async fn send(&self, api: &Api) -> Result<u64, CallError> {
-        match self {
-            Write::Read { user, msg } => api.mark_read(*user, *msg).await,
-            Write::Unread { user, msg } => api.mark_unread(*user, *msg).await,
-            Write::Batch { user, msgs } => api.mark_batch(*user, msgs).await,
-            Write::Range { user, from, to } => api.mark_range(*user, *from, *to).await,
-        }
-    }
-}
-
 /// What one writer saw in one round.
 struct WriterRun {
     /// Acknowledged writes in the order sent, each with its LSN.
@@ -96,7 +51,7 @@ struct WriterRun {
 async fn run_writer(api: Api, users: Vec<u64>, mut rng: StdRng, acked_total: Arc<AtomicU64>) -> WriterRun {
     let mut acked = Vec::new();
     loop {
-        let write = Write::random(&mut rng, &users);
+        let write = Write::random(&mut rng, &users, MSGS_PER_USER);
         match write.send(&api).await {
             Ok(lsn) => {
                 acked.push((write, lsn));

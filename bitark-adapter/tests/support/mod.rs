@@ -17,6 +17,7 @@
 
 pub mod cluster;
 pub mod proxy;
+pub mod workload;
 
 use bitark_adapter::http::admin::{Digest, SnapshotTaken};
 use bitark_adapter::http::reads::{CheckResponse, LsnResponse};
@@ -171,6 +172,13 @@ impl Node {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Sets an environment variable, replacing any earlier value of it, for the runs
+    /// started from now on (a restart with another configuration, e.g. a rollback).
+    pub fn set_env(&mut self, key: &str, value: impl ToString) {
+        self.builder.env.retain(|(k, _)| k != key);
+        self.builder.env.push((key.to_owned(), value.to_string()));
     }
 
     /// The exit status, once the process has exited.

@@ -67,7 +67,11 @@ fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
     }
     if s.next_send > applied {
         s.behind_since = None;
-        if s.state == SlaveState::Slow {
+        // Nothing outstanding. A slave that was SLOW is caught up; one whose last sends
+        // failed but which has since acknowledged everything (its registration reports
+        // its position) holds every record too.
+        if s.state == SlaveState::Slow || (s.state == SlaveState::Unreachable && s.last_ack >= applied) {
+            recovered(&mut s, link);
             s.state = SlaveState::Alive;
         }
         return Step::Wait;
@@ -218,7 +222,7 @@ async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
         }
     };
     if let Some(delay) = backoff {
-        // Woken early only by a registration; new commits do not cut a backoff short.
+        // A plain sleep: neither new commits nor registrations cut a backoff short.
         tokio::time::sleep(delay).await;
     }
 }
