@@ -675,3 +675,32 @@ async fn a_damaged_replication_batch_is_refused_and_nothing_of_it_is_applied() {
     assert_eq!(slave.api().check(7, &[1, 2]).await.expect("check"), [true, true]);
     assert_eq!(counter(&slave, CRC_FAILURES, &[]).await, 1);
 }
+
+#[tokio::test]
+async fn a_statically_listed_slave_is_contacted_by_its_master() {
+    // The slave's own registration at start-up finds no master, and its next attempt is
+    // an hour away: only the master's static list can connect the two.
+    let master_proxy = support::proxy::Proxy::start().await;
+    let slave = Node::builder()
+        .env("BITARK_NODE__ID", "slave-static")
+        .env("BITARK_NODE__ROLE", "slave")
+        .env("BITARK_REPLICATION__STAGE", "3")
+        .env("BITARK_REPLICATION__MASTER_URL", master_proxy.url())
+        .env("BITARK_REPLICATION__REGISTER_INTERVAL", "1h")
+        .start()
+        .await;
+    let master = Node::builder()
+        .env("BITARK_REPLICATION__STAGE", "3")
+        .env("BITARK_REPLICATION__SLAVES", format!("[\"{}\"]", slave.url()))
+        .start()
+        .await;
+    master_proxy.set_upstream(master.addr().expect("master address"));
+    let api = master.api();
+    for msg in 0..20 {
+        api.mark_read(5, msg).await.expect("write");
+    }
+    wait_for_convergence(&master, std::slice::from_ref(&slave), Duration::from_secs(30)).await;
+    let status = replication_status(&master).await;
+    assert_eq!(status["slaves"][0]["id"], "slave-static", "{status}");
+    assert_eq!(status["slaves"][0]["url"], slave.url(), "{status}");
+}
