@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Replication benchmark of a release build on loopback (needs wrk: apt-get install wrk).
 # Usage: bench/replication.sh [seconds-per-phase] [catch-up-records]   (from the repository root)
-#   1. durable single marks on a master alone, then on a master with two stage-3 slaves;
-#   2. replication lag (commit on the master to the slave's acknowledgement) under a
-#      paced load of about half the master's capacity;
+#   1. durable single marks on a master alone;
+#   2. on a fresh master with two stage-3 slaves: replication lag (commit on the master to
+#      the slave's acknowledgement) under a paced load of about half the master's
+#      capacity, then durable single marks at full load;
 #   3. catch-up rate of a slave stopped (SIGSTOP) while the master logs N records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,15 +34,12 @@ start solo $base
 echo "alone $(mark $base)"
 stop_all
 
-echo "== durable single marks, master with two slaves (stage 3)"
+echo "== master with two slaves (stage ${BENCH_STAGE:-3})"
 M=$((base + 1)); S1=$((base + 2)); S2=$((base + 3))
-start master $M BITARK_REPLICATION__STAGE=3
-start slave-1 $S1 BITARK_REPLICATION__STAGE=3 BITARK_NODE__ROLE=slave BITARK_REPLICATION__MASTER_URL=http://127.0.0.1:$M BITARK_REPLICATION__REGISTER_INTERVAL=200ms
-start slave-2 $S2 BITARK_REPLICATION__STAGE=3 BITARK_NODE__ROLE=slave BITARK_REPLICATION__MASTER_URL=http://127.0.0.1:$M BITARK_REPLICATION__REGISTER_INTERVAL=200ms
+start master $M BITARK_REPLICATION__STAGE=${BENCH_STAGE:-3}
+start slave-1 $S1 BITARK_REPLICATION__STAGE=${BENCH_STAGE:-3} BITARK_NODE__ROLE=slave BITARK_REPLICATION__MASTER_URL=http://127.0.0.1:$M BITARK_REPLICATION__REGISTER_INTERVAL=200ms
+start slave-2 $S2 BITARK_REPLICATION__STAGE=${BENCH_STAGE:-3} BITARK_NODE__ROLE=slave BITARK_REPLICATION__MASTER_URL=http://127.0.0.1:$M BITARK_REPLICATION__REGISTER_INTERVAL=200ms
 until curl -s "http://127.0.0.1:$M/actuator/replication" | grep -q '"slave-2"'; do sleep 0.1; done
-echo "with-2-slaves $(mark $M)"
-until [ "$(applied $S1)" = "$(applied $M)" ] && [ "$(applied $S2)" = "$(applied $M)" ]; do sleep 0.2; done
-
 echo "== replication lag under a paced load"
 curl -s "http://127.0.0.1:$M/actuator/prometheus" > "$work/before.txt"
 echo "paced $(BENCH_DELAY_MS=${BENCH_DELAY_MS:-2} wrk -t2 -c64 -d"${secs}s" --latency -s bench/wrk/mark-paced.lua "http://127.0.0.1:$M" | grep '^RESULT')"
@@ -64,6 +62,10 @@ for slave in sorted({s for s, _ in after}):
             if n >= p * total: return le
     print(f"lag {slave}: records={total} p50<={q(0.5)*1000:.2f}ms p99<={q(0.99)*1000:.2f}ms (bucket upper bounds)")
 PY
+
+echo "== durable single marks with the two slaves attached"
+echo "with-2-slaves $(mark $M)"
+until [ "$(applied $S1)" = "$(applied $M)" ] && [ "$(applied $S2)" = "$(applied $M)" ]; do sleep 0.2; done
 
 echo "== catch-up of a slave stopped for $catchup records"
 kill -STOP "${pids[1]}"
