@@ -704,3 +704,46 @@ async fn a_statically_listed_slave_is_contacted_by_its_master() {
     assert_eq!(status["slaves"][0]["id"], "slave-static", "{status}");
     assert_eq!(status["slaves"][0]["url"], slave.url(), "{status}");
 }
+
+#[tokio::test]
+async fn a_slave_behind_the_retained_wal_is_left_needing_a_full_sync() {
+    const WRITERS: u64 = 4;
+    // Small segments, frequent snapshots keeping only one: the master's WAL is purged
+    // soon after records are written.
+    let mut cluster = Cluster::start_with(1, "3", |role, _, builder| {
+        let builder = quick(builder)
+            .env("BITARK_REPLICATION__BUFFER__MAX_RECORDS", 50)
+            .env("BITARK_REPLICATION__REQUEST_TIMEOUT", "300ms");
+        match role {
+            Role::Master => builder
+                .env("BITARK_WAL__SEGMENT_SIZE", "64KiB")
+                .env("BITARK_SNAPSHOT__EVERY_RECORDS", 300)
+                .env("BITARK_SNAPSHOT__KEEP", 1),
+            Role::Slave => builder,
+        }
+    })
+    .await;
+    wait_registered(&cluster.master, &cluster.slaves).await;
+    let mut model = Model::new(WRITERS);
+    write_load(&cluster.master.api(), &mut model, WRITERS, 50, 31).await;
+    cluster.wait_for_convergence(CONVERGE).await;
+
+    cluster.slaves[0].sigstop();
+    let frozen_at = cluster.slaves[0].api();
+    // Enough records for several segments and snapshots while the slave cannot answer.
+    write_load(&cluster.master.api(), &mut model, WRITERS, 600, 32).await;
+    let wal = cluster.master.data_dir().join("wal");
+    wait_until(CONVERGE, "the master to purge its first WAL segment", || async {
+        !wal.join("00000000000000000001.wal").exists()
+    })
+    .await;
+    cluster.slaves[0].sigcont();
+    wait_state(&cluster.master, 0, "NEEDS_FULL_SYNC").await;
+    let link = slave_entry(&cluster.master, 0).await.expect("the master lists its slave");
+    assert!(link["lastError"].as_str().unwrap_or("").contains("full sync"), "{link}");
+    // It stays there: nothing the master still holds can close the hole.
+    let applied = frozen_at.digest().await.expect("slave digest").applied_lsn;
+    let master_applied = cluster.master.api().digest().await.expect("master digest").applied_lsn;
+    assert!(applied < master_applied, "the slave cannot have caught up ({applied} vs {master_applied})");
+    assert_eq!(slave_entry(&cluster.master, 0).await.expect("slave")["state"], "NEEDS_FULL_SYNC");
+}

@@ -128,7 +128,11 @@ async fn catch_up(
     })
     .await
     .ok()?;
-    *cursor = Some(reader);
+    // A failed read forgets the cursor: the next one locates its segment afresh (which
+    // reports a purge if garbage collection removed the segment under it).
+    if read.is_ok() {
+        *cursor = Some(reader);
+    }
     match read {
         Ok(CursorRead::Records(records)) if !records.is_empty() => {
             hub.metrics.replication_catchup_records.with_label_values(&[&link.id]).inc_by(records.len() as u64);
