@@ -210,12 +210,12 @@ impl MasterHub {
         let hub = &self.inner;
         let slaves = hub.slaves.read().expect("slaves lock");
         let bounded = &hub.config.buffer;
+        let bytes: usize = records.iter().map(Record::encoded_len).sum();
         for link in slaves.values() {
             let mut s = link.state.lock().expect("slave state lock");
             if matches!(s.state, SlaveState::Slow | SlaveState::NeedsFullSync) {
                 continue;
             }
-            let bytes: usize = records.iter().map(Record::encoded_len).sum();
             if s.features.bounded_buffer
                 && (s.buffer.len() + records.len() > bounded.max_records
                     || s.buffer_bytes + bytes > bounded.max_bytes.as_u64() as usize)
@@ -227,9 +227,9 @@ impl MasterHub {
             } else {
                 let committed = Instant::now();
                 for record in records {
-                    let bytes = record.encoded_len();
-                    s.buffer_bytes += bytes;
-                    s.buffer.push_back(Queued { record: record.clone(), bytes, committed });
+                    let len = record.encoded_len();
+                    s.buffer_bytes += len;
+                    s.buffer.push_back(Queued { record: record.clone(), bytes: len, committed });
                 }
             }
             drop(s);
