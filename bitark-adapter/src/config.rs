@@ -40,7 +40,7 @@ pub struct AppConfig {
     pub security: SecurityConfig,
 }
 
-/// `server.*`: the HTTP listener.
+/// `server.*`: the HTTP listener and what it allows a connection.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -51,11 +51,54 @@ pub struct ServerConfig {
     /// Longest a graceful shutdown waits for in-flight requests. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Most connections open at once; more are answered 503 and closed. Lowered at
+    /// start-up, with a warning, to what the open-files limit leaves after a reserve
+    /// for the log, snapshots and replication. Default `4096`, minimum `1`.
+    pub max_connections: usize,
+    /// Longest from the first byte of a request to the end of its headers; the
+    /// connection is closed after it. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest a connection may stay open without a byte moving either way between
+    /// requests; it is closed after it. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest to receive a request once its headers are in, body included; the
+    /// request is answered 408 after it. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { port: 8080, bind: IpAddr::from([127, 0, 0, 1]), shutdown_timeout: Duration::from_secs(30) }
+        ServerConfig {
+            port: 8080,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            shutdown_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.max_connections == 0 {
+            out.push("server.max-connections: must be at least 1".to_string());
+        }
+        for (key, value) in [
+            ("server.header-read-timeout", self.header_read_timeout),
+            ("server.idle-timeout", self.idle_timeout),
+            ("server.request-timeout", self.request_timeout),
+        ] {
+            if value.is_zero() {
+                out.push(format!("{key}: must be greater than zero"));
+            }
+        }
+        out
     }
 }
 
@@ -63,10 +106,15 @@ impl Default for ServerConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct SecurityConfig {
-    /// Token required by `/admin/*`. Default empty (open).
+    /// Token required by `/admin/*`. Default empty (open; a node bound to a
+    /// non-loopback address warns about it at start-up).
     pub admin_token: Secret,
-    /// Token required by `/internal/*` (replication). Default empty (open).
+    /// Token required by `/internal/*` (replication). A node that replicates refuses to
+    /// start without one unless `allow-insecure-cluster` is set. Default empty.
     pub cluster_token: Secret,
+    /// Lets a node replicate without a cluster token, e.g. on a private test network;
+    /// it then warns at every start. Default `false`.
+    pub allow_insecure_cluster: bool,
 }
 
 /// A secret value: printed and serialized as `******`, never in clear.
@@ -170,7 +218,23 @@ impl AppConfig {
 
     /// Every invalid value, each naming its key.
     pub fn problems(&self) -> Vec<String> {
-        self.engine().problems()
+        let mut out = self.server.problems();
+        out.extend(self.engine().problems());
+        if self.replicates() && self.security.cluster_token.expose().is_none() && !self.security.allow_insecure_cluster
+        {
+            out.push(
+                "security.cluster-token: a node that replicates needs a cluster token, shared by every node of the \
+                 cluster, so that no one else can register as a slave or send a slave log records \
+                 (set security.allow-insecure-cluster: true to run without one on a private network)"
+                    .into(),
+            );
+        }
+        out
+    }
+
+    /// True when this node takes part in replication (a slave, or a master with it on).
+    pub fn replicates(&self) -> bool {
+        self.node.role == bitark_engine::Role::Slave || self.replication.effective_features().any()
     }
 
     /// The sections the engine consumes.

@@ -6,6 +6,8 @@
 //! - [`http`]: axum routers (public API, `/actuator`, `/admin`), the [`ApiError`]
 //!   mapping, extractors that name bad input, request metrics.
 //! - [`openapi`]: the utoipa-generated OpenAPI document.
+//! - [`server`]: the HTTP/1.1 connection loop: connection cap, idle, header and body
+//!   deadlines, JSON bodies for the errors hyper answers by itself.
 //! - [`run`]: start-up and graceful shutdown around an already-bound listener, so tests
 //!   can start a server on `127.0.0.1:0` and stop it at will.
 //!
@@ -14,16 +16,16 @@
 pub mod config;
 pub mod http;
 pub mod openapi;
+pub mod server;
 
 pub use config::AppConfig;
 
-use axum::serve::ListenerExt;
 use bitark_common::replication::Features;
 use bitark_engine::replication::Follower;
 use bitark_engine::{Node, OpenError};
 use bitark_infra::replication::ReplicationClient;
 use bitark_infra::Metrics;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
@@ -35,7 +37,7 @@ pub enum RunError {
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("HTTP server: {0}")]
-    Serve(#[from] std::io::Error),
+    Listener(#[from] std::io::Error),
     #[error("start-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -50,20 +52,24 @@ pub async fn run(listener: TcpListener, config: AppConfig, shutdown: impl Future
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let state = http::AppState::new(config.clone(), metrics.clone());
     let local_addr = listener.local_addr()?;
+    warn_about_exposure(&config, local_addr);
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    // Answers are small and each is written at once: never hold one back (Nagle).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = tokio::spawn(
-        axum::serve(listener, http::router(state.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = server_stopped.await;
-            })
-            .into_future(),
-    );
+    let limits = server::Limits {
+        max_connections: connection_cap(config.server.max_connections),
+        header_read_timeout: config.server.header_read_timeout,
+        idle_timeout: config.server.idle_timeout,
+        request_timeout: config.server.request_timeout,
+    };
+    let server = tokio::spawn(server::serve(
+        listener,
+        http::router(state.clone()),
+        limits,
+        metrics.clone(),
+        async move {
+            let _ = server_stopped.await;
+        },
+        config.server.shutdown_timeout,
+    ));
 
     let engine = config.engine();
     let opening = {
@@ -101,10 +107,7 @@ pub async fn run(listener: TcpListener, config: AppConfig, shutdown: impl Future
     tracing::info!("shutting down: finishing in-flight requests");
     state.begin_shutdown();
     let _ = stop_server.send(());
-    match tokio::time::timeout(config.server.shutdown_timeout, server).await {
-        Ok(done) => done??,
-        Err(_) => tracing::warn!("in-flight requests did not finish within server.shutdown-timeout"),
-    }
+    server.await?;
     let follower = state.follower().cloned();
     tokio::task::spawn_blocking(move || {
         node.shutdown();
@@ -115,6 +118,47 @@ pub async fn run(listener: TcpListener, config: AppConfig, shutdown: impl Future
     .await?;
     tracing::info!("stopped; the write-ahead log is durable");
     Ok(())
+}
+
+/// `server.max-connections`, lowered to what the open-files limit leaves for the node's
+/// own files, so that clients can never take the descriptors the log needs.
+fn connection_cap(configured: usize) -> usize {
+    match bitark_infra::process::open_files_limit() {
+        Ok((soft, _)) => {
+            let cap = server::effective_max_connections(configured, soft);
+            if cap < configured {
+                tracing::warn!(
+                    configured,
+                    cap,
+                    open_files_limit = soft,
+                    reserve = server::FD_RESERVE,
+                    "server.max-connections lowered to fit the open-files limit; raise `ulimit -n` to allow more"
+                );
+            }
+            cap
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit; using server.max-connections as it is");
+            configured
+        }
+    }
+}
+
+/// Warns, at every start, about endpoints that are open to whoever can reach them.
+fn warn_about_exposure(config: &AppConfig, addr: SocketAddr) {
+    let security = &config.security;
+    if config.replicates() && security.cluster_token.expose().is_none() {
+        tracing::warn!(
+            "INSECURE: replication runs without security.cluster-token (security.allow-insecure-cluster is set): \
+             anyone who can reach /internal/replication can register as a slave or send this node log records"
+        );
+    }
+    if !addr.ip().is_loopback() && security.admin_token.expose().is_none() {
+        tracing::warn!(
+            %addr,
+            "bound to a non-loopback address without security.admin-token: /admin/* is open to anyone who can reach it"
+        );
+    }
 }
 
 /// Starts the replication module the configuration asks for: a master's hub, or a
@@ -128,7 +172,7 @@ fn start_replication(
 ) {
     let replication = &config.replication;
     let features = replication.effective_features();
-    for (name, on) in Features::NAMES.iter().zip(features_flags(features)) {
+    for (name, on) in Features::NAMES.iter().zip(features.flags()) {
         metrics.replication_feature.with_label_values(&[name]).set(on as i64);
     }
     let client =
@@ -142,8 +186,4 @@ fn start_replication(
         tracing::info!(features = ?features.enabled(), static_slaves = replication.slaves.len(), "replicating to slaves");
         state.set_hub(hub);
     }
-}
-
-fn features_flags(f: Features) -> [bool; 4] {
-    [f.notify, f.progress, f.bounded_buffer, f.reliable]
 }

@@ -70,6 +70,14 @@ fn main() -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
+    // Connections, log segments and snapshots all take descriptors: use what is allowed.
+    match bitark_infra::process::raise_open_files_limit() {
+        Ok((before, (soft, hard))) if before < soft => {
+            tracing::info!(from = before, to = soft, hard, "raised the open-files limit to its hard limit")
+        }
+        Ok((_, (soft, hard))) => tracing::info!(soft, hard, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -22,7 +22,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::cluster::{replication_status, slave_id, wait_for_convergence, Cluster, Role};
+use support::cluster::{replication_status, slave_id, wait_for_convergence, Cluster, Role, CLUSTER_TOKEN};
+use support::fake_master::{self, FakeMaster};
 use support::proxy::Mode;
 use support::workload::Write;
 use support::{poll_until, wait_until, Api, Node, NodeBuilder, PROCESS_TIMEOUT};
@@ -635,15 +636,53 @@ async fn replication_needs_the_cluster_token() {
     assert_eq!(listed_slaves(master).await, ["slave-1"]);
 }
 
-#[tokio::test]
-async fn a_damaged_replication_batch_is_refused_and_nothing_of_it_is_applied() {
-    // A slave whose master never answers: only this test sends it batches.
+/// A stage 3 slave following a [`FakeMaster`], which only this test sends batches as.
+async fn slave_of_fake_master(master: &FakeMaster) -> Node {
     let slave = Node::builder()
         .env("BITARK_NODE__ROLE", "slave")
         .env(STAGE, "3")
-        .env("BITARK_REPLICATION__MASTER_URL", "http://127.0.0.1:9")
+        .env("BITARK_REPLICATION__MASTER_URL", master.url())
+        .env("BITARK_SECURITY__CLUSTER_TOKEN", CLUSTER_TOKEN)
         .start()
         .await;
+    wait_until(CONVERGE, "the slave to register with the fake master", async || {
+        replication_status(&slave).await["registered"] == true
+    })
+    .await;
+    slave
+}
+
+/// `GET /internal/replication/status` of `node`, with the cluster token.
+async fn internal_status(node: &Node) -> Value {
+    let url = format!("{}/internal/replication/status", node.url());
+    let response = reqwest::Client::new().get(&url).bearer_auth(CLUSTER_TOKEN).send().await;
+    let response = response.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status(), StatusCode::OK, "GET {url}");
+    response.json().await.expect("a node status")
+}
+
+/// Posts `body` to `slave`'s append endpoint as master `id` in `session`, meant for the
+/// slave's current process.
+async fn append_as(slave: &Node, id: &str, session: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+    let slave_session = internal_status(slave).await["session"].as_str().expect("a slave session").to_owned();
+    let url = format!("{}/internal/replication/append", slave.url());
+    let response = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(CLUSTER_TOKEN)
+        .header(header::CONTENT_TYPE, content_type)
+        .header("x-bitark-master-id", id)
+        .header("x-bitark-session", session)
+        .header("x-bitark-slave-session", slave_session)
+        .body(body)
+        .send()
+        .await;
+    response.unwrap_or_else(|e| panic!("POST {url}: {e}"))
+}
+
+#[tokio::test]
+async fn a_damaged_replication_batch_is_refused_and_nothing_of_it_is_applied() {
+    let master = FakeMaster::start().await;
+    let slave = slave_of_fake_master(&master).await;
     let record =
         |lsn, msg| Record { epoch: Epoch::INITIAL, lsn: Lsn(lsn), command: Command::MarkRead { user: 7, msg } };
     let mut batch = record(1, 1).encode();
@@ -651,12 +690,8 @@ async fn a_damaged_replication_batch_is_refused_and_nothing_of_it_is_applied() {
     batch.extend(record(2, 2).encode());
     let mut damaged = batch.clone();
     damaged[first_len + 30] ^= 0x01; // in the payload of the second record
-
-    let http = reqwest::Client::new();
     let append = async |content_type: &str, body: Vec<u8>| {
-        let url = format!("{}/internal/replication/append", slave.url());
-        let response = http.post(&url).header(header::CONTENT_TYPE, content_type).body(body).send().await;
-        response.unwrap_or_else(|e| panic!("POST {url}: {e}"))
+        append_as(&slave, fake_master::MASTER_ID, fake_master::SESSION, content_type, body).await
     };
 
     let response = append("application/octet-stream", batch.clone()).await;
@@ -687,11 +722,14 @@ async fn a_statically_listed_slave_is_contacted_by_its_master() {
         .env("BITARK_REPLICATION__STAGE", "3")
         .env("BITARK_REPLICATION__MASTER_URL", master_proxy.url())
         .env("BITARK_REPLICATION__REGISTER_INTERVAL", "1h")
+        .env("BITARK_REPLICATION__FORGET_AFTER", "3h")
+        .env("BITARK_SECURITY__CLUSTER_TOKEN", CLUSTER_TOKEN)
         .start()
         .await;
     let master = Node::builder()
         .env("BITARK_REPLICATION__STAGE", "3")
         .env("BITARK_REPLICATION__SLAVES", format!("[\"{}\"]", slave.url()))
+        .env("BITARK_SECURITY__CLUSTER_TOKEN", CLUSTER_TOKEN)
         .start()
         .await;
     master_proxy.set_upstream(master.addr().expect("master address"));

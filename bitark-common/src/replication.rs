@@ -29,7 +29,8 @@ impl Features {
     /// Flag names in rollout order.
     pub const NAMES: [&'static str; 4] = ["notify", "progress", "bounded-buffer", "reliable"];
 
-    fn flags(&self) -> [bool; 4] {
+    /// The flags in rollout order, as [`Self::NAMES`] names them.
+    pub fn flags(&self) -> [bool; 4] {
         [self.notify, self.progress, self.bounded_buffer, self.reliable]
     }
 
@@ -113,10 +114,19 @@ pub struct RegisterResponse {
     pub master_id: String,
     /// The flags both sides will use.
     pub features: Features,
+    /// The end of the master's log on stable storage.
     pub durable_lsn: u64,
     /// Changes each time the master process starts; a slave that sees a new one knows
-    /// the master forgot it and registers again.
+    /// the master forgot it and registers again. The slave accepts log batches only
+    /// from the master id and session of its last registration.
     pub session: String,
+    /// How the master sees this slave (`ALIVE`, `NEEDS_FULL_SYNC`, ...), so a slave the
+    /// master cannot bring up to date knows it.
+    #[serde(default)]
+    pub state: String,
+    /// Why, when the state is not `ALIVE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A slave's answer to a batch: everything at or below `ackLsn` is logged and applied.
@@ -136,7 +146,12 @@ pub struct NodeStatus {
     pub role: String,
     pub applied_lsn: u64,
     pub features: Features,
+    /// A slave's process session (empty on a master).
     pub session: String,
+    /// A slave: the session of the master it last registered with (empty before its
+    /// first registration). A master checks it before it sends a slave any record.
+    #[serde(default)]
+    pub master_session: String,
 }
 
 #[cfg(test)]

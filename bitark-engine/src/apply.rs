@@ -1,47 +1,19 @@
 //! The one path by which log records change the read state, shared by start-up replay
 //! and by the group-commit writer (and, later, by replication apply).
 
-use crate::replication::MasterHub;
 use crate::snapshotter::Request;
+use crate::state::State;
 use crate::store::ReadStore;
 use bitark_common::{Lsn, Record};
 use bitark_infra::wal::Applier;
-use bitark_infra::Metrics;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, OnceLock};
-use tokio::sync::watch;
+use std::sync::Arc;
 
 /// Applies records, in LSN order, to the store.
 pub(crate) fn apply_records<'a>(store: &ReadStore, records: impl IntoIterator<Item = &'a Record>) {
     for record in records {
         store.apply(&record.command);
-    }
-}
-
-/// State shared between the writer thread, the snapshotter and readers.
-pub(crate) struct State {
-    pub store: ReadStore,
-    /// Applied LSN. A watch channel, so reads with `minLsn` can await it instead of
-    /// polling; the writer thread is the only sender.
-    pub applied: watch::Sender<Lsn>,
-    pub metrics: Metrics,
-    /// Records logged since the last snapshot started; drives `snapshot.every-records`.
-    pub since_snapshot: AtomicU64,
-    /// A master's replication hub, once started: told of every durable batch.
-    pub replication: OnceLock<MasterHub>,
-}
-
-impl State {
-    pub fn applied_lsn(&self) -> Lsn {
-        *self.applied.borrow()
-    }
-
-    pub fn publish_applied(&self, lsn: Lsn) {
-        self.applied.send_replace(lsn);
-        self.metrics.lsn_applied.set(lsn.0 as i64);
-        self.metrics.store_users.set(self.store.user_count() as i64);
-        self.metrics.store_marks.set(self.store.mark_count() as i64);
     }
 }
 
@@ -67,6 +39,13 @@ impl Applier for StoreApplier {
         let since = self.state.since_snapshot.fetch_add(records.len() as u64, Ordering::Relaxed) + records.len() as u64;
         if self.every_records > 0 && since >= self.every_records {
             let _ = self.nudge.try_send(Request::Nudge);
+        }
+    }
+
+    fn durable(&mut self, lsn: Lsn) {
+        self.state.durable.send_replace(lsn);
+        if let Some(hub) = self.state.replication.get() {
+            hub.on_durable();
         }
     }
 }

@@ -27,7 +27,7 @@ pub struct NodeConfig {
     pub id: String,
     /// `master | slave`. Default `master`.
     pub role: Role,
-    /// Directory holding `wal/`, `snapshots/` and `checkpoint.bin`. Default `./data`.
+    /// Directory holding `wal/`, `snapshots/` and the `LOCK` file. Default `./data`.
     pub data_dir: PathBuf,
 }
 
@@ -68,11 +68,22 @@ pub struct LimitsConfig {
     /// Most message ids one range (`from..=to`) may span, for range marks and unread
     /// counts. Default `1048576`.
     pub max_range: u64,
+    /// Most marks one user may hold; a write that would take a user past it is refused
+    /// (409 `mark_limit`). `0` turns the limit off. Default `0`.
+    pub max_marks_per_user: u64,
+    /// Above this resident memory, writes that add marks are refused (507
+    /// `memory_limit`) while reads and unmarks go on. `0` turns the guard off. Default `0`.
+    pub max_memory: bytesize::ByteSize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_batch: 10_000, max_range: 1 << 20 }
+        LimitsConfig {
+            max_batch: 10_000,
+            max_range: 1 << 20,
+            max_marks_per_user: 0,
+            max_memory: bytesize::ByteSize::b(0),
+        }
     }
 }
 
@@ -125,25 +136,40 @@ pub struct ReplicationConfig {
     /// (stage 3); it is also written on shutdown. Default `50ms`.
     #[serde(with = "humantime_serde")]
     pub progress_flush: Duration,
+    /// Master: most slaves it follows; further registrations are refused. Default `16`.
+    pub max_slaves: usize,
+    /// Master: a slave that has neither registered nor answered for this long is
+    /// forgotten (its link, buffer and metric series go). Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
 }
 
-/// `replication.buffer.*`
+/// `replication.buffer.*`: the master's send buffers. They are bounded at every stage:
+/// a slave that overflows its buffer is marked SLOW and caught up from the WAL
+/// (`bounded-buffer`), or, at stages 1 and 2, misses the records dropped (GAP).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct BufferConfig {
-    /// Records one slave's send buffer holds before the slave is marked SLOW. Default `100000`.
+    /// Records one slave's send buffer holds. Default `100000`.
     pub max_records: usize,
-    /// Bytes one slave's send buffer holds before the slave is marked SLOW. Default `64MiB`.
+    /// Bytes one slave's send buffer holds. Default `64MiB`.
     pub max_bytes: bytesize::ByteSize,
+    /// Bytes all send buffers hold together. Default `256MiB`.
+    pub total_max_bytes: bytesize::ByteSize,
 }
 
 impl Default for BufferConfig {
     fn default() -> Self {
-        BufferConfig { max_records: 100_000, max_bytes: bytesize::ByteSize::mib(64) }
+        BufferConfig {
+            max_records: 100_000,
+            max_bytes: bytesize::ByteSize::mib(64),
+            total_max_bytes: bytesize::ByteSize::mib(256),
+        }
     }
 }
 
-/// `replication.retry.*`: exponential backoff with full jitter.
+/// `replication.retry.*`: exponential backoff with equal jitter (half of each delay
+/// fixed, half random).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct RetryConfig {
@@ -175,6 +201,8 @@ impl Default for ReplicationConfig {
             retry: RetryConfig::default(),
             register_interval: Duration::from_secs(1),
             progress_flush: Duration::from_millis(50),
+            max_slaves: 16,
+            forget_after: Duration::from_secs(600),
         }
     }
 }
@@ -214,8 +242,17 @@ impl ReplicationConfig {
         if self.batch_max_records == 0 {
             out.push("replication.batch-max-records: must be at least 1".into());
         }
-        if self.buffer.max_records == 0 || self.buffer.max_bytes.as_u64() == 0 {
-            out.push("replication.buffer: max-records and max-bytes must be at least 1".into());
+        if self.buffer.max_records == 0
+            || self.buffer.max_bytes.as_u64() == 0
+            || self.buffer.total_max_bytes.as_u64() == 0
+        {
+            out.push("replication.buffer: max-records, max-bytes and total-max-bytes must be at least 1".into());
+        }
+        if self.max_slaves == 0 {
+            out.push("replication.max-slaves: must be at least 1".into());
+        }
+        if self.forget_after < self.register_interval.saturating_mul(3) {
+            out.push("replication.forget-after: must be at least three register-intervals".into());
         }
         if self.retry.initial_backoff.is_zero() || self.retry.max_backoff < self.retry.initial_backoff {
             out.push("replication.retry: initial-backoff must be > 0 and max-backoff at least initial-backoff".into());

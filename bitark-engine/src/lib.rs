@@ -8,7 +8,9 @@
 //! - `apply`: the single path by which log records change the store, shared by
 //!   recovery and the group-commit writer.
 //! - `recovery`: newest valid snapshot, then the log after it.
-//! - `snapshotter`: background fuzzy snapshots, checkpoint, snapshot and WAL GC.
+//! - `snapshotter`: background fuzzy snapshots, snapshot and WAL GC.
+//! - `limits`: the memory guard and the per-user mark limit.
+//! - `state`: what the writer thread, snapshotter, replication and readers share.
 //! - [`replication`]: the master hub and senders, the slave follower, their status.
 //! - [`node`]: [`Node`], the handle the adapter uses: open, write, read, wait for an
 //!   LSN, digest, snapshot, shut down.
@@ -17,15 +19,17 @@
 mod apply;
 pub mod config;
 pub mod error;
+mod limits;
 pub mod node;
 pub mod readset;
 mod recovery;
 pub mod replication;
 mod snapshotter;
+mod state;
 pub mod store;
 
 pub use config::{EngineConfig, LimitsConfig, NodeConfig, ReadsConfig, ReplicationConfig, Role, SnapshotConfig};
-pub use error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, WriteError};
+pub use error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, SnapshotError, WriteError};
 pub use node::Node;
 pub use recovery::RecoveryReport;
 pub use store::{ReadStore, StoreDigest};

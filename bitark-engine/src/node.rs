@@ -4,18 +4,21 @@
 //! snapshotter, and holds an exclusive lock on the data directory so two processes can
 //! never write the same log.
 
-use crate::apply::{State, StoreApplier};
+use crate::apply::StoreApplier;
 use crate::config::{EngineConfig, Role};
-use crate::error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, WriteError};
+use crate::error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, SnapshotError, WriteError};
+use crate::limits::{admit_marks, MemoryGuard};
 use crate::recovery::{recover, RecoveryReport};
+use crate::replication::master::HubParts;
 use crate::replication::MasterHub;
 use crate::snapshotter::{Request, Snapshotter};
+use crate::state::State;
 use crate::store::{ReadStore, StoreDigest};
 use bitark_common::{Command, Epoch, Lsn, Record};
 use bitark_infra::fsutil::create_dir_durable;
 use bitark_infra::replication::ReplicationClient;
 use bitark_infra::snapshot::{list_snapshots, read_snapshot, SnapshotInfo};
-use bitark_infra::wal::{AppendOutcome, GroupCommit, ProposeError, WalHandle};
+use bitark_infra::wal::{AppendOutcome, GroupCommit, ProposeError, WalHandle, WalHealth};
 use bitark_infra::{Metrics, StorageError};
 use std::fs::File;
 use std::path::Path;
@@ -40,6 +43,7 @@ struct Inner {
     state: Arc<State>,
     wal: WalHandle,
     snapshots: SyncSender<Request>,
+    memory: Arc<MemoryGuard>,
     /// Joined on shutdown; a std `Mutex` because it is taken once, outside any runtime.
     snapshot_thread: Mutex<Option<JoinHandle<()>>>,
     recovery: RecoveryReport,
@@ -64,9 +68,11 @@ impl Node {
         metrics.recovery_records_replayed.set(report.replayed as i64);
 
         let (applied, _) = watch::channel(report.applied);
+        let (durable, _) = watch::channel(report.applied);
         let state = Arc::new(State {
             store,
             applied,
+            durable,
             metrics: metrics.clone(),
             since_snapshot: AtomicU64::new(report.replayed),
             replication: OnceLock::new(),
@@ -82,11 +88,13 @@ impl Node {
         };
         let wal = GroupCommit::start(&wal_dir, &config.wal, report.applied.next(), epoch, applier, metrics.clone())?;
 
+        let memory = MemoryGuard::start(config.limits.max_memory.as_u64(), metrics.clone())
+            .map_err(|e| StorageError::io(&data_dir, e))?;
         let last = newest_snapshot_info(&snapshot_dir, report.snapshot_lsn);
         let snapshotter = Snapshotter {
             state: state.clone(),
             config: config.snapshot.clone(),
-            data_dir: data_dir.clone(),
+            wal: wal.clone(),
             wal_dir,
             snapshot_dir,
             epoch,
@@ -103,6 +111,7 @@ impl Node {
                 state,
                 wal,
                 snapshots,
+                memory,
                 snapshot_thread: Mutex::new(Some(thread)),
                 recovery: report,
                 _lock: lock,
@@ -122,12 +131,8 @@ impl Node {
 
     /// Checks a command against the configured limits.
     pub fn validate(&self, command: &Command) -> Result<(), InvalidCommand> {
-        let limits = &self.inner.config.limits;
         match command {
-            Command::MarkBatch { msgs, .. } if msgs.is_empty() => Err(InvalidCommand::EmptyBatch),
-            Command::MarkBatch { msgs, .. } if msgs.len() > limits.max_batch => {
-                Err(InvalidCommand::BatchTooLarge { len: msgs.len(), max: limits.max_batch })
-            }
+            Command::MarkBatch { msgs, .. } => self.validate_batch_len(msgs.len()),
             Command::MarkRange { from, to, .. } => self.validate_range(*from, *to),
             _ => Ok(()),
         }
@@ -165,20 +170,39 @@ impl Node {
         }
         self.validate(&command)?;
         let metrics = &self.inner.state.metrics;
+        let admitted =
+            self.inner.memory.admit(&command).and_then(|()| {
+                admit_marks(&self.inner.state.store, self.inner.config.limits.max_marks_per_user, &command)
+            });
+        if let Err(e) = admitted {
+            let reason = if matches!(e, WriteError::MemoryLimit(_)) { "memory-limit" } else { "mark-limit" };
+            metrics.writes_rejected.with_label_values(&[reason]).inc();
+            return Err(e);
+        }
         let pending = self.inner.wal.propose(command).inspect_err(|e| {
             metrics.writes_rejected.with_label_values(&[reject_reason(e)]).inc();
         })?;
         match pending.await {
             Ok(result) => Ok(result?),
-            Err(_) => Err(WriteError::ShuttingDown),
+            // The writer dropped the reply: it stopped (shutdown or a crash).
+            Err(_) => Err(self.inner.wal.stopped_error().into()),
         }
     }
 
     /// Logs and applies records from the master, which carry their LSNs (slave only).
     /// Records this node already holds are skipped; the rest must continue its log.
+    /// Every record is checked as the public API checks a command (limits, epoch)
+    /// first; one that fails refuses the whole batch.
     pub async fn replicate(&self, records: Vec<Record>) -> Result<AppendOutcome, ReplicateError> {
         if !self.is_slave() {
             return Err(ReplicateError::NotSlave);
+        }
+        for record in &records {
+            let invalid = |reason: String| ReplicateError::InvalidRecord { lsn: record.lsn.0, reason };
+            if record.epoch != self.epoch() {
+                return Err(invalid(format!("epoch {} differs from this node's epoch {}", record.epoch, self.epoch())));
+            }
+            self.validate(&record.command).map_err(|e| invalid(e.to_string()))?;
         }
         let received = records.len() as u64;
         let pending = self.inner.wal.append(records).map_err(|e| ReplicateError::Write(e.into()))?;
@@ -189,7 +213,7 @@ impl Node {
             }
             Ok(Err(ProposeError::Gap { expected, .. })) => Err(ReplicateError::Gap { expected: expected.0 }),
             Ok(Err(e)) => Err(ReplicateError::Write(e.into())),
-            Err(_) => Err(ReplicateError::Write(WriteError::ShuttingDown)),
+            Err(_) => Err(ReplicateError::Write(self.inner.wal.stopped_error().into())),
         }
     }
 
@@ -206,18 +230,24 @@ impl Node {
         if self.is_slave() || !config.replication.effective_features().any() {
             return None;
         }
-        let hub = MasterHub::new(
-            config.node.id.clone(),
-            config.replication.clone(),
-            config.node.data_dir.join("wal"),
+        let hub = MasterHub::new(HubParts {
+            node_id: config.node.id.clone(),
+            config: config.replication.clone(),
+            wal_dir: config.node.data_dir.join("wal"),
             client,
-            self.inner.state.metrics.clone(),
-            self.inner.state.applied.subscribe(),
-            tokio::runtime::Handle::current(),
-        );
+            metrics: self.inner.state.metrics.clone(),
+            durable: self.inner.state.durable.subscribe(),
+            wal: self.inner.wal.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        });
         let _ = self.inner.state.replication.set(hub.clone());
         hub.contact_static_slaves();
         Some(hub)
+    }
+
+    /// Whether the durable LSN trails what readers see (`fsync: interval | never`).
+    pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<Lsn> {
+        self.inner.state.durable.subscribe()
     }
 
     /// The epoch this node writes in.
@@ -251,14 +281,20 @@ impl Node {
     pub async fn wait_applied(&self, min: Lsn) -> Result<Lsn, ConsistencyError> {
         let mut rx = self.inner.state.applied.subscribe();
         let wait = self.inner.config.reads.min_lsn_wait;
+        let waiting = &self.inner.state.metrics.reads_waiting_for_lsn;
+        waiting.inc();
         let reached = tokio::time::timeout(wait, rx.wait_for(|applied| *applied >= min)).await;
+        waiting.dec();
+        let (requested, applied, waited_ms) = (min.0, self.applied_lsn().0, wait.as_millis() as u64);
         match reached {
             Ok(Ok(applied)) => Ok(*applied),
-            _ => Err(ConsistencyError::Behind {
-                requested: min.0,
-                applied: self.applied_lsn().0,
-                waited_ms: wait.as_millis() as u64,
+            _ if self.is_slave() => Err(ConsistencyError::SlaveBehind {
+                requested,
+                applied,
+                waited_ms,
+                master_url: self.inner.config.replication.master_url.clone(),
             }),
+            _ => Err(ConsistencyError::NotYetWritten { requested, applied, waited_ms }),
         }
     }
 
@@ -276,19 +312,19 @@ impl Node {
     }
 
     /// Takes a snapshot now and answers where it went.
-    pub async fn snapshot_now(&self) -> Result<SnapshotInfo, String> {
+    pub async fn snapshot_now(&self) -> Result<SnapshotInfo, SnapshotError> {
         let (reply, rx) = oneshot::channel();
         match self.inner.snapshots.try_send(Request::Now(reply)) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err("the snapshotter is busy; retry later".into()),
-            Err(TrySendError::Disconnected(_)) => return Err("the node is shutting down".into()),
+            Err(TrySendError::Full(_)) => return Err(SnapshotError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(SnapshotError::ShuttingDown),
         }
-        rx.await.unwrap_or_else(|_| Err("the node is shutting down".into()))
+        rx.await.unwrap_or(Err(SnapshotError::ShuttingDown))
     }
 
-    /// False once the log failed and writes are refused.
-    pub fn is_healthy(&self) -> bool {
-        !self.inner.wal.has_failed()
+    /// Whether the log accepts writes, and why not.
+    pub fn wal_health(&self) -> WalHealth {
+        self.inner.wal.health()
     }
 
     /// Finishes in-flight writes, fsyncs, and stops the background threads. Blocking.
@@ -302,12 +338,14 @@ impl Node {
     }
 }
 
-fn reject_reason(e: &bitark_infra::wal::ProposeError) -> &'static str {
+fn reject_reason(e: &ProposeError) -> &'static str {
     match e {
-        bitark_infra::wal::ProposeError::Overloaded => "overloaded",
-        bitark_infra::wal::ProposeError::Closed => "shutting-down",
-        bitark_infra::wal::ProposeError::Failed(_) => "wal-failed",
-        bitark_infra::wal::ProposeError::Gap { .. } => "gap",
+        ProposeError::Overloaded => "overloaded",
+        ProposeError::Closed => "shutting-down",
+        ProposeError::NoSpace(_) | ProposeError::Io(_) | ProposeError::Unknown(_) | ProposeError::Failed(_) => {
+            "wal-failed"
+        }
+        ProposeError::Gap { .. } => "gap",
     }
 }
 

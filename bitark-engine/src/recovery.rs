@@ -8,9 +8,9 @@
 use crate::apply::apply_records;
 use crate::store::ReadStore;
 use bitark_common::Lsn;
-use bitark_infra::checkpoint::read_checkpoint;
+use bitark_infra::fsutil::remove_durable;
 use bitark_infra::snapshot::{list_snapshots, read_snapshot};
-use bitark_infra::wal::{list_segments, replay};
+use bitark_infra::wal::{remove_all, replay};
 use bitark_infra::StorageError;
 use roaring::RoaringTreemap;
 use std::path::Path;
@@ -38,11 +38,7 @@ pub(crate) fn recover(
     data_dir: &Path,
 ) -> Result<RecoveryReport, StorageError> {
     let started = Instant::now();
-    match read_checkpoint(data_dir) {
-        Ok(Some(cp)) => tracing::info!(lsn = %cp.lsn, "checkpoint found"),
-        Ok(None) => tracing::info!("no checkpoint; starting from the oldest state available"),
-        Err(e) => tracing::warn!(error = %e, "checkpoint unreadable; using the newest valid snapshot instead"),
-    }
+    remove_legacy_checkpoint(data_dir)?;
     let mut snapshot_lsn = Lsn::ZERO;
     let mut skipped = 0;
     for (lsn, path) in list_snapshots(snapshot_dir)?.into_iter().rev() {
@@ -64,10 +60,7 @@ pub(crate) fn recover(
         // The snapshot covers the whole log (its tail was never made durable, or it
         // was removed): every segment is redundant and would leave a gap before the
         // next record, so they go.
-        for segment in list_segments(wal_dir)? {
-            tracing::warn!(segment = %segment.path.display(), %snapshot_lsn, "removing WAL segment covered by the snapshot");
-            std::fs::remove_file(&segment.path).map_err(|e| StorageError::io(&segment.path, e))?;
-        }
+        remove_all(wal_dir)?;
     }
     let applied = snapshot_lsn.max(outcome.wal_end);
     let report = RecoveryReport {
@@ -85,6 +78,17 @@ pub(crate) fn recover(
         "recovery complete"
     );
     Ok(report)
+}
+
+/// Earlier versions kept the LSN of the newest snapshot in `checkpoint.bin`. Each
+/// snapshot names its own LSN in its checksummed header, so recovery needs no such file;
+/// a leftover one goes so that no one takes it for the truth.
+fn remove_legacy_checkpoint(data_dir: &Path) -> Result<(), StorageError> {
+    let path = data_dir.join("checkpoint.bin");
+    if remove_durable(&path)? {
+        tracing::info!(file = %path.display(), "removed the checkpoint file of an earlier version");
+    }
+    Ok(())
 }
 
 /// Entries handed to a decoding worker at a time.

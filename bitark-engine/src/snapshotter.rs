@@ -6,16 +6,22 @@
 //! over that state yields exactly the state at the end of the log. So recovery loads the
 //! snapshot and replays from `L`.
 //!
-//! After a snapshot: the checkpoint is moved to `L`, snapshots beyond `snapshot.keep` are
-//! deleted, and WAL segments wholly below the oldest kept snapshot are purged. Keeping the
-//! log back to the older snapshot is what lets recovery fall back to it.
+//! A snapshot may hold the effect of any record applied before its last shard was
+//! copied. Under `fsync: interval | never` records are applied before they are durable,
+//! and a crash could take them back while the snapshot kept them. So a snapshot is only
+//! moved into place once every record it may hold is durable: the snapshotter asks the
+//! log for an fsync up to the applied LSN seen after the last shard.
+//!
+//! After a snapshot: snapshots beyond `snapshot.keep` are deleted, and WAL segments
+//! wholly below the oldest kept snapshot are purged. Keeping the log back to the older
+//! snapshot is what lets recovery fall back to it.
 
-use crate::apply::State;
 use crate::config::SnapshotConfig;
+use crate::error::SnapshotError;
+use crate::state::State;
 use bitark_common::{Epoch, Lsn};
-use bitark_infra::checkpoint::{write_checkpoint, Checkpoint};
 use bitark_infra::snapshot::{list_snapshots, remove_old_snapshots, SnapshotInfo, SnapshotWriter};
-use bitark_infra::wal::{list_segments, purge_to};
+use bitark_infra::wal::{list_segments, purge_to, WalHandle};
 use bitark_infra::StorageError;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -29,14 +35,14 @@ pub(crate) enum Request {
     /// Enough records accumulated; snapshot if `every-records` is reached.
     Nudge,
     /// Snapshot now (admin), answering with the result.
-    Now(oneshot::Sender<Result<SnapshotInfo, String>>),
+    Now(oneshot::Sender<Result<SnapshotInfo, SnapshotError>>),
     Stop,
 }
 
 pub(crate) struct Snapshotter {
     pub state: Arc<State>,
     pub config: SnapshotConfig,
-    pub data_dir: PathBuf,
+    pub wal: WalHandle,
     pub wal_dir: PathBuf,
     pub snapshot_dir: PathBuf,
     pub epoch: Epoch,
@@ -60,7 +66,7 @@ impl Snapshotter {
                     }
                 }
                 Ok(Request::Now(reply)) => {
-                    let _ = reply.send(self.take().map_err(|e| e.to_string()));
+                    let _ = reply.send(self.take());
                 }
                 Ok(Request::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {
@@ -84,7 +90,7 @@ impl Snapshotter {
     }
 
     /// Takes a snapshot unless the newest one already covers the applied LSN.
-    fn take(&mut self) -> Result<SnapshotInfo, StorageError> {
+    fn take(&mut self) -> Result<SnapshotInfo, SnapshotError> {
         let lsn = self.state.applied_lsn();
         self.last_at = Instant::now();
         if let Some(last) = self.last.as_ref().filter(|s| s.lsn == lsn && s.path.exists()) {
@@ -115,31 +121,44 @@ impl Snapshotter {
         }
     }
 
-    fn write(&self, lsn: Lsn) -> Result<SnapshotInfo, StorageError> {
+    fn write(&self, lsn: Lsn) -> Result<SnapshotInfo, SnapshotError> {
         let store = &self.state.store;
         let mut writer = SnapshotWriter::create(&self.snapshot_dir, lsn, self.epoch)?;
-        // Each shard is serialized into memory under its read lock and written out
-        // after the lock is released, so disk latency never blocks that shard's writers.
+        // Each shard is copied under its read lock; encoding and disk writes run on the
+        // copy, so the writer thread waits at most for a memcpy of one shard.
         let mut bytes = Vec::new();
-        let mut entries = Vec::new();
         for shard in 0..store.shard_count() {
-            bytes.clear();
-            entries.clear();
-            store.visit_shard(shard, |user, set| {
-                let start = bytes.len();
-                set.serialize_portable(&mut bytes);
-                entries.push((user, set.len(), start..bytes.len()));
+            let image = store.image_shard(shard);
+            let mut result = Ok(());
+            image.for_each(|user, set| {
+                if result.is_ok() {
+                    bytes.clear();
+                    set.serialize_portable(&mut bytes);
+                    result = writer.add_user(user, set.len(), &bytes);
+                }
             });
-            for (user, marks, range) in entries.drain(..) {
-                if let Err(e) = writer.add_user(user, marks, &bytes[range]) {
+            if let Err(e) = result {
+                writer.abandon();
+                return Err(e.into());
+            }
+        }
+        // Every record the copies may hold is at or below what is applied now.
+        let covered = self.state.applied_lsn();
+        if *self.state.durable.borrow() < covered {
+            match self.wal.sync_blocking() {
+                Ok(durable) if durable >= covered => {}
+                Ok(durable) => {
                     writer.abandon();
-                    return Err(e);
+                    return Err(SnapshotError::NotDurable { needed: covered.0, durable: durable.0 });
+                }
+                Err(e) => {
+                    writer.abandon();
+                    return Err(SnapshotError::NotDurable { needed: covered.0, durable: self.wal.durable_lsn().0 })
+                        .inspect_err(|_| tracing::error!(error = %e, "cannot make the log durable for a snapshot"));
                 }
             }
         }
-        let info = writer.finish()?;
-        write_checkpoint(&self.data_dir, Checkpoint { lsn, epoch: self.epoch })?;
-        Ok(info)
+        Ok(writer.finish()?)
     }
 
     fn collect_garbage(&self) -> Result<(), StorageError> {

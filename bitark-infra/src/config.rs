@@ -32,6 +32,10 @@ pub struct WalConfig {
     pub max_batch_records: usize,
     /// Most writes waiting for the log; more are refused with 503. Default `65536`.
     pub queue_capacity: usize,
+    /// After a write could not be logged (a full disk), how often the log tries again
+    /// while no write arrives; every new write is a retry too. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
 }
 
 impl Default for WalConfig {
@@ -42,6 +46,7 @@ impl Default for WalConfig {
             fsync_interval: Duration::from_secs(1),
             max_batch_records: 4096,
             queue_capacity: 65536,
+            retry_interval: Duration::from_secs(1),
         }
     }
 }
@@ -58,6 +63,9 @@ impl WalConfig {
         }
         if self.max_batch_records == 0 {
             out.push("wal.max-batch-records: must be at least 1".to_string());
+        }
+        if self.retry_interval.is_zero() {
+            out.push("wal.retry-interval: must be greater than zero".to_string());
         }
         if self.queue_capacity == 0 {
             out.push("wal.queue-capacity: must be at least 1".to_string());

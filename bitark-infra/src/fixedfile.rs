@@ -1,6 +1,5 @@
 //! Small fixed-size state files: 32 bytes holding a magic, a format version, two `u64`
-//! values and a crc32, replaced atomically. The checkpoint and a slave's progress file
-//! are both of this shape.
+//! values and a crc32, replaced atomically: a slave's progress file is one.
 //!
 //! ```text
 //! 0 magic u32 | 4 version u32 | 8 first u64 | 16 second u64 | 24 reserved u32 | 28 crc32 of bytes 0..28
@@ -17,7 +16,7 @@ const LEN: usize = 32;
 pub(crate) struct FixedFile {
     pub magic: u32,
     pub version: u32,
-    /// Used in error messages, e.g. "checkpoint".
+    /// Used in error messages, e.g. "slave progress".
     pub what: &'static str,
 }
 

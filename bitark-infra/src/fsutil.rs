@@ -10,6 +10,11 @@ pub fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
+/// As [`fsync_dir`], through a descriptor the caller keeps open.
+pub fn fsync_dir_file(dir: &File, path: &Path) -> Result<(), StorageError> {
+    dir.sync_all().at(path)
+}
+
 /// Creates `dir` and its parents, then makes the creation durable.
 pub fn create_dir_durable(dir: &Path) -> Result<(), StorageError> {
     fs::create_dir_all(dir).at(dir)?;
@@ -30,4 +35,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     drop(file);
     fs::rename(&tmp, path).at(path)?;
     fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Deletes `path` durably if it exists; `Ok(false)` when there was nothing to delete.
+pub fn remove_durable(path: &Path) -> Result<bool, StorageError> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StorageError::io(path, e)),
+    }
 }

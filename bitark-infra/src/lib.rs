@@ -9,20 +9,23 @@
 //!   writer thread, the recovery scan and garbage collection (`purge_to`).
 //! - [`snapshot`]: snapshot files (header, per-user portable roaring sets, checksummed
 //!   trailer) written temp → fsync → rename → fsync dir.
-//! - [`checkpoint`]: the small file naming the LSN the newest valid snapshot covers.
 //! - [`replication`]: the HTTP replication transport and the slave's progress file.
+//! - [`process`]: the process's resident memory and open-files limit.
 //! - [`metrics`]: every Prometheus family BitArk exports, registered on an injected
 //!   registry.
 //!
 //! Named fault-injection points (the `fail` crate, enabled by the `failpoints` feature):
-//! `wal::before-write`, `wal::before-fsync`, `snapshot::before-rename`.
+//! `wal::before-write`, `wal::before-fsync`, `wal::allocate` (space reservation),
+//! `wal::partial-write` (half a batch written, then `ENOSPC`), `wal::writer-panic`,
+//! `snapshot::before-rename`. `return(enospc)` makes the WAL points fail
+//! with `ENOSPC`.
 
-pub mod checkpoint;
 pub mod config;
 pub mod error;
 mod fixedfile;
 pub mod fsutil;
 pub mod metrics;
+pub mod process;
 pub mod replication;
 pub mod snapshot;
 pub mod wal;

@@ -15,6 +15,14 @@ pub struct Metrics {
     /// request; its `_count` series is the request count by route, method and status
     /// (one family instead of two halves the per-request bookkeeping).
     pub http_requests: HistogramVec,
+    /// `bitark_http_connections_open`: connections open now.
+    pub http_connections_open: IntGauge,
+    /// `bitark_http_connections_refused_total`: connections over `server.max-connections`,
+    /// answered 503 and closed.
+    pub http_connections_refused: IntCounter,
+    /// `bitark_http_connections_expired_total{reason="idle|header_timeout"}`: connections
+    /// closed for overstaying.
+    pub http_connections_expired: IntCounterVec,
     /// `bitark_wal_append_seconds`: time of the `write` of one group-commit batch.
     pub wal_append_seconds: Histogram,
     /// `bitark_wal_fsync_seconds`
@@ -47,6 +55,16 @@ pub struct Metrics {
     pub wal_segments: IntGauge,
     /// `bitark_wal_segments_deleted_total`: segments removed by WAL GC.
     pub wal_segments_deleted: IntCounter,
+    /// `bitark_wal_writable`: 1 while the log accepts writes, 0 while it is degraded
+    /// (e.g. a full disk) or failed.
+    pub wal_writable: IntGauge,
+    /// `bitark_wal_failures_total{kind="no_space|write|fsync|crash"}`: write-path failures.
+    pub wal_failures: IntCounterVec,
+    /// `bitark_memory_resident_bytes`: resident memory of the process, as the memory
+    /// guard last sampled it.
+    pub memory_resident_bytes: IntGauge,
+    /// `bitark_memory_limit_bytes`: `limits.max-memory` (0 when off).
+    pub memory_limit_bytes: IntGauge,
     /// `bitark_writes_rejected_total{reason}`: writes refused before logging.
     pub writes_rejected: IntCounterVec,
     /// `bitark_replication_feature{feature}`: 1 for each replication flag in force.
@@ -63,6 +81,19 @@ pub struct Metrics {
     pub replication_lag_seconds: GaugeVec,
     /// `bitark_replication_buffer_depth{slave}`: records waiting in the send buffer.
     pub replication_buffer_depth: IntGaugeVec,
+    /// `bitark_replication_buffer_bytes{slave}`: bytes waiting in the send buffer.
+    pub replication_buffer_bytes: IntGaugeVec,
+    /// `bitark_replication_buffers_bytes`: bytes in all send buffers together.
+    pub replication_buffered_bytes: IntGauge,
+    /// `bitark_replication_send_failures_total{slave}`: batch sends that failed or were refused.
+    pub replication_send_failures: IntCounterVec,
+    /// `bitark_replication_registrations_refused_total{reason}` (master).
+    pub replication_registrations_refused: IntCounterVec,
+    /// `bitark_replication_appends_refused_total{reason}` (slave): batches refused before
+    /// being logged (`not_registered`, `wrong_master`, `invalid_record`).
+    pub replication_appends_refused: IntCounterVec,
+    /// `bitark_reads_waiting_for_lsn`: reads waiting for their `minLsn` to be applied.
+    pub reads_waiting_for_lsn: IntGauge,
     /// `bitark_replication_retries_total{slave}`
     pub replication_retries: IntCounterVec,
     /// `bitark_replication_sent_batches_total{slave}`
@@ -107,6 +138,21 @@ impl Metrics {
                     )
                     .buckets(latency_buckets()),
                     &["route", "method", "status"],
+                )?,
+            )?,
+            http_connections_open: reg(r, IntGauge::new("bitark_http_connections_open", "HTTP connections open")?)?,
+            http_connections_refused: reg(
+                r,
+                IntCounter::new(
+                    "bitark_http_connections_refused_total",
+                    "HTTP connections refused over server.max-connections",
+                )?,
+            )?,
+            http_connections_expired: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("bitark_http_connections_expired_total", "HTTP connections closed for overstaying"),
+                    &["reason"],
                 )?,
             )?,
             wal_append_seconds: reg(
@@ -159,6 +205,22 @@ impl Metrics {
             wal_segments_deleted: reg(
                 r,
                 IntCounter::new("bitark_wal_segments_deleted_total", "WAL segments deleted by garbage collection")?,
+            )?,
+            wal_writable: reg(r, IntGauge::new("bitark_wal_writable", "1 while the write-ahead log accepts writes")?)?,
+            wal_failures: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("bitark_wal_failures_total", "Write-ahead log failures by kind"),
+                    &["kind"],
+                )?,
+            )?,
+            memory_resident_bytes: reg(
+                r,
+                IntGauge::new("bitark_memory_resident_bytes", "Resident memory of the process")?,
+            )?,
+            memory_limit_bytes: reg(
+                r,
+                IntGauge::new("bitark_memory_limit_bytes", "limits.max-memory; 0 when the guard is off")?,
             )?,
             writes_rejected: reg(
                 r,
@@ -221,6 +283,42 @@ impl Metrics {
                     Opts::new("bitark_replication_buffer_depth", "Records waiting in each slave's send buffer"),
                     &["slave"],
                 )?,
+            )?,
+            replication_buffer_bytes: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("bitark_replication_buffer_bytes", "Bytes waiting in each slave's send buffer"),
+                    &["slave"],
+                )?,
+            )?,
+            replication_buffered_bytes: reg(
+                r,
+                IntGauge::new("bitark_replication_buffers_bytes", "Bytes in all send buffers together")?,
+            )?,
+            replication_send_failures: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("bitark_replication_send_failures_total", "Batch sends that failed or were refused"),
+                    &["slave"],
+                )?,
+            )?,
+            replication_registrations_refused: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("bitark_replication_registrations_refused_total", "Slave registrations refused"),
+                    &["reason"],
+                )?,
+            )?,
+            replication_appends_refused: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("bitark_replication_appends_refused_total", "Replication batches refused before logging"),
+                    &["reason"],
+                )?,
+            )?,
+            reads_waiting_for_lsn: reg(
+                r,
+                IntGauge::new("bitark_reads_waiting_for_lsn", "Reads waiting for their minLsn to be applied")?,
             )?,
             replication_retries: reg(
                 r,

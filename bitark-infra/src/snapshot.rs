@@ -140,8 +140,18 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Writes the header, makes the file durable and moves it into place.
+    /// Writes the header, makes the file durable and moves it into place. On failure
+    /// the temp file is removed.
     pub fn finish(self) -> Result<SnapshotInfo, StorageError> {
+        let tmp = self.tmp.clone();
+        let result = self.finish_inner();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn finish_inner(self) -> Result<SnapshotInfo, StorageError> {
         let SnapshotWriter { tmp, path, out, crc, lsn, epoch, users, marks, size } = self;
         let mut file = out.into_inner().map_err(|e| StorageError::io(&tmp, e.into_error()))?;
         let created = std::time::SystemTime::now()

@@ -1,12 +1,14 @@
 //! `/actuator/*`: health, info, Prometheus metrics and the effective configuration.
 
-use super::error::ErrorBody;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use bitark_engine::Node;
+use bitark_infra::wal::WalHealth;
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -21,11 +23,28 @@ pub fn router() -> Router<AppState> {
         .route("/actuator/configprops", get(configprops))
 }
 
-/// `UP` or not, Spring Boot style.
+/// `UP` or not, Spring Boot style, with the reason when not.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Status {
     /// `UP`, `DOWN` or `OUT_OF_SERVICE`.
     pub status: &'static str,
+    /// Why not `UP`: `starting`, `shutting_down`, `write_path_down`, `wal_failed`,
+    /// `needs_full_sync`, `diverged`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// What is wrong, for a person.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Status {
+    fn up() -> Status {
+        Status { status: "UP", reason: None, message: None }
+    }
+
+    fn not(status: &'static str, reason: &'static str, message: impl Into<String>) -> Status {
+        Status { status, reason: Some(reason), message: Some(message.into()) }
+    }
 }
 
 /// Overall health with its liveness and readiness groups.
@@ -37,25 +56,36 @@ pub struct Health {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthComponents {
-    /// The process runs and its write-ahead log accepts writes.
+    /// The process is sound: DOWN only when it must be restarted (its log stopped after
+    /// a failed fsync, or the log writer died). A full disk does not make it DOWN.
     pub liveness: Status,
-    /// Recovery has finished and the node is not shutting down: send it traffic.
+    /// Send it traffic: recovery has finished, it is not shutting down, its log accepts
+    /// writes, and (a slave) its master can keep it up to date.
     pub readiness: Status,
 }
 
-fn liveness_status(state: &AppState) -> &'static str {
-    match state.node_if_open() {
-        Some(node) if !node.is_healthy() => "DOWN",
-        _ => "UP",
+fn liveness_status(state: &AppState) -> Status {
+    match state.node_if_open().map(Node::wal_health) {
+        Some(WalHealth::Failed { reason }) => Status::not("DOWN", "wal_failed", reason),
+        _ => Status::up(),
     }
 }
 
-fn readiness_status(state: &AppState) -> &'static str {
-    if state.node().is_ok() && liveness_status(state) == "UP" {
-        "UP"
-    } else {
-        "OUT_OF_SERVICE"
+fn readiness_status(state: &AppState) -> Status {
+    let node = match state.node() {
+        Ok(node) => node,
+        Err(ApiError::ShuttingDown) => return Status::not("OUT_OF_SERVICE", "shutting_down", "shutting down"),
+        Err(_) => return Status::not("OUT_OF_SERVICE", "starting", "recovering its state"),
+    };
+    match node.wal_health() {
+        WalHealth::Healthy => {}
+        WalHealth::Degraded { reason, .. } => return Status::not("OUT_OF_SERVICE", "write_path_down", reason),
+        WalHealth::Failed { reason } => return Status::not("OUT_OF_SERVICE", "wal_failed", reason),
     }
+    if let Some((reason, message)) = state.follower().and_then(|f| f.master_view().not_ready()) {
+        return Status::not("OUT_OF_SERVICE", reason, message);
+    }
+    Status::up()
 }
 
 fn code(status: &str) -> StatusCode {
@@ -71,34 +101,32 @@ fn code(status: &str) -> StatusCode {
     responses((status = 200, body = Health), (status = 503, description = "Starting, stopping or failed", body = Health)))]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let (live, ready) = (liveness_status(&state), readiness_status(&state));
-    let overall = if ready == "UP" {
+    let overall = if ready.status == "UP" {
         "UP"
-    } else if live == "DOWN" {
+    } else if live.status == "DOWN" {
         "DOWN"
     } else {
         "OUT_OF_SERVICE"
     };
-    let body = Health {
-        status: overall,
-        components: HealthComponents { liveness: Status { status: live }, readiness: Status { status: ready } },
-    };
+    let body = Health { status: overall, components: HealthComponents { liveness: live, readiness: ready } };
     (code(overall), Json(body))
 }
 
-/// Liveness probe: 503 only when the node can no longer write (restart it).
+/// Liveness probe: 503 only when the node must be restarted.
 #[utoipa::path(get, path = "/actuator/health/liveness", tag = "actuator",
     responses((status = 200, body = Status), (status = 503, body = Status)))]
 pub async fn liveness(State(state): State<AppState>) -> impl IntoResponse {
     let status = liveness_status(&state);
-    (code(status), Json(Status { status }))
+    (code(status.status), Json(status))
 }
 
-/// Readiness probe: 503 while recovering or shutting down.
+/// Readiness probe: 503 with the reason while recovering, shutting down, while the log
+/// cannot be written (e.g. a full disk), or on a slave its master cannot keep up to date.
 #[utoipa::path(get, path = "/actuator/health/readiness", tag = "actuator",
     responses((status = 200, body = Status), (status = 503, body = Status)))]
 pub async fn readiness(State(state): State<AppState>) -> impl IntoResponse {
     let status = readiness_status(&state);
-    (code(status), Json(Status { status }))
+    (code(status.status), Json(status))
 }
 
 /// Version, node id and role, LSNs, and what recovery did.

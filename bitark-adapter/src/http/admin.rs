@@ -1,51 +1,22 @@
 //! `/admin/*`: operator endpoints, behind `security.admin-token` when one is set.
 
+use super::auth::{self, Guard};
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use axum::extract::{Request, State};
-use axum::http::header;
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bitark_engine::SnapshotError;
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/snapshot", post(snapshot))
         .route("/admin/digest", get(digest))
-        .route_layer(middleware::from_fn_with_state(state, require_admin_token))
-}
-
-/// True when `presented` equals `expected`, in time that does not depend on where they
-/// differ (only on the length of the presented token).
-pub fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
-    presented.len() == expected.len() && bool::from(presented.ct_eq(expected))
-}
-
-/// True when the request carries `Authorization: Bearer <expected>`.
-pub fn bearer_matches(headers: &axum::http::HeaderMap, expected: &str) -> bool {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    token_matches(presented.as_bytes(), expected.as_bytes())
-}
-
-async fn require_admin_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if let Some(expected) = state.config().security.admin_token.expose() {
-        if !bearer_matches(request.headers(), expected) {
-            return Err(ApiError::Unauthorized);
-        }
-    }
-    Ok(next.run(request).await)
+        .route_layer(middleware::from_fn_with_state((state, Guard::Admin), auth::require))
 }
 
 /// A snapshot that was written.
@@ -60,15 +31,18 @@ pub struct SnapshotTaken {
     pub file: String,
 }
 
-/// Takes a snapshot now (writes go on meanwhile) and moves the checkpoint to it.
+/// Takes a snapshot now (writes go on meanwhile); recovery starts from it from now on.
 #[utoipa::path(post, path = "/admin/snapshot", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, body = SnapshotTaken),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 500, description = "`snapshot_failed`: writing it failed; the message says what", body = ErrorBody),
         (status = 503, description = "Starting, or a snapshot request is already queued", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: no space for the snapshot", body = ErrorBody),
     ))]
-pub async fn snapshot(State(state): State<AppState>) -> Result<Json<SnapshotTaken>, ApiError> {
-    let info = state.node()?.snapshot_now().await.map_err(ApiError::Busy)?;
+pub async fn snapshot(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<SnapshotTaken>, ApiError> {
+    let taken = state.node()?.snapshot_now().await;
+    let info = taken.map_err(|e| snapshot_error(e, auth::is_authenticated(&state, Guard::Admin, &headers)))?;
     Ok(Json(SnapshotTaken {
         lsn: info.lsn.0,
         users: info.users,
@@ -76,6 +50,26 @@ pub async fn snapshot(State(state): State<AppState>) -> Result<Json<SnapshotTake
         bytes: info.size,
         file: info.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
     }))
+}
+
+/// A failed snapshot as an answer. File names and paths go only to a caller that
+/// presented the admin token; every failure is logged in full.
+fn snapshot_error(e: SnapshotError, authenticated: bool) -> ApiError {
+    tracing::error!(error = %e, "snapshot requested through /admin/snapshot failed");
+    match e {
+        SnapshotError::Busy | SnapshotError::ShuttingDown => ApiError::Busy(e.to_string()),
+        SnapshotError::Storage { summary, detail, no_space } => {
+            let message = if authenticated { detail } else { summary };
+            if no_space {
+                ApiError::InsufficientStorage { code: "insufficient_storage", message }
+            } else {
+                ApiError::Failed { code: "snapshot_failed", message }
+            }
+        }
+        not_durable @ SnapshotError::NotDurable { .. } => {
+            ApiError::Failed { code: "snapshot_failed", message: not_durable.to_string() }
+        }
+    }
 }
 
 /// Order-independent digest of every (user, message) pair, to compare two nodes.
@@ -103,17 +97,4 @@ pub async fn digest(State(state): State<AppState>) -> Result<Json<Digest>, ApiEr
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(Digest { applied_lsn: applied.0, users: digest.users, marks: digest.marks, digest: digest.digest }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::token_matches;
-
-    #[test]
-    fn tokens_match_only_when_identical() {
-        assert!(token_matches(b"s3cret", b"s3cret"));
-        assert!(!token_matches(b"s3creT", b"s3cret"));
-        assert!(!token_matches(b"s3cre", b"s3cret"));
-        assert!(!token_matches(b"", b"s3cret"));
-    }
 }

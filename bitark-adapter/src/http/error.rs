@@ -6,6 +6,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bitark_engine::replication::RegisterError;
 use bitark_engine::{ConsistencyError, InvalidCommand, WriteError};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -33,12 +34,21 @@ pub enum ApiError {
     /// 400: a malformed, negative or out-of-range id, query or body; `code` says which.
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    /// 408: the request was not received and answered within `server.request-timeout`.
+    #[error("the request was not received and answered within {0:?} (server.request-timeout)")]
+    RequestTimeout(std::time::Duration),
     /// 413: a batch, range or body over the configured limit.
     #[error("{message}")]
     TooLarge { code: &'static str, message: String },
+    /// 414: a request target longer than the server reads.
+    #[error("the request target is {0} bytes long; at most {MAX_URI_LEN} are read")]
+    UriTooLong(usize),
     /// 415: a body that is not `application/json`.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 431: request headers larger than the server reads.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// 401: a protected endpoint called without the right bearer token.
     #[error("a valid bearer token is required")]
     Unauthorized,
@@ -48,12 +58,18 @@ pub enum ApiError {
     /// 405: the route exists but not with this method.
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
+    /// 409: the user would hold more marks than `limits.max-marks-per-user`.
+    #[error("{0}")]
+    MarkLimit(String),
     /// 503: recovery has not finished yet.
     #[error("the node is starting (recovering its state); retry shortly")]
     Starting,
     /// 503: the node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// 503: the connection was over `server.max-connections` (answered before closing it).
+    #[error("the node has {0} connections open (server.max-connections); retry later")]
+    TooManyConnections(usize),
     /// 503: too many writes queued.
     #[error("too many writes in flight; retry later")]
     Overloaded,
@@ -63,42 +79,87 @@ pub enum ApiError {
     /// 503: the snapshotter cannot take a request now.
     #[error("{0}")]
     Busy(String),
+    /// 503: the log could not be written; the write was not logged and the log retries.
+    #[error("{0}")]
+    WriteFailed(String),
+    /// 503: the log stopped after a failure; the write was not logged. Restart the node.
+    #[error("{0}")]
+    WritePathFailed(String),
+    /// 507: the disk holding the log, or the memory allowed (`code` says which), is
+    /// full; nothing was logged.
+    #[error("{message}")]
+    InsufficientStorage { code: &'static str, message: String },
+    /// 500: the write was logged but its fsync failed: it may or may not be present
+    /// after a restart.
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    /// 500: an operation of the node failed; the message says what.
+    #[error("{message}")]
+    Failed { code: &'static str, message: String },
     /// 409: this node is a slave; the write belongs on the master (also in `Location`).
     #[error("this node is a slave; send writes to the master at {master_url}")]
     NotMaster { master_url: String, location: String },
     /// 409 (replication): the batch does not continue the slave's log.
     #[error("records must continue this node's log at LSN {expected}")]
     LsnGap { expected: u64 },
-    /// 409 (replication): the request needs another role or replication turned on.
-    #[error("{0}")]
-    WrongRole(String),
+    /// 409 (replication): refused for the cluster's state; `code` says why
+    /// (`wrong_role`, `diverged`, `too_many_slaves`, `not_registered`, `wrong_master`).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     /// 500: logged; the client gets a generic message.
     #[error("internal error")]
     Internal(String),
 }
+
+/// Longest request target (path and query) read, in bytes.
+pub const MAX_URI_LEN: usize = 8 * 1024;
 
 impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::BadRequest { code, message: message.into() }
     }
 
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Conflict { code, message: message.into() }
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
+            ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::MarkLimit(_) => (StatusCode::CONFLICT, "mark_limit"),
             ApiError::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::TooManyConnections(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Behind(_) => (StatusCode::SERVICE_UNAVAILABLE, "lsn_not_reached"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::WriteFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "write_failed"),
+            ApiError::WritePathFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "write_path_failed"),
+            ApiError::InsufficientStorage { code, .. } => (StatusCode::INSUFFICIENT_STORAGE, code),
+            ApiError::OutcomeUnknown(_) => (StatusCode::INTERNAL_SERVER_ERROR, "write_outcome_unknown"),
+            ApiError::Failed { code, .. } => (StatusCode::INTERNAL_SERVER_ERROR, code),
             ApiError::NotMaster { .. } => (StatusCode::CONFLICT, "not_master"),
             ApiError::LsnGap { .. } => (StatusCode::CONFLICT, "lsn_gap"),
-            ApiError::WrongRole(_) => (StatusCode::CONFLICT, "wrong_role"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<RegisterError> for ApiError {
+    fn from(e: RegisterError) -> Self {
+        match e {
+            RegisterError::Invalid(message) => ApiError::bad_request("invalid_registration", message),
+            diverged @ RegisterError::Diverged { .. } => ApiError::conflict("diverged", diverged.to_string()),
+            many @ RegisterError::TooManySlaves { .. } => ApiError::conflict("too_many_slaves", many.to_string()),
         }
     }
 }
@@ -125,28 +186,46 @@ impl From<WriteError> for ApiError {
             WriteError::Invalid(invalid) => invalid.into(),
             WriteError::Overloaded => ApiError::Overloaded,
             WriteError::ShuttingDown => ApiError::ShuttingDown,
-            WriteError::Storage(reason) => ApiError::Internal(format!("write-ahead log: {reason}")),
+            WriteError::NoSpace(message) => ApiError::InsufficientStorage { code: "insufficient_storage", message },
+            WriteError::MemoryLimit(message) => ApiError::InsufficientStorage { code: "memory_limit", message },
+            WriteError::NotLogged(message) => ApiError::WriteFailed(message),
+            WriteError::OutcomeUnknown(message) => ApiError::OutcomeUnknown(message),
+            WriteError::Stopped(message) => ApiError::WritePathFailed(message),
+            WriteError::MarkLimit(message) => ApiError::MarkLimit(message),
             WriteError::NotMaster { master_url } => ApiError::NotMaster { location: master_url.clone(), master_url },
         }
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        let message = match &self {
+impl ApiError {
+    /// The JSON body of this error.
+    fn body(&self) -> ErrorBody {
+        let (_, code) = self.status_and_code();
+        let message = match self {
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error answered with 500");
                 "internal error; see the server log".to_string()
             }
             other => other.to_string(),
         };
-        let (master_url, expected) = match &self {
+        let (master_url, expected) = match self {
             ApiError::NotMaster { master_url, .. } => (Some(master_url.clone()), None),
             ApiError::LsnGap { expected } => (None, Some(*expected)),
             _ => (None, None),
         };
-        let mut response = (status, Json(ErrorBody { error: code, message, master_url, expected })).into_response();
+        ErrorBody { error: code, message, master_url, expected }
+    }
+
+    /// The JSON body of this error as text, for answers written outside axum.
+    pub fn body_json(&self) -> String {
+        serde_json::to_string(&self.body()).expect("an error body serializes")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, _) = self.status_and_code();
+        let mut response = (status, Json(self.body())).into_response();
         match self {
             ApiError::NotMaster { location, .. } => {
                 if let Ok(value) = HeaderValue::from_str(&location) {
@@ -156,7 +235,12 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Starting | ApiError::Overloaded | ApiError::Behind(_) | ApiError::Busy(_) => {
+            ApiError::Starting
+            | ApiError::Overloaded
+            | ApiError::Behind(_)
+            | ApiError::Busy(_)
+            | ApiError::WriteFailed(_)
+            | ApiError::InsufficientStorage { .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

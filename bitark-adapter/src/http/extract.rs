@@ -2,6 +2,7 @@
 //! problem, instead of axum's plain-text rejections.
 
 use super::error::ApiError;
+use crate::server::BodyTimeout;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
 use axum::http::{header, request::Parts, StatusCode};
@@ -11,13 +12,23 @@ use std::fmt;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 
+/// An id as the OpenAPI document describes it: 1 to 20 ASCII digits (`^[0-9]{1,20}$`)
+/// whose value fits a `u64`. No sign, no spaces, no more than 20 digits even when the
+/// extra ones are leading zeros.
+pub fn decimal_u64(raw: &str) -> Option<u64> {
+    if raw.is_empty() || raw.len() > 20 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse().ok()
+}
+
 /// Parses a path or query id: a decimal `u64`, nothing else.
 pub fn parse_id(name: &str, raw: &str) -> Result<u64, ApiError> {
-    raw.parse::<u64>().map_err(|_| {
+    decimal_u64(raw).ok_or_else(|| {
         let why = if raw.starts_with('-') { " (ids are never negative)" } else { "" };
         ApiError::bad_request(
             "invalid_id",
-            format!("{name}: `{raw}` is not a decimal integer in 0..={}{why}", u64::MAX),
+            format!("{name}: `{raw}` is not a decimal integer of 1 to 20 digits in 0..={}{why}", u64::MAX),
         )
     })
 }
@@ -108,16 +119,37 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 "the body must be application/json; Content-Type was {shown}"
             )));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge { code: "body_too_large", message: "the request body exceeds the size limit".into() }
-            } else {
-                ApiError::bad_request("invalid_body", e.body_text())
-            }
-        })?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
+    }
+}
+
+/// The whole body as bytes, with every failure to read it named: over the size limit
+/// (413), not received within `server.request-timeout` (408), or cut off (400).
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state).await.map(RawBody).map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                return ApiError::TooLarge {
+                    code: "body_too_large",
+                    message: "the request body exceeds the size limit".into(),
+                };
+            }
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(error) = source {
+                if let Some(BodyTimeout(timeout)) = error.downcast_ref::<BodyTimeout>() {
+                    return ApiError::RequestTimeout(*timeout);
+                }
+                source = error.source();
+            }
+            ApiError::bad_request("invalid_body", e.body_text())
+        })
     }
 }
 
@@ -144,9 +176,9 @@ impl<'de> Deserialize<'de> for FlexU64 {
                 Err(E::custom(format!("id {v} is not an integer in 0..={}", u64::MAX)))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<FlexU64, E> {
-                v.parse::<u64>()
-                    .map(FlexU64)
-                    .map_err(|_| E::custom(format!("id \"{v}\" is not a decimal integer in 0..={}", u64::MAX)))
+                decimal_u64(v).map(FlexU64).ok_or_else(|| {
+                    E::custom(format!("id \"{v}\" is not a decimal integer of 1 to 20 digits in 0..={}", u64::MAX))
+                })
             }
         }
         d.deserialize_any(V)
@@ -184,10 +216,23 @@ mod tests {
 
     #[test]
     fn flex_ids_reject_negative_fractional_oversized_and_text() {
-        for bad in ["-1", "1.5", "18446744073709551616", "\"18446744073709551616\"", "\"12a\"", "\"\"", "null", "true"]
-        {
+        for bad in [
+            "-1",
+            "1.5",
+            "18446744073709551616",
+            "\"18446744073709551616\"",
+            "\"12a\"",
+            "\"\"",
+            "null",
+            "true",
+            "\"+1\"",
+            "\" 1\"",
+            "\"00000000000000000000001\"",
+        ] {
             assert!(serde_json::from_str::<FlexU64>(bad).is_err(), "{bad} was accepted");
         }
+        let padded: FlexU64 = serde_json::from_str("\"00000000000000000042\"").unwrap();
+        assert_eq!(padded, FlexU64(42), "20 digits with leading zeros match the documented pattern");
     }
 
     #[test]
@@ -196,5 +241,9 @@ mod tests {
         assert!(err.contains("msgId") && err.contains("negative"), "{err}");
         assert_eq!(parse_id("userId", "18446744073709551615").unwrap(), u64::MAX);
         assert!(parse_id("userId", "18446744073709551616").is_err());
+        for bad in ["+1", "", " 1", "1 ", "00000000000000000000001", "0x10", "１"] {
+            assert!(parse_id("userId", bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(parse_id("userId", "00000000000000000007").unwrap(), 7);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod actuator;
 pub mod admin;
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod reads;
@@ -13,6 +14,7 @@ pub mod replication;
 
 use crate::config::AppConfig;
 use crate::openapi;
+use crate::server::DeadlineBody;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, Method, Uri};
 use axum::middleware::{self, Next};
@@ -119,18 +121,37 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     // Room for a full batch of ids written as 20-digit strings, plus JSON punctuation.
     let body_limit = state.config().limits.max_batch.saturating_mul(24).saturating_add(4096);
-    Router::new()
+    // The routes that read a body must receive it within server.request-timeout.
+    let with_bodies = Router::new()
         .merge(reads::router())
+        .merge(replication::internal_router(state.clone()))
+        .route_layer(middleware::from_fn_with_state(state.clone(), body_deadline));
+    Router::new()
+        .merge(with_bodies)
         .merge(actuator::router())
         .merge(admin::router(state.clone()))
-        .merge(replication::internal_router(state.clone()))
         .merge(replication::actuator_router())
         .route("/openapi.json", get(openapi_document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(limit_target))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Refuses request targets longer than [`error::MAX_URI_LEN`] with 414.
+async fn limit_target(request: Request, next: Next) -> Response {
+    let len = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len > error::MAX_URI_LEN {
+        return ApiError::UriTooLong(len).into_response();
+    }
+    next.run(request).await
+}
+
+/// Bounds the time to receive the body (`server.request-timeout`).
+async fn body_deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    next.run(DeadlineBody::wrap(request, state.config().server.request_timeout)).await
 }
 
 /// The OpenAPI document of this build, byte for byte the one in `openapi/`.
@@ -143,6 +164,7 @@ async fn not_found(uri: Uri) -> ApiError {
 }
 
 async fn method_not_allowed(method: Method) -> ApiError {
+    // The name goes into the answer, not into a label: bounded by the head size.
     ApiError::MethodNotAllowed(method.to_string())
 }
 
@@ -157,7 +179,22 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     state
         .metrics()
         .http_requests
-        .with_label_values(&[route, method.as_str(), response.status().as_str()])
+        .with_label_values(&[route, method_label(&method), response.status().as_str()])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The method as a metric label: a client may send any token as a method, and every
+/// distinct label value is a new series kept for ever, so unknown ones fold into `OTHER`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "OTHER",
+    }
 }

@@ -1,20 +1,22 @@
 //! `/internal/replication/*` (behind `security.cluster-token` when set) and
 //! `/actuator/replication`.
 
+use super::auth::{self, Guard};
 use super::error::{ApiError, ErrorBody};
-use super::extract::ApiJson;
+use super::extract::{ApiJson, RawBody};
 use super::AppState;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bitark_common::replication::{NodeStatus, RegisterRequest, WAL_CONTENT_TYPE};
+use bitark_common::replication::{NodeStatus, RegisterRequest, RegisterResponse, WAL_CONTENT_TYPE};
 use bitark_common::Record;
-use bitark_engine::replication::ReplicationStatus;
+use bitark_engine::replication::{Follower, ReplicationStatus};
 use bitark_engine::ReplicateError;
+use bitark_infra::replication::client::{MASTER_ID_HEADER, SESSION_HEADER, SLAVE_SESSION_HEADER};
+use bitark_infra::replication::BatchSender;
 
 /// Largest replication batch body accepted.
 const MAX_APPEND_BODY: usize = 64 << 20;
@@ -24,7 +26,8 @@ pub fn internal_router(state: AppState) -> Router<AppState> {
         .route("/internal/replication/register", post(register))
         .route("/internal/replication/append", post(append))
         .route("/internal/replication/status", get(status))
-        .route_layer(middleware::from_fn_with_state(state, require_cluster_token))
+        .route("/internal/replication/reconnect", post(reconnect))
+        .route_layer(middleware::from_fn_with_state((state, Guard::Cluster), auth::require))
         .layer(DefaultBodyLimit::max(MAX_APPEND_BODY))
 }
 
@@ -32,39 +35,42 @@ pub fn actuator_router() -> Router<AppState> {
     Router::new().route("/actuator/replication", get(replication_status))
 }
 
-async fn require_cluster_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if let Some(expected) = state.config().security.cluster_token.expose() {
-        if !super::admin::bearer_matches(request.headers(), expected) {
-            return Err(ApiError::Unauthorized);
-        }
-    }
-    Ok(next.run(request).await)
-}
-
 /// A slave registers (master only).
 async fn register(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RegisterRequest>,
-) -> Result<Json<bitark_common::replication::RegisterResponse>, ApiError> {
+) -> Result<Json<RegisterResponse>, ApiError> {
     state.node()?;
     let hub = state
         .hub()
-        .ok_or_else(|| ApiError::WrongRole("this node is not a master with replication turned on".into()))?;
-    Ok(Json(hub.register(request)))
+        .ok_or_else(|| ApiError::conflict("wrong_role", "this node is not a master with replication turned on"))?;
+    Ok(Json(hub.register(request)?))
 }
 
-/// A batch of WAL records from the master (slave only): logged, applied, acknowledged.
-async fn append(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+fn follower(state: &AppState) -> Result<&Follower, ApiError> {
     state.node()?;
-    let follower = state.follower().ok_or_else(|| ApiError::WrongRole("this node is not a slave".into()))?;
+    state.follower().ok_or_else(|| ApiError::conflict("wrong_role", "this node is not a slave"))
+}
+
+/// A batch of WAL records from the master (slave only): checked to come from the master
+/// this slave follows, decoded and verified whole, then logged, applied, acknowledged.
+async fn append(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let follower = follower(&state)?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if content_type != WAL_CONTENT_TYPE {
         return Err(ApiError::UnsupportedMediaType(format!("a replication batch must be {WAL_CONTENT_TYPE}")));
     }
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let sender = BatchSender {
+        master_id: text(MASTER_ID_HEADER),
+        master_session: text(SESSION_HEADER),
+        slave_session: text(SLAVE_SESSION_HEADER),
+    };
+    follower.check_sender(&sender).map_err(|refused| ApiError::conflict(refused.reason(), refused.to_string()))?;
     let mut records = Vec::new();
     let mut offset = 0;
     while offset < body.len() {
@@ -89,7 +95,11 @@ async fn append(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
         Ok(ack) if follower.features().progress => Ok(Json(ack).into_response()),
         Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(ReplicateError::Gap { expected }) => Err(ApiError::LsnGap { expected }),
-        Err(ReplicateError::NotSlave) => Err(ApiError::WrongRole("this node is not a slave".into())),
+        Err(ReplicateError::NotSlave) => Err(ApiError::conflict("wrong_role", "this node is not a slave")),
+        Err(invalid @ ReplicateError::InvalidRecord { .. }) => {
+            follower.refused("invalid_record");
+            Err(ApiError::bad_request("invalid_record", invalid.to_string()))
+        }
         Err(ReplicateError::Write(e)) => Err(e.into()),
     }
 }
@@ -98,13 +108,21 @@ async fn append(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
 async fn status(State(state): State<AppState>) -> Result<Json<NodeStatus>, ApiError> {
     let node = state.node()?;
     let config = state.config();
+    let follower = state.follower();
     Ok(Json(NodeStatus {
         node_id: config.node.id.clone(),
         role: if node.is_slave() { "slave" } else { "master" }.into(),
         applied_lsn: node.applied_lsn().0,
         features: config.replication.effective_features(),
-        session: state.follower().map(|f| f.session().to_string()).unwrap_or_default(),
+        session: follower.map(|f| f.session().to_string()).unwrap_or_default(),
+        master_session: follower.map(Follower::master_session).unwrap_or_default(),
     }))
+}
+
+/// A master asks this slave to register now (slave only).
+async fn reconnect(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
+    follower(&state)?.register_now();
+    Ok(StatusCode::ACCEPTED)
 }
 
 /// Role, LSNs, the flags in force and, on a master, every slave's state and lag.
@@ -114,6 +132,7 @@ pub async fn replication_status(State(state): State<AppState>) -> Result<Json<Re
     let node = state.node_if_open().ok_or(ApiError::Starting)?;
     let config = state.config();
     let follower = state.follower();
+    let view = follower.map(Follower::master_view).unwrap_or_default();
     Ok(Json(ReplicationStatus {
         role: if node.is_slave() { "slave" } else { "master" },
         node_id: config.node.id.clone(),
@@ -124,6 +143,8 @@ pub async fn replication_status(State(state): State<AppState>) -> Result<Json<Re
         features: config.replication.effective_features(),
         slaves: state.hub().map(|h| h.slaves()).unwrap_or_default(),
         registered: follower.map(|f| f.is_registered()),
+        state_at_master: view.state,
+        state_reason: view.reason,
         progress_lsn: follower.and_then(|f| f.progress_lsn()),
     }))
 }

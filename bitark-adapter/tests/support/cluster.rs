@@ -14,6 +14,7 @@
 //!   re-pointed when that slave restarts.
 //! - Node ids are `master`, `slave-1`, `slave-2`, …: `slaves[i]` is `slave-{i + 1}`.
 //! - Tests talk to each node directly (`node.api()`), not through the proxies.
+//! - Every node shares the cluster token [`CLUSTER_TOKEN`].
 
 use super::proxy::Proxy;
 use super::{Api, Node, NodeBuilder, POLL};
@@ -36,6 +37,10 @@ impl Role {
         }
     }
 }
+
+/// The `security.cluster-token` every node of a [`Cluster`] gets unless `configure`
+/// sets another.
+pub const CLUSTER_TOKEN: &str = "test-cluster-token";
 
 /// The id of `slaves[index]`.
 pub fn slave_id(index: usize) -> String {
@@ -96,7 +101,8 @@ impl ClusterBuilder {
     }
 
     fn node(&mut self, role: Role, index: usize, builder: NodeBuilder) -> NodeBuilder {
-        let mut builder = builder.env("BITARK_NODE__ROLE", role.as_str());
+        let mut builder =
+            builder.env("BITARK_NODE__ROLE", role.as_str()).env("BITARK_SECURITY__CLUSTER_TOKEN", CLUSTER_TOKEN);
         if let Some(stage) = &self.stage {
             builder = builder.env("BITARK_REPLICATION__STAGE", stage);
         }

@@ -11,11 +11,13 @@
 //! - [`wait_until`] polls a condition against a deadline: tests synchronise on
 //!   conditions, never on a bare sleep.
 //! - [`proxy`] is a fault-injecting TCP proxy to put between two nodes; [`cluster`]
-//!   starts a master and its slaves wired through such proxies.
+//!   starts a master and its slaves wired through such proxies; [`fake_master`] stands
+//!   in for a master when a test talks to a slave directly.
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod cluster;
+pub mod fake_master;
 pub mod proxy;
 pub mod workload;
 

@@ -1,22 +1,62 @@
 //! The master's side: the slaves it knows and what each still needs.
 //!
-//! The commit path (the WAL writer thread) hands every durable batch to
-//! [`MasterHub::on_commit`], which copies it into each slave's send buffer and wakes that
-//! slave's sender. It never waits on a slave: under `bounded-buffer` a buffer that would
-//! overflow is dropped and its slave marked SLOW, to be caught up from the WAL later.
+//! A slave exists for the master only once it registers, and receives records only
+//! once the master has checked, by calling the URL it registered with, that the slave
+//! really answers there (`verify.rs`). Registrations are bounded
+//! (`replication.max-slaves`); a slave id that registers again from a new process or URL
+//! replaces its old link; links silent for `replication.forget-after` are dropped.
+//!
+//! The commit path (the WAL writer thread) hands every logged batch to
+//! [`MasterHub::on_commit`], which copies it into each verified slave's send buffer and
+//! wakes that slave's sender. It never waits on a slave. Buffers are bounded per slave
+//! and in total: a buffer that would overflow is dropped and its slave marked SLOW, to be
+//! caught up from the WAL (`bounded-buffer`), or GAP at stages 1 and 2. Senders send only
+//! records that are durable on the master's own disk.
 
-use super::sender;
+use super::link::{refresh_metrics, status_of, ByteIndex, HubInner, LinkState, SlaveLink};
 use super::status::{SlaveState, SlaveStatus};
+use super::{sender, verify};
 use crate::config::ReplicationConfig;
 use bitark_common::replication::{Features, RegisterRequest, RegisterResponse};
 use bitark_common::{Lsn, Record};
 use bitark_infra::replication::ReplicationClient;
+use bitark_infra::wal::WalHandle;
 use bitark_infra::Metrics;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
-use tokio::sync::{watch, Notify};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Why a registration was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RegisterError {
+    /// The request itself is malformed (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The slave's log reaches past this master's (409 `diverged`).
+    #[error(
+        "slave {slave} reports applied LSN {slave_lsn}, past the end of this master's log at LSN {master_lsn}: \
+         its log holds records this master does not have, so it cannot follow this master as it is \
+         (it needs a fresh copy of the master's data)"
+    )]
+    Diverged { slave: String, slave_lsn: u64, master_lsn: u64 },
+    /// `replication.max-slaves` slaves are registered already (409 `too_many_slaves`).
+    #[error("this master follows {max} slaves already (replication.max-slaves); slave {slave} was refused")]
+    TooManySlaves { slave: String, max: usize },
+}
+
+impl RegisterError {
+    /// The value of `bitark_replication_registrations_refused_total{reason}`.
+    fn reason(&self) -> &'static str {
+        match self {
+            RegisterError::Invalid(_) => "invalid",
+            RegisterError::Diverged { .. } => "diverged",
+            RegisterError::TooManySlaves { .. } => "too_many_slaves",
+        }
+    }
+}
 
 /// Cheap-to-clone handle on a master's replication state.
 #[derive(Clone)]
@@ -24,224 +64,247 @@ pub struct MasterHub {
     pub(crate) inner: Arc<HubInner>,
 }
 
-pub(crate) struct HubInner {
+/// What a master hub is made of.
+pub(crate) struct HubParts {
     pub node_id: String,
-    /// Random per process start; lets slaves notice that the master forgot them.
-    pub session: String,
-    pub features: Features,
     pub config: ReplicationConfig,
     pub wal_dir: PathBuf,
     pub client: ReplicationClient,
     pub metrics: Metrics,
-    pub applied: watch::Receiver<Lsn>,
-    /// The slaves by id. A std `RwLock`: the writer thread takes it briefly on every
-    /// commit, never across an await.
-    pub slaves: RwLock<HashMap<String, Arc<SlaveLink>>>,
+    pub durable: watch::Receiver<Lsn>,
+    pub wal: WalHandle,
     pub runtime: tokio::runtime::Handle,
 }
 
-/// One slave: its state behind a mutex the commit path and its sender share, and the
-/// notify that wakes the sender.
-pub(crate) struct SlaveLink {
-    pub id: String,
-    /// A std `Mutex`: held only to copy records in or out, never across an await.
-    pub state: Mutex<LinkState>,
-    pub wake: Notify,
-}
-
-pub(crate) struct LinkState {
-    pub url: String,
-    pub features: Features,
-    /// The slave process's session; a new one means the slave restarted.
-    pub slave_session: String,
-    pub state: SlaveState,
-    /// Highest LSN the slave acknowledged (or, without progress, the highest sent).
-    pub last_ack: Lsn,
-    /// The next LSN to send.
-    pub next_send: Lsn,
-    pub buffer: VecDeque<Queued>,
-    pub buffer_bytes: usize,
-    pub retries: u64,
-    pub last_error: Option<String>,
-    /// Since when the slave has been missing records, for lag in seconds.
-    pub behind_since: Option<Instant>,
-}
-
-pub(crate) struct Queued {
-    pub record: Record,
-    pub bytes: usize,
-    pub committed: Instant,
-}
-
-impl LinkState {
-    /// Drops buffered records the slave no longer needs.
-    pub fn trim_sent(&mut self) {
-        while self.buffer.front().is_some_and(|q| q.record.lsn < self.next_send) {
-            let q = self.buffer.pop_front().expect("front exists");
-            self.buffer_bytes -= q.bytes;
-        }
-    }
-
-    pub fn clear_buffer(&mut self) {
-        self.buffer.clear();
-        self.buffer_bytes = 0;
-    }
-}
-
 impl MasterHub {
-    /// A hub for a master with `features`; senders run on `runtime`.
-    pub(crate) fn new(
-        node_id: String,
-        config: ReplicationConfig,
-        wal_dir: PathBuf,
-        client: ReplicationClient,
-        metrics: Metrics,
-        applied: watch::Receiver<Lsn>,
-        runtime: tokio::runtime::Handle,
-    ) -> MasterHub {
-        let features = config.effective_features();
+    /// A hub for a master; senders and checks run on `parts.runtime`.
+    pub(crate) fn new(parts: HubParts) -> MasterHub {
+        let features = parts.config.effective_features();
         let session = format!("{:016x}", rand::random::<u64>());
-        MasterHub {
+        let start = *parts.durable.borrow();
+        let hub = MasterHub {
             inner: Arc::new(HubInner {
-                node_id,
+                node_id: parts.node_id,
                 session,
                 features,
-                config,
-                wal_dir,
-                client,
-                metrics,
-                applied,
+                config: parts.config,
+                wal_dir: parts.wal_dir,
+                client: parts.client,
+                metrics: parts.metrics,
+                durable: parts.durable,
+                wal: parts.wal,
                 slaves: RwLock::new(HashMap::new()),
-                runtime,
+                buffered: AtomicUsize::new(0),
+                waiting_for_durable: AtomicBool::new(false),
+                bytes: Mutex::new(ByteIndex::new(start)),
+                runtime: parts.runtime,
             }),
-        }
+        };
+        hub.inner.runtime.spawn(forget_silent_slaves(Arc::downgrade(&hub.inner)));
+        hub
     }
 
-    /// Contacts the statically configured slaves until each answers, then follows it
-    /// as if it had registered.
+    /// Asks each statically configured slave that is not following this master to
+    /// register now (slaves come in only by registering themselves).
     pub(crate) fn contact_static_slaves(&self) {
         for url in self.inner.config.slaves.clone() {
-            let hub = self.clone();
+            let hub = Arc::downgrade(&self.inner);
             self.inner.runtime.spawn(async move {
                 loop {
-                    match hub.inner.client.status(&url).await {
-                        Ok(status) => {
-                            hub.register(RegisterRequest {
-                                slave_id: status.node_id,
-                                url: url.clone(),
-                                applied_lsn: status.applied_lsn,
-                                features: status.features,
-                                session: status.session,
-                            });
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::debug!(%url, error = %e, "static slave not reachable yet");
-                            tokio::time::sleep(hub.inner.config.register_interval).await;
+                    let Some(hub) = hub.upgrade() else { return };
+                    let following = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).values().any(|link| {
+                        let s = link.lock();
+                        s.url == url && s.verified
+                    });
+                    if !following {
+                        match hub.client.reconnect(&url).await {
+                            Ok(()) => tracing::debug!(%url, "asked a listed slave to register"),
+                            Err(e) => tracing::debug!(%url, error = %e, "listed slave not reachable yet"),
                         }
                     }
+                    let wait = hub.config.register_interval;
+                    drop(hub);
+                    tokio::time::sleep(wait).await;
                 }
             });
         }
     }
 
     /// A slave introduces itself. A new slave, or a slave process that restarted, is
-    /// followed from the LSN it reports; otherwise its progress only moves forward.
-    pub fn register(&self, request: RegisterRequest) -> RegisterResponse {
+    /// followed from the LSN it reports, once its URL is verified; otherwise its
+    /// progress only moves forward.
+    pub fn register(&self, request: RegisterRequest) -> Result<RegisterResponse, RegisterError> {
+        let result = self.try_register(request);
+        if let Err(e) = &result {
+            self.inner.metrics.replication_registrations_refused.with_label_values(&[e.reason()]).inc();
+        }
+        result
+    }
+
+    fn try_register(&self, request: RegisterRequest) -> Result<RegisterResponse, RegisterError> {
+        check_request(&request)?;
         let hub = &self.inner;
         let features = hub.features.common(request.features);
         let applied = Lsn(request.applied_lsn);
-        let mut slaves = hub.slaves.write().expect("slaves lock");
-        match slaves.get(&request.slave_id) {
-            Some(link) => {
-                let mut s = link.state.lock().expect("slave state lock");
-                s.url = request.url.clone();
+        let durable = hub.durable_lsn();
+        let mut slaves = hub.slaves.write().unwrap_or_else(PoisonError::into_inner);
+        let existing = slaves.get(&request.slave_id).cloned();
+        let same_process = existing.as_ref().is_some_and(|link| {
+            let s = link.lock();
+            s.slave_session == request.session && s.url == request.url
+        });
+        if applied > durable {
+            let error = RegisterError::Diverged {
+                slave: request.slave_id.clone(),
+                slave_lsn: applied.0,
+                master_lsn: durable.0,
+            };
+            tracing::error!(slave = %request.slave_id, slave_lsn = %applied, master_lsn = %durable, "slave is ahead of this master: DIVERGED");
+            // Shown until the slave registers from a position this master can follow.
+            let link = match existing.filter(|_| same_process) {
+                Some(link) => link,
+                None if slaves.len() >= hub.config.max_slaves && !slaves.contains_key(&request.slave_id) => {
+                    return Err(error)
+                }
+                None => {
+                    if let Some(old) = slaves.remove(&request.slave_id) {
+                        hub.close(&old);
+                    }
+                    let state = LinkState::registered(request.url, features, request.session, applied);
+                    let link = Arc::new(SlaveLink::new(request.slave_id.clone(), state));
+                    slaves.insert(request.slave_id, link.clone());
+                    link
+                }
+            };
+            let mut s = link.lock();
+            s.set_state(SlaveState::Diverged);
+            s.last_error = Some(error.to_string());
+            s.last_seen = Instant::now();
+            drop(s);
+            refresh_metrics(hub, &link);
+            return Err(error);
+        }
+        let link = match existing {
+            Some(link) if same_process => {
+                let mut s = link.lock();
+                s.last_seen = Instant::now();
                 if s.features != features {
                     tracing::info!(slave = %link.id, features = ?features.enabled(), "slave features changed");
                     s.features = features;
                 }
-                if s.slave_session != request.session {
-                    tracing::info!(slave = %link.id, %applied, "slave restarted; following it from its own position");
-                    s.slave_session = request.session.clone();
-                    s.last_ack = applied;
-                    s.next_send = applied.next();
-                    s.state = SlaveState::Alive;
-                    s.retries = 0;
-                } else if applied > s.last_ack {
+                if applied > s.last_ack {
                     s.last_ack = applied;
                     s.next_send = s.next_send.max(applied.next());
                 }
+                if s.state() == SlaveState::Diverged {
+                    // Its position is one this master can follow again.
+                    let state = if s.verified { SlaveState::Alive } else { SlaveState::Verifying };
+                    s.set_state(state);
+                }
+                let check = !s.verified && !s.verifying;
                 drop(s);
+                if check {
+                    verify::start(hub.clone(), link.clone());
+                }
                 link.wake.notify_one();
+                link
             }
-            None => {
-                tracing::info!(slave = %request.slave_id, url = %request.url, %applied, features = ?features.enabled(), "slave registered");
-                let link = Arc::new(SlaveLink {
-                    id: request.slave_id.clone(),
-                    state: Mutex::new(LinkState {
-                        url: request.url.clone(),
-                        features,
-                        slave_session: request.session.clone(),
-                        state: SlaveState::Alive,
-                        last_ack: applied,
-                        next_send: applied.next(),
-                        buffer: VecDeque::new(),
-                        buffer_bytes: 0,
-                        retries: 0,
-                        last_error: None,
-                        behind_since: None,
-                    }),
-                    wake: Notify::new(),
-                });
+            existing => {
+                if let Some(old) = existing {
+                    tracing::info!(slave = %old.id, %applied, "slave restarted or moved; following its new process from its own position");
+                    slaves.remove(&old.id);
+                    hub.close(&old);
+                } else if slaves.len() >= hub.config.max_slaves {
+                    return Err(RegisterError::TooManySlaves {
+                        slave: request.slave_id.clone(),
+                        max: hub.config.max_slaves,
+                    });
+                } else {
+                    tracing::info!(slave = %request.slave_id, url = %request.url, %applied, features = ?features.enabled(), "slave registered; verifying its URL");
+                }
+                let state = LinkState::registered(request.url, features, request.session, applied);
+                let link = Arc::new(SlaveLink::new(request.slave_id.clone(), state));
                 slaves.insert(request.slave_id.clone(), link.clone());
-                hub.runtime.spawn(sender::run(self.inner.clone(), link));
+                hub.runtime.spawn(sender::run(hub.clone(), link.clone()));
+                verify::start(hub.clone(), link.clone());
+                link
             }
-        }
-        RegisterResponse {
+        };
+        drop(slaves);
+        let s = link.lock();
+        let (state, reason) = (s.state(), s.last_error.clone());
+        drop(s);
+        refresh_metrics(hub, &link);
+        Ok(RegisterResponse {
             master_id: hub.node_id.clone(),
             features,
-            durable_lsn: hub.applied.borrow().0,
+            durable_lsn: durable.0,
             session: hub.session.clone(),
-        }
+            state: state.as_str().to_string(),
+            reason: reason.filter(|_| state != SlaveState::Alive),
+        })
     }
 
-    /// Hands a durable batch to every slave's buffer; called on the WAL writer thread.
+    /// Hands a logged batch to every verified slave's buffer; called on the WAL writer
+    /// thread. Under `fsync: interval | never` the batch is not durable yet: senders
+    /// hold it back until it is.
     pub fn on_commit(&self, records: &[Record]) {
         let hub = &self.inner;
-        let slaves = hub.slaves.read().expect("slaves lock");
-        let bounded = &hub.config.buffer;
         let bytes: usize = records.iter().map(Record::encoded_len).sum();
+        if let Some(last) = records.last() {
+            hub.bytes.lock().unwrap_or_else(PoisonError::into_inner).push(last.lsn, bytes as u64);
+        }
+        let slaves = hub.slaves.read().unwrap_or_else(PoisonError::into_inner);
+        let limits = &hub.config.buffer;
+        let committed = Instant::now();
         for link in slaves.values() {
-            let mut s = link.state.lock().expect("slave state lock");
-            if matches!(s.state, SlaveState::Slow | SlaveState::NeedsFullSync) {
+            let mut s = link.lock();
+            if !s.verified || matches!(s.state(), SlaveState::Slow) || s.state().is_stuck() {
                 continue;
             }
-            if s.features.bounded_buffer
-                && (s.buffer.len() + records.len() > bounded.max_records
-                    || s.buffer_bytes + bytes > bounded.max_bytes.as_u64() as usize)
-            {
+            let total = hub.buffered.load(Ordering::Relaxed);
+            let overflows = s.buffer.len() + records.len() > limits.max_records
+                || s.buffer_bytes + bytes > limits.max_bytes.as_u64() as usize
+                || total + bytes > limits.total_max_bytes.as_u64() as usize;
+            if !overflows {
+                s.push(records, &hub.buffered, committed);
+            } else if s.features.bounded_buffer {
                 tracing::warn!(slave = %link.id, depth = s.buffer.len(), "send buffer full: slave marked SLOW");
-                s.state = SlaveState::Slow;
-                s.clear_buffer();
-                s.behind_since.get_or_insert_with(Instant::now);
+                s.set_state(SlaveState::Slow);
+                s.clear_buffer(&hub.buffered);
+                s.behind_since.get_or_insert(committed);
             } else {
-                let committed = Instant::now();
-                for record in records {
-                    let len = record.encoded_len();
-                    s.buffer_bytes += len;
-                    s.buffer.push_back(Queued { record: record.clone(), bytes: len, committed });
-                }
+                // Stages 1 and 2 cannot send these again: the slave will miss them.
+                let first = s.buffer.front().map(|q| q.record.lsn).unwrap_or(records[0].lsn);
+                let last = records[records.len() - 1].lsn;
+                tracing::warn!(slave = %link.id, %first, %last, "send buffer full: records dropped, the slave misses them (GAP)");
+                s.clear_buffer(&hub.buffered);
+                s.next_send = s.next_send.max(last.next());
+                s.set_state(SlaveState::Gap);
+                s.last_error = Some(format!(
+                    "the send buffer overflowed; records {first}..={last} were dropped and this stage cannot resend them"
+                ));
             }
             drop(s);
             link.wake.notify_one();
+        }
+        hub.metrics.replication_buffered_bytes.set(hub.buffered.load(Ordering::Relaxed) as i64);
+    }
+
+    /// The durable LSN moved: senders holding records back for it go on.
+    pub fn on_durable(&self) {
+        let hub = &self.inner;
+        if hub.waiting_for_durable.swap(false, Ordering::AcqRel) {
+            for link in hub.slaves.read().unwrap_or_else(PoisonError::into_inner).values() {
+                link.wake.notify_one();
+            }
         }
     }
 
     /// Every slave as the master sees it.
     pub fn slaves(&self) -> Vec<SlaveStatus> {
-        let applied = *self.inner.applied.borrow();
-        let slaves = self.inner.slaves.read().expect("slaves lock");
-        let mut out: Vec<SlaveStatus> = slaves.values().map(|link| status_of(link, applied)).collect();
+        let slaves = self.inner.slaves.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<SlaveStatus> = slaves.values().map(|link| status_of(&self.inner, link)).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
@@ -250,29 +313,53 @@ impl MasterHub {
     pub fn features(&self) -> Features {
         self.inner.features
     }
+
+    /// The session of this master process.
+    pub fn session(&self) -> &str {
+        &self.inner.session
+    }
 }
 
-/// One slave's status; also refreshes its metrics.
-pub(crate) fn status_of(link: &SlaveLink, applied: Lsn) -> SlaveStatus {
-    let s = link.state.lock().expect("slave state lock");
-    let lag_records = applied.0.saturating_sub(s.last_ack.0);
-    let lag_seconds = if lag_records == 0 {
-        0.0
-    } else {
-        let oldest = s.buffer.front().filter(|q| q.record.lsn == s.last_ack.next()).map(|q| q.committed);
-        oldest.or(s.behind_since).map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0)
-    };
-    SlaveStatus {
-        id: link.id.clone(),
-        url: s.url.clone(),
-        state: s.state,
-        features: s.features,
-        last_ack_lsn: s.last_ack.0,
-        lag_records,
-        lag_bytes: s.buffer_bytes as u64,
-        lag_seconds,
-        buffer_depth: s.buffer.len() as u64,
-        retries: s.retries,
-        last_error: s.last_error.clone(),
+/// Longest slave id, URL and session a registration may carry.
+const MAX_ID_LEN: usize = 128;
+const MAX_URL_LEN: usize = 2048;
+
+fn check_request(request: &RegisterRequest) -> Result<(), RegisterError> {
+    let invalid = |m: String| Err(RegisterError::Invalid(m));
+    let id = &request.slave_id;
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(|c| c.is_ascii_graphic()) {
+        return invalid(format!("slaveId must be 1 to {MAX_ID_LEN} printable ASCII characters"));
+    }
+    let url = &request.url;
+    if url.len() > MAX_URL_LEN || !(url.starts_with("http://") || url.starts_with("https://")) {
+        return invalid(format!("url must be an http:// or https:// URL of at most {MAX_URL_LEN} characters"));
+    }
+    if request.session.is_empty() || request.session.len() > MAX_ID_LEN {
+        return invalid(format!("session must be 1 to {MAX_ID_LEN} characters"));
+    }
+    Ok(())
+}
+
+/// Drops links that have neither registered nor answered for `forget-after`.
+async fn forget_silent_slaves(hub: std::sync::Weak<HubInner>) {
+    loop {
+        let Some(inner) = hub.upgrade() else { return };
+        let forget_after = inner.config.forget_after;
+        {
+            let mut slaves = inner.slaves.write().unwrap_or_else(PoisonError::into_inner);
+            let silent: Vec<String> = slaves
+                .values()
+                .filter(|link| link.lock().last_seen.elapsed() >= forget_after)
+                .map(|link| link.id.clone())
+                .collect();
+            for id in silent {
+                if let Some(link) = slaves.remove(&id) {
+                    tracing::warn!(slave = %id, ?forget_after, "slave silent too long: forgotten");
+                    inner.close(&link);
+                }
+            }
+        }
+        drop(inner);
+        tokio::time::sleep((forget_after / 4).max(Duration::from_millis(100))).await;
     }
 }

@@ -1,17 +1,25 @@
 //! Master/slave replication, stage by stage behind `replication.features`.
 //!
-//! - [`master`]: [`MasterHub`]: the slaves a master knows, one bounded send buffer each,
-//!   filled from the commit path without ever blocking it.
-//! - `sender`: one task per slave that sends batches, follows acknowledgements,
-//!   retries with backoff, and catches a slave up from the WAL when its buffer could not.
-//! - [`slave`]: [`Follower`]: a slave's registration loop and its `slave-progress.bin`.
+//! - [`master`]: [`MasterHub`]: registrations (bounded, verified, replaced, forgotten),
+//!   one bounded send buffer per slave filled from the commit path without ever
+//!   blocking it.
+//! - `link`: what the master's parts share: the hub state, one link per slave, the
+//!   LSN-to-bytes index.
+//! - `verify`: the check that a slave answers at the URL it registered with.
+//! - `sender`: one task per slave that sends durable batches, follows
+//!   acknowledgements, backs off after failures, and catches a slave up from the WAL
+//!   when its buffer could not.
+//! - [`slave`]: [`Follower`]: a slave's registration loop, the check that a batch comes
+//!   from its master, how the master sees it, and its `slave-progress.bin`.
 //! - [`status`]: what `/actuator/replication` shows.
 
+mod link;
 pub mod master;
 mod sender;
 pub mod slave;
 pub mod status;
+mod verify;
 
-pub use master::MasterHub;
-pub use slave::Follower;
+pub use master::{MasterHub, RegisterError};
+pub use slave::{Follower, MasterView, SenderRefused};
 pub use status::{ReplicationStatus, SlaveState, SlaveStatus};

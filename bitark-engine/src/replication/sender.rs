@@ -1,17 +1,20 @@
 //! One sender task per slave.
 //!
-//! It sends from the slave's next needed LSN: from the send buffer when the buffer holds
-//! it, otherwise (under `bounded-buffer`) read back from the WAL. Acknowledgements move
-//! the slave forward (`progress`); a failed send is retried with exponential backoff and
-//! jitter (`reliable`) or dropped, in which case the slave's next answer reports the gap
-//! and, where the stage allows, the WAL fills it.
+//! It sends from the slave's next needed LSN, never past the master's durable LSN: from
+//! the send buffer when the buffer holds it, otherwise (under `bounded-buffer`) read back
+//! from the WAL. Acknowledgements move the slave forward (`progress`). A failed send is
+//! logged and counted, and the next one waits a bounded, growing backoff with jitter:
+//! under `reliable` the same batch is sent again; at stages 1 and 2 nothing can be sent
+//! again, so the slave is GAP and sending goes on with newer records (which it will
+//! refuse until someone repairs it). The task ends when its link is closed.
 
-use super::master::{status_of, HubInner, SlaveLink};
+use super::link::{refresh_metrics, HubInner, LinkState, SlaveLink};
 use super::status::SlaveState;
 use bitark_common::{Lsn, Record};
-use bitark_infra::replication::TransportError;
+use bitark_infra::replication::{BatchSender, TransportError};
 use bitark_infra::wal::{CursorRead, WalCursor};
 use rand::Rng;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,9 +31,8 @@ enum Step {
 
 pub(crate) async fn run(hub: Arc<HubInner>, link: Arc<SlaveLink>) {
     let mut cursor: Option<WalCursor> = None;
-    loop {
-        let step = next_step(&hub, &link);
-        let records = match step {
+    while !link.is_closed() {
+        let records = match next_step(&hub, &link) {
             Step::Send(records) => records,
             Step::CatchUp(from) => match catch_up(&hub, &link, &mut cursor, from).await {
                 Some(records) => records,
@@ -56,25 +58,29 @@ async fn wait(hub: &HubInner, link: &SlaveLink) {
 
 /// Decides what to send next, under the slave's lock.
 fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
-    let applied = *hub.applied.borrow();
-    let mut s = link.state.lock().expect("slave state lock");
-    s.trim_sent();
-    if s.state == SlaveState::NeedsFullSync {
+    let durable = hub.durable_lsn();
+    let mut s = link.lock();
+    s.trim_sent(&hub.buffered);
+    if !s.verified || s.state().is_stuck() {
         return Step::Wait;
     }
-    if s.buffer.front().is_some_and(|q| q.record.lsn == s.next_send) {
-        return Step::Send(take_batch(&s, hub.config.batch_max_records));
-    }
-    if s.next_send > applied {
+    if s.next_send > durable {
+        if s.buffer.front().is_some_and(|q| q.record.lsn == s.next_send) {
+            // Logged, not durable yet (`fsync: interval | never`): ask for an fsync.
+            hold_for_durable(hub);
+            return Step::Wait;
+        }
         s.behind_since = None;
         // Nothing outstanding. A slave that was SLOW is caught up; one whose last sends
         // failed but which has since acknowledged everything (its registration reports
         // its position) holds every record too.
-        if s.state == SlaveState::Slow || (s.state == SlaveState::Unreachable && s.last_ack >= applied) {
+        if s.state() == SlaveState::Slow || (s.state() == SlaveState::Unreachable && s.last_ack >= durable) {
             recovered(&mut s, link);
-            s.state = SlaveState::Alive;
         }
         return Step::Wait;
+    }
+    if s.buffer.front().is_some_and(|q| q.record.lsn == s.next_send) {
+        return Step::Send(take_batch(&s, hub.config.batch_max_records, durable));
     }
     if s.behind_since.is_none() {
         s.behind_since = Some(Instant::now());
@@ -82,26 +88,33 @@ fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
     if s.features.bounded_buffer {
         // Close enough to the live end: queue new commits again while the WAL fills
         // the distance.
-        if s.state == SlaveState::Slow && applied.0 - s.next_send.0 < (hub.config.buffer.max_records / 2) as u64 {
-            s.state = SlaveState::Alive;
+        if s.state() == SlaveState::Slow && durable.0 - s.next_send.0 < (hub.config.buffer.max_records / 2) as u64 {
+            s.set_state(SlaveState::Alive);
         }
         return Step::CatchUp(s.next_send);
     }
     if !s.buffer.is_empty() {
         // This stage cannot resend what the slave missed: send on, the slave reports the gap.
-        return Step::Send(take_batch(&s, hub.config.batch_max_records));
+        return Step::Send(take_batch(&s, hub.config.batch_max_records, durable));
     }
     Step::Wait
 }
 
-/// Copies the front of the buffer: up to `max` records and about `BATCH_BYTES`.
-fn take_batch(s: &super::master::LinkState, max: usize) -> Vec<Record> {
+/// Asks the log for an fsync and to be woken when it is done.
+fn hold_for_durable(hub: &HubInner) {
+    hub.waiting_for_durable.store(true, Ordering::Release);
+    hub.wal.request_sync();
+}
+
+/// Copies the front of the buffer: up to `max` records, about `BATCH_BYTES`, none
+/// above `durable`.
+fn take_batch(s: &LinkState, max: usize, durable: Lsn) -> Vec<Record> {
     let mut bytes = 0;
     s.buffer
         .iter()
         .take(max)
         .take_while(|q| {
-            let fits = bytes < BATCH_BYTES;
+            let fits = bytes < BATCH_BYTES && q.record.lsn <= durable;
             bytes += q.bytes;
             fits
         })
@@ -109,7 +122,7 @@ fn take_batch(s: &super::master::LinkState, max: usize) -> Vec<Record> {
         .collect()
 }
 
-/// Reads the next records for the slave from the WAL.
+/// Reads the next records for the slave from the WAL, none above the durable LSN.
 async fn catch_up(
     hub: &Arc<HubInner>,
     link: &SlaveLink,
@@ -120,7 +133,7 @@ async fn catch_up(
         Some(c) if c.next_lsn() == from => c,
         _ => WalCursor::new(&hub.wal_dir, from),
     };
-    let up_to = *hub.applied.borrow();
+    let up_to = hub.durable_lsn();
     let max = hub.config.batch_max_records;
     let (reader, read) = tokio::task::spawn_blocking(move || {
         let read = reader.read(max, BATCH_BYTES, up_to);
@@ -140,27 +153,27 @@ async fn catch_up(
         }
         Ok(CursorRead::Records(_)) => None,
         Ok(CursorRead::Purged { oldest }) => {
-            let mut s = link.state.lock().expect("slave state lock");
+            let mut s = link.lock();
             tracing::warn!(slave = %link.id, needs = %from, %oldest, "slave needs records the WAL no longer holds");
-            s.state = SlaveState::NeedsFullSync;
+            s.set_state(SlaveState::NeedsFullSync);
             s.last_error = Some(format!("needs LSN {from}, the WAL starts at LSN {oldest}: a full sync is required"));
-            s.clear_buffer();
+            s.clear_buffer(&hub.buffered);
             None
         }
         Err(e) => {
             tracing::error!(slave = %link.id, error = %e, "cannot read the WAL to catch a slave up");
-            link.state.lock().expect("slave state lock").last_error = Some(e.to_string());
+            link.lock().last_error = Some(e.to_string());
             None
         }
     }
 }
 
 async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
-    let (url, features) = {
-        let s = link.state.lock().expect("slave state lock");
-        (s.url.clone(), s.features)
+    let (url, features, slave_session) = {
+        let s = link.lock();
+        (s.url.clone(), s.features, s.slave_session.clone())
     };
-    let last = records[records.len() - 1].lsn;
+    let (first, last) = (records[0].lsn, records[records.len() - 1].lsn);
     let mut body = Vec::with_capacity(records.iter().map(Record::encoded_len).sum());
     for record in &records {
         record.encode_into(&mut body);
@@ -170,11 +183,15 @@ async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
     m.replication_sent_batches.with_label_values(&labels).inc();
     m.replication_sent_records.with_label_values(&labels).inc_by(records.len() as u64);
     let started = Instant::now();
-    let result = hub.client.append(&url, &hub.node_id, &hub.session, body).await;
+    let sender = BatchSender { master_id: &hub.node_id, master_session: &hub.session, slave_session: &slave_session };
+    let result = hub.client.append(&url, &sender, body).await;
     m.replication_send_seconds.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
 
     let backoff = {
-        let mut s = link.state.lock().expect("slave state lock");
+        let mut s = link.lock();
+        if link.is_closed() {
+            return;
+        }
         match result {
             Ok(Some(ack)) => {
                 m.replication_acked_batches.with_label_values(&labels).inc();
@@ -186,42 +203,63 @@ async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
                     }
                 }
                 s.last_ack = s.last_ack.max(Lsn(ack.ack_lsn));
-                s.next_send = Lsn(ack.ack_lsn).next();
-                recovered(&mut s, link);
+                s.next_send = Lsn(ack.ack_lsn.saturating_add(1));
+                s.last_seen = Instant::now();
+                if s.state() != SlaveState::Gap {
+                    recovered(&mut s, link);
+                }
                 None
             }
             Ok(None) => {
                 // No progress at this stage: what was sent counts as delivered.
                 s.last_ack = s.last_ack.max(last);
                 s.next_send = last.next();
-                recovered(&mut s, link);
+                s.last_seen = Instant::now();
+                if s.state() != SlaveState::Gap {
+                    recovered(&mut s, link);
+                }
                 None
             }
-            Err(TransportError::Gap { expected }) => {
+            Err(TransportError::Gap { expected }) if features.bounded_buffer => {
+                // The WAL can fill the hole: send from where the slave stands.
+                s.last_seen = Instant::now();
                 s.next_send = expected;
                 if features.progress {
                     s.last_ack = Lsn(expected.0.saturating_sub(1));
                 }
                 s.last_error = Some(format!("the slave expects LSN {expected} next"));
-                if !features.bounded_buffer {
-                    s.state = SlaveState::Gap;
-                }
                 None
             }
             Err(e) => {
-                s.last_error = Some(e.to_string());
-                if s.state != SlaveState::Slow {
-                    s.state = SlaveState::Unreachable;
-                }
-                if features.reliable {
-                    s.retries += 1;
-                    m.replication_retries.with_label_values(&labels).inc();
-                    Some(backoff(hub, s.retries))
-                } else {
-                    // Dropped: the next answer tells where the slave stands.
+                m.replication_send_failures.with_label_values(&labels).inc();
+                s.retries += 1;
+                let backoff = backoff(hub, s.retries);
+                if let TransportError::Gap { expected } = &e {
+                    // Stages 1 and 2 keep no log to resend from: the slave misses
+                    // records for good.
+                    s.last_seen = Instant::now();
                     s.next_send = last.next();
-                    Some(hub.config.retry.initial_backoff)
+                    s.set_state(SlaveState::Gap);
+                    s.last_error = Some(format!(
+                        "the slave expects LSN {expected} next, which this stage cannot resend; records after it are sent on and refused"
+                    ));
+                    tracing::warn!(slave = %link.id, %expected, "slave misses records this stage cannot resend (GAP)");
+                } else if features.reliable {
+                    m.replication_retries.with_label_values(&labels).inc();
+                    s.last_error = Some(e.to_string());
+                    if s.state() != SlaveState::Slow {
+                        s.set_state(SlaveState::Unreachable);
+                    }
+                    tracing::debug!(slave = %link.id, error = %e, ?backoff, "send failed; retrying");
+                } else {
+                    // Dropped: this stage does not resend, so the slave now misses them.
+                    s.next_send = last.next();
+                    s.set_state(SlaveState::Gap);
+                    s.last_error =
+                        Some(format!("sending records {first}..={last} failed and this stage cannot resend them: {e}"));
+                    tracing::warn!(slave = %link.id, %first, %last, error = %e, "send failed; records dropped (GAP)");
                 }
+                Some(backoff)
             }
         }
     };
@@ -231,34 +269,18 @@ async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
     }
 }
 
-fn recovered(s: &mut super::master::LinkState, link: &SlaveLink) {
-    if s.state == SlaveState::Unreachable || s.state == SlaveState::Gap {
-        tracing::info!(slave = %link.id, ack = %s.last_ack, "slave reachable again");
-        s.state = SlaveState::Alive;
+fn recovered(s: &mut LinkState, link: &SlaveLink) {
+    if s.state() != SlaveState::Alive {
+        tracing::info!(slave = %link.id, ack = %s.last_ack, from = s.state().as_str(), "slave caught up: ALIVE");
     }
-    s.retries = 0;
-    s.last_error = None;
+    s.set_state(SlaveState::Alive);
 }
 
-/// Exponential backoff with equal jitter: half fixed, half random.
+/// Exponential backoff with equal jitter: half of the delay fixed, half random.
 fn backoff(hub: &HubInner, retries: u64) -> Duration {
     let retry = &hub.config.retry;
     let exp = retry.initial_backoff.saturating_mul(1u32 << retries.min(20).saturating_sub(1) as u32);
     let capped = exp.min(retry.max_backoff);
     let half = capped / 2;
     half + rand::thread_rng().gen_range(Duration::ZERO..=half)
-}
-
-fn refresh_metrics(hub: &HubInner, link: &SlaveLink) {
-    let status = status_of(link, *hub.applied.borrow());
-    let m = &hub.metrics;
-    let id = [link.id.as_str()];
-    m.replication_ack_lsn.with_label_values(&id).set(status.last_ack_lsn as i64);
-    m.replication_lag_records.with_label_values(&id).set(status.lag_records as i64);
-    m.replication_lag_bytes.with_label_values(&id).set(status.lag_bytes as i64);
-    m.replication_lag_seconds.with_label_values(&id).set(status.lag_seconds);
-    m.replication_buffer_depth.with_label_values(&id).set(status.buffer_depth as i64);
-    for state in SlaveState::ALL {
-        m.replication_slave_state.with_label_values(&[&link.id, state.as_str()]).set((state == status.state) as i64);
-    }
 }

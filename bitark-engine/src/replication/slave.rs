@@ -7,17 +7,78 @@
 //! reported after a restart is the slave's own: the lower of its progress file and its
 //! local log (a progress file ahead of the log means the log lost records, which must
 //! come again; one behind it only costs skipped duplicates).
+//!
+//! A slave takes log batches only from the master it follows: the master id and session
+//! of its last accepted registration, which every batch names in its headers. A batch
+//! from anyone else is refused and counted; one that arrives before the slave has
+//! registered makes it register at once. The answer to each registration also tells the
+//! slave how the master sees it: a slave its master cannot bring up to date
+//! (NEEDS_FULL_SYNC, DIVERGED) reports itself not ready.
 
 use crate::config::ReplicationConfig;
 use crate::error::ReplicateError;
 use crate::node::Node;
 use bitark_common::replication::{AppendResponse, Features, RegisterRequest};
 use bitark_common::{Lsn, Record};
-use bitark_infra::replication::{read_progress, write_progress, ReplicationClient};
+use bitark_infra::replication::{read_progress, write_progress, BatchSender, ReplicationClient, TransportError};
 use bitark_infra::Metrics;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::Notify;
+
+/// Why a log batch was refused before it was looked at.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SenderRefused {
+    /// The slave has not registered with any master yet (it registers now).
+    #[error("this slave has not registered with a master yet; it is registering now")]
+    NotRegistered,
+    /// The batch comes from another master, or another process of it.
+    #[error("this slave follows master `{expected_id}` (session {expected_session}); a batch from `{id}` (session {session}) is refused")]
+    WrongMaster { id: String, session: String, expected_id: String, expected_session: String },
+    /// The batch was meant for an earlier process of this slave.
+    #[error("the batch is meant for slave session {meant_for}, this process is session {session}")]
+    WrongSession { meant_for: String, session: String },
+}
+
+impl SenderRefused {
+    /// The value of `bitark_replication_appends_refused_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SenderRefused::NotRegistered => "not_registered",
+            SenderRefused::WrongMaster { .. } => "wrong_master",
+            SenderRefused::WrongSession { .. } => "wrong_session",
+        }
+    }
+}
+
+/// The master this slave follows, as its last accepted registration named it.
+#[derive(Clone, Debug, Default)]
+struct MasterIdentity {
+    id: String,
+    session: String,
+}
+
+/// How the master sees this slave, as of the last registration.
+#[derive(Clone, Debug, Default)]
+pub struct MasterView {
+    /// `ALIVE`, `VERIFYING`, `NEEDS_FULL_SYNC`, `DIVERGED`, ...
+    pub state: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl MasterView {
+    /// Why this slave must not be sent reads, if it must not: its master cannot bring
+    /// it up to date.
+    pub fn not_ready(&self) -> Option<(&'static str, String)> {
+        let reason = || self.reason.clone().unwrap_or_default();
+        match self.state.as_deref() {
+            Some("NEEDS_FULL_SYNC") => Some(("needs_full_sync", reason())),
+            Some("DIVERGED") => Some(("diverged", reason())),
+            _ => None,
+        }
+    }
+}
 
 /// Cheap-to-clone handle on a slave's replication state.
 #[derive(Clone)]
@@ -35,6 +96,13 @@ struct FollowerInner {
     metrics: Metrics,
     data_dir: PathBuf,
     registered: AtomicBool,
+    /// The master batches are accepted from. A std `Mutex`: read per batch, written per
+    /// registration, never held across an await.
+    master: Mutex<Option<MasterIdentity>>,
+    /// How the master sees this slave.
+    view: Mutex<MasterView>,
+    /// Wakes the registration loop for an immediate registration.
+    register_now: Notify,
     /// The position reported at the first registration of this process.
     resume_from: Lsn,
     /// The LSN last written to `slave-progress.bin` (0 when never).
@@ -86,6 +154,9 @@ impl Follower {
                 metrics,
                 data_dir,
                 registered: AtomicBool::new(false),
+                master: Mutex::new(None),
+                view: Mutex::new(MasterView::default()),
+                register_now: Notify::new(),
                 resume_from,
                 progress: AtomicU64::new(resume_from.0),
             }),
@@ -95,6 +166,53 @@ impl Follower {
             tokio::spawn(follower.clone().progress_loop());
         }
         follower
+    }
+
+    /// Checks that a batch comes from the master this slave follows, before anything of
+    /// it is read. Refusals are counted; one before any registration triggers one.
+    pub fn check_sender(&self, sender: &BatchSender<'_>) -> Result<(), SenderRefused> {
+        let master = self.inner.master.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let (master_id, session) = (sender.master_id, sender.master_session);
+        let refusal = match master {
+            None => SenderRefused::NotRegistered,
+            Some(_) if sender.slave_session != self.inner.session => SenderRefused::WrongSession {
+                meant_for: sender.slave_session.to_string(),
+                session: self.inner.session.clone(),
+            },
+            Some(m) if m.id == master_id && m.session == session => return Ok(()),
+            Some(m) => SenderRefused::WrongMaster {
+                id: master_id.to_string(),
+                session: session.to_string(),
+                expected_id: m.id,
+                expected_session: m.session,
+            },
+        };
+        self.refused(refusal.reason());
+        if refusal == SenderRefused::NotRegistered {
+            self.inner.register_now.notify_one();
+        }
+        Err(refusal)
+    }
+
+    /// Counts a batch refused for `reason`.
+    pub fn refused(&self, reason: &str) {
+        self.inner.metrics.replication_appends_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// The session of the master this slave follows (empty before it registered).
+    pub fn master_session(&self) -> String {
+        let master = self.inner.master.lock().unwrap_or_else(PoisonError::into_inner);
+        master.as_ref().map(|m| m.session.clone()).unwrap_or_default()
+    }
+
+    /// How the master sees this slave.
+    pub fn master_view(&self) -> MasterView {
+        self.inner.view.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Registers now rather than at the next interval (a master asked).
+    pub fn register_now(&self) {
+        self.inner.register_now.notify_one();
     }
 
     /// Logs and applies a batch from the master; answers the new `ackLsn`.
@@ -154,9 +272,23 @@ impl Follower {
                     if !inner.registered.swap(true, Ordering::AcqRel) {
                         tracing::info!(
                             master = %answer.master_id, url = %inner.config.master_url, from = %applied,
-                            features = ?answer.features.enabled(), "registered with the master"
+                            features = ?answer.features.enabled(), state = %answer.state, "registered with the master"
                         );
                     }
+                    let identity = MasterIdentity { id: answer.master_id.clone(), session: answer.session.clone() };
+                    *inner.master.lock().unwrap_or_else(PoisonError::into_inner) = Some(identity);
+                    self.learn_view(Some(answer.state), answer.reason);
+                }
+                Err(refused @ TransportError::Refused { status: 409, .. }) => {
+                    // The master refuses this slave: say so, and keep asking.
+                    let (code, message) = refused.error_body();
+                    if code.as_deref() == Some("diverged") {
+                        self.learn_view(Some("DIVERGED".into()), message.clone());
+                    }
+                    if inner.registered.swap(false, Ordering::AcqRel) || first {
+                        tracing::error!(url = %inner.config.master_url, code = ?code, reason = ?message, "the master refuses this slave");
+                    }
+                    first = false;
                 }
                 Err(e) => {
                     if inner.registered.swap(false, Ordering::AcqRel) {
@@ -166,8 +298,22 @@ impl Follower {
                     }
                 }
             }
-            tokio::time::sleep(inner.config.register_interval).await;
+            let _ = tokio::time::timeout(inner.config.register_interval, inner.register_now.notified()).await;
         }
+    }
+
+    fn learn_view(&self, state: Option<String>, reason: Option<String>) {
+        let mut view = self.inner.view.lock().unwrap_or_else(PoisonError::into_inner);
+        if view.state != state {
+            match state.as_deref() {
+                Some("NEEDS_FULL_SYNC") | Some("DIVERGED") => tracing::error!(
+                    state = ?state, reason = ?reason,
+                    "the master cannot bring this slave up to date: not ready (see the README on recovering a slave)"
+                ),
+                _ => tracing::info!(state = ?state, "state at the master"),
+            }
+        }
+        *view = MasterView { state, reason };
     }
 
     async fn progress_loop(self) {

@@ -9,6 +9,9 @@ use std::time::Duration;
 pub const MASTER_ID_HEADER: &str = "x-bitark-master-id";
 /// Header carrying the master's session (changes at each master start).
 pub const SESSION_HEADER: &str = "x-bitark-session";
+/// Header carrying the session of the slave process the batch is meant for (the one that
+/// registered): a batch meant for an earlier process of the slave is refused.
+pub const SLAVE_SESSION_HEADER: &str = "x-bitark-slave-session";
 
 /// Why a call failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -22,6 +25,24 @@ pub enum TransportError {
     /// Any other answer that is not a success.
     #[error("answered {status}: {body}")]
     Refused { status: u16, body: String },
+}
+
+impl TransportError {
+    /// The `error` code and `message` of a JSON error answer.
+    pub fn error_body(&self) -> (Option<String>, Option<String>) {
+        let TransportError::Refused { body, .. } = self else { return (None, None) };
+        let value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let text = |key: &str| value[key].as_str().map(str::to_string);
+        (text("error"), text("message"))
+    }
+}
+
+/// Who sends a batch, and to which slave process: what the slave checks before it reads
+/// the batch.
+pub struct BatchSender<'a> {
+    pub master_id: &'a str,
+    pub master_session: &'a str,
+    pub slave_session: &'a str,
 }
 
 /// Calls to other nodes' `/internal/replication/*` endpoints.
@@ -71,15 +92,15 @@ impl ReplicationClient {
     pub async fn append(
         &self,
         slave_url: &str,
-        master_id: &str,
-        session: &str,
+        sender: &BatchSender<'_>,
         body: Vec<u8>,
     ) -> Result<Option<AppendResponse>, TransportError> {
         let response = self
             .request(reqwest::Method::POST, format!("{}/internal/replication/append", trim(slave_url)))
             .header(reqwest::header::CONTENT_TYPE, WAL_CONTENT_TYPE)
-            .header(MASTER_ID_HEADER, master_id)
-            .header(SESSION_HEADER, session)
+            .header(MASTER_ID_HEADER, sender.master_id)
+            .header(SESSION_HEADER, sender.master_session)
+            .header(SLAVE_SESSION_HEADER, sender.slave_session)
             .body(body)
             .send()
             .await
@@ -88,6 +109,21 @@ impl ReplicationClient {
             return Ok(None);
         }
         json_or_refused(response).await.map(Some)
+    }
+
+    /// Asks a slave to register with its master now.
+    pub async fn reconnect(&self, url: &str) -> Result<(), TransportError> {
+        let response = self
+            .request(reqwest::Method::POST, format!("{}/internal/replication/reconnect", trim(url)))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(TransportError::Refused { status: status.as_u16(), body })
     }
 
     /// Where a node stands.

@@ -7,5 +7,5 @@
 pub mod client;
 pub mod progress;
 
-pub use client::{ReplicationClient, TransportError};
+pub use client::{BatchSender, ReplicationClient, TransportError};
 pub use progress::{read_progress, write_progress, SlaveProgress};

@@ -1,7 +1,7 @@
 //! `slave-progress.bin`: how far a slave has followed its master, kept by the slave
 //! itself (the master's memory of it is lost whenever the master restarts, and an ack
-//! can be lost on the way). Separate from the storage checkpoint: this is the
-//! replication layer's record, not the storage engine's.
+//! can be lost on the way). Separate from the snapshots: this is the replication
+//! layer's record, not the storage engine's.
 //!
 //! A fixed-size binary file of 32 bytes, little endian: magic `0xCAFEBABE` (u32), format
 //! version (u32), LSN (u64), last update in Unix milliseconds (u64), reserved (u32),

@@ -20,5 +20,5 @@ pub mod writer;
 
 pub use cursor::{CursorRead, WalCursor};
 pub use scan::{replay, ReplayOutcome};
-pub use segment::{list_segments, purge_to, SegmentFile};
-pub use writer::{AppendOutcome, Applier, GroupCommit, Proposal, ProposeError, Replicated, WalHandle};
+pub use segment::{list_segments, purge_to, remove_all, SegmentFile};
+pub use writer::{AppendOutcome, Applier, GroupCommit, Proposal, ProposeError, Replicated, WalHandle, WalHealth};

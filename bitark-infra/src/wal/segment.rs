@@ -59,6 +59,19 @@ pub fn purge_to(dir: &Path, horizon: Lsn) -> Result<usize, StorageError> {
     Ok(deleted)
 }
 
+/// Deletes every segment in `dir` (the log is wholly covered by a snapshot), durably.
+pub fn remove_all(dir: &Path) -> Result<usize, StorageError> {
+    let segments = list_segments(dir)?;
+    for segment in &segments {
+        tracing::warn!(segment = %segment.path.display(), "removing WAL segment covered by the snapshot");
+        fs::remove_file(&segment.path).at(&segment.path)?;
+    }
+    if !segments.is_empty() {
+        fsync_dir(dir)?;
+    }
+    Ok(segments.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

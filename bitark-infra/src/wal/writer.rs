@@ -10,39 +10,90 @@
 //! A plain thread and a std channel, not a tokio task: fsync blocks for milliseconds and
 //! must not hold a runtime worker. Replies go back on tokio oneshots so async handlers
 //! can await them.
+//!
+//! # When something fails
+//! The answer to a failed write always says whether it is in the log:
+//! - **Not logged** ([`ProposeError::NoSpace`], [`ProposeError::Io`]): the space for the
+//!   batch could not be reserved (a full disk or quota shows up here, before anything is
+//!   written), or the `write` itself failed, in which case whatever part of the batch
+//!   reached the file is overwritten with zeros and synced before anyone is answered. The
+//!   log is intact; the writer is [`WalHealth::Degraded`] and tries again with every new
+//!   batch and every `wal.retry-interval`, so writes resume by themselves once space is
+//!   back.
+//! - **Outcome unknown** ([`ProposeError::Unknown`]): the batch was written but its
+//!   `fsync` failed. After a failed fsync the kernel may have dropped the pages it could
+//!   not write, so nothing tells whether the batch (or anything written since the last
+//!   good fsync) will be there after a restart. The writer stops for good
+//!   ([`WalHealth::Failed`]) and every later write is refused until the node restarts and
+//!   recovery reads what the disk really holds.
+//! - The writer thread dying (a panic) also leaves the log [`WalHealth::Failed`].
 
 use crate::config::{FsyncPolicy, WalConfig};
 use crate::error::StorageError;
+use crate::fsutil::fsync_dir_file;
 use crate::metrics::Metrics;
-use crate::wal::active::ActiveSegment;
-use crate::wal::segment::list_segments;
+use crate::wal::active::{ActiveSegment, Spare};
+use crate::wal::segment::{list_segments, segment_name};
 use bitark_common::{Command, Epoch, Lsn, Record};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// Receives each batch once it is durable (under the configured fsync policy), in LSN
-/// order, on the writer thread. Applying must not fail: commands were validated before
-/// they were proposed.
+/// Receives each batch once it is logged, in LSN order, on the writer thread.
 pub trait Applier: Send + 'static {
+    /// Applies a logged batch. Under `fsync: batch` it is durable already; under
+    /// `interval` and `never` it becomes durable later ([`Applier::durable`] says when).
+    /// Applying must not fail: commands were validated before they were proposed.
     fn apply(&mut self, records: &[Record]);
+
+    /// Everything up to `lsn` is on stable storage.
+    fn durable(&mut self, lsn: Lsn) {
+        let _ = lsn;
+    }
 }
 
-/// Why a proposal was not accepted or not made durable.
+/// Why a proposal was not logged, or not known to be.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProposeError {
     #[error("the write queue is full")]
     Overloaded,
     #[error("the write-ahead log is shut down")]
     Closed,
-    #[error("the write-ahead log failed: {0}")]
+    /// Not logged: the disk (or quota) holding the log is full.
+    #[error("{0}")]
+    NoSpace(String),
+    /// Not logged: writing the log failed.
+    #[error("{0}")]
+    Io(String),
+    /// Written, but its fsync failed: it may or may not be present after a restart.
+    #[error("{0}")]
+    Unknown(String),
+    /// The log stopped after an earlier failure; nothing more is accepted until restart.
+    #[error("{0}")]
     Failed(String),
     #[error("records must continue the log at LSN {expected}, found LSN {found}")]
     Gap { expected: Lsn, found: Lsn },
+}
+
+/// Whether the log accepts writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalHealth {
+    Healthy,
+    /// The last write could not be logged (`no_space`: the disk or quota is full). The
+    /// log is intact and writes are retried; they resume once the cause is gone.
+    Degraded {
+        reason: String,
+        no_space: bool,
+    },
+    /// An fsync failed or the writer thread died: the node must be restarted.
+    Failed {
+        reason: String,
+    },
 }
 
 /// A command waiting to be logged, and where to send its LSN.
@@ -70,6 +121,8 @@ pub struct AppendOutcome {
 enum Msg {
     Propose(Proposal),
     Append(Replicated),
+    /// Make everything written durable now; answer the durable LSN.
+    Sync(Option<oneshot::Sender<Lsn>>),
     Shutdown,
 }
 
@@ -84,15 +137,46 @@ struct Shared {
     /// Highest LSN known to be on stable storage. Atomic because readers (metrics,
     /// replication) look at it without talking to the writer thread.
     durable: AtomicU64,
-    /// Set once a write or fsync failed; from then on every proposal is refused,
-    /// because the content of the log after the failure is unknown.
+    /// Set once the log has failed for good; proposals are refused at once.
     failed: AtomicBool,
+    /// The current health, with its reason. A std `Mutex`: read by health checks and
+    /// written by the writer thread on a state change only.
+    health: Mutex<WalHealth>,
+    /// A `Sync` message is queued; further requests need not queue another.
+    sync_queued: AtomicBool,
+    /// Set by `shutdown`, so the writer's exit is not taken for a crash.
+    stopping: AtomicBool,
     /// The writer thread, joined on shutdown.
-    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn set_health(&self, health: WalHealth, metrics: &Metrics) {
+        metrics.wal_writable.set(i64::from(health == WalHealth::Healthy));
+        if let WalHealth::Failed { .. } = health {
+            self.failed.store(true, Ordering::Release);
+        }
+        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = health;
+    }
+
+    fn health(&self) -> WalHealth {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Why the writer no longer takes a message: failed, or shut down. A writer that
+    /// went away without being asked to has crashed, even if its guard has not said so
+    /// yet (it runs after everything the thread held has been dropped).
+    fn failure(&self) -> ProposeError {
+        match self.health() {
+            WalHealth::Failed { reason } => ProposeError::Failed(reason),
+            _ if !self.stopping.load(Ordering::Acquire) => ProposeError::Failed(CRASHED.into()),
+            _ => ProposeError::Closed,
+        }
+    }
 }
 
 impl WalHandle {
-    /// Queues a command. The receiver answers with its LSN once durable and applied.
+    /// Queues a command. The receiver answers with its LSN once logged and applied.
     pub fn propose(&self, command: Command) -> Result<oneshot::Receiver<Result<Lsn, ProposeError>>, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Propose(Proposal { command, reply }))?;
@@ -102,12 +186,12 @@ impl WalHandle {
     /// Queues a message for the writer thread without waiting.
     fn send(&self, msg: Msg) -> Result<(), ProposeError> {
         if self.shared.failed.load(Ordering::Acquire) {
-            return Err(ProposeError::Failed("an earlier write or fsync failed".into()));
+            return Err(self.shared.failure());
         }
         match self.tx.try_send(msg) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(ProposeError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(ProposeError::Closed),
+            Err(TrySendError::Disconnected(_)) => Err(self.shared.failure()),
         }
     }
 
@@ -122,21 +206,45 @@ impl WalHandle {
         Ok(rx)
     }
 
+    /// Asks the writer to make what it wrote durable soon, without waiting (under
+    /// `fsync: interval | never`, for whoever may only use durable records).
+    pub fn request_sync(&self) {
+        if !self.shared.sync_queued.swap(true, Ordering::AcqRel) && self.tx.try_send(Msg::Sync(None)).is_err() {
+            self.shared.sync_queued.store(false, Ordering::Release);
+        }
+    }
+
+    /// Makes everything written so far durable and answers the durable LSN. Blocking:
+    /// for threads outside the async runtime.
+    pub fn sync_blocking(&self) -> Result<Lsn, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Sync(Some(reply))).is_err() {
+            return Err(self.shared.failure());
+        }
+        rx.blocking_recv().map_err(|_| self.shared.failure())
+    }
+
     /// Highest LSN known to be durable.
     pub fn durable_lsn(&self) -> Lsn {
         Lsn(self.shared.durable.load(Ordering::Acquire))
     }
 
-    /// True once a write or fsync has failed.
-    pub fn has_failed(&self) -> bool {
-        self.shared.failed.load(Ordering::Acquire)
+    /// Whether the log accepts writes, and why not.
+    pub fn health(&self) -> WalHealth {
+        self.shared.health()
+    }
+
+    /// The error for a proposal whose reply was dropped unanswered: the writer stopped.
+    pub fn stopped_error(&self) -> ProposeError {
+        self.shared.failure()
     }
 
     /// Finishes every proposal queued so far, fsyncs, and stops the writer thread.
     pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
         // A full queue still drains, so a blocking send terminates.
         let _ = self.tx.send(Msg::Shutdown);
-        let thread = self.shared.thread.lock().expect("writer thread slot").take();
+        let thread = self.shared.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(thread) = thread {
             let _ = thread.join();
         }
@@ -157,19 +265,31 @@ impl GroupCommit {
         applier: impl Applier,
         metrics: Metrics,
     ) -> Result<WalHandle, StorageError> {
-        let active = ActiveSegment::open(dir, next_lsn, config.segment_size.as_u64())?;
+        let segment_size = config.segment_size.as_u64();
+        let active = ActiveSegment::open(dir, next_lsn, segment_size)?;
+        let dir_file = File::open(dir).map_err(|e| StorageError::io(dir, e))?;
+        let spare = Spare::create(dir, segment_size)
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot prepare the next WAL segment yet; will retry"))
+            .ok();
         metrics.wal_segments.set(list_segments(dir)?.len() as i64);
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let shared = Arc::new(Shared {
             durable: AtomicU64::new(next_lsn.0 - 1),
             failed: AtomicBool::new(false),
-            thread: std::sync::Mutex::new(None),
+            health: Mutex::new(WalHealth::Healthy),
+            sync_queued: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            thread: Mutex::new(None),
         });
         metrics.lsn_durable.set(next_lsn.0 as i64 - 1);
+        metrics.wal_writable.set(1);
         let mut writer = Writer {
             dir: dir.to_path_buf(),
+            dir_file,
             config: config.clone(),
             active,
+            spare,
+            rotation_retry_at: None,
             next_lsn,
             epoch,
             applier,
@@ -180,19 +300,44 @@ impl GroupCommit {
             pending_durable: Lsn(next_lsn.0 - 1),
             buf: Vec::with_capacity(1 << 20),
         };
+        let guard = CrashGuard(shared.clone(), writer.metrics.clone());
         let thread = std::thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                let _guard = guard;
+                writer.run(rx)
+            })
             .map_err(|e| StorageError::io(dir, e))?;
-        *shared.thread.lock().expect("writer thread slot") = Some(thread);
+        *shared.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
         Ok(WalHandle { tx, shared })
+    }
+}
+
+const CRASHED: &str = "the write-ahead log writer stopped unexpectedly; restart the node";
+
+/// Marks the log failed if the writer thread ends other than by `shutdown` (a panic).
+struct CrashGuard(Arc<Shared>, Metrics);
+
+impl Drop for CrashGuard {
+    fn drop(&mut self) {
+        if !self.0.stopping.load(Ordering::Acquire) || std::thread::panicking() {
+            tracing::error!("the WAL writer thread stopped unexpectedly; writes are refused until restart");
+            self.1.wal_failures.with_label_values(&["crash"]).inc();
+            self.0.set_health(WalHealth::Failed { reason: CRASHED.into() }, &self.1);
+        }
     }
 }
 
 struct Writer<A> {
     dir: PathBuf,
+    /// The WAL directory, kept open so rotation can fsync it without a new descriptor.
+    dir_file: File,
     config: WalConfig,
     active: ActiveSegment,
+    /// The preallocated next segment, when one could be made.
+    spare: Option<Spare>,
+    /// A rotation failed; do not try again before this.
+    rotation_retry_at: Option<Instant>,
     next_lsn: Lsn,
     epoch: Epoch,
     applier: A,
@@ -208,66 +353,125 @@ struct Writer<A> {
 
 impl<A: Applier> Writer<A> {
     fn run(&mut self, rx: mpsc::Receiver<Msg>) {
-        let idle_wait = match self.config.fsync {
-            FsyncPolicy::Interval => self.config.fsync_interval,
-            _ => Duration::from_secs(3600),
-        };
         let mut batch = Vec::with_capacity(self.config.max_batch_records);
         loop {
             let mut stopping = false;
             let mut replicated = None;
-            match rx.recv_timeout(idle_wait) {
+            match rx.recv_timeout(self.idle_wait()) {
                 Ok(Msg::Propose(p)) => batch.push(p),
                 Ok(Msg::Append(r)) => replicated = Some(r),
+                Ok(Msg::Sync(reply)) => {
+                    self.sync_now(reply);
+                    continue;
+                }
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => stopping = true,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.sync_if_due();
+                    self.on_idle();
                     continue;
                 }
             }
+            let mut sync = None;
             while !stopping && replicated.is_none() && batch.len() < self.config.max_batch_records {
                 match rx.try_recv() {
                     Ok(Msg::Propose(p)) => batch.push(p),
                     Ok(Msg::Append(r)) => replicated = Some(r),
+                    Ok(Msg::Sync(reply)) => {
+                        sync = Some(reply);
+                        break;
+                    }
                     Ok(Msg::Shutdown) => stopping = true,
                     Err(_) => break,
                 }
             }
+            fail::fail_point!("wal::writer-panic", |_| panic!("injected panic at wal::writer-panic"));
             if !batch.is_empty() {
                 self.commit(&mut batch);
             }
             if let Some(r) = replicated {
                 self.commit_replicated(r);
             }
+            if let Some(reply) = sync {
+                self.sync_now(reply);
+            }
             if self.config.fsync == FsyncPolicy::Interval {
                 self.sync_if_due();
             }
             if stopping {
-                // Answer what raced in behind the shutdown, then make everything durable.
-                while let Ok(msg) = rx.try_recv() {
-                    match msg {
-                        Msg::Propose(p) => drop(p.reply.send(Err(ProposeError::Closed))),
-                        Msg::Append(r) => drop(r.reply.send(Err(ProposeError::Closed))),
-                        Msg::Shutdown => {}
-                    }
-                }
-                // Even under `never`, a clean shutdown leaves the log on stable storage,
-                // trimmed to its last record.
-                if let Err(e) = self.active.seal() {
-                    tracing::error!(error = %e, "cannot close the WAL segment cleanly");
-                } else {
-                    self.dirty = false;
-                    self.publish_durable();
-                }
+                self.stop(&rx);
                 return;
             }
         }
     }
 
-    fn commit(&mut self, batch: &mut Vec<Proposal>) {
+    fn idle_wait(&self) -> Duration {
+        let mut wait = Duration::from_secs(3600);
+        if self.config.fsync == FsyncPolicy::Interval {
+            wait = wait.min(self.config.fsync_interval);
+        }
+        if self.is_degraded() || self.rotation_retry_at.is_some() || self.spare.is_none() {
+            wait = wait.min(self.config.retry_interval);
+        }
+        wait
+    }
+
+    fn on_idle(&mut self) {
+        self.sync_if_due();
+        if self.is_degraded() {
+            self.recover_if_possible();
+        }
+        if self.spare.is_none() && !self.shared.failed.load(Ordering::Acquire) {
+            self.prepare_spare();
+        }
+    }
+
+    /// Answers what raced in behind the shutdown, then makes everything durable.
+    fn stop(&mut self, rx: &mpsc::Receiver<Msg>) {
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Msg::Propose(p) => drop(p.reply.send(Err(ProposeError::Closed))),
+                Msg::Append(r) => drop(r.reply.send(Err(ProposeError::Closed))),
+                Msg::Sync(reply) => self.sync_now(reply),
+                Msg::Shutdown => {}
+            }
+        }
         if self.shared.failed.load(Ordering::Acquire) {
+            return;
+        }
+        // Even under `never`, a clean shutdown leaves the log on stable storage, trimmed
+        // to its last record.
+        if let Err(e) = self.active.seal() {
+            tracing::error!(error = %e, "cannot close the WAL segment cleanly");
+        } else {
+            self.dirty = false;
+            self.publish_durable();
+        }
+    }
+
+    fn is_degraded(&self) -> bool {
+        matches!(self.shared.health(), WalHealth::Degraded { .. })
+    }
+
+    /// The error for a batch that cannot be attempted now, or `None` to go ahead.
+    fn refusal(&mut self) -> Option<ProposeError> {
+        match self.shared.health() {
+            WalHealth::Healthy => None,
+            WalHealth::Failed { reason } => Some(ProposeError::Failed(reason)),
+            WalHealth::Degraded { .. } => {
+                // Every batch is a retry: writes resume as soon as the cause is gone.
+                self.recover_if_possible();
+                match self.shared.health() {
+                    WalHealth::Degraded { reason, no_space: true } => Some(ProposeError::NoSpace(reason)),
+                    WalHealth::Degraded { reason, no_space: false } => Some(ProposeError::Io(reason)),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: &mut Vec<Proposal>) {
+        if let Some(e) = self.refusal() {
             for p in batch.drain(..) {
-                let _ = p.reply.send(Err(ProposeError::Failed("an earlier write or fsync failed".into())));
+                let _ = p.reply.send(Err(e.clone()));
             }
             return;
         }
@@ -294,8 +498,8 @@ impl<A: Applier> Writer<A> {
 
     /// Logs records that already carry their LSNs, skipping those the log holds.
     fn commit_replicated(&mut self, Replicated { records, reply }: Replicated) {
-        if self.shared.failed.load(Ordering::Acquire) {
-            let _ = reply.send(Err(ProposeError::Failed("an earlier write or fsync failed".into())));
+        if let Some(e) = self.refusal() {
+            let _ = reply.send(Err(e));
             return;
         }
         if let Some(pair) = records.windows(2).find(|w| w[1].lsn != w[0].lsn.next()) {
@@ -324,33 +528,17 @@ impl<A: Applier> Writer<A> {
     }
 
     /// Writes the encoded batch in `buf`, syncs it per policy, applies it, and rotates
-    /// the segment when full. On failure the log refuses every later write.
+    /// the segment when full.
     fn persist(&mut self, records: &[Record]) -> Result<(), ProposeError> {
         let last = records[records.len() - 1].lsn;
-        if let Err(e) = self.write_and_sync(last) {
-            tracing::error!(error = %e, "WAL write failed; refusing further writes");
-            self.shared.failed.store(true, Ordering::Release);
-            return Err(ProposeError::Failed(e.to_string()));
-        }
-        self.next_lsn = last.next();
-        self.metrics.group_commit_batch_records.observe(records.len() as f64);
-        self.applier.apply(records);
-        if self.active.len >= self.config.segment_size.as_u64() {
-            if let Err(e) = self.rotate() {
-                tracing::error!(error = %e, "WAL segment rotation failed; refusing further writes");
-                self.shared.failed.store(true, Ordering::Release);
-            }
-        }
-        Ok(())
-    }
-
-    fn write_and_sync(&mut self, last: Lsn) -> Result<(), StorageError> {
         let started = Instant::now();
-        fail::fail_point!("wal::before-write", |_| Err(StorageError::io(
-            &self.active.path,
-            std::io::Error::other("injected failure at wal::before-write")
-        )));
-        self.active.write(&self.buf)?;
+        fail::fail_point!("wal::before-write", |arg| Err(self.not_logged(injected(arg, "wal::before-write"), 0)));
+        if let Err(e) = self.active.reserve(self.buf.len() as u64) {
+            return Err(self.not_logged(e, 0));
+        }
+        if let Err((written, e)) = self.active.write(&self.buf) {
+            return Err(self.not_logged(e, written));
+        }
         self.dirty = true;
         self.metrics.wal_append_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.wal_bytes_written.inc_by(self.buf.len() as u64);
@@ -359,16 +547,75 @@ impl<A: Applier> Writer<A> {
         if self.config.fsync == FsyncPolicy::Batch {
             self.sync()?;
         }
+        self.next_lsn = last.next();
+        self.metrics.group_commit_batch_records.observe(records.len() as f64);
+        self.applier.apply(records);
+        if self.active.len >= self.config.segment_size.as_u64() && self.rotation_due() {
+            self.rotate();
+        }
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), StorageError> {
-        fail::fail_point!("wal::before-fsync", |_| Err(StorageError::io(
-            &self.active.path,
-            std::io::Error::other("injected failure at wal::before-fsync")
-        )));
+    /// A batch that did not make it into the log: erases whatever part of it reached
+    /// the file, degrades the log, and describes the failure. Answers `Unknown` (and
+    /// fails the log) if the erasure itself cannot be made durable.
+    fn not_logged(&mut self, error: std::io::Error, written: usize) -> ProposeError {
+        if let Err(erase) = self.active.erase_after_end(written) {
+            return self
+                .fail(format!("a write of the log failed ({error}) and what it left could not be erased ({erase})"));
+        }
+        let no_space = matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+        tracing::error!(
+            segment = %self.active.path.display(), error = %error,
+            "cannot write the WAL; the write was not logged, writes are refused until this clears"
+        );
+        let reason = if no_space {
+            self.metrics.wal_failures.with_label_values(&["no_space"]).inc();
+            format!("the disk holding the write-ahead log is full ({error}); the write was not logged")
+        } else {
+            self.metrics.wal_failures.with_label_values(&["write"]).inc();
+            format!("writing the write-ahead log failed ({error}); the write was not logged")
+        };
+        self.shared.set_health(WalHealth::Degraded { reason: reason.clone(), no_space }, &self.metrics);
+        if no_space {
+            ProposeError::NoSpace(reason)
+        } else {
+            ProposeError::Io(reason)
+        }
+    }
+
+    /// Stops the log for good after a failure whose outcome is unknown.
+    fn fail(&mut self, reason: String) -> ProposeError {
+        tracing::error!(segment = %self.active.path.display(), %reason, "the write-ahead log stopped; restart the node");
+        self.metrics.wal_failures.with_label_values(&["fsync"]).inc();
+        let reason = format!("{reason}; whether the write is in the log is unknown until the node restarts");
+        self.shared.set_health(WalHealth::Failed { reason: reason.clone() }, &self.metrics);
+        ProposeError::Unknown(reason)
+    }
+
+    /// Tries what failed last time: reserving space for the next batch.
+    fn recover_if_possible(&mut self) {
+        match self.active.reserve(1) {
+            Ok(()) => {
+                tracing::info!("the write-ahead log accepts writes again");
+                self.shared.set_health(WalHealth::Healthy, &self.metrics);
+            }
+            Err(e) => tracing::debug!(error = %e, "the write-ahead log still cannot reserve space"),
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), ProposeError> {
         let started = Instant::now();
-        self.active.sync()?;
+        let result = (|| {
+            fail::fail_point!("wal::before-fsync", |arg| Err(StorageError::io(
+                &self.active.path,
+                injected(arg, "wal::before-fsync")
+            )));
+            self.active.sync()
+        })();
+        if let Err(e) = result {
+            return Err(self.fail(format!("fsync failed: {e}")));
+        }
         self.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
         self.dirty = false;
         self.last_sync = Instant::now();
@@ -376,27 +623,82 @@ impl<A: Applier> Writer<A> {
         Ok(())
     }
 
-    fn publish_durable(&self) {
+    fn publish_durable(&mut self) {
         self.shared.durable.store(self.pending_durable.0, Ordering::Release);
         self.metrics.lsn_durable.set(self.pending_durable.0 as i64);
+        self.applier.durable(self.pending_durable);
     }
 
     fn sync_if_due(&mut self) {
         if self.dirty && self.last_sync.elapsed() >= self.config.fsync_interval {
-            if let Err(e) = self.sync() {
-                tracing::error!(error = %e, "WAL fsync failed; refusing further writes");
-                self.shared.failed.store(true, Ordering::Release);
+            let _ = self.sync();
+        }
+    }
+
+    fn sync_now(&mut self, reply: Option<oneshot::Sender<Lsn>>) {
+        self.shared.sync_queued.store(false, Ordering::Release);
+        if self.dirty && !self.shared.failed.load(Ordering::Acquire) {
+            let _ = self.sync();
+        }
+        if let Some(reply) = reply {
+            if !self.shared.failed.load(Ordering::Acquire) {
+                let _ = reply.send(Lsn(self.shared.durable.load(Ordering::Acquire)));
             }
         }
     }
 
-    fn rotate(&mut self) -> Result<(), StorageError> {
-        self.active.seal()?;
+    fn rotation_due(&self) -> bool {
+        self.rotation_retry_at.is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// Closes the full segment and continues in the spare. A failure that leaves the
+    /// log intact only postpones rotation: records go on into the current segment.
+    fn rotate(&mut self) {
+        if self.spare.is_none() {
+            self.prepare_spare();
+        }
+        let Some(mut spare) = self.spare.take() else {
+            self.rotation_retry_at = Some(Instant::now() + self.config.retry_interval);
+            return;
+        };
+        if let Err(e) = self.active.seal() {
+            self.fail(format!("closing a full WAL segment failed: {e}"));
+            return;
+        }
         self.dirty = false;
         self.publish_durable();
-        self.active = ActiveSegment::create(&self.dir, self.next_lsn, self.config.segment_size.as_u64())?;
-        self.metrics.wal_segments.set(list_segments(&self.dir)?.len() as i64);
+        let target = self.dir.join(segment_name(self.next_lsn));
+        if let Err(e) = spare.promote(&target) {
+            tracing::warn!(error = %e, "cannot start the next WAL segment; continuing in the current one");
+            self.spare = Some(spare);
+            self.rotation_retry_at = Some(Instant::now() + self.config.retry_interval);
+            return;
+        }
+        if let Err(e) = fsync_dir_file(&self.dir_file, &self.dir) {
+            self.fail(format!("making a new WAL segment durable failed: {e}"));
+            return;
+        }
+        self.active.replace_with(spare, target);
+        self.rotation_retry_at = None;
+        self.metrics.wal_segments.inc();
         tracing::debug!(segment = %self.active.path.display(), "started WAL segment");
-        Ok(())
+        self.prepare_spare();
+    }
+
+    fn prepare_spare(&mut self) {
+        match Spare::create(&self.dir, self.config.segment_size.as_u64()) {
+            Ok(spare) => self.spare = Some(spare),
+            Err(e) => tracing::warn!(error = %e, "cannot prepare the next WAL segment yet; will retry"),
+        }
+    }
+}
+
+/// The error a failpoint injects: `return(enospc)` gives `ENOSPC`, plain `return` an
+/// I/O error.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn injected(arg: Option<String>, point: &str) -> std::io::Error {
+    match arg.as_deref() {
+        Some("enospc") => std::io::Error::from_raw_os_error(libc::ENOSPC),
+        _ => std::io::Error::other(format!("injected failure at {point}")),
     }
 }

@@ -12,20 +12,22 @@
 //! entry's key; at 10^8 users that stalls 1/256 of users for tens of milliseconds, the
 //! price of not keeping keys in the slots. `examples/memory.rs` measures the footprint.
 //!
-//! # Keys
-//! `mix` (the murmur3 64-bit finalizer) is a bijection on `u64`. The top 8 bits of
-//! `mix(user)` choose the shard, so an entry stores only the remaining 56 bits, a fixed
-//! 7 bytes, and [`ReadStore::visit_shard`] recovers the user by inverting `mix`. The
-//! obvious alternative, the user id as a varint, takes 9–10 bytes for random or
-//! snowflake-style 64-bit ids: 7 bytes move a typical entry down one allocator size class
-//! (20 ids below 100 000: 56 → 48 bytes) and make the key test a fixed-width compare.
-//! Small sequential ids pay for it, 7 bytes where a varint would take 3–4.
+//! - [`keys`](self::keys): the id hashing that picks a user's shard and its entry key.
+//! - [`digest`](self::digest): the order-independent digest of the contents.
 //!
-//! # Counts and digest
+//! # Whole-store walks
+//! Snapshots and the digest visit every user. They never work under a shard's lock:
+//! [`ReadStore::image_shard`] copies the shard's entries out as they are (a memcpy of the
+//! packed bytes and a clone of the few roaring sets) and the slow part, serializing or
+//! hashing, runs on the copy. The single writer thread, which applies every write in
+//! LSN order, therefore waits at most for that copy, not for a whole shard's encoding.
+//!
+//! # Counts
 //! `user_count` and `mark_count` read two atomics. Each shard also keeps its own counts
-//! under its lock, so that `clear` subtracts exactly what it drops. The digest sums a
-//! 128-bit hash of every (user, msg) pair, so it depends on contents only, never on
-//! history, form or iteration order.
+//! under its lock, so that `clear` subtracts exactly what it drops.
+
+mod digest;
+mod keys;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,14 +37,11 @@ use bitark_common::Command;
 use hashbrown::HashTable;
 use roaring::RoaringTreemap;
 
+use self::digest::DigestSum;
+pub use self::digest::StoreDigest;
+use self::keys::{key_of_entry, table_hash, Slot, SHARDS};
 pub use crate::readset::SetView;
-use crate::readset::{self, Edit, NewForm, Outcome, KEY_LEN, PACKED_MAX};
-
-const SHARD_BITS: u32 = 8;
-const SHARDS: usize = 1 << SHARD_BITS;
-const KEY_BITS: u32 = 64 - SHARD_BITS;
-const KEY_MASK: u64 = (1 << KEY_BITS) - 1;
-const _: () = assert!(KEY_BITS as usize == 8 * KEY_LEN, "an entry key holds exactly the bits the shard does not imply");
+use crate::readset::{self, Edit, NewForm, Outcome, PACKED_MAX};
 
 /// The read state of every user: who has read which message ids.
 pub struct ReadStore {
@@ -55,21 +54,43 @@ pub struct ReadStore {
     marks: AtomicU64,
 }
 
-/// Order-independent summary of a store's contents; equal contents give equal digests.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoreDigest {
-    pub users: u64,
-    pub marks: u64,
-    /// 32 lowercase hex digits: two independent 64-bit lanes.
-    pub digest: String,
-}
-
 #[derive(Default)]
 struct Shard {
     packed: HashTable<Box<[u8]>>,
+    /// Bytes of all packed entries, so an image is copied into one exact allocation.
+    packed_bytes: usize,
     roaring: HashTable<(u64, RoaringTreemap)>,
     users: u64,
     marks: u64,
+}
+
+/// The users of one shard, copied out of it (see [`ReadStore::image_shard`]).
+pub struct ShardImage {
+    shard: usize,
+    /// Packed entries back to back, key included; `ends[i]` is where entry `i` ends.
+    packed: Vec<u8>,
+    ends: Vec<usize>,
+    roaring: Vec<(u64, RoaringTreemap)>,
+}
+
+impl ShardImage {
+    /// Number of users in the image.
+    pub fn users(&self) -> usize {
+        self.ends.len() + self.roaring.len()
+    }
+
+    /// Calls `f` for every user of the image with its set.
+    pub fn for_each(&self, mut f: impl FnMut(u64, &SetView<'_>)) {
+        let mut start = 0;
+        for &end in &self.ends {
+            let entry = &self.packed[start..end];
+            f(Slot::user(self.shard, key_of_entry(entry)), &SetView::packed(readset::entry_body(entry)));
+            start = end;
+        }
+        for (user, set) in &self.roaring {
+            f(*user, &SetView::roaring(set));
+        }
+    }
 }
 
 /// How one operation changed a shard's counts.
@@ -146,11 +167,11 @@ impl ReadStore {
     }
 
     /// Digest of every (user, msg) pair, taken one shard at a time: exact when no write
-    /// runs concurrently.
+    /// runs concurrently. Hashing runs on a copy of each shard, outside its lock.
     pub fn digest(&self) -> StoreDigest {
         let mut digest = DigestSum::default();
         for shard in 0..SHARDS {
-            self.visit_shard(shard, |user, set| digest.add(user, set));
+            self.image_shard(shard).for_each(|user, set| digest.add(user, set));
         }
         digest.finish()
     }
@@ -159,17 +180,23 @@ impl ReadStore {
         SHARDS
     }
 
-    /// Calls `f` for every user in `shard` (below [`Self::shard_count`]) while holding that
-    /// shard's read lock, so each shard is seen at one instant though shards are not.
-    pub fn visit_shard(&self, shard: usize, mut f: impl FnMut(u64, &SetView<'_>)) {
+    /// A copy of every user in `shard` (below [`Self::shard_count`]), taken under that
+    /// shard's read lock, so each shard is seen at one instant though shards are not. The
+    /// lock is held only while the entries are copied.
+    pub fn image_shard(&self, shard: usize) -> ShardImage {
         let guard = self.read(shard);
+        let mut image = ShardImage {
+            shard,
+            packed: Vec::with_capacity(guard.packed_bytes),
+            ends: Vec::with_capacity(guard.packed.len()),
+            roaring: Vec::with_capacity(guard.roaring.len()),
+        };
         for entry in &guard.packed {
-            let user = Slot::user(shard, key_of_entry(entry));
-            f(user, &SetView::packed(readset::entry_body(entry)));
+            image.packed.extend_from_slice(entry);
+            image.ends.push(image.packed.len());
         }
-        for (user, set) in &guard.roaring {
-            f(*user, &SetView::roaring(set));
-        }
+        image.roaring.extend(guard.roaring.iter().cloned());
+        image
     }
 
     /// Replaces `user`'s set with `set`; an empty set removes the user.
@@ -263,9 +290,13 @@ impl Shard {
             match outcome.form {
                 NewForm::Kept => {}
                 // The common case: swap the slot's box without touching the table.
-                NewForm::Packed(new) => *entry.get_mut() = new,
+                NewForm::Packed(new) => {
+                    let old = std::mem::replace(entry.get_mut(), new);
+                    self.packed_bytes = self.packed_bytes + entry.get().len() - old.len();
+                }
                 other => {
-                    entry.remove();
+                    let (old, _) = entry.remove();
+                    self.packed_bytes -= old.len();
                     self.install(slot, user, other);
                 }
             }
@@ -290,6 +321,7 @@ impl Shard {
     fn install(&mut self, slot: Slot, user: u64, form: NewForm) {
         match form {
             NewForm::Packed(entry) => {
+                self.packed_bytes += entry.len();
                 self.packed.insert_unique(slot.hash(), entry, |e| table_hash(key_of_entry(e)));
             }
             NewForm::Roaring(set) => {
@@ -302,7 +334,9 @@ impl Shard {
     fn remove_user(&mut self, slot: Slot, user: u64) -> Delta {
         let key = slot.key_bytes();
         let removed = if let Ok(entry) = self.packed.find_entry(slot.hash(), |e| readset::entry_key(e) == key) {
-            readset::packed_len(readset::entry_body(&entry.remove().0))
+            let (old, _) = entry.remove();
+            self.packed_bytes -= old.len();
+            readset::packed_len(readset::entry_body(&old))
         } else if let Ok(entry) = self.roaring.find_entry(slot.hash(), |(u, _)| *u == user) {
             let ((_, set), _) = entry.remove();
             set.len()
@@ -313,111 +347,9 @@ impl Shard {
     }
 }
 
-/// Where a user lives: its shard, and the 56-bit key its entry carries.
-#[derive(Clone, Copy)]
-struct Slot {
-    shard: usize,
-    key: u64,
-}
-
-impl Slot {
-    fn of(user: u64) -> Self {
-        let mixed = mix(user);
-        Slot { shard: (mixed >> KEY_BITS) as usize, key: mixed & KEY_MASK }
-    }
-
-    /// The user whose entry in `shard` carries `key`.
-    fn user(shard: usize, key: u64) -> u64 {
-        unmix((shard as u64) << KEY_BITS | key)
-    }
-
-    fn key_bytes(self) -> [u8; KEY_LEN] {
-        let bytes = self.key.to_le_bytes();
-        bytes[..KEY_LEN].try_into().expect("KEY_LEN is below 8")
-    }
-
-    fn hash(self) -> u64 {
-        table_hash(self.key)
-    }
-}
-
-/// The hash the shard tables use. hashbrown picks the bucket from the low bits and a
-/// 7-bit tag from the top bits; a key's top 8 bits are always zero, so rotating brings
-/// 8 varying bits, independent of the bucket bits, up to where the tag is read.
-fn table_hash(key: u64) -> u64 {
-    key.rotate_right(SHARD_BITS)
-}
-
-fn key_of_entry(entry: &[u8]) -> u64 {
-    let mut bytes = [0; 8];
-    bytes[..KEY_LEN].copy_from_slice(readset::entry_key(entry));
-    u64::from_le_bytes(bytes)
-}
-
-const MIX_1: u64 = 0xff51_afd7_ed55_8ccd;
-const MIX_2: u64 = 0xc4ce_b9fe_1a85_ec53;
-
-/// murmur3's 64-bit finalizer: every step is invertible, so distinct inputs never collide.
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(MIX_1);
-    x ^= x >> 33;
-    x = x.wrapping_mul(MIX_2);
-    x ^ (x >> 33)
-}
-
-/// The inverse of [`mix`]. A shift of 33 is at least half the width, so `x ^= x >> 33`
-/// undoes itself; the multiplications are undone by the modular inverses.
-fn unmix(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(inverse(MIX_2));
-    x ^= x >> 33;
-    x = x.wrapping_mul(inverse(MIX_1));
-    x ^ (x >> 33)
-}
-
-/// Inverse of an odd number modulo 2^64 by Newton's iteration; each step doubles the
-/// number of correct low bits, starting from 3.
-const fn inverse(odd: u64) -> u64 {
-    let mut x = odd;
-    let mut step = 0;
-    while step < 5 {
-        x = x.wrapping_mul(2u64.wrapping_sub(odd.wrapping_mul(x)));
-        step += 1;
-    }
-    x
-}
-
-/// Running sum of the pair hashes, one per lane. Addition makes the result independent
-/// of visiting order; two lanes with unrelated seeds make the digest 128 bits.
-#[derive(Default)]
-struct DigestSum {
-    users: u64,
-    marks: u64,
-    lanes: [u64; 2],
-}
-
-const LANE_SEEDS: [u64; 2] = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
-
-impl DigestSum {
-    fn add(&mut self, user: u64, set: &SetView<'_>) {
-        self.users += 1;
-        let [a, b] = LANE_SEEDS.map(|seed| mix(user ^ seed));
-        for msg in set.iter() {
-            self.marks += 1;
-            self.lanes[0] = self.lanes[0].wrapping_add(mix(a ^ msg));
-            self.lanes[1] = self.lanes[1].wrapping_add(mix(b.wrapping_add(msg)));
-        }
-    }
-
-    fn finish(self) -> StoreDigest {
-        let [a, b] = self.lanes;
-        StoreDigest { users: self.users, marks: self.marks, digest: format!("{a:016x}{b:016x}") }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::keys::KEY_MASK;
     use super::*;
     use proptest::collection::vec;
     use proptest::prelude::*;
@@ -503,7 +435,7 @@ mod tests {
     fn contents(store: &ReadStore) -> Model {
         let mut seen = Model::new();
         for shard in 0..store.shard_count() {
-            store.visit_shard(shard, |user, set| {
+            store.image_shard(shard).for_each(|user, set| {
                 let ids: BTreeSet<u64> = set.iter().collect();
                 assert_eq!(set.len(), ids.len() as u64, "len of user {user}");
                 assert!(seen.insert(user, ids).is_none(), "user {user} visited twice");

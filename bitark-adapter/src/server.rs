@@ -1,0 +1,435 @@
+//! The HTTP/1.1 server loop: what a connection may hold and for how long.
+//!
+//! axum's own `serve` keeps any connection open for ever and takes as many as the
+//! process can open, so a client that opens connections and sends nothing (or sends a
+//! header a byte a minute) can use up every file descriptor, and with them the log's
+//! next segment. This loop bounds each connection:
+//!
+//! - **How many**: at most `server.max-connections` (lowered to what the open-files limit
+//!   leaves after [`FD_RESERVE`] for the node's own files). One more is answered
+//!   `503 too_many_connections` and closed at once.
+//! - **How long**, by what the connection is doing ([`Phase`]), watched by one timer per
+//!   connection that sleeps until the current deadline:
+//!   - between requests, no byte moving either way: `server.idle-timeout`;
+//!   - from the first byte of a request to the end of its headers:
+//!     `server.header-read-timeout`;
+//!   - from the end of the headers to the end of the body: `server.request-timeout`,
+//!     enforced on the body itself, so the handler answers `408 request_timeout`.
+//!
+//!   An expired connection is closed.
+//! - **How big**: request heads over [`MAX_HEAD_BYTES`] are refused with 431, targets
+//!   over [`MAX_URI_LEN`] with 414.
+//!
+//! hyper answers a request it cannot parse (400, 414, 431) by itself, with an empty body.
+//! [`TrackedIo`] notices such an answer (it is written while a request head is still
+//! being read, before the service saw any request) and replaces it with the same status
+//! and the JSON error body every other error has.
+
+use crate::http::error::{ApiError, MAX_URI_LEN};
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::Router;
+use bitark_infra::Metrics;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// File descriptors kept back from connections for the node's own use: log segments and
+/// their directory, snapshots being written or read, replication calls, the listener.
+pub const FD_RESERVE: usize = 128;
+/// Largest request head (request line and headers) read, in bytes.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Limits of one server.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// The connection cap in force: `configured`, lowered to what an open-files limit of
+/// `files` leaves after [`FD_RESERVE`].
+pub fn effective_max_connections(configured: usize, files: u64) -> usize {
+    let room = usize::try_from(files).unwrap_or(usize::MAX).saturating_sub(FD_RESERVE).max(1);
+    configured.min(room)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets
+/// open requests finish for up to `drain`, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // Header and idle deadlines are this module's, by phase.
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or memory for a moment: accept again shortly.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics.http_connections_refused.inc();
+            tokio::spawn(refuse(stream, limits.max_connections));
+            continue;
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let tracker = Arc::new(Tracker::new());
+        let io = TokioIo::new(TrackedIo::new(stream, tracker.clone()));
+        let service = hyper::service::service_fn({
+            let (router, tracker) = (router.clone(), tracker.clone());
+            move |request: hyper::Request<Incoming>| {
+                tracker.enter(Phase::Busy);
+                let tracker = tracker.clone();
+                let response = tower::Service::call(&mut router.clone(), request.map(Body::new));
+                async move {
+                    let response = response.await;
+                    tracker.enter(Phase::Responding);
+                    response
+                }
+            }
+        });
+        let connection = graceful.watch(builder.serve_connection(io, service));
+        let (metrics, limits) = (metrics.clone(), limits.clone());
+        tokio::spawn(async move {
+            metrics.http_connections_open.inc();
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                reason = tracker.expired(&limits) => {
+                    metrics.http_connections_expired.with_label_values(&[reason]).inc();
+                    tracing::debug!(reason, "connection closed");
+                }
+            }
+            metrics.http_connections_open.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!("in-flight requests did not finish within server.shutdown-timeout");
+    }
+}
+
+/// Answers a connection over the cap with a 503 and closes it.
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let body = ApiError::TooManyConnections(max).body_json();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// What a connection is doing, for its deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Phase {
+    /// Between requests (or before the first): nothing read of the next one.
+    Idle = 0,
+    /// Reading a request head.
+    Head = 1,
+    /// A request is being handled; its body is bounded by the request timeout.
+    Busy = 2,
+    /// The answer is being written; then the connection is idle.
+    Responding = 3,
+}
+
+/// One connection's phase and clock, shared by its I/O, its service and its timer.
+/// Atomics: written on every read, write and request, read by the timer.
+struct Tracker {
+    start: Instant,
+    phase: AtomicU8,
+    /// Milliseconds since `start` when the phase began.
+    since: AtomicU64,
+    /// Milliseconds since `start` of the last byte read or written.
+    active: AtomicU64,
+}
+
+impl Tracker {
+    fn new() -> Tracker {
+        Tracker {
+            start: Instant::now(),
+            phase: AtomicU8::new(Phase::Idle as u8),
+            since: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            1 => Phase::Head,
+            2 => Phase::Busy,
+            3 => Phase::Responding,
+            _ => Phase::Idle,
+        }
+    }
+
+    fn enter(&self, phase: Phase) {
+        let now = self.now();
+        self.since.store(now, Ordering::Release);
+        self.active.store(now, Ordering::Release);
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    fn on_read(&self) {
+        if matches!(self.phase(), Phase::Idle | Phase::Responding) {
+            self.enter(Phase::Head);
+        } else {
+            self.active.store(self.now(), Ordering::Release);
+        }
+    }
+
+    fn on_write(&self) {
+        self.active.store(self.now(), Ordering::Release);
+    }
+
+    /// Completes when the connection has overstayed its phase; answers why.
+    async fn expired(&self, limits: &Limits) -> &'static str {
+        loop {
+            let (deadline, reason) = match self.phase() {
+                Phase::Idle | Phase::Responding => {
+                    (self.active.load(Ordering::Acquire) + limits.idle_timeout.as_millis() as u64, "idle")
+                }
+                Phase::Head => (
+                    self.since.load(Ordering::Acquire) + limits.header_read_timeout.as_millis() as u64,
+                    "header_timeout",
+                ),
+                // The request timeout bounds the body; the handler's own work is bounded
+                // where it waits (the log, minLsn).
+                Phase::Busy => (self.now() + limits.request_timeout.as_millis() as u64, ""),
+            };
+            let now = self.now();
+            if now >= deadline && !reason.is_empty() {
+                return reason;
+            }
+            let wait = Duration::from_millis(deadline.saturating_sub(now).max(1));
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// A TCP stream that tells its [`Tracker`] about every byte, and turns hyper's own
+/// bodiless error answers into JSON ones.
+struct TrackedIo {
+    inner: TcpStream,
+    tracker: Arc<Tracker>,
+    /// A replacement answer still to be written.
+    pending: Vec<u8>,
+    /// After a replaced answer: what hyper writes is discarded.
+    replaced: bool,
+}
+
+impl TrackedIo {
+    fn new(inner: TcpStream, tracker: Arc<Tracker>) -> TrackedIo {
+        TrackedIo { inner, tracker, pending: Vec::new(), replaced: false }
+    }
+
+    /// Writes out `pending`; `Ready(Ok)` once it is all gone.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The JSON answer for a status hyper produced by itself.
+fn json_answer(status: u16) -> Vec<u8> {
+    let (status, error) = match status {
+        414 => (StatusCode::URI_TOO_LONG, ApiError::UriTooLong(MAX_URI_LEN + 1)),
+        431 => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::HeadersTooLarge(format!("the request head exceeds {MAX_HEAD_BYTES} bytes")),
+        ),
+        _ => (StatusCode::BAD_REQUEST, ApiError::bad_request("invalid_request", "the request is not valid HTTP/1.1")),
+    };
+    let body = error.body_json();
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        body
+    )
+    .into_bytes()
+}
+
+/// The status of an HTTP/1.1 answer head at the start of `buf`.
+fn answer_status(buf: &[u8]) -> Option<u16> {
+    let rest = buf.strip_prefix(b"HTTP/1.1 ")?;
+    std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.tracker.on_read();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.replaced {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        if this.tracker.phase() == Phase::Head {
+            // An answer while a head is being read, before any request reached the
+            // service: hyper's own error answer.
+            if let Some(status) = answer_status(buf).filter(|s| (400..500).contains(s)) {
+                this.pending = json_answer(status);
+                this.replaced = true;
+                this.tracker.on_write();
+                let _ = this.poll_pending(cx)?;
+                return Poll::Ready(Ok(buf.len()));
+            }
+        }
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.tracker.on_write();
+        }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_pending(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_pending(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// A request body that fails once `server.request-timeout` has passed since the
+/// request's headers were read.
+pub struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+/// The error a [`DeadlineBody`] yields when its time is up.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?} (server.request-timeout)")]
+pub struct BodyTimeout(pub Duration);
+
+impl DeadlineBody {
+    pub fn wrap(request: Request, timeout: Duration) -> Request {
+        request.map(|inner| Body::new(DeadlineBody { inner, deadline: Box::pin(tokio::time::sleep(timeout)), timeout }))
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTimeout(self.timeout))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_leaves_room_for_the_nodes_own_files() {
+        assert_eq!(effective_max_connections(4096, 1024), 1024 - FD_RESERVE);
+        assert_eq!(effective_max_connections(100, 1_000_000), 100);
+        assert_eq!(effective_max_connections(100, 50), 1);
+    }
+
+    #[test]
+    fn answer_heads_are_recognised_by_their_status() {
+        assert_eq!(answer_status(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), Some(431));
+        assert_eq!(answer_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(answer_status(b"{\"read\":true}"), None);
+    }
+
+    #[test]
+    fn hyper_errors_become_json_answers() {
+        let text = String::from_utf8(json_answer(431)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        let value: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(value["error"], "headers_too_large");
+        assert!(text.contains(&format!("content-length: {}\r\n", body.len())));
+    }
+}

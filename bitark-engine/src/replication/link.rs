@@ -1,0 +1,348 @@
+//! What the master's replication parts share: the hub's state ([`HubInner`]), one
+//! [`SlaveLink`] per slave, and the byte index that turns an LSN lag into bytes.
+//!
+//! The hub (`master.rs`), the per-slave sender (`sender.rs`) and the URL check
+//! (`verify.rs`) all work on these types and on nothing of each other.
+
+use super::status::{SlaveState, SlaveStatus};
+use crate::config::ReplicationConfig;
+use bitark_common::replication::Features;
+use bitark_common::{Lsn, Record};
+use bitark_infra::replication::ReplicationClient;
+use bitark_infra::wal::WalHandle;
+use bitark_infra::Metrics;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Instant;
+use tokio::sync::{watch, Notify};
+
+/// A master's replication state, shared by the hub and every sender task.
+pub(crate) struct HubInner {
+    pub node_id: String,
+    /// Random per process start; lets slaves notice that the master forgot them.
+    pub session: String,
+    pub features: Features,
+    pub config: ReplicationConfig,
+    pub wal_dir: PathBuf,
+    pub client: ReplicationClient,
+    pub metrics: Metrics,
+    /// The durable LSN: only records at or below it are sent.
+    pub durable: watch::Receiver<Lsn>,
+    /// To ask for an fsync when records wait only for durability (`fsync: interval |
+    /// never`).
+    pub wal: WalHandle,
+    /// The slaves by id. A std `RwLock`: the writer thread takes it briefly on every
+    /// commit, never across an await.
+    pub slaves: RwLock<HashMap<String, Arc<SlaveLink>>>,
+    /// Bytes held in all send buffers together (`replication.buffer.total-max-bytes`).
+    pub buffered: AtomicUsize,
+    /// Set by a sender that found records applied but not yet durable; the next
+    /// durable LSN wakes every sender.
+    pub waiting_for_durable: AtomicBool,
+    /// LSN → bytes of log, for lag in bytes.
+    pub bytes: Mutex<ByteIndex>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl HubInner {
+    pub fn durable_lsn(&self) -> Lsn {
+        *self.durable.borrow()
+    }
+
+    /// Drops `link` for good: its sender stops, its buffer is freed, its metric series
+    /// go. The caller has removed it from `slaves`.
+    pub fn close(&self, link: &SlaveLink) {
+        link.closed.store(true, Ordering::Release);
+        link.lock().clear_buffer(&self.buffered);
+        link.wake.notify_one();
+        let m = &self.metrics;
+        let id = [link.id.as_str()];
+        for family in [
+            &m.replication_ack_lsn,
+            &m.replication_lag_records,
+            &m.replication_lag_bytes,
+            &m.replication_buffer_depth,
+            &m.replication_buffer_bytes,
+        ] {
+            let _ = family.remove_label_values(&id);
+        }
+        let _ = m.replication_lag_seconds.remove_label_values(&id);
+        for family in [
+            &m.replication_retries,
+            &m.replication_send_failures,
+            &m.replication_sent_batches,
+            &m.replication_sent_records,
+            &m.replication_acked_batches,
+            &m.replication_acked_records,
+            &m.replication_catchup_records,
+        ] {
+            let _ = family.remove_label_values(&id);
+        }
+        let _ = m.replication_send_seconds.remove_label_values(&id);
+        let _ = m.replication_ack_lag_seconds.remove_label_values(&id);
+        for state in SlaveState::ALL {
+            let _ = m.replication_slave_state.remove_label_values(&[&link.id, state.as_str()]);
+        }
+    }
+}
+
+/// One slave: its state behind a mutex the commit path and its sender share, and the
+/// notify that wakes the sender.
+pub(crate) struct SlaveLink {
+    pub id: String,
+    /// A std `Mutex`: held only to copy records in or out, never across an await.
+    pub state: Mutex<LinkState>,
+    pub wake: Notify,
+    /// Set when the link is replaced or forgotten: its sender and checks stop.
+    pub closed: AtomicBool,
+}
+
+impl SlaveLink {
+    pub fn new(id: String, state: LinkState) -> SlaveLink {
+        SlaveLink { id, state: Mutex::new(state), wake: Notify::new(), closed: AtomicBool::new(false) }
+    }
+
+    /// The link's state. A panic elsewhere while the lock was held cannot leave it
+    /// half-changed in a way that matters more than stopping replication would, so a
+    /// poisoned lock is used as it is.
+    pub fn lock(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+pub(crate) struct LinkState {
+    pub url: String,
+    pub features: Features,
+    /// The slave process's session; a new one means the slave restarted.
+    pub slave_session: String,
+    state: SlaveState,
+    /// The master has checked that the slave answers at `url` with its id and session.
+    pub verified: bool,
+    /// A check of the URL is running.
+    pub verifying: bool,
+    /// Highest LSN the slave acknowledged (or, without progress, the highest sent).
+    pub last_ack: Lsn,
+    /// The next LSN to send.
+    pub next_send: Lsn,
+    pub buffer: VecDeque<Queued>,
+    pub buffer_bytes: usize,
+    pub retries: u64,
+    pub last_error: Option<String>,
+    /// Since when the slave has been missing records, for lag in seconds.
+    pub behind_since: Option<Instant>,
+    /// When the slave last registered or answered.
+    pub last_seen: Instant,
+}
+
+pub(crate) struct Queued {
+    pub record: Record,
+    pub bytes: usize,
+    pub committed: Instant,
+}
+
+impl LinkState {
+    /// A slave that just registered at `applied`, not yet verified.
+    pub fn registered(url: String, features: Features, session: String, applied: Lsn) -> LinkState {
+        LinkState {
+            url,
+            features,
+            slave_session: session,
+            state: SlaveState::Verifying,
+            verified: false,
+            verifying: false,
+            last_ack: applied,
+            next_send: Lsn(applied.0.saturating_add(1)),
+            buffer: VecDeque::new(),
+            buffer_bytes: 0,
+            retries: 0,
+            last_error: None,
+            behind_since: None,
+            last_seen: Instant::now(),
+        }
+    }
+
+    pub fn state(&self) -> SlaveState {
+        self.state
+    }
+
+    /// Moves to `state`. Becoming ALIVE clears the last error and the retry count: an
+    /// error shown next to a healthy slave would only mislead.
+    pub fn set_state(&mut self, state: SlaveState) {
+        if state == SlaveState::Alive {
+            self.last_error = None;
+            self.retries = 0;
+        }
+        self.state = state;
+    }
+
+    /// Queues `records` for sending.
+    pub fn push(&mut self, records: &[Record], total: &AtomicUsize, committed: Instant) {
+        for record in records {
+            let bytes = record.encoded_len();
+            self.buffer_bytes += bytes;
+            total.fetch_add(bytes, Ordering::Relaxed);
+            self.buffer.push_back(Queued { record: record.clone(), bytes, committed });
+        }
+    }
+
+    /// Drops buffered records the slave no longer needs.
+    pub fn trim_sent(&mut self, total: &AtomicUsize) {
+        while self.buffer.front().is_some_and(|q| q.record.lsn < self.next_send) {
+            let q = self.buffer.pop_front().expect("front exists");
+            self.buffer_bytes -= q.bytes;
+            total.fetch_sub(q.bytes, Ordering::Relaxed);
+        }
+    }
+
+    pub fn clear_buffer(&mut self, total: &AtomicUsize) {
+        total.fetch_sub(self.buffer_bytes, Ordering::Relaxed);
+        self.buffer.clear();
+        self.buffer_bytes = 0;
+    }
+}
+
+/// Cumulative bytes of log at sampled LSNs, so `bytes_after(lsn)` can say how many bytes
+/// of log follow an LSN without reading the log. A point is kept about every `step`
+/// bytes; when there are too many points, every other one goes and `step` doubles, so
+/// memory stays bounded and the error stays below `step` bytes.
+pub(crate) struct ByteIndex {
+    /// `(last LSN of a batch, bytes of log written through it)`, ascending.
+    points: VecDeque<(u64, u64)>,
+    /// Bytes written through the newest LSN.
+    total: u64,
+    newest: u64,
+    step: u64,
+}
+
+const MAX_POINTS: usize = 1 << 16;
+
+impl ByteIndex {
+    pub fn new(start: Lsn) -> ByteIndex {
+        ByteIndex { points: VecDeque::from([(start.0, 0)]), total: 0, newest: start.0, step: 64 * 1024 }
+    }
+
+    /// Notes `bytes` more of log, through `last`.
+    pub fn push(&mut self, last: Lsn, bytes: u64) {
+        self.total += bytes;
+        self.newest = last.0;
+        let (_, at) = *self.points.back().expect("never empty");
+        if self.total - at >= self.step {
+            self.points.push_back((last.0, self.total));
+            if self.points.len() > MAX_POINTS {
+                self.points = self.points.iter().copied().step_by(2).collect();
+                self.step *= 2;
+            }
+        }
+    }
+
+    /// Bytes of log after `lsn`: exact to within one step; for an LSN older than this
+    /// process's log, the bytes since the process started (a lower bound).
+    pub fn bytes_after(&self, lsn: Lsn) -> u64 {
+        if lsn.0 >= self.newest {
+            return 0;
+        }
+        let at = self.points.partition_point(|(l, _)| *l <= lsn.0);
+        let through = match at {
+            0 => 0,
+            i => {
+                let (l0, b0) = self.points[i - 1];
+                let (l1, b1) = self.points.get(i).copied().unwrap_or((self.newest, self.total));
+                if l1 > l0 {
+                    b0 + (b1 - b0) * (lsn.0 - l0) / (l1 - l0)
+                } else {
+                    b0
+                }
+            }
+        };
+        self.total - through
+    }
+}
+
+/// One slave's status; also refreshes its metrics.
+pub(crate) fn status_of(hub: &HubInner, link: &SlaveLink) -> SlaveStatus {
+    let durable = hub.durable_lsn();
+    let s = link.lock();
+    let lag_records = durable.0.saturating_sub(s.last_ack.0);
+    let lag_seconds = if lag_records == 0 {
+        0.0
+    } else {
+        let oldest = s.buffer.front().filter(|q| q.record.lsn == s.last_ack.next()).map(|q| q.committed);
+        oldest.or(s.behind_since).map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0)
+    };
+    let lag_bytes = if lag_records == 0 {
+        0
+    } else {
+        hub.bytes.lock().unwrap_or_else(PoisonError::into_inner).bytes_after(s.last_ack)
+    };
+    SlaveStatus {
+        id: link.id.clone(),
+        url: s.url.clone(),
+        state: s.state,
+        features: s.features,
+        last_ack_lsn: s.last_ack.0,
+        lag_records,
+        lag_bytes,
+        lag_seconds,
+        buffer_depth: s.buffer.len() as u64,
+        buffer_bytes: s.buffer_bytes as u64,
+        retries: s.retries,
+        last_error: s.last_error.clone(),
+        last_seen_seconds: s.last_seen.elapsed().as_secs_f64(),
+    }
+}
+
+/// Refreshes the metric series of one slave.
+pub(crate) fn refresh_metrics(hub: &HubInner, link: &SlaveLink) {
+    if link.is_closed() {
+        return;
+    }
+    let status = status_of(hub, link);
+    let m = &hub.metrics;
+    let id = [link.id.as_str()];
+    m.replication_ack_lsn.with_label_values(&id).set(status.last_ack_lsn as i64);
+    m.replication_lag_records.with_label_values(&id).set(status.lag_records as i64);
+    m.replication_lag_bytes.with_label_values(&id).set(status.lag_bytes as i64);
+    m.replication_lag_seconds.with_label_values(&id).set(status.lag_seconds);
+    m.replication_buffer_depth.with_label_values(&id).set(status.buffer_depth as i64);
+    m.replication_buffer_bytes.with_label_values(&id).set(status.buffer_bytes as i64);
+    for state in SlaveState::ALL {
+        m.replication_slave_state.with_label_values(&[&link.id, state.as_str()]).set((state == status.state) as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_index_answers_bytes_after_an_lsn() {
+        let mut index = ByteIndex::new(Lsn(100));
+        for lsn in 101..=100_100u64 {
+            index.push(Lsn(lsn), 44);
+        }
+        assert_eq!(index.bytes_after(Lsn(100_100)), 0);
+        let exact = |lsn: u64| (100_100 - lsn) * 44;
+        for lsn in [100, 101, 5_000, 50_000, 99_999] {
+            let got = index.bytes_after(Lsn(lsn));
+            assert!(got.abs_diff(exact(lsn)) <= index.step, "after {lsn}: {got} vs {}", exact(lsn));
+        }
+        assert_eq!(index.bytes_after(Lsn(3)), 100_000 * 44, "older than the index: what this process wrote");
+    }
+
+    #[test]
+    fn byte_index_stays_bounded() {
+        let mut index = ByteIndex::new(Lsn(0));
+        for lsn in 1..=3_000_000u64 {
+            index.push(Lsn(lsn), 1000);
+        }
+        assert!(index.points.len() <= MAX_POINTS);
+        let got = index.bytes_after(Lsn(1_000_000));
+        assert!(got.abs_diff(2_000_000_000) <= index.step, "{got}");
+    }
+}
