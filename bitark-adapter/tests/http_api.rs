@@ -275,17 +275,114 @@ async fn min_lsn_waits_for_a_write_and_times_out_clearly() {
             serde_json::from_slice::<Value>(&bytes).unwrap()
         })
     };
+    // The write goes only once the read is waiting for it.
+    let waiting = &s.state.metrics().reads_waiting_for_lsn;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while waiting.get() != 1 {
+        assert!(std::time::Instant::now() < deadline, "the read never waited");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let (status, _) = s.call(Method::PUT, "/api/v1/users/3/reads/4", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(reader.await.unwrap(), json!({"read": true, "lsn": 1}), "the read saw the write it waited for");
+    assert_eq!(waiting.get(), 0);
 
+    // On a master, an LSN it has not reached does not exist yet: nothing to read elsewhere.
     let s = start();
-    assert_error(
-        &s.get("/api/v1/users/3/reads/4?minLsn=5").await,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "lsn_not_reached",
-        "minLsn 5",
+    let answer = s.get("/api/v1/users/3/reads/4?minLsn=5").await;
+    assert_error(&answer, StatusCode::SERVICE_UNAVAILABLE, "lsn_not_reached", "minLsn 5");
+    let message = answer.1["message"].as_str().unwrap();
+    assert!(message.contains("master") && !message.contains("read from the master"), "{message}");
+}
+
+#[tokio::test]
+async fn ids_must_match_the_documented_pattern_exactly() {
+    let s = start();
+    for bad in ["+1", "%2B1", "00000000000000000000001", "%201"] {
+        let answer = s.get(&format!("/api/v1/users/{bad}/reads/1")).await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, "invalid_id", "userId");
+        let answer = s.get(&format!("/api/v1/users/1/unread-count?from={bad}&to=9")).await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, "invalid_id", "from");
+    }
+    for bad in ["+1", "00000000000000000000001", " 1"] {
+        let answer = s.post("/api/v1/users/1/reads", json!({ "msgIds": [bad] })).await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, "invalid_body", "decimal integer");
+    }
+    assert_eq!(s.node.applied_lsn().0, 0, "nothing was written");
+    // Twenty digits, leading zeros included, are what the pattern allows.
+    let (status, body) =
+        s.call(Method::PUT, "/api/v1/users/00000000000000000001/reads/00000000000000000002", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(s.node.is_read(1, 2));
+}
+
+#[tokio::test]
+async fn unknown_methods_fold_into_one_metric_label() {
+    let s = start();
+    for method in ["FOOBAR", "BREW", "X-ANYTHING"] {
+        let request = Request::builder().method(method).uri("/api/v1/users/1/reads/2").body(Body::empty()).unwrap();
+        let (status, text, _) = s.raw(request).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{text}");
+    }
+    let (_, text, _) = s.raw(Request::get("/actuator/prometheus").body(Body::empty()).unwrap()).await;
+    assert!(!text.contains("FOOBAR") && !text.contains("BREW"), "a client-chosen method became a label");
+    assert!(
+        text.contains(r#"bitark_http_request_duration_seconds_count{method="OTHER",route="/api/v1/users/{userId}/reads/{msgId}",status="405"} 3"#),
+        "unknown methods are counted under OTHER"
     );
+}
+
+#[tokio::test]
+async fn a_user_cannot_hold_more_marks_than_the_limit() {
+    let s = start_with(|c| c.limits.max_marks_per_user = 10);
+    let ids: Vec<u64> = (0..11).collect();
+    let answer = s.post("/api/v1/users/1/reads", json!({ "msgIds": ids })).await;
+    assert_error(&answer, StatusCode::CONFLICT, "mark_limit", "limits.max-marks-per-user");
+    assert_eq!(s.node.mark_count(), 0, "nothing of a refused write is applied");
+    let (status, _) = s.post("/api/v1/users/1/reads", json!({ "from": 0, "to": 9 })).await;
+    assert_eq!(status, StatusCode::OK, "exactly the limit is fine");
+    let (status, _) = s.call(Method::PUT, "/api/v1/users/1/reads/5", None).await;
+    assert_eq!(status, StatusCode::OK, "marking a read id again adds nothing");
+    assert_error(
+        &s.call(Method::PUT, "/api/v1/users/1/reads/10", None).await,
+        StatusCode::CONFLICT,
+        "mark_limit",
+        "10",
+    );
+    let (status, _) = s.call(Method::DELETE, "/api/v1/users/1/reads/3", None).await;
+    assert_eq!(status, StatusCode::OK, "unmarking is always allowed");
+    let (status, _) = s.call(Method::PUT, "/api/v1/users/1/reads/10", None).await;
+    assert_eq!(status, StatusCode::OK, "room again after an unmark");
+    let (status, _) = s.call(Method::PUT, "/api/v1/users/2/reads/10", None).await;
+    assert_eq!(status, StatusCode::OK, "the limit is per user");
+}
+
+#[tokio::test]
+async fn above_the_memory_limit_writes_that_add_marks_get_507_and_reads_go_on() {
+    // One byte: any process is above it.
+    let s = start_with(|c| c.limits.max_memory = bytesize::ByteSize::b(1));
+    let answer = s.call(Method::PUT, "/api/v1/users/1/reads/2", None).await;
+    assert_error(&answer, StatusCode::INSUFFICIENT_STORAGE, "memory_limit", "limits.max-memory");
+    assert_error(
+        &s.post("/api/v1/users/1/reads", json!({ "msgIds": [1, 2] })).await,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "memory_limit",
+        "reads and unmarks still work",
+    );
+    let (status, body) = s.get("/api/v1/users/1/reads/2").await;
+    assert_eq!((status, body["read"].as_bool()), (StatusCode::OK, Some(false)));
+    let (status, _) = s.call(Method::DELETE, "/api/v1/users/1/reads/2", None).await;
+    assert_eq!(status, StatusCode::OK, "unmarks free memory and are allowed");
+    let (_, text, _) = s.raw(Request::get("/actuator/prometheus").body(Body::empty()).unwrap()).await;
+    assert!(text.contains("bitark_memory_limit_bytes 1\n"), "the limit is exported");
+    assert!(text.contains(r#"bitark_writes_rejected_total{reason="memory-limit"} 2"#), "refusals are counted");
+}
+
+#[tokio::test]
+async fn a_too_long_request_target_is_414_with_a_json_body() {
+    let s = start();
+    let target = format!("/api/v1/users/1/reads/1?pad={}", "x".repeat(9000));
+    assert_error(&s.get(&target).await, StatusCode::URI_TOO_LONG, "uri_too_long", "9");
 }
 
 #[tokio::test]

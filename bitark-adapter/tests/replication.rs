@@ -22,11 +22,14 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::cluster::{replication_status, slave_id, wait_for_convergence, Cluster, Role, CLUSTER_TOKEN};
+use support::cluster::{
+    listed_slaves, replication_status, slave_entry, slave_id, wait_for_convergence, wait_state, Cluster, Role,
+    CLUSTER_TOKEN,
+};
 use support::fake_master::{self, FakeMaster};
 use support::proxy::Mode;
 use support::workload::Write;
-use support::{poll_until, wait_until, Api, Node, NodeBuilder, PROCESS_TIMEOUT};
+use support::{counter, metric, poll_until, wait_until, Api, Node, NodeBuilder, PROCESS_TIMEOUT};
 use tokio::task::JoinSet;
 
 /// Longest wait for slaves to catch up, or for a replication state to show.
@@ -160,19 +163,6 @@ async fn applied_lsn(node: &Node) -> u64 {
     node.api().digest().await.unwrap_or_else(|e| panic!("digest of {}: {e}", node.url())).applied_lsn
 }
 
-/// The master's entry for `slaves[index]` in its `/actuator/replication`, if it lists it.
-async fn slave_entry(master: &Node, index: usize) -> Option<Value> {
-    let status = replication_status(master).await;
-    status["slaves"].as_array()?.iter().find(|slave| slave["id"] == slave_id(index).as_str()).cloned()
-}
-
-/// The ids of the slaves the master lists.
-async fn listed_slaves(master: &Node) -> Vec<String> {
-    let status = replication_status(master).await;
-    let slaves = status["slaves"].as_array().expect("a master lists its slaves").iter();
-    slaves.map(|slave| slave["id"].as_str().expect("slave id").to_owned()).collect()
-}
-
 /// Waits until each of `slaves` says it is registered and the master lists it ALIVE.
 /// Needed before writing at stages 1 and 2, which cannot send a slave what was
 /// committed before it registered.
@@ -203,43 +193,6 @@ async fn wait_acknowledged(master: &Node, index: usize) {
         acknowledged,
         "{id} is not ALIVE with LSN {applied} acknowledged after {CONVERGE:?}; the master shows {entry:?}"
     );
-}
-
-/// Waits until the master shows `slaves[index]` in `state`, in `/actuator/replication`
-/// and in `bitark_replication_slave_state`.
-async fn wait_state(master: &Node, index: usize, state: &str) {
-    let what = format!("the master to show {} as {state}", slave_id(index));
-    let slave = slave_id(index);
-    wait_until(CONVERGE, &what, async || {
-        let shown = slave_entry(master, index).await.is_some_and(|entry| entry["state"] == state);
-        let gauge = metric(master, "bitark_replication_slave_state", &[("slave", &slave), ("state", state)]).await;
-        shown && gauge == Some(1.0)
-    })
-    .await;
-}
-
-/// The sample of `name` carrying every label of `labels` in `node`'s
-/// `/actuator/prometheus`; `None` while that series does not exist.
-async fn metric(node: &Node, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let url = format!("{}/actuator/prometheus", node.url());
-    let response = reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert_eq!(response.status(), StatusCode::OK, "GET {url}");
-    let text = response.text().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let wanted: Vec<String> = labels.iter().map(|(key, value)| format!("{key}=\"{value}\"")).collect();
-    text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (metric, labels) = match series.split_once('{') {
-            Some((metric, labels)) => (metric, labels.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let matches = metric == name && wanted.iter().all(|pair| labels.split(',').any(|label| label == pair));
-        matches.then(|| value.parse().ok()).flatten()
-    })
-}
-
-/// A counter's value; 0 before it was first touched.
-async fn counter(node: &Node, name: &str, labels: &[(&str, &str)]) -> u64 {
-    metric(node, name, labels).await.unwrap_or(0.0) as u64
 }
 
 /// The LSN in `slave-progress.bin` of `data_dir`, after checking its size and magic.
@@ -784,4 +737,18 @@ async fn a_slave_behind_the_retained_wal_is_left_needing_a_full_sync() {
     let master_applied = cluster.master.api().digest().await.expect("master digest").applied_lsn;
     assert!(applied < master_applied, "the slave cannot have caught up ({applied} vs {master_applied})");
     assert_eq!(slave_entry(&cluster.master, 0).await.expect("slave")["state"], "NEEDS_FULL_SYNC");
+    // The slave learns it at its next registration: it serves its (stale) reads but
+    // tells load balancers not to send it any.
+    let slave = &cluster.slaves[0];
+    wait_until(CONVERGE, "the slave to report itself not ready", async || {
+        slave.api().readiness().await.is_ok_and(|status| status == StatusCode::SERVICE_UNAVAILABLE)
+    })
+    .await;
+    let url = format!("{}/actuator/health/readiness", slave.url());
+    let ready: Value = reqwest::get(&url).await.expect("readiness").json().await.expect("JSON");
+    assert_eq!(ready["reason"], "needs_full_sync", "{ready}");
+    assert!(ready["message"].as_str().unwrap_or("").contains("full sync"), "{ready}");
+    let status = replication_status(slave).await;
+    assert_eq!(status["stateAtMaster"], "NEEDS_FULL_SYNC", "{status}");
+    assert!(frozen_at.check(1, &[0]).await.is_ok(), "reads are still served");
 }

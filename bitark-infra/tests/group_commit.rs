@@ -106,13 +106,28 @@ fn proposals_after_shutdown_are_refused() {
 }
 
 #[test]
-fn interval_policy_answers_before_fsync_and_syncs_in_the_background() {
+fn interval_policy_answers_before_fsync() {
     let dir = tempfile::tempdir().unwrap();
-    let config = WalConfig {
-        fsync: FsyncPolicy::Interval,
-        fsync_interval: std::time::Duration::from_millis(50),
-        ..config(FsyncPolicy::Interval)
-    };
+    // An interval no test waits out: any fsync before the answer would be the bug.
+    let config = WalConfig { fsync_interval: std::time::Duration::from_secs(3600), ..config(FsyncPolicy::Interval) };
+    let metrics = Metrics::standalone();
+    let wal = GroupCommit::start(dir.path(), &config, Lsn(1), Epoch(1), Collect::default(), metrics.clone()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let lsn =
+        runtime.block_on(async { wal.propose(Command::MarkRead { user: 1, msg: 2 }).unwrap().await.unwrap().unwrap() });
+    assert_eq!(lsn, Lsn(1));
+    assert_eq!(wal.durable_lsn(), Lsn::ZERO, "answered, and not durable yet");
+    assert!(metrics.render().contains("bitark_wal_fsync_seconds_count 0"), "no fsync before the answer");
+    // Asked for, an fsync makes it durable.
+    assert_eq!(wal.sync_blocking(), Ok(Lsn(1)));
+    assert_eq!(wal.durable_lsn(), Lsn(1));
+    wal.shutdown();
+}
+
+#[test]
+fn interval_policy_syncs_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WalConfig { fsync_interval: std::time::Duration::from_millis(50), ..config(FsyncPolicy::Interval) };
     let metrics = Metrics::standalone();
     let wal = GroupCommit::start(dir.path(), &config, Lsn(1), Epoch(1), Collect::default(), metrics.clone()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();

@@ -14,7 +14,7 @@ pub mod replication;
 
 use crate::config::AppConfig;
 use crate::openapi;
-use crate::server::DeadlineBody;
+use crate::server::{DeadlineBody, MAX_HEAD_BYTES};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, Method, Uri};
 use axum::middleware::{self, Next};
@@ -140,11 +140,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Refuses request targets longer than [`error::MAX_URI_LEN`] with 414.
+/// Refuses request targets longer than [`error::MAX_URI_LEN`] (414) and headers larger
+/// than [`MAX_HEAD_BYTES`] (431). hyper's own buffer limit is only approximate (a head
+/// read in one large chunk may pass it); this one is exact.
 async fn limit_target(request: Request, next: Next) -> Response {
     let len = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if len > error::MAX_URI_LEN {
         return ApiError::UriTooLong(len).into_response();
+    }
+    let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if headers > MAX_HEAD_BYTES {
+        let message = format!("the request headers take {headers} bytes; at most {MAX_HEAD_BYTES} are read");
+        return ApiError::HeadersTooLarge(message).into_response();
     }
     next.run(request).await
 }

@@ -17,7 +17,7 @@
 //! - Every node shares the cluster token [`CLUSTER_TOKEN`].
 
 use super::proxy::Proxy;
-use super::{Api, Node, NodeBuilder, POLL};
+use super::{metric, wait_until, Api, Node, NodeBuilder, POLL};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -37,6 +37,9 @@ impl Role {
         }
     }
 }
+
+/// Longest the cluster helpers wait for a state to show.
+pub const CONVERGE_WITHIN: Duration = Duration::from_secs(30);
 
 /// The `security.cluster-token` every node of a [`Cluster`] gets unless `configure`
 /// sets another.
@@ -233,4 +236,30 @@ fn show(observed: &Observed) -> String {
         Ok((applied_lsn, digest)) => format!("appliedLsn={applied_lsn} digest={digest}"),
         Err(error) => format!("no digest: {error}"),
     }
+}
+
+/// The master's entry for `slaves[index]` in its `/actuator/replication`, if it lists it.
+pub async fn slave_entry(master: &Node, index: usize) -> Option<Value> {
+    let status = replication_status(master).await;
+    status["slaves"].as_array()?.iter().find(|slave| slave["id"] == slave_id(index).as_str()).cloned()
+}
+
+/// The ids of the slaves the master lists.
+pub async fn listed_slaves(master: &Node) -> Vec<String> {
+    let status = replication_status(master).await;
+    let slaves = status["slaves"].as_array().expect("a master lists its slaves").iter();
+    slaves.map(|slave| slave["id"].as_str().expect("slave id").to_owned()).collect()
+}
+
+/// Waits until the master shows `slaves[index]` in `state`, in `/actuator/replication`
+/// and in `bitark_replication_slave_state`.
+pub async fn wait_state(master: &Node, index: usize, state: &str) {
+    let what = format!("the master to show {} as {state}", slave_id(index));
+    let slave = slave_id(index);
+    wait_until(CONVERGE_WITHIN, &what, async || {
+        let shown = slave_entry(master, index).await.is_some_and(|entry| entry["state"] == state);
+        let gauge = metric(master, "bitark_replication_slave_state", &[("slave", &slave), ("state", state)]).await;
+        shown && gauge == Some(1.0)
+    })
+    .await;
 }

@@ -63,9 +63,18 @@ pub struct NodeBuilder {
     data_dir: Option<PathBuf>,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    /// Soft and hard `RLIMIT_NOFILE` of the process, when set.
+    open_files: Option<(u64, u64)>,
 }
 
 impl NodeBuilder {
+    /// Runs the process with a soft and a hard limit on open files, as `ulimit -Sn` and
+    /// `ulimit -Hn` would.
+    pub fn open_files_limit(mut self, soft: u64, hard: u64) -> Self {
+        self.open_files = Some((soft, hard));
+        self
+    }
+
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
         self
@@ -126,6 +135,21 @@ fn launch(builder: &NodeBuilder, data_dir: &Path) -> (Child, Arc<Mutex<StderrLog
     command.current_dir(data_dir).env("BITARK_LOG", "info").envs(builder.env.iter().map(|(k, v)| (k, v)));
     command.arg("--port").arg("0").arg("--data-dir").arg(data_dir).args(&builder.args);
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some((soft, hard)) = builder.open_files {
+        use std::os::unix::process::CommandExt;
+        let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+        // SAFETY: setrlimit is async-signal-safe and only reads the struct, which is
+        // copied into the closure; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
     let mut child = command.spawn().expect("spawn bitark");
     let stderr = child.stderr.take().expect("piped stderr");
     let log = Arc::new(Mutex::new(StderrLog::default()));
@@ -380,6 +404,12 @@ impl Api {
         self.call(Method::GET, "/actuator/replication", None).await
     }
 
+    /// `GET /actuator/prometheus` on this client's connection.
+    pub async fn metrics_text(&self) -> Result<String, CallError> {
+        let response = self.http.get(format!("{}/actuator/prometheus", self.base)).send().await;
+        response.map_err(CallError::Transport)?.text().await.map_err(CallError::Transport)
+    }
+
     pub async fn info(&self) -> Result<Value, CallError> {
         self.call(Method::GET, "/actuator/info", None).await
     }
@@ -389,4 +419,28 @@ impl Api {
         let url = format!("{}/actuator/health/readiness", self.base);
         self.http.get(url).send().await.map(|response| response.status()).map_err(CallError::Transport)
     }
+}
+
+/// The sample of `name` carrying every label of `labels` in `node`'s
+/// `/actuator/prometheus`; `None` while that series does not exist.
+pub async fn metric(node: &Node, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let url = format!("{}/actuator/prometheus", node.url());
+    let response = reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status(), StatusCode::OK, "GET {url}");
+    let text = response.text().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let wanted: Vec<String> = labels.iter().map(|(key, value)| format!("{key}=\"{value}\"")).collect();
+    text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, labels) = match series.split_once('{') {
+            Some((metric, labels)) => (metric, labels.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let matches = metric == name && wanted.iter().all(|pair| labels.split(',').any(|label| label == pair));
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// A counter's value; 0 before it was first touched.
+pub async fn counter(node: &Node, name: &str, labels: &[(&str, &str)]) -> u64 {
+    metric(node, name, labels).await.unwrap_or(0.0) as u64
 }

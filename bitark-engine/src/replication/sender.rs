@@ -74,7 +74,13 @@ fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
         // Nothing outstanding. A slave that was SLOW is caught up; one whose last sends
         // failed but which has since acknowledged everything (its registration reports
         // its position) holds every record too.
-        if s.state() == SlaveState::Slow || (s.state() == SlaveState::Unreachable && s.last_ack >= durable) {
+        // An error shown for a slave that has everything is stale.
+        let caught_up = match s.state() {
+            SlaveState::Slow | SlaveState::Alive => true,
+            SlaveState::Unreachable => s.last_ack >= durable,
+            _ => false,
+        };
+        if caught_up {
             recovered(&mut s, link);
         }
         return Step::Wait;
