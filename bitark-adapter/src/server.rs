@@ -85,6 +85,9 @@ pub async fn serve(
         // Header and idle deadlines are this module's, by phase.
         .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES)
+        // A client may send its request and shut down its side while it waits for the
+        // answer; without this, hyper would drop the request unanswered.
+        .half_close(true)
         .keep_alive(true);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
@@ -156,9 +159,12 @@ async fn refuse(mut stream: TcpStream, max: usize) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+    // Answer, then read what the client sends until it closes (see `TrackedIo`).
+    let _ = tokio::time::timeout(LINGER, async {
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.shutdown().await;
+        let mut scratch = [0u8; 4096];
+        while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut scratch).await, Ok(n) if n > 0) {}
     })
     .await;
 }
@@ -255,8 +261,16 @@ impl Tracker {
     }
 }
 
+/// How long a closing connection keeps reading what the client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// A TCP stream that tells its [`Tracker`] about every byte, and turns hyper's own
 /// bodiless error answers into JSON ones.
+///
+/// It also closes gracefully ("lingering close"): closing a socket that still has
+/// unread input makes the kernel send a reset, and a reset can make the client drop our
+/// last answer (a 408, a 431) before reading it. So a shutdown sends FIN, then reads and
+/// discards what the client still sends until it closes too, for at most [`LINGER`].
 struct TrackedIo {
     inner: TcpStream,
     tracker: Arc<Tracker>,
@@ -264,11 +278,13 @@ struct TrackedIo {
     pending: Vec<u8>,
     /// After a replaced answer: what hyper writes is discarded.
     replaced: bool,
+    /// Set once FIN is sent: the end of the lingering close.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl TrackedIo {
     fn new(inner: TcpStream, tracker: Arc<Tracker>) -> TrackedIo {
-        TrackedIo { inner, tracker, pending: Vec::new(), replaced: false }
+        TrackedIo { inner, tracker, pending: Vec::new(), replaced: false, linger: None }
     }
 
     /// Writes out `pending`; `Ready(Ok)` once it is all gone.
@@ -355,8 +371,23 @@ impl AsyncWrite for TrackedIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        std::task::ready!(this.poll_pending(cx))?;
-        Pin::new(&mut this.inner).poll_shutdown(cx)
+        if this.linger.is_none() {
+            std::task::ready!(this.poll_pending(cx))?;
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    let linger = this.linger.as_mut().expect("set above");
+                    return linger.as_mut().poll(cx).map(Ok);
+                }
+            }
+        }
     }
 }
 

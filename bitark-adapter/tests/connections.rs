@@ -196,7 +196,9 @@ async fn oversized_and_malformed_requests_get_json_errors() {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(&request).await.unwrap();
         let _ = stream.shutdown().await;
-        read_until_closed(&mut stream, CLOSED_WITHIN).await.expect("an answer and a close")
+        let raw = read_until_closed(&mut stream, CLOSED_WITHIN).await.expect("an answer and a close");
+        assert!(!raw.is_empty(), "no answer to {:?}...", String::from_utf8_lossy(&request[..request.len().min(60)]));
+        raw
     };
 
     let long_target = format!("GET /api/v1/users/1/reads/1?pad={} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(10_000));

@@ -29,7 +29,7 @@ pub struct Status {
     /// `UP`, `DOWN` or `OUT_OF_SERVICE`.
     pub status: &'static str,
     /// Why not `UP`: `starting`, `shutting_down`, `write_path_down`, `wal_failed`,
-    /// `needs_full_sync`, `diverged`.
+    /// `needs_full_sync`, `diverged`, `gap`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
     /// What is wrong, for a person.

@@ -125,8 +125,10 @@ async fn write(state: &AppState, command: Command, uri: &Uri) -> Result<Json<Lsn
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 409, description = "This node is a slave: `not_master`, with `masterUrl` and a `Location` header", body = ErrorBody),
-        (status = 503, description = "Starting, shutting down or overloaded", body = ErrorBody),
+        (status = 409, description = "`not_master`: this node is a slave (with `masterUrl` and a `Location` header); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
+        (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
+        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart)", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
     )
 )]
 pub async fn mark_read(
@@ -144,8 +146,10 @@ pub async fn mark_read(
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 409, description = "This node is a slave: `not_master`, with `masterUrl` and a `Location` header", body = ErrorBody),
-        (status = 503, description = "Starting, shutting down or overloaded", body = ErrorBody),
+        (status = 409, description = "`not_master`: this node is a slave (with `masterUrl` and a `Location` header); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
+        (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
+        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart)", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
     )
 )]
 pub async fn mark_unread(
@@ -184,7 +188,11 @@ pub async fn is_read(
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed body or id, empty batch, inverted range", body = ErrorBody),
-        (status = 409, description = "This node is a slave: `not_master`, with `masterUrl` and a `Location` header", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `server.request-timeout`", body = ErrorBody),
+        (status = 409, description = "`not_master`: this node is a slave (with `masterUrl` and a `Location` header); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
+        (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
+        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart)", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
         (status = 413, description = "Batch or range over the limit", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
     )
@@ -220,8 +228,10 @@ pub async fn mark_many(
     responses(
         (status = 200, description = "Flags in request order", body = CheckResponse),
         (status = 400, description = "Malformed body or id", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `server.request-timeout`", body = ErrorBody),
         (status = 413, description = "More ids than limits.max-batch", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
+        (status = 503, description = "`lsn_not_reached`: minLsn not reached in time; or starting", body = ErrorBody),
     )
 )]
 pub async fn check(
@@ -244,6 +254,7 @@ pub async fn check(
         (status = 200, description = "Unread count", body = UnreadCount),
         (status = 400, description = "Missing or malformed from/to, inverted range", body = ErrorBody),
         (status = 413, description = "Range wider than limits.max-range", body = ErrorBody),
+        (status = 503, description = "`lsn_not_reached`: minLsn not reached in time; or starting", body = ErrorBody),
     )
 )]
 pub async fn unread_count(

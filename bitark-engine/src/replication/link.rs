@@ -13,7 +13,7 @@ use bitark_infra::wal::WalHandle;
 use bitark_infra::Metrics;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
 use tokio::sync::{watch, Notify};
@@ -30,6 +30,8 @@ pub(crate) struct HubInner {
     pub metrics: Metrics,
     /// The durable LSN: only records at or below it are sent.
     pub durable: watch::Receiver<Lsn>,
+    /// The last LSN logged (durable or not), as the commit path saw it.
+    pub committed: AtomicU64,
     /// To ask for an fsync when records wait only for durability (`fsync: interval |
     /// never`).
     pub wal: WalHandle,
@@ -49,6 +51,10 @@ pub(crate) struct HubInner {
 impl HubInner {
     pub fn durable_lsn(&self) -> Lsn {
         *self.durable.borrow()
+    }
+
+    pub fn committed_lsn(&self) -> Lsn {
+        Lsn(self.committed.load(Ordering::Acquire))
     }
 
     /// Drops `link` for good: its sender stops, its buffer is freed, its metric series

@@ -24,7 +24,7 @@ use bitark_infra::wal::WalHandle;
 use bitark_infra::Metrics;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -92,6 +92,7 @@ impl MasterHub {
                 client: parts.client,
                 metrics: parts.metrics,
                 durable: parts.durable,
+                committed: AtomicU64::new(start.0),
                 wal: parts.wal,
                 slaves: RwLock::new(HashMap::new()),
                 buffered: AtomicUsize::new(0),
@@ -253,6 +254,7 @@ impl MasterHub {
         let bytes: usize = records.iter().map(Record::encoded_len).sum();
         if let Some(last) = records.last() {
             hub.bytes.lock().unwrap_or_else(PoisonError::into_inner).push(last.lsn, bytes as u64);
+            hub.committed.store(last.lsn.0, Ordering::Release);
         }
         let slaves = hub.slaves.read().unwrap_or_else(PoisonError::into_inner);
         let limits = &hub.config.buffer;

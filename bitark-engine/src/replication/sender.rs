@@ -65,7 +65,7 @@ fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
         return Step::Wait;
     }
     if s.next_send > durable {
-        if s.buffer.front().is_some_and(|q| q.record.lsn == s.next_send) {
+        if s.next_send <= hub.committed_lsn() {
             // Logged, not durable yet (`fsync: interval | never`): ask for an fsync.
             hold_for_durable(hub);
             return Step::Wait;

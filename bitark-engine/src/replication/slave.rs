@@ -75,6 +75,8 @@ impl MasterView {
         match self.state.as_deref() {
             Some("NEEDS_FULL_SYNC") => Some(("needs_full_sync", reason())),
             Some("DIVERGED") => Some(("diverged", reason())),
+            // Stages 1 and 2 cannot send the missing records again.
+            Some("GAP") => Some(("gap", reason())),
             _ => None,
         }
     }
@@ -306,7 +308,7 @@ impl Follower {
         let mut view = self.inner.view.lock().unwrap_or_else(PoisonError::into_inner);
         if view.state != state {
             match state.as_deref() {
-                Some("NEEDS_FULL_SYNC") | Some("DIVERGED") => tracing::error!(
+                Some("NEEDS_FULL_SYNC") | Some("DIVERGED") | Some("GAP") => tracing::error!(
                     state = ?state, reason = ?reason,
                     "the master cannot bring this slave up to date: not ready (see the README on recovering a slave)"
                 ),
