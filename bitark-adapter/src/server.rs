@@ -392,10 +392,12 @@ impl AsyncWrite for TrackedIo {
 }
 
 /// A request body that fails once `server.request-timeout` has passed since the
-/// request's headers were read.
+/// request's headers were read. Its timer is made on the first read of the body, so a
+/// request whose body is never read (every GET) costs no timer.
 pub struct DeadlineBody {
     inner: Body,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     timeout: Duration,
 }
 
@@ -406,7 +408,8 @@ pub struct BodyTimeout(pub Duration);
 
 impl DeadlineBody {
     pub fn wrap(request: Request, timeout: Duration) -> Request {
-        request.map(|inner| Body::new(DeadlineBody { inner, deadline: Box::pin(tokio::time::sleep(timeout)), timeout }))
+        let deadline = tokio::time::Instant::now() + timeout;
+        request.map(|inner| Body::new(DeadlineBody { inner, deadline, timer: None, timeout }))
     }
 }
 
@@ -421,7 +424,9 @@ impl http_body::Body for DeadlineBody {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(frame);
         }
-        match self.deadline.as_mut().poll(cx) {
+        let deadline = self.deadline;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTimeout(self.timeout))))),
             Poll::Pending => Poll::Pending,
         }

@@ -124,25 +124,26 @@ impl Snapshotter {
     fn write(&self, lsn: Lsn) -> Result<SnapshotInfo, SnapshotError> {
         let store = &self.state.store;
         let mut writer = SnapshotWriter::create(&self.snapshot_dir, lsn, self.epoch)?;
-        // Each shard is copied under its read lock; encoding and disk writes run on the
-        // copy, so the writer thread waits at most for a memcpy of one shard.
+        // Users are encoded under their shard's read lock, a few at a time (see
+        // `ReadStore::walk_shard`); the disk writes come after each shard, with no lock.
         let mut bytes = Vec::new();
+        let mut entries = Vec::new();
         for shard in 0..store.shard_count() {
-            let image = store.image_shard(shard);
-            let mut result = Ok(());
-            image.for_each(|user, set| {
-                if result.is_ok() {
-                    bytes.clear();
-                    set.serialize_portable(&mut bytes);
-                    result = writer.add_user(user, set.len(), &bytes);
-                }
+            bytes.clear();
+            entries.clear();
+            store.walk_shard(shard, |user, set| {
+                let start = bytes.len();
+                set.serialize_portable(&mut bytes);
+                entries.push((user, set.len(), start..bytes.len()));
             });
-            if let Err(e) = result {
-                writer.abandon();
-                return Err(e.into());
+            for (user, marks, range) in entries.drain(..) {
+                if let Err(e) = writer.add_user(user, marks, &bytes[range]) {
+                    writer.abandon();
+                    return Err(e.into());
+                }
             }
         }
-        // Every record the copies may hold is at or below what is applied now.
+        // Every record the snapshot may hold is at or below what is applied now.
         let covered = self.state.applied_lsn();
         if *self.state.durable.borrow() < covered {
             match self.wal.sync_blocking() {

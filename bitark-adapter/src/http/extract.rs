@@ -2,7 +2,8 @@
 //! problem, instead of axum's plain-text rejections.
 
 use super::error::ApiError;
-use crate::server::BodyTimeout;
+use super::AppState;
+use crate::server::{BodyTimeout, DeadlineBody};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
 use axum::http::{header, request::Parts, StatusCode};
@@ -107,10 +108,10 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 /// and where (400).
 pub struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let mime = content_type.split(';').next().unwrap_or("").trim();
         if !mime.eq_ignore_ascii_case("application/json") {
@@ -130,10 +131,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 /// (413), not received within `server.request-timeout` (408), or cut off (400).
 pub struct RawBody(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for RawBody {
+impl FromRequest<AppState> for RawBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        // The deadline is set here, as the body is about to be read: only requests that
+        // have one to read pay for a timer.
+        let req = DeadlineBody::wrap(req, state.config().server.request_timeout);
         Bytes::from_request(req, state).await.map(RawBody).map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 return ApiError::TooLarge {

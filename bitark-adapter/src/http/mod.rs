@@ -14,7 +14,7 @@ pub mod replication;
 
 use crate::config::AppConfig;
 use crate::openapi;
-use crate::server::{DeadlineBody, MAX_HEAD_BYTES};
+use crate::server::MAX_HEAD_BYTES;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, Method, Uri};
 use axum::middleware::{self, Next};
@@ -121,13 +121,9 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     // Room for a full batch of ids written as 20-digit strings, plus JSON punctuation.
     let body_limit = state.config().limits.max_batch.saturating_mul(24).saturating_add(4096);
-    // The routes that read a body must receive it within server.request-timeout.
-    let with_bodies = Router::new()
+    Router::new()
         .merge(reads::router())
         .merge(replication::internal_router(state.clone()))
-        .route_layer(middleware::from_fn_with_state(state.clone(), body_deadline));
-    Router::new()
-        .merge(with_bodies)
         .merge(actuator::router())
         .merge(admin::router(state.clone()))
         .merge(replication::actuator_router())
@@ -135,30 +131,25 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn(limit_target))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
-/// Refuses request targets longer than [`error::MAX_URI_LEN`] (414) and headers larger
-/// than [`MAX_HEAD_BYTES`] (431). hyper's own buffer limit is only approximate (a head
-/// read in one large chunk may pass it); this one is exact.
-async fn limit_target(request: Request, next: Next) -> Response {
+/// Why a request head is refused before routing: a target longer than
+/// [`error::MAX_URI_LEN`] (414), or headers larger than [`MAX_HEAD_BYTES`] (431). hyper's
+/// own buffer limit is only approximate (a head read in one large chunk may pass it);
+/// this one is exact.
+fn oversized(request: &Request) -> Option<ApiError> {
     let len = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if len > error::MAX_URI_LEN {
-        return ApiError::UriTooLong(len).into_response();
+        return Some(ApiError::UriTooLong(len));
     }
     let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
-    if headers > MAX_HEAD_BYTES {
-        let message = format!("the request headers take {headers} bytes; at most {MAX_HEAD_BYTES} are read");
-        return ApiError::HeadersTooLarge(message).into_response();
-    }
-    next.run(request).await
-}
-
-/// Bounds the time to receive the body (`server.request-timeout`).
-async fn body_deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    next.run(DeadlineBody::wrap(request, state.config().server.request_timeout)).await
+    (headers > MAX_HEAD_BYTES).then(|| {
+        ApiError::HeadersTooLarge(format!(
+            "the request headers take {headers} bytes; at most {MAX_HEAD_BYTES} are read"
+        ))
+    })
 }
 
 /// The OpenAPI document of this build, byte for byte the one in `openapi/`.
@@ -175,13 +166,17 @@ async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::MethodNotAllowed(method.to_string())
 }
 
-/// Times every request and counts it by route template, method and status.
+/// Refuses oversized heads, then times every request and counts it by route template,
+/// method and status.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     // MatchedPath is an Arc<str> inside: cloning it does not copy the template.
     let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = match oversized(&request) {
+        Some(refusal) => refusal.into_response(),
+        None => next.run(request).await,
+    };
     let route = route.as_ref().map(MatchedPath::as_str).unwrap_or("unmatched");
     state
         .metrics()

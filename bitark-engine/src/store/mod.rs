@@ -16,11 +16,14 @@
 //! - [`digest`](self::digest): the order-independent digest of the contents.
 //!
 //! # Whole-store walks
-//! Snapshots and the digest visit every user. They never work under a shard's lock:
-//! [`ReadStore::image_shard`] copies the shard's entries out as they are (a memcpy of the
-//! packed bytes and a clone of the few roaring sets) and the slow part, serializing or
-//! hashing, runs on the copy. The single writer thread, which applies every write in
-//! LSN order, therefore waits at most for that copy, not for a whole shard's encoding.
+//! Snapshots and the digest visit every user. The single writer thread applies every
+//! write in LSN order, so whatever holds a shard's lock holds up all writes, not only
+//! that shard's. [`ReadStore::walk_shard`] therefore never holds a lock for a whole
+//! shard: it lists the shard's users under the lock (a copy of their keys), then visits
+//! them [`WALK_CHUNK`] at a time, taking the read lock again for each chunk, and encodes
+//! large sets from a copy taken under the lock. Each user is seen at one instant, which
+//! is all a fuzzy snapshot needs (every command changes one user); users that arrive
+//! after the listing came with records after the walk began, which the log replays.
 //!
 //! # Counts
 //! `user_count` and `mark_count` read two atomics. Each shard also keeps its own counts
@@ -57,41 +60,13 @@ pub struct ReadStore {
 #[derive(Default)]
 struct Shard {
     packed: HashTable<Box<[u8]>>,
-    /// Bytes of all packed entries, so an image is copied into one exact allocation.
-    packed_bytes: usize,
     roaring: HashTable<(u64, RoaringTreemap)>,
     users: u64,
     marks: u64,
 }
 
-/// The users of one shard, copied out of it (see [`ReadStore::image_shard`]).
-pub struct ShardImage {
-    shard: usize,
-    /// Packed entries back to back, key included; `ends[i]` is where entry `i` ends.
-    packed: Vec<u8>,
-    ends: Vec<usize>,
-    roaring: Vec<(u64, RoaringTreemap)>,
-}
-
-impl ShardImage {
-    /// Number of users in the image.
-    pub fn users(&self) -> usize {
-        self.ends.len() + self.roaring.len()
-    }
-
-    /// Calls `f` for every user of the image with its set.
-    pub fn for_each(&self, mut f: impl FnMut(u64, &SetView<'_>)) {
-        let mut start = 0;
-        for &end in &self.ends {
-            let entry = &self.packed[start..end];
-            f(Slot::user(self.shard, key_of_entry(entry)), &SetView::packed(readset::entry_body(entry)));
-            start = end;
-        }
-        for (user, set) in &self.roaring {
-            f(*user, &SetView::roaring(set));
-        }
-    }
-}
+/// Users visited under one hold of a shard's read lock by [`ReadStore::walk_shard`].
+pub const WALK_CHUNK: usize = 32;
 
 /// How one operation changed a shard's counts.
 #[derive(Default)]
@@ -171,7 +146,7 @@ impl ReadStore {
     pub fn digest(&self) -> StoreDigest {
         let mut digest = DigestSum::default();
         for shard in 0..SHARDS {
-            self.image_shard(shard).for_each(|user, set| digest.add(user, set));
+            self.walk_shard(shard, |user, set| digest.add(user, set));
         }
         digest.finish()
     }
@@ -180,23 +155,35 @@ impl ReadStore {
         SHARDS
     }
 
-    /// A copy of every user in `shard` (below [`Self::shard_count`]), taken under that
-    /// shard's read lock, so each shard is seen at one instant though shards are not. The
-    /// lock is held only while the entries are copied.
-    pub fn image_shard(&self, shard: usize) -> ShardImage {
-        let guard = self.read(shard);
-        let mut image = ShardImage {
-            shard,
-            packed: Vec::with_capacity(guard.packed_bytes),
-            ends: Vec::with_capacity(guard.packed.len()),
-            roaring: Vec::with_capacity(guard.roaring.len()),
+    /// Calls `f` for every user in `shard` (below [`Self::shard_count`]) that is there when
+    /// the walk starts and still there when its turn comes, with its set as it is then.
+    /// The lock is taken [`WALK_CHUNK`] users at a time: small (packed) sets are handed to
+    /// `f` under it, large (roaring) ones are cloned under it and handed over after, so a
+    /// user with millions of marks costs the writer a memcpy, not an encoding.
+    pub fn walk_shard(&self, shard: usize, mut f: impl FnMut(u64, &SetView<'_>)) {
+        let users: Vec<u64> = {
+            let guard = self.read(shard);
+            let packed = guard.packed.iter().map(|entry| Slot::user(shard, key_of_entry(entry)));
+            packed.chain(guard.roaring.iter().map(|(user, _)| *user)).collect()
         };
-        for entry in &guard.packed {
-            image.packed.extend_from_slice(entry);
-            image.ends.push(image.packed.len());
+        let mut large = Vec::new();
+        for chunk in users.chunks(WALK_CHUNK) {
+            {
+                let guard = self.read(shard);
+                for &user in chunk {
+                    let slot = Slot::of(user);
+                    let key = slot.key_bytes();
+                    if let Some(entry) = guard.packed.find(slot.hash(), |e| readset::entry_key(e) == key) {
+                        f(user, &SetView::packed(readset::entry_body(entry)));
+                    } else if let Some((_, set)) = guard.roaring.find(slot.hash(), |(u, _)| *u == user) {
+                        large.push((user, set.clone()));
+                    }
+                }
+            }
+            for (user, set) in large.drain(..) {
+                f(user, &SetView::roaring(&set));
+            }
         }
-        image.roaring.extend(guard.roaring.iter().cloned());
-        image
     }
 
     /// Replaces `user`'s set with `set`; an empty set removes the user.
@@ -290,13 +277,9 @@ impl Shard {
             match outcome.form {
                 NewForm::Kept => {}
                 // The common case: swap the slot's box without touching the table.
-                NewForm::Packed(new) => {
-                    let old = std::mem::replace(entry.get_mut(), new);
-                    self.packed_bytes = self.packed_bytes + entry.get().len() - old.len();
-                }
+                NewForm::Packed(new) => *entry.get_mut() = new,
                 other => {
-                    let (old, _) = entry.remove();
-                    self.packed_bytes -= old.len();
+                    entry.remove();
                     self.install(slot, user, other);
                 }
             }
@@ -321,7 +304,6 @@ impl Shard {
     fn install(&mut self, slot: Slot, user: u64, form: NewForm) {
         match form {
             NewForm::Packed(entry) => {
-                self.packed_bytes += entry.len();
                 self.packed.insert_unique(slot.hash(), entry, |e| table_hash(key_of_entry(e)));
             }
             NewForm::Roaring(set) => {
@@ -334,9 +316,7 @@ impl Shard {
     fn remove_user(&mut self, slot: Slot, user: u64) -> Delta {
         let key = slot.key_bytes();
         let removed = if let Ok(entry) = self.packed.find_entry(slot.hash(), |e| readset::entry_key(e) == key) {
-            let (old, _) = entry.remove();
-            self.packed_bytes -= old.len();
-            readset::packed_len(readset::entry_body(&old))
+            readset::packed_len(readset::entry_body(&entry.remove().0))
         } else if let Ok(entry) = self.roaring.find_entry(slot.hash(), |(u, _)| *u == user) {
             let ((_, set), _) = entry.remove();
             set.len()
@@ -435,7 +415,7 @@ mod tests {
     fn contents(store: &ReadStore) -> Model {
         let mut seen = Model::new();
         for shard in 0..store.shard_count() {
-            store.image_shard(shard).for_each(|user, set| {
+            store.walk_shard(shard, |user, set| {
                 let ids: BTreeSet<u64> = set.iter().collect();
                 assert_eq!(set.len(), ids.len() as u64, "len of user {user}");
                 assert!(seen.insert(user, ids).is_none(), "user {user} visited twice");
