@@ -379,6 +379,33 @@ async fn above_the_memory_limit_writes_that_add_marks_get_507_and_reads_go_on() 
 }
 
 #[tokio::test]
+async fn a_failed_snapshot_says_what_failed_and_names_files_only_to_the_admin() {
+    for token in [None, Some("s3cret-token")] {
+        let s = start_with(|c| {
+            if let Some(token) = token {
+                c.security.admin_token = Secret::new(token);
+            }
+        });
+        let data_dir = s.node.config().node.data_dir.clone();
+        // The snapshot directory is gone and a file stands in its place.
+        std::fs::remove_dir_all(data_dir.join("snapshots")).unwrap();
+        std::fs::write(data_dir.join("snapshots"), b"not a directory").unwrap();
+        let mut request = Request::post("/admin/snapshot");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let (status, text, _) = s.raw(request.body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["error"], "snapshot_failed", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("snapshot failed") && message.contains("directory"), "{message}");
+        let path = data_dir.display().to_string();
+        assert_eq!(message.contains(&path), token.is_some(), "paths only for the admin: {message}");
+    }
+}
+
+#[tokio::test]
 async fn a_too_long_request_target_is_414_with_a_json_body() {
     let s = start();
     let target = format!("/api/v1/users/1/reads/1?pad={}", "x".repeat(9000));

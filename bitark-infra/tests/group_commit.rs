@@ -3,7 +3,7 @@
 //! replay of the directory yields exactly what was acknowledged.
 
 use bitark_common::{Command, Epoch, Lsn, Record};
-use bitark_infra::wal::{list_segments, replay, Applier, GroupCommit};
+use bitark_infra::wal::{list_segments, replay, Applier, GroupCommit, WalHandle};
 use bitark_infra::{FsyncPolicy, Metrics, WalConfig};
 use std::sync::{Arc, Mutex};
 
@@ -105,17 +105,23 @@ fn proposals_after_shutdown_are_refused() {
     assert!(wal.propose(Command::MarkRead { user: 1, msg: 1 }).is_err());
 }
 
-#[test]
-fn interval_policy_answers_before_fsync() {
+/// A log under `fsync: interval` with `interval`, after one acknowledged write (LSN 1).
+fn interval_log_after_one_write(interval: std::time::Duration) -> (tempfile::TempDir, WalHandle, Metrics) {
     let dir = tempfile::tempdir().unwrap();
-    // An interval no test waits out: any fsync before the answer would be the bug.
-    let config = WalConfig { fsync_interval: std::time::Duration::from_secs(3600), ..config(FsyncPolicy::Interval) };
+    let config = WalConfig { fsync_interval: interval, ..config(FsyncPolicy::Interval) };
     let metrics = Metrics::standalone();
     let wal = GroupCommit::start(dir.path(), &config, Lsn(1), Epoch(1), Collect::default(), metrics.clone()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let lsn =
         runtime.block_on(async { wal.propose(Command::MarkRead { user: 1, msg: 2 }).unwrap().await.unwrap().unwrap() });
     assert_eq!(lsn, Lsn(1));
+    (dir, wal, metrics)
+}
+
+#[test]
+fn interval_policy_answers_before_fsync() {
+    // An interval no test waits out: any fsync before the answer would be the bug.
+    let (_dir, wal, metrics) = interval_log_after_one_write(std::time::Duration::from_secs(3600));
     assert_eq!(wal.durable_lsn(), Lsn::ZERO, "answered, and not durable yet");
     assert!(metrics.render().contains("bitark_wal_fsync_seconds_count 0"), "no fsync before the answer");
     // Asked for, an fsync makes it durable.
@@ -126,14 +132,7 @@ fn interval_policy_answers_before_fsync() {
 
 #[test]
 fn interval_policy_syncs_in_the_background() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = WalConfig { fsync_interval: std::time::Duration::from_millis(50), ..config(FsyncPolicy::Interval) };
-    let metrics = Metrics::standalone();
-    let wal = GroupCommit::start(dir.path(), &config, Lsn(1), Epoch(1), Collect::default(), metrics.clone()).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let lsn =
-        runtime.block_on(async { wal.propose(Command::MarkRead { user: 1, msg: 2 }).unwrap().await.unwrap().unwrap() });
-    assert_eq!(lsn, Lsn(1));
+    let (_dir, wal, metrics) = interval_log_after_one_write(std::time::Duration::from_millis(50));
     // No further writes: the background sync alone must make LSN 1 durable.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while wal.durable_lsn() < Lsn(1) {

@@ -271,6 +271,7 @@ impl GroupCommit {
         let spare = Spare::create(dir, segment_size)
             .inspect_err(|e| tracing::warn!(error = %e, "cannot prepare the next WAL segment yet; will retry"))
             .ok();
+        let spare_failing = spare.is_none();
         metrics.wal_segments.set(list_segments(dir)?.len() as i64);
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let shared = Arc::new(Shared {
@@ -289,6 +290,7 @@ impl GroupCommit {
             config: config.clone(),
             active,
             spare,
+            spare_failing,
             rotation_retry_at: None,
             next_lsn,
             epoch,
@@ -336,6 +338,8 @@ struct Writer<A> {
     active: ActiveSegment,
     /// The preallocated next segment, when one could be made.
     spare: Option<Spare>,
+    /// Making the spare failed last time (logged once until it works again).
+    spare_failing: bool,
     /// A rotation failed; do not try again before this.
     rotation_retry_at: Option<Instant>,
     next_lsn: Lsn,
@@ -565,10 +569,15 @@ impl<A: Applier> Writer<A> {
                 .fail(format!("a write of the log failed ({error}) and what it left could not be erased ({erase})"));
         }
         let no_space = matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
-        tracing::error!(
-            segment = %self.active.path.display(), error = %error,
-            "cannot write the WAL; the write was not logged, writes are refused until this clears"
-        );
+        // Logged once per episode: a full disk under load fails every batch.
+        if self.shared.health() == WalHealth::Healthy {
+            tracing::error!(
+                segment = %self.active.path.display(), error = %error,
+                "cannot write the WAL; the write was not logged, writes are refused until this clears"
+            );
+        } else {
+            tracing::debug!(error = %error, "WAL still cannot be written");
+        }
         let reason = if no_space {
             self.metrics.wal_failures.with_label_values(&["no_space"]).inc();
             format!("the disk holding the write-ahead log is full ({error}); the write was not logged")
@@ -687,8 +696,19 @@ impl<A: Applier> Writer<A> {
 
     fn prepare_spare(&mut self) {
         match Spare::create(&self.dir, self.config.segment_size.as_u64()) {
-            Ok(spare) => self.spare = Some(spare),
-            Err(e) => tracing::warn!(error = %e, "cannot prepare the next WAL segment yet; will retry"),
+            Ok(spare) => {
+                if self.spare_failing {
+                    tracing::info!("the next WAL segment is prepared again");
+                }
+                self.spare = Some(spare);
+                self.spare_failing = false;
+            }
+            // Retried every `retry-interval`: warn once per episode.
+            Err(e) if !self.spare_failing => {
+                tracing::warn!(error = %e, "cannot prepare the next WAL segment yet; will retry");
+                self.spare_failing = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "still cannot prepare the next WAL segment"),
         }
     }
 }
