@@ -46,8 +46,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 /// File descriptors kept back from connections for the node's own use: log segments and
-/// their directory, snapshots being written or read, replication calls, the listener.
+/// their directory, snapshots being written or read, replication calls, the listener,
+/// and the connections being refused ([`REFUSING`]).
 pub const FD_RESERVE: usize = 128;
+/// Connections over the cap answered 503 at once; past that many, the next ones are
+/// reset without an answer, so refusals cannot take descriptors without bound either.
+const REFUSING: usize = FD_RESERVE / 4;
+/// How long a refused connection may take to read its 503 and close.
+const REFUSE_LINGER: Duration = Duration::from_millis(250);
 /// Largest request head (request line and headers) read, in bytes.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -78,6 +84,7 @@ pub async fn serve(
     drain: Duration,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(REFUSING));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -106,7 +113,17 @@ pub async fn serve(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics.http_connections_refused.inc();
-            tokio::spawn(refuse(stream, limits.max_connections));
+            match refusing.clone().try_acquire_owned() {
+                Ok(refusal) => {
+                    let max = limits.max_connections;
+                    tokio::spawn(async move {
+                        refuse(stream, max).await;
+                        drop(refusal);
+                    });
+                }
+                // Too many refusals in flight already: reset this one now.
+                Err(_) => drop(stream.set_zero_linger()),
+            }
             continue;
         };
         if let Err(e) = stream.set_nodelay(true) {
@@ -160,7 +177,7 @@ async fn refuse(mut stream: TcpStream, max: usize) {
         body.len()
     );
     // Answer, then read what the client sends until it closes (see `TrackedIo`).
-    let _ = tokio::time::timeout(LINGER, async {
+    let _ = tokio::time::timeout(REFUSE_LINGER, async {
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.shutdown().await;
         let mut scratch = [0u8; 4096];

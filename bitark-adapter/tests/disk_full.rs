@@ -108,6 +108,12 @@ async fn a_full_disk_answers_507_keeps_serving_reads_and_resumes_writing_once_sp
     assert_eq!(api.check(1, &ids(last)).await.expect("read on a full disk"), vec![true; 100]);
     let live = reqwest::get(format!("{}/actuator/health/liveness", node.url())).await.unwrap();
     assert_eq!(live.status(), StatusCode::OK, "a full disk is no reason to restart the process");
+    // It keeps trying, and keeps saying it is out of service while the disk is full.
+    let retries = support::counter(&node, "bitark_wal_retries_total", &[]).await;
+    support::wait_until(Duration::from_secs(30), "the log to retry on its own", async || {
+        support::counter(&node, "bitark_wal_retries_total", &[]).await >= retries + 3
+    })
+    .await;
     let (status, ready) = readiness(&node).await;
     assert_eq!(
         (status, ready["reason"].as_str()),

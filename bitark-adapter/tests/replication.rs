@@ -571,7 +571,7 @@ async fn replication_needs_the_cluster_token() {
     assert_eq!((status["registered"].as_bool(), status["appliedLsn"].as_u64()), (Some(false), Some(0)), "{status}");
 
     let register = json!({
-        "slaveId": "no-token", "url": "http://127.0.0.1:9", "appliedLsn": 0,
+        "slaveId": "no-token", "url": support::dead_url(), "appliedLsn": 0,
         "features": features_at("3"), "session": "0123456789abcdef",
     });
     let url = format!("{}/internal/replication/register", master.url());
@@ -751,4 +751,17 @@ async fn a_slave_behind_the_retained_wal_is_left_needing_a_full_sync() {
     let status = replication_status(slave).await;
     assert_eq!(status["stateAtMaster"], "NEEDS_FULL_SYNC", "{status}");
     assert!(frozen_at.check(1, &[0]).await.is_ok(), "reads are still served");
+
+    // A slave that registers from a position the WAL no longer holds hears it in the
+    // answer to that first registration.
+    let register = json!({
+        "slaveId": "late-joiner", "url": support::dead_url(), "appliedLsn": 0,
+        "features": features_at("3"), "session": "0123456789abcdef",
+    });
+    let url = format!("{}/internal/replication/register", cluster.master.url());
+    let response = reqwest::Client::new().post(&url).bearer_auth(CLUSTER_TOKEN).json(&register).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["state"], "NEEDS_FULL_SYNC", "{answer}");
+    assert!(answer["reason"].as_str().unwrap_or("").contains("full sync"), "{answer}");
 }

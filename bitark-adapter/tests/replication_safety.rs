@@ -65,7 +65,7 @@ async fn a_replicating_node_needs_a_cluster_token_or_an_explicit_insecure_switch
         let mut node = Node::builder()
             .env("BITARK_NODE__ROLE", role)
             .env("BITARK_REPLICATION__STAGE", "3")
-            .env("BITARK_REPLICATION__MASTER_URL", "http://127.0.0.1:9")
+            .env("BITARK_REPLICATION__MASTER_URL", support::dead_url())
             .spawn();
         let status = node.wait_exit(PROCESS_TIMEOUT).await;
         let stderr = node.stderr_text();
@@ -144,8 +144,9 @@ async fn registrations_are_verified_bounded_replaced_and_forgotten() {
         .await;
     // Twenty registrations naming a URL nothing answers at.
     let mut accepted = 0;
+    let nowhere = support::dead_url();
     for i in 0..20 {
-        let response = register(&master, &format!("fake-{i}"), "http://127.0.0.1:9", 0, &format!("s{i}")).await;
+        let response = register(&master, &format!("fake-{i}"), &nowhere, 0, &format!("s{i}")).await;
         match response.status() {
             StatusCode::OK => {
                 let body: Value = response.json().await.unwrap();
@@ -167,9 +168,11 @@ async fn registrations_are_verified_bounded_replaced_and_forgotten() {
     );
 
     // Unverified slaves get no records and hold no memory.
-    write_many(&master, 1, 0..300).await;
+    write_many(&master, 1, 0..100).await;
     let status = replication_status(&master).await;
-    for slave in status["slaves"].as_array().unwrap() {
+    let listed = status["slaves"].as_array().unwrap();
+    assert_eq!(listed.len(), 4, "{status}");
+    for slave in listed {
         assert_eq!((slave["state"].as_str(), slave["bufferDepth"].as_u64()), (Some("VERIFYING"), Some(0)), "{slave}");
         assert!(slave["lastError"].as_str().unwrap_or("").contains("cannot reach"), "{slave}");
     }
@@ -177,7 +180,7 @@ async fn registrations_are_verified_bounded_replaced_and_forgotten() {
     assert_eq!(metric(&master, "bitark_replication_sent_records_total", &[("slave", "fake-0")]).await, None);
 
     // The same id from another process replaces its link.
-    let response = register(&master, "fake-0", "http://127.0.0.1:10", 0, "another-process").await;
+    let response = register(&master, "fake-0", &support::dead_url(), 0, "another-process").await;
     assert_eq!(response.status(), StatusCode::OK);
     let ids = listed_slaves(&master).await;
     assert_eq!(ids.iter().filter(|id| *id == "fake-0").count(), 1, "{ids:?}");
@@ -189,7 +192,7 @@ async fn registrations_are_verified_bounded_replaced_and_forgotten() {
     .await;
     let state = metric(&master, "bitark_replication_slave_state", &[("slave", "fake-1"), ("state", "VERIFYING")]).await;
     assert_eq!(state, None, "a forgotten slave's metric series stayed");
-    let response = register(&master, "fake-20", "http://127.0.0.1:9", 0, "late").await;
+    let response = register(&master, "fake-20", &nowhere, 0, "late").await;
     assert_eq!(response.status(), StatusCode::OK, "room again once the others are forgotten");
 }
 
@@ -202,7 +205,7 @@ async fn a_slave_whose_log_is_ahead_of_the_master_is_diverged_not_alive() {
         .start()
         .await;
     write_many(&master, 1, 0..10).await;
-    let response = register(&master, "liar", "http://127.0.0.1:9", u64::MAX, "s").await;
+    let response = register(&master, "liar", &support::dead_url(), u64::MAX, "s").await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "diverged", "{body}");
@@ -235,6 +238,94 @@ async fn a_slave_whose_log_is_ahead_of_the_master_is_diverged_not_alive() {
     assert_eq!(ready["reason"], "diverged", "{ready}");
     assert_eq!(replication_status(slave).await["stateAtMaster"], "DIVERGED");
     assert!(slave.api().check(1, &[0]).await.unwrap()[0], "it still serves reads");
+
+    // The master's log grows past where the slave's ended: the slave's records are
+    // still not the master's, so it stays DIVERGED and out of replication.
+    write_many(&cluster.master, 2, 0..40).await;
+    let refused = async || {
+        counter(&cluster.master, "bitark_replication_registrations_refused_total", &[("reason", "diverged")]).await
+    };
+    let before = refused().await;
+    wait_until(CONVERGE_WITHIN, "two more refused registrations of the diverged slave", async || {
+        refused().await >= before + 2
+    })
+    .await;
+    let sent = counter(&cluster.master, "bitark_replication_sent_batches_total", &[("slave", "slave-1")]).await;
+    assert_eq!(slave_entry(&cluster.master, 0).await.unwrap()["state"], "DIVERGED");
+    assert_eq!(slave.api().readiness().await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(sent, 0, "records were sent to a diverged slave");
+    assert!(!slave.api().check(2, &[0]).await.unwrap()[0], "the diverged slave received the new master's records");
+}
+
+#[tokio::test]
+async fn a_forged_batch_is_refused_before_its_body_is_read() {
+    let cluster = Cluster::start_with(1, "3", |_, _, builder| quick(builder)).await;
+    wait_state(&cluster.master, 0, "ALIVE").await;
+    let slave = &cluster.slaves[0];
+    // Headers announce 50 MB; a few bytes come. A slave that read the body before
+    // looking at the sender would wait for the rest.
+    let addr = slave.addr().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /internal/replication/append HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLUSTER_TOKEN}\r\n\
+         Content-Type: {WAL_CONTENT_TYPE}\r\nX-Bitark-Master-Id: intruder\r\nX-Bitark-Session: s\r\n\
+         X-Bitark-Slave-Session: s\r\nContent-Length: 50000000\r\n\r\n0123456789"
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(PROCESS_TIMEOUT, stream.read(&mut buf)).await.expect("an answer").unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 409"), "{text}");
+    assert!(text.contains("wrong_session") || text.contains("wrong_master"), "{text}");
+}
+
+#[tokio::test]
+async fn one_slow_slave_overflows_its_own_buffer_not_a_healthy_one() {
+    // At stage 2 an overflow is a GAP for good, so who overflows is plain to see.
+    let mut cluster = Cluster::start_with(2, "2", |_, _, builder| {
+        quick(builder)
+            .env("BITARK_REPLICATION__BUFFER__MAX_BYTES", "4MiB")
+            .env("BITARK_REPLICATION__BUFFER__TOTAL_MAX_BYTES", "64KiB")
+            .env("BITARK_REPLICATION__REQUEST_TIMEOUT", "5s")
+    })
+    .await;
+    wait_state(&cluster.master, 0, "ALIVE").await;
+    wait_state(&cluster.master, 1, "ALIVE").await;
+    cluster.slaves[1].sigstop();
+    // ~44 bytes a record: the frozen slave's buffer passes the total cap many times.
+    write_many(&cluster.master, 1, 0..4000).await;
+    wait_state(&cluster.master, 1, "GAP").await;
+    support::cluster::wait_for_convergence(&cluster.master, &cluster.slaves[..1], CONVERGE_WITHIN).await;
+    let healthy = slave_entry(&cluster.master, 0).await.unwrap();
+    assert_eq!(healthy["state"], "ALIVE", "a healthy slave paid for a frozen one: {healthy}");
+    cluster.slaves[1].sigcont();
+}
+
+#[tokio::test]
+async fn at_stage_2_a_slave_that_lost_its_data_is_gap_not_a_dead_sender() {
+    // Under `fsync: interval` the front of a buffer can be logged but not durable while
+    // the slave needs older records.
+    let mut cluster = Cluster::start_with(1, "2", |role, _, builder| match role {
+        support::cluster::Role::Master => {
+            quick(builder).env("BITARK_WAL__FSYNC", "interval").env("BITARK_WAL__FSYNC_INTERVAL", "1h")
+        }
+        support::cluster::Role::Slave => quick(builder),
+    })
+    .await;
+    wait_state(&cluster.master, 0, "ALIVE").await;
+    write_many(&cluster.master, 1, 0..30).await;
+    cluster.wait_for_convergence(CONVERGE_WITHIN).await;
+    assert!(cluster.slaves[0].stop().await.success());
+    for dir in ["wal", "snapshots"] {
+        std::fs::remove_dir_all(cluster.slaves[0].data_dir().join(dir)).expect("wipe the slave");
+    }
+    cluster.restart_slave(0).await;
+    // It registers at LSN 0; stage 2 cannot resend 1..=30.
+    write_many(&cluster.master, 2, 0..30).await;
+    wait_state(&cluster.master, 0, "GAP").await;
+    let sent = counter(&cluster.master, "bitark_replication_sent_batches_total", &[("slave", "slave-1")]).await;
+    assert!(sent > 0, "the sender of the new link never sent");
 }
 
 #[tokio::test]

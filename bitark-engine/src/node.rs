@@ -199,6 +199,9 @@ impl Node {
         }
         for record in &records {
             let invalid = |reason: String| ReplicateError::InvalidRecord { lsn: record.lsn.0, reason };
+            if record.lsn == Lsn::ZERO || record.lsn == Lsn(u64::MAX) {
+                return Err(invalid("LSNs run from 1 to 2^64 - 2".into()));
+            }
             if record.epoch != self.epoch() {
                 return Err(invalid(format!("epoch {} differs from this node's epoch {}", record.epoch, self.epoch())));
             }

@@ -92,10 +92,17 @@ fn a_full_disk_refuses_writes_without_logging_them_and_writes_resume_once_space_
 fn an_idle_log_retries_on_its_own_and_becomes_ready_again() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let node = open(dir.path());
+    let metrics = Metrics::standalone();
+    let node = Node::open(config(dir.path()), metrics.clone()).unwrap();
     fail::cfg("wal::before-write", "return(enospc)").unwrap();
     assert!(matches!(write(&node, 1), Err(WriteError::NoSpace(_))));
-    assert!(is_no_space(&node.wal_health()));
+    // The retries see the fault still there: the log stays degraded through them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while metrics.wal_retries.get() < 3 {
+        assert!(std::time::Instant::now() < deadline, "the log never retried");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(is_no_space(&node.wal_health()), "healthy again while writes still fail: {:?}", node.wal_health());
     fail::remove("wal::before-write");
     // No write arrives; the retry timer alone must bring the log back.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -213,7 +213,8 @@ fn a_replicated_record_is_checked_as_the_api_checks_a_command() {
     let mut config = config(dir.path());
     config.node.role = bitark_engine::Role::Slave;
     config.replication.stage = 3.0;
-    config.replication.master_url = "http://127.0.0.1:9".into();
+    // Never contacted: nothing in this test starts the follower.
+    config.replication.master_url = "http://127.0.0.1:1".into();
     config.limits.max_batch = 3;
     config.limits.max_range = 10;
     let rt = runtime();
@@ -229,6 +230,10 @@ fn a_replicated_record_is_checked_as_the_api_checks_a_command() {
         let refused = rt.block_on(node.replicate(vec![fine.clone(), bad.clone()]));
         assert!(matches!(refused, Err(ReplicateError::InvalidRecord { lsn: 2, .. })), "{bad:?}: {refused:?}");
     }
+    // LSNs come from the network: the largest one must not overflow anything.
+    let last = record(u64::MAX, Command::MarkRead { user: 1, msg: 3 });
+    let refused = rt.block_on(node.replicate(vec![last]));
+    assert!(matches!(refused, Err(ReplicateError::InvalidRecord { lsn: u64::MAX, .. })), "{refused:?}");
     assert_eq!((node.applied_lsn(), node.mark_count()), (Lsn::ZERO, 0), "nothing of a refused batch was applied");
     assert_eq!(rt.block_on(node.replicate(vec![fine])).map(|o| o.last), Ok(Lsn(1)));
     node.shutdown();

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub wal_writable: IntGauge,
     /// `bitark_wal_failures_total{kind="no_space|write|fsync|crash"}`: write-path failures.
     pub wal_failures: IntCounterVec,
+    /// `bitark_wal_retries_total`: tries of a degraded log to write again.
+    pub wal_retries: IntCounter,
     /// `bitark_memory_resident_bytes`: resident memory of the process, as the memory
     /// guard last sampled it.
     pub memory_resident_bytes: IntGauge,
@@ -207,6 +209,10 @@ impl Metrics {
                 IntCounter::new("bitark_wal_segments_deleted_total", "WAL segments deleted by garbage collection")?,
             )?,
             wal_writable: reg(r, IntGauge::new("bitark_wal_writable", "1 while the write-ahead log accepts writes")?)?,
+            wal_retries: reg(
+                r,
+                IntCounter::new("bitark_wal_retries_total", "Tries of a degraded write-ahead log to write again")?,
+            )?,
             wal_failures: reg(
                 r,
                 IntCounterVec::new(

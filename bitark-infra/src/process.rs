@@ -20,12 +20,17 @@ pub fn open_files_limit() -> std::io::Result<(u64, u64)> {
     Ok((limit.rlim_cur, limit.rlim_max))
 }
 
-/// Raises this process's soft limit on open files to its hard limit; answers the
-/// `(soft, hard)` limits in force before and after, as `(before, (soft, hard))`.
+/// Raises this process's soft limit on open files to its hard limit (or to the kernel's
+/// `fs.nr_open` when the hard limit is above it, e.g. unlimited); answers the limits in
+/// force before and after, as `(soft before, (soft, hard))`.
 pub fn raise_open_files_limit() -> std::io::Result<(u64, (u64, u64))> {
     let (soft, hard) = open_files_limit()?;
-    if soft < hard {
-        let raised = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+    let target = match std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|n| n.trim().parse::<u64>().ok()) {
+        Some(nr_open) => hard.min(nr_open),
+        None => hard,
+    };
+    if soft < target {
+        let raised = libc::rlimit { rlim_cur: target, rlim_max: hard };
         // SAFETY: setrlimit only reads the struct it is given.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
             return Err(std::io::Error::last_os_error());

@@ -5,8 +5,9 @@ use super::auth::{self, Guard};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, RawBody};
 use super::AppState;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -52,25 +53,33 @@ fn follower(state: &AppState) -> Result<&Follower, ApiError> {
     state.follower().ok_or_else(|| ApiError::conflict("wrong_role", "this node is not a slave"))
 }
 
-/// A batch of WAL records from the master (slave only): checked to come from the master
-/// this slave follows, decoded and verified whole, then logged, applied, acknowledged.
-async fn append(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> Result<Response, ApiError> {
-    let follower = follower(&state)?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if content_type != WAL_CONTENT_TYPE {
-        return Err(ApiError::UnsupportedMediaType(format!("a replication batch must be {WAL_CONTENT_TYPE}")));
+/// The sender of a log batch, checked from the headers alone, before a byte of the body
+/// is read: the node is a slave, the body is WAL records, and the batch comes from the
+/// master (and master process) this slave registered with, meant for this process.
+struct FromMaster(Follower);
+
+impl FromRequestParts<AppState> for FromMaster {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let follower = follower(state)?;
+        let text = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if text(header::CONTENT_TYPE.as_str()) != WAL_CONTENT_TYPE {
+            return Err(ApiError::UnsupportedMediaType(format!("a replication batch must be {WAL_CONTENT_TYPE}")));
+        }
+        let sender = BatchSender {
+            master_id: text(MASTER_ID_HEADER),
+            master_session: text(SESSION_HEADER),
+            slave_session: text(SLAVE_SESSION_HEADER),
+        };
+        follower.check_sender(&sender).map_err(|refused| ApiError::conflict(refused.reason(), refused.to_string()))?;
+        Ok(FromMaster(follower.clone()))
     }
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let sender = BatchSender {
-        master_id: text(MASTER_ID_HEADER),
-        master_session: text(SESSION_HEADER),
-        slave_session: text(SLAVE_SESSION_HEADER),
-    };
-    follower.check_sender(&sender).map_err(|refused| ApiError::conflict(refused.reason(), refused.to_string()))?;
+}
+
+/// A batch of WAL records from the master (slave only), decoded and verified whole, then
+/// logged, applied, acknowledged.
+async fn append(FromMaster(follower): FromMaster, RawBody(body): RawBody) -> Result<Response, ApiError> {
     let mut records = Vec::new();
     let mut offset = 0;
     while offset < body.len() {

@@ -39,6 +39,12 @@ pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between two looks at a condition.
 const POLL: Duration = Duration::from_millis(10);
 
+/// A URL nothing listens at: a port the OS just handed out, and closed again.
+pub fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    format!("http://{}", listener.local_addr().expect("its address"))
+}
+
 /// Polls `condition` until it holds; false once `timeout` has passed without it.
 pub async fn poll_until(timeout: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

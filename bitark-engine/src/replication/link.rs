@@ -144,6 +144,9 @@ pub(crate) struct LinkState {
     pub behind_since: Option<Instant>,
     /// When the slave last registered or answered.
     pub last_seen: Instant,
+    /// `(slave LSN, master LSN)` when this slave process was found ahead of the master's
+    /// log: it stays DIVERGED for as long as the process lives.
+    pub diverged: Option<(Lsn, Lsn)>,
 }
 
 pub(crate) struct Queued {
@@ -170,6 +173,7 @@ impl LinkState {
             last_error: None,
             behind_since: None,
             last_seen: Instant::now(),
+            diverged: None,
         }
     }
 

@@ -20,7 +20,7 @@ use crate::config::ReplicationConfig;
 use bitark_common::replication::{Features, RegisterRequest, RegisterResponse};
 use bitark_common::{Lsn, Record};
 use bitark_infra::replication::ReplicationClient;
-use bitark_infra::wal::WalHandle;
+use bitark_infra::wal::{list_segments, WalHandle};
 use bitark_infra::Metrics;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -154,6 +154,18 @@ impl MasterHub {
             let s = link.lock();
             s.slave_session == request.session && s.url == request.url
         });
+        // A slave process that was found ahead of this master's log holds records this
+        // master never had, wherever the master's log has got to since: it stays
+        // DIVERGED until it comes back as a new process (an operator resynced it).
+        if let Some((slave_lsn, master_lsn)) =
+            existing.as_ref().filter(|_| same_process).and_then(|l| l.lock().diverged)
+        {
+            return Err(RegisterError::Diverged {
+                slave: request.slave_id,
+                slave_lsn: slave_lsn.0,
+                master_lsn: master_lsn.0,
+            });
+        }
         if applied > durable {
             let error = RegisterError::Diverged {
                 slave: request.slave_id.clone(),
@@ -161,26 +173,15 @@ impl MasterHub {
                 master_lsn: durable.0,
             };
             tracing::error!(slave = %request.slave_id, slave_lsn = %applied, master_lsn = %durable, "slave is ahead of this master: DIVERGED");
-            // Shown until the slave registers from a position this master can follow.
-            let link = match existing.filter(|_| same_process) {
-                Some(link) => link,
-                None if slaves.len() >= hub.config.max_slaves && !slaves.contains_key(&request.slave_id) => {
-                    return Err(error)
-                }
-                None => {
-                    if let Some(old) = slaves.remove(&request.slave_id) {
-                        hub.close(&old);
-                    }
-                    let state = LinkState::registered(request.url, features, request.session, applied);
-                    let link = Arc::new(SlaveLink::new(request.slave_id.clone(), state));
-                    slaves.insert(request.slave_id, link.clone());
-                    link
-                }
-            };
+            if !slaves.contains_key(&request.slave_id) && slaves.len() >= hub.config.max_slaves {
+                return Err(error);
+            }
+            // Shown (and kept out of replication) until the slave comes back as a new process.
+            let link = self.replace_link(&mut slaves, &request, features, applied);
             let mut s = link.lock();
             s.set_state(SlaveState::Diverged);
+            s.diverged = Some((applied, durable));
             s.last_error = Some(error.to_string());
-            s.last_seen = Instant::now();
             drop(s);
             refresh_metrics(hub, &link);
             return Err(error);
@@ -197,11 +198,6 @@ impl MasterHub {
                     s.last_ack = applied;
                     s.next_send = s.next_send.max(applied.next());
                 }
-                if s.state() == SlaveState::Diverged {
-                    // Its position is one this master can follow again.
-                    let state = if s.verified { SlaveState::Alive } else { SlaveState::Verifying };
-                    s.set_state(state);
-                }
                 let check = !s.verified && !s.verifying;
                 drop(s);
                 if check {
@@ -211,10 +207,8 @@ impl MasterHub {
                 link
             }
             existing => {
-                if let Some(old) = existing {
-                    tracing::info!(slave = %old.id, %applied, "slave restarted or moved; following its new process from its own position");
-                    slaves.remove(&old.id);
-                    hub.close(&old);
+                if existing.is_some() {
+                    tracing::info!(slave = %request.slave_id, %applied, "slave restarted or moved; following its new process from its own position");
                 } else if slaves.len() >= hub.config.max_slaves {
                     return Err(RegisterError::TooManySlaves {
                         slave: request.slave_id.clone(),
@@ -223,10 +217,16 @@ impl MasterHub {
                 } else {
                     tracing::info!(slave = %request.slave_id, url = %request.url, %applied, features = ?features.enabled(), "slave registered; verifying its URL");
                 }
-                let state = LinkState::registered(request.url, features, request.session, applied);
-                let link = Arc::new(SlaveLink::new(request.slave_id.clone(), state));
-                slaves.insert(request.slave_id.clone(), link.clone());
-                hub.runtime.spawn(sender::run(hub.clone(), link.clone()));
+                let link = self.replace_link(&mut slaves, &request, features, applied);
+                if let Some(oldest) = self.oldest_retained().filter(|oldest| applied.next() < *oldest) {
+                    // The log it needs next is gone: no catch-up can bring it back.
+                    let mut s = link.lock();
+                    s.set_state(SlaveState::NeedsFullSync);
+                    s.last_error = Some(format!(
+                        "needs LSN {}, the WAL starts at LSN {oldest}: a full sync is required",
+                        applied.next()
+                    ));
+                }
                 verify::start(hub.clone(), link.clone());
                 link
             }
@@ -246,6 +246,31 @@ impl MasterHub {
         })
     }
 
+    /// Creates the link of a slave that registers from a new process (or for the first
+    /// time) in place of any old one, with its own sender task.
+    fn replace_link(
+        &self,
+        slaves: &mut HashMap<String, Arc<SlaveLink>>,
+        request: &RegisterRequest,
+        features: Features,
+        applied: Lsn,
+    ) -> Arc<SlaveLink> {
+        let hub = &self.inner;
+        if let Some(old) = slaves.remove(&request.slave_id) {
+            hub.close(&old);
+        }
+        let state = LinkState::registered(request.url.clone(), features, request.session.clone(), applied);
+        let link = Arc::new(SlaveLink::new(request.slave_id.clone(), state));
+        slaves.insert(request.slave_id.clone(), link.clone());
+        hub.runtime.spawn(sender::run(hub.clone(), link.clone()));
+        link
+    }
+
+    /// The oldest LSN the WAL still holds, if it holds any.
+    fn oldest_retained(&self) -> Option<Lsn> {
+        list_segments(&self.inner.wal_dir).ok()?.first().map(|segment| segment.first_lsn)
+    }
+
     /// Hands a logged batch to every verified slave's buffer; called on the WAL writer
     /// thread. Under `fsync: interval | never` the batch is not durable yet: senders
     /// hold it back until it is.
@@ -259,38 +284,41 @@ impl MasterHub {
         let slaves = hub.slaves.read().unwrap_or_else(PoisonError::into_inner);
         let limits = &hub.config.buffer;
         let committed = Instant::now();
+        self.make_room(&slaves, bytes * slaves.len(), committed);
         for link in slaves.values() {
             let mut s = link.lock();
             if !s.verified || matches!(s.state(), SlaveState::Slow) || s.state().is_stuck() {
                 continue;
             }
-            let total = hub.buffered.load(Ordering::Relaxed);
             let overflows = s.buffer.len() + records.len() > limits.max_records
-                || s.buffer_bytes + bytes > limits.max_bytes.as_u64() as usize
-                || total + bytes > limits.total_max_bytes.as_u64() as usize;
-            if !overflows {
-                s.push(records, &hub.buffered, committed);
-            } else if s.features.bounded_buffer {
-                tracing::warn!(slave = %link.id, depth = s.buffer.len(), "send buffer full: slave marked SLOW");
-                s.set_state(SlaveState::Slow);
-                s.clear_buffer(&hub.buffered);
-                s.behind_since.get_or_insert(committed);
+                || s.buffer_bytes + bytes > limits.max_bytes.as_u64() as usize;
+            if overflows {
+                overflow(&mut s, link, &hub.buffered, records[records.len() - 1].lsn, committed);
             } else {
-                // Stages 1 and 2 cannot send these again: the slave will miss them.
-                let first = s.buffer.front().map(|q| q.record.lsn).unwrap_or(records[0].lsn);
-                let last = records[records.len() - 1].lsn;
-                tracing::warn!(slave = %link.id, %first, %last, "send buffer full: records dropped, the slave misses them (GAP)");
-                s.clear_buffer(&hub.buffered);
-                s.next_send = s.next_send.max(last.next());
-                s.set_state(SlaveState::Gap);
-                s.last_error = Some(format!(
-                    "the send buffer overflowed; records {first}..={last} were dropped and this stage cannot resend them"
-                ));
+                s.push(records, &hub.buffered, committed);
             }
             drop(s);
             link.wake.notify_one();
         }
         hub.metrics.replication_buffered_bytes.set(hub.buffered.load(Ordering::Relaxed) as i64);
+    }
+
+    /// Keeps all send buffers together under `buffer.total-max-bytes` before `incoming`
+    /// more bytes are queued: the largest buffer (the slave furthest behind) overflows
+    /// first, never a healthy slave that happens to be filled next.
+    fn make_room(&self, slaves: &HashMap<String, Arc<SlaveLink>>, incoming: usize, now: Instant) {
+        let hub = &self.inner;
+        let max = hub.config.buffer.total_max_bytes.as_u64() as usize;
+        while hub.buffered.load(Ordering::Relaxed) + incoming > max {
+            let largest = slaves.values().max_by_key(|link| link.lock().buffer_bytes);
+            let Some(link) = largest.filter(|link| link.lock().buffer_bytes > 0) else { return };
+            let mut s = link.lock();
+            let through = s.buffer.back().map(|q| q.record.lsn).unwrap_or(s.next_send);
+            tracing::warn!(slave = %link.id, bytes = s.buffer_bytes, "send buffers over replication.buffer.total-max-bytes: the largest overflows");
+            overflow(&mut s, link, &hub.buffered, through, now);
+            drop(s);
+            link.wake.notify_one();
+        }
     }
 
     /// The durable LSN moved: senders holding records back for it go on.
@@ -319,6 +347,26 @@ impl MasterHub {
     /// The session of this master process.
     pub fn session(&self) -> &str {
         &self.inner.session
+    }
+}
+
+/// Drops `s`'s buffer, which cannot take the records through `last`: the slave is
+/// caught up from the WAL later (SLOW), or, at stages 1 and 2, misses them (GAP).
+fn overflow(s: &mut LinkState, link: &SlaveLink, total: &AtomicUsize, last: Lsn, now: Instant) {
+    if s.features.bounded_buffer {
+        tracing::warn!(slave = %link.id, depth = s.buffer.len(), "send buffer full: slave marked SLOW");
+        s.set_state(SlaveState::Slow);
+        s.clear_buffer(total);
+        s.behind_since.get_or_insert(now);
+    } else {
+        let first = s.buffer.front().map(|q| q.record.lsn).unwrap_or(s.next_send);
+        tracing::warn!(slave = %link.id, %first, %last, "send buffer full: records dropped, the slave misses them (GAP)");
+        s.clear_buffer(total);
+        s.next_send = s.next_send.max(last.next());
+        s.set_state(SlaveState::Gap);
+        s.last_error = Some(format!(
+            "the send buffer overflowed; records {first}..={last} were dropped and this stage cannot resend them"
+        ));
     }
 }
 

@@ -99,11 +99,15 @@ fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
         }
         return Step::CatchUp(s.next_send);
     }
-    if !s.buffer.is_empty() {
+    match s.buffer.front() {
         // This stage cannot resend what the slave missed: send on, the slave reports the gap.
-        return Step::Send(take_batch(&s, hub.config.batch_max_records, durable));
+        Some(front) if front.record.lsn <= durable => Step::Send(take_batch(&s, hub.config.batch_max_records, durable)),
+        Some(_) => {
+            hold_for_durable(hub);
+            Step::Wait
+        }
+        None => Step::Wait,
     }
-    Step::Wait
 }
 
 /// Asks the log for an fsync and to be woken when it is done.
@@ -175,6 +179,9 @@ async fn catch_up(
 }
 
 async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
+    if records.is_empty() || link.is_closed() {
+        return;
+    }
     let (url, features, slave_session) = {
         let s = link.lock();
         (s.url.clone(), s.features, s.slave_session.clone())
@@ -191,13 +198,14 @@ async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
     let started = Instant::now();
     let sender = BatchSender { master_id: &hub.node_id, master_session: &hub.session, slave_session: &slave_session };
     let result = hub.client.append(&url, &sender, body).await;
+    if link.is_closed() {
+        // Forgotten or replaced meanwhile: its metric series are gone and stay gone.
+        return;
+    }
     m.replication_send_seconds.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
 
     let backoff = {
         let mut s = link.lock();
-        if link.is_closed() {
-            return;
-        }
         match result {
             Ok(Some(ack)) => {
                 m.replication_acked_batches.with_label_values(&labels).inc();

@@ -132,6 +132,13 @@ impl ActiveSegment {
         Ok(())
     }
 
+    /// Writes `count` zeros after the last record and syncs them: a test that writing
+    /// works, which leaves the log as it was (a zero tail is its clean end).
+    pub fn write_zeros_after_end(&mut self, count: usize) -> std::io::Result<()> {
+        self.file.write_all_at(&vec![0u8; count], self.len)?;
+        self.file.sync_data()
+    }
+
     /// Makes every write so far durable.
     pub fn sync(&self) -> Result<(), StorageError> {
         self.file.sync_data().at(&self.path)
@@ -164,9 +171,15 @@ impl Spare {
     pub fn create(dir: &Path, segment_size: u64) -> Result<Spare, StorageError> {
         let path = dir.join(SPARE_NAME);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).at(&path)?;
-        let reserved = match allocate(&file, 0, segment_size).at(&path)? {
-            Allocation::Done => segment_size,
-            Allocation::Unsupported => u64::MAX,
+        let reserved = match allocate(&file, 0, segment_size) {
+            Ok(Allocation::Done) => segment_size,
+            Ok(Allocation::Unsupported) => u64::MAX,
+            Err(e) => {
+                // A partial allocation would hold space the active segment may need.
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+                return Err(StorageError::io(&path, e));
+            }
         };
         file.sync_all().at(&path)?;
         Ok(Spare { path, file, reserved })

@@ -291,6 +291,7 @@ impl GroupCommit {
             active,
             spare,
             spare_failing,
+            probe: None,
             rotation_retry_at: None,
             next_lsn,
             epoch,
@@ -340,6 +341,8 @@ struct Writer<A> {
     spare: Option<Spare>,
     /// Making the spare failed last time (logged once until it works again).
     spare_failing: bool,
+    /// While degraded: what to try to find out whether writing works again.
+    probe: Option<Probe>,
     /// A rotation failed; do not try again before this.
     rotation_retry_at: Option<Instant>,
     next_lsn: Lsn,
@@ -506,8 +509,10 @@ impl<A: Applier> Writer<A> {
             let _ = reply.send(Err(e));
             return;
         }
-        if let Some(pair) = records.windows(2).find(|w| w[1].lsn != w[0].lsn.next()) {
-            let _ = reply.send(Err(ProposeError::Gap { expected: pair[0].lsn.next(), found: pair[1].lsn }));
+        // LSNs come from another node: no arithmetic on them may overflow.
+        if let Some(pair) = records.windows(2).find(|w| w[0].lsn.0.checked_add(1) != Some(w[1].lsn.0)) {
+            let expected = Lsn(pair[0].lsn.0.saturating_add(1));
+            let _ = reply.send(Err(ProposeError::Gap { expected, found: pair[1].lsn }));
             return;
         }
         let skipped = records.iter().take_while(|r| r.lsn < self.next_lsn).count();
@@ -536,12 +541,23 @@ impl<A: Applier> Writer<A> {
     fn persist(&mut self, records: &[Record]) -> Result<(), ProposeError> {
         let last = records[records.len() - 1].lsn;
         let started = Instant::now();
-        fail::fail_point!("wal::before-write", |arg| Err(self.not_logged(injected(arg, "wal::before-write"), 0)));
-        if let Err(e) = self.active.reserve(self.buf.len() as u64) {
-            return Err(self.not_logged(e, 0));
+        let bytes = self.buf.len() as u64;
+        // A batch that does not fit the segment starts the next one, whose space the
+        // spare already holds: a full disk then costs nothing until the spare is used.
+        if self.active.len > 0 && self.active.len + bytes > self.config.segment_size.as_u64() && self.rotation_due() {
+            self.rotate();
+            if let WalHealth::Failed { reason } = self.shared.health() {
+                return Err(ProposeError::Unknown(reason));
+            }
+        }
+        if let Err(e) = injected_write_failure() {
+            return Err(self.not_logged(e, 0, Probe::Write));
+        }
+        if let Err(e) = self.active.reserve(bytes) {
+            return Err(self.not_logged(e, 0, Probe::Reserve(bytes)));
         }
         if let Err((written, e)) = self.active.write(&self.buf) {
-            return Err(self.not_logged(e, written));
+            return Err(self.not_logged(e, written, Probe::Write));
         }
         self.dirty = true;
         self.metrics.wal_append_seconds.observe(started.elapsed().as_secs_f64());
@@ -554,16 +570,14 @@ impl<A: Applier> Writer<A> {
         self.next_lsn = last.next();
         self.metrics.group_commit_batch_records.observe(records.len() as f64);
         self.applier.apply(records);
-        if self.active.len >= self.config.segment_size.as_u64() && self.rotation_due() {
-            self.rotate();
-        }
         Ok(())
     }
 
     /// A batch that did not make it into the log: erases whatever part of it reached
     /// the file, degrades the log, and describes the failure. Answers `Unknown` (and
     /// fails the log) if the erasure itself cannot be made durable.
-    fn not_logged(&mut self, error: std::io::Error, written: usize) -> ProposeError {
+    fn not_logged(&mut self, error: std::io::Error, written: usize, probe: Probe) -> ProposeError {
+        self.probe = Some(probe);
         if let Err(erase) = self.active.erase_after_end(written) {
             return self
                 .fail(format!("a write of the log failed ({error}) and what it left could not be erased ({erase})"));
@@ -602,14 +616,23 @@ impl<A: Applier> Writer<A> {
         ProposeError::Unknown(reason)
     }
 
-    /// Tries what failed last time: reserving space for the next batch.
+    /// Tries again what failed last time: the same reservation, or a write (of zeros,
+    /// after the end of the log, synced); healthy again once it works.
     fn recover_if_possible(&mut self) {
-        match self.active.reserve(1) {
+        self.metrics.wal_retries.inc();
+        let result = match self.probe {
+            Some(Probe::Reserve(bytes)) => self.active.reserve(bytes),
+            Some(Probe::Write) | None => injected_write_failure()
+                .and_then(|()| self.active.reserve(PROBE_BYTES as u64))
+                .and_then(|()| self.active.write_zeros_after_end(PROBE_BYTES)),
+        };
+        match result {
             Ok(()) => {
                 tracing::info!("the write-ahead log accepts writes again");
+                self.probe = None;
                 self.shared.set_health(WalHealth::Healthy, &self.metrics);
             }
-            Err(e) => tracing::debug!(error = %e, "the write-ahead log still cannot reserve space"),
+            Err(e) => tracing::debug!(error = %e, "the write-ahead log still cannot be written"),
         }
     }
 
@@ -711,6 +734,24 @@ impl<A: Applier> Writer<A> {
             Err(e) => tracing::debug!(error = %e, "still cannot prepare the next WAL segment"),
         }
     }
+}
+
+/// Bytes a retry writes (zeros, after the end of the log) to see whether writing works.
+const PROBE_BYTES: usize = 4096;
+
+/// What a degraded log tries, to find out whether it can write again.
+#[derive(Clone, Copy, Debug)]
+enum Probe {
+    /// The reservation of this many bytes failed (a full disk or quota).
+    Reserve(u64),
+    /// A write failed.
+    Write,
+}
+
+/// The failure `wal::before-write` injects, if it is configured.
+fn injected_write_failure() -> std::io::Result<()> {
+    fail::fail_point!("wal::before-write", |arg| Err(injected(arg, "wal::before-write")));
+    Ok(())
 }
 
 /// The error a failpoint injects: `return(enospc)` gives `ENOSPC`, plain `return` an
