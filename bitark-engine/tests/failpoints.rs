@@ -197,6 +197,8 @@ fn a_dead_writer_thread_fails_the_node_instead_of_looking_like_a_shutdown() {
     let node = open(dir.path());
     assert_eq!(write(&node, 1), Ok(Lsn(1)));
     fail::cfg("wal::writer-panic", "panic").unwrap();
+    // The thread's own report of its death comes late; the failed write must not wait for it.
+    fail::cfg("wal::before-crash-report", "sleep(300)").unwrap();
     let died = write(&node, 2);
     fail::remove("wal::writer-panic");
     assert!(matches!(died, Err(WriteError::Stopped(_))), "{died:?}");
@@ -207,6 +209,7 @@ fn a_dead_writer_thread_fails_the_node_instead_of_looking_like_a_shutdown() {
     assert!(matches!(write(&node, 3), Err(WriteError::Stopped(_))));
     assert!(node.is_read(1, 1), "reads keep working");
     node.shutdown();
+    fail::remove("wal::before-crash-report");
     scenario.teardown();
 }
 

@@ -16,7 +16,7 @@
 //!
 //! Named fault-injection points (the `fail` crate, enabled by the `failpoints` feature):
 //! `wal::before-write`, `wal::before-fsync`, `wal::allocate` (space reservation),
-//! `wal::partial-write` (half a batch written, then `ENOSPC`), `wal::writer-panic`,
+//! `wal::partial-write` (half a batch written, then `ENOSPC`), `wal::writer-panic`, `wal::before-crash-report`,
 //! `snapshot::before-rename`. `return(enospc)` makes the WAL points fail
 //! with `ENOSPC`.
 

@@ -165,11 +165,18 @@ impl Shared {
 
     /// Why the writer no longer takes a message: failed, or shut down. A writer that
     /// went away without being asked to has crashed, even if its guard has not said so
-    /// yet (it runs after everything the thread held has been dropped).
+    /// yet (it runs after everything the thread held has been dropped, so a caller can
+    /// see its reply dropped first): the crash is recorded here at once, so a health
+    /// check made after this answer never reports the log healthy.
     fn failure(&self) -> ProposeError {
         match self.health() {
             WalHealth::Failed { reason } => ProposeError::Failed(reason),
-            _ if !self.stopping.load(Ordering::Acquire) => ProposeError::Failed(CRASHED.into()),
+            _ if !self.stopping.load(Ordering::Acquire) => {
+                self.failed.store(true, Ordering::Release);
+                *self.health.lock().unwrap_or_else(PoisonError::into_inner) =
+                    WalHealth::Failed { reason: CRASHED.into() };
+                ProposeError::Failed(CRASHED.into())
+            }
             _ => ProposeError::Closed,
         }
     }
@@ -324,6 +331,8 @@ struct CrashGuard(Arc<Shared>, Metrics);
 impl Drop for CrashGuard {
     fn drop(&mut self) {
         if !self.0.stopping.load(Ordering::Acquire) || std::thread::panicking() {
+            // Lets a test hold the report back, as a slow unwind would.
+            fail::fail_point!("wal::before-crash-report");
             tracing::error!("the WAL writer thread stopped unexpectedly; writes are refused until restart");
             self.1.wal_failures.with_label_values(&["crash"]).inc();
             self.0.set_health(WalHealth::Failed { reason: CRASHED.into() }, &self.1);
