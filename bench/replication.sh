@@ -17,6 +17,8 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
+# Replicating nodes refuse to start without a cluster token.
+export BITARK_SECURITY__CLUSTER_TOKEN=bench-cluster-token
 
 start() { # name port env...
   local name=$1 port=$2; shift 2

@@ -21,6 +21,7 @@ pub mod server;
 pub use config::AppConfig;
 
 use bitark_common::replication::Features;
+use bitark_engine::modules::{self, Host};
 use bitark_engine::replication::Follower;
 use bitark_engine::{Node, OpenError};
 use bitark_infra::replication::ReplicationClient;
@@ -161,8 +162,9 @@ fn warn_about_exposure(config: &AppConfig, addr: SocketAddr) {
     }
 }
 
-/// Starts the replication module the configuration asks for: a master's hub, or a
-/// slave's follower. Neither when replication is off.
+/// Starts the replication core the configuration asks for (a master's hub, or a
+/// slave's follower; neither when replication is off), then the plugin modules its
+/// flags turn on.
 fn start_replication(
     state: &http::AppState,
     node: &Node,
@@ -181,9 +183,14 @@ fn start_replication(
         let self_url =
             if replication.self_url.is_empty() { format!("http://{local_addr}") } else { replication.self_url.clone() };
         tracing::info!(master = %replication.master_url, %self_url, features = ?features.enabled(), "following the master");
-        state.set_follower(Follower::start(node.clone(), self_url, client, metrics.clone()));
+        let follower = Follower::start(node.clone(), self_url, client, metrics.clone());
+        let modules = modules::start(&Host::Slave(&follower), &features);
+        tracing::info!(?modules, "replication modules started");
+        state.set_follower(follower);
     } else if let Some(hub) = node.start_master_hub(client) {
         tracing::info!(features = ?features.enabled(), static_slaves = replication.slaves.len(), "replicating to slaves");
+        let modules = modules::start(&Host::Master(&hub), &features);
+        tracing::info!(?modules, "replication modules started");
         state.set_hub(hub);
     }
 }

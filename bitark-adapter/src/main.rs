@@ -42,6 +42,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Named fault points answer the FAILPOINTS variable in test builds; in a release
+    // build they do not exist and this does nothing.
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     if let Some(Command::Openapi) = cli.command {
         print!("{}", bitark_adapter::openapi::document());

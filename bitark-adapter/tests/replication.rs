@@ -65,7 +65,10 @@ async fn quick_cluster(slaves: usize, stage: &str) -> Cluster {
 /// The `features` object of a node or a slave link at `stage`.
 fn features_at(stage: &str) -> Value {
     let on = |from: f64| stage.parse::<f64>().expect("a stage") >= from;
-    json!({ "notify": on(1.0), "progress": on(2.0), "bounded-buffer": on(2.5), "reliable": on(3.0) })
+    json!({
+        "notify": on(1.0), "progress": on(2.0), "bounded-buffer": on(2.5), "reliable": on(3.0),
+        "heartbeat": on(4.0), "full-sync": on(5.0), "cluster-gc": on(6.0),
+    })
 }
 
 // ---------------------------------------------------------------------------------
@@ -458,7 +461,8 @@ async fn stage_replicates_and_shows_its_flags(stage: &'static str, seed: u64) {
         }
     }
     let progress = &replication_status(slave).await["progressLsn"];
-    assert_eq!(progress.is_u64(), stage == "3", "stage {stage}: slave progressLsn {progress}");
+    let reliable = stage.parse::<f64>().expect("a stage") >= 3.0;
+    assert_eq!(progress.is_u64(), reliable, "stage {stage}: slave progressLsn {progress}");
 
     let mut model = Model::new(WRITERS);
     write_load(&master.api(), &mut model, WRITERS, 50, seed).await;
@@ -474,6 +478,9 @@ async fn every_stage_replicates_and_shows_its_flags() {
         stage_replicates_and_shows_its_flags("2", 31),
         stage_replicates_and_shows_its_flags("2.5", 32),
         stage_replicates_and_shows_its_flags("3", 33),
+        stage_replicates_and_shows_its_flags("4", 34),
+        stage_replicates_and_shows_its_flags("5", 35),
+        stage_replicates_and_shows_its_flags("6", 36),
     );
 }
 
@@ -501,6 +508,59 @@ async fn rolling_back_to_stage_1_and_forward_to_stage_3_keeps_every_write() {
 }
 
 #[tokio::test]
+async fn rolling_back_from_stage_6_to_3_and_forward_again_under_load_loses_nothing_acknowledged() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut cluster = quick_cluster(1, "6").await;
+    wait_registered(&cluster.master, &cluster.slaves).await;
+    // One writer goes on through every restart; only what it was answered counts.
+    let (acked, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+    let writer = {
+        let (acked, stop, url) = (acked.clone(), stop.clone(), cluster.master_proxy.url());
+        tokio::spawn(async move {
+            let api = Api::new(&url);
+            for msg in 0u64.. {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                match api.mark_read(1000 + msg % 8, msg).await {
+                    Ok(_) => acked.lock().unwrap().push(msg),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        })
+    };
+    for stage in ["3", "6"] {
+        let before = acked.lock().unwrap().len();
+        wait_until(CONVERGE, "writes to be acknowledged", async || acked.lock().unwrap().len() >= before + 100).await;
+        cluster.master.set_env(STAGE, stage);
+        cluster.slaves[0].set_env(STAGE, stage);
+        cluster.restart_slave(0).await;
+        cluster.restart_master().await;
+        wait_registered(&cluster.master, &cluster.slaves).await;
+        let link = slave_entry(&cluster.master, 0).await.expect("the master lists its slave");
+        assert_eq!(link["features"], features_at(stage), "stage {stage}: flags the master uses with the slave");
+    }
+    let before = acked.lock().unwrap().len();
+    wait_until(CONVERGE, "writes at the last stage", async || acked.lock().unwrap().len() >= before + 100).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    cluster.wait_for_convergence(CONVERGE).await;
+    let acked = acked.lock().unwrap().clone();
+    for node in [&cluster.master, &cluster.slaves[0]] {
+        let api = node.api();
+        for user in 1000..1008 {
+            let msgs: Vec<u64> = acked.iter().copied().filter(|m| 1000 + m % 8 == user).collect();
+            for chunk in msgs.chunks(500) {
+                let flags = api.check(user, chunk).await.expect("check");
+                let lost: Vec<u64> = chunk.iter().zip(flags).filter(|(_, read)| !read).map(|(m, _)| *m).collect();
+                assert!(lost.is_empty(), "{}: acknowledged writes lost: {lost:?}", node.url());
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_stage_3_master_uses_with_each_slave_only_the_flags_both_have() {
     const WRITERS: u64 = 4;
     let slave_stages = ["1", "2"];
@@ -524,6 +584,37 @@ async fn a_stage_3_master_uses_with_each_slave_only_the_flags_both_have() {
     }
     // The stage 2 slave acknowledges what it applied.
     wait_acknowledged(&cluster.master, 1).await;
+}
+
+#[tokio::test]
+async fn a_stage_6_master_follows_stage_3_4_and_5_slaves_with_the_flags_each_has() {
+    const WRITERS: u64 = 4;
+    let slave_stages = ["3", "4", "5"];
+    let cluster = Cluster::start_with(3, "6", move |role, index, builder| match role {
+        Role::Master => quick(builder),
+        Role::Slave => quick(builder).env(STAGE, slave_stages[index]),
+    })
+    .await;
+    wait_registered(&cluster.master, &cluster.slaves).await;
+    for (index, stage) in slave_stages.iter().enumerate() {
+        let link = slave_entry(&cluster.master, index).await.expect("the master lists the slave");
+        assert_eq!(link["features"], features_at(stage), "{}, a stage {stage} slave", slave_id(index));
+    }
+    let mut model = Model::new(WRITERS);
+    write_load(&cluster.master.api(), &mut model, WRITERS, 60, 51).await;
+    cluster.wait_for_convergence(CONVERGE).await;
+    for (index, slave) in cluster.slaves.iter().enumerate() {
+        assert_holds(slave, &model, &slave_id(index)).await;
+        wait_acknowledged(&cluster.master, index).await;
+    }
+    // Only the slaves that beat are watched for heartbeats.
+    let metrics = cluster.master.api().metrics_text().await.unwrap();
+    let watched: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("bitark_replication_heartbeat_age_seconds{"))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    assert_eq!(watched, ["slave-2", "slave-3"], "heartbeat ages kept for {watched:?}");
 }
 
 #[tokio::test]

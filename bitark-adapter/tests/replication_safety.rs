@@ -43,7 +43,8 @@ async fn internal(method: Method, url: &str, body: Option<Value>) -> reqwest::Re
 async fn register(master: &Node, id: &str, url: &str, applied: u64, session: &str) -> reqwest::Response {
     let body = json!({
         "slaveId": id, "url": url, "appliedLsn": applied, "session": session,
-        "features": { "notify": true, "progress": true, "bounded-buffer": true, "reliable": true },
+        "features": { "notify": true, "progress": true, "bounded-buffer": true, "reliable": true,
+                      "heartbeat": false, "full-sync": false, "cluster-gc": false },
     });
     internal(Method::POST, &format!("{}/internal/replication/register", master.url()), Some(body)).await
 }

@@ -23,42 +23,74 @@ pub struct Features {
     pub bounded_buffer: bool,
     /// Stage 3: retries with backoff and jitter; the slave keeps `slave-progress.bin`.
     pub reliable: bool,
+    /// Stage 4: slaves send heartbeats; the master marks a silent slave DEAD, and a slave
+    /// reports an unreachable master.
+    pub heartbeat: bool,
+    /// Stage 5: a slave the WAL cannot bring back full-syncs from a snapshot.
+    pub full_sync: bool,
+    /// Stage 6: WAL garbage collection keeps what live slaves need, within a bound.
+    pub cluster_gc: bool,
 }
 
 impl Features {
     /// Flag names in rollout order.
-    pub const NAMES: [&'static str; 4] = ["notify", "progress", "bounded-buffer", "reliable"];
+    pub const NAMES: [&'static str; 7] =
+        ["notify", "progress", "bounded-buffer", "reliable", "heartbeat", "full-sync", "cluster-gc"];
+
+    /// The roadmap stages, in rollout order: stage `STAGES[i]` turns on the first `i` flags.
+    pub const STAGES: [f64; 8] = [0.0, 1.0, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0];
 
     /// The flags in rollout order, as [`Self::NAMES`] names them.
-    pub fn flags(&self) -> [bool; 4] {
-        [self.notify, self.progress, self.bounded_buffer, self.reliable]
+    pub fn flags(&self) -> [bool; 7] {
+        [
+            self.notify,
+            self.progress,
+            self.bounded_buffer,
+            self.reliable,
+            self.heartbeat,
+            self.full_sync,
+            self.cluster_gc,
+        ]
     }
 
-    fn from_flags(f: [bool; 4]) -> Features {
-        Features { notify: f[0], progress: f[1], bounded_buffer: f[2], reliable: f[3] }
+    fn from_flags(f: [bool; 7]) -> Features {
+        Features {
+            notify: f[0],
+            progress: f[1],
+            bounded_buffer: f[2],
+            reliable: f[3],
+            heartbeat: f[4],
+            full_sync: f[5],
+            cluster_gc: f[6],
+        }
     }
 
-    /// Every flag up to the roadmap stage `stage` (0, 1, 2, 2.5 or 3).
+    /// Every flag up to the roadmap stage `stage` (one of [`Self::STAGES`]).
     pub fn up_to_stage(stage: f64) -> Option<Features> {
-        const STAGES: [f64; 5] = [0.0, 1.0, 2.0, 2.5, 3.0];
-        let count = STAGES.iter().position(|s| *s == stage)?;
-        let mut flags = [false; 4];
+        let count = Self::STAGES.iter().position(|s| *s == stage)?;
+        let mut flags = [false; 7];
         flags.iter_mut().take(count).for_each(|f| *f = true);
         Some(Features::from_flags(flags))
+    }
+
+    /// The highest stage whose flags are all on.
+    pub fn stage(&self) -> f64 {
+        let on = self.flags().iter().take_while(|f| **f).count();
+        Self::STAGES[on]
     }
 
     /// Both sets together (a stage shorthand plus explicit flags).
     pub fn union(self, other: Features) -> Features {
         let (a, b) = (self.flags(), other.flags());
-        Features::from_flags([a[0] || b[0], a[1] || b[1], a[2] || b[2], a[3] || b[3]])
+        Features::from_flags(std::array::from_fn(|i| a[i] || b[i]))
     }
 
     /// What two nodes can use together: the longest prefix of the rollout order that
     /// both support.
     pub fn common(self, other: Features) -> Features {
         let (a, b) = (self.flags(), other.flags());
-        let mut out = [false; 4];
-        for i in 0..4 {
+        let mut out = [false; 7];
+        for i in 0..7 {
             if !(a[i] && b[i]) {
                 break;
             }
@@ -129,6 +161,88 @@ pub struct RegisterResponse {
     pub reason: Option<String>,
 }
 
+/// `POST /internal/replication/heartbeat` (stage 4): a slave says it is alive and where
+/// it stands, every `replication.heartbeat-interval`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatRequest {
+    pub slave_id: String,
+    pub session: String,
+    pub applied_lsn: u64,
+    pub durable_lsn: u64,
+}
+
+/// The master's answer to a heartbeat: how it sees the slave.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatResponse {
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The end of the master's log on stable storage.
+    pub durable_lsn: u64,
+}
+
+/// A snapshot a master can send, as a full sync names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRef {
+    /// Every record at or below it is in the snapshot; the slave goes on after it.
+    pub lsn: u64,
+    pub size: u64,
+    /// crc32 of the whole file.
+    pub checksum: u32,
+}
+
+/// `GET /internal/replication/pull?fromLsn=` answered 409 `need_full_sync`: the master's
+/// WAL no longer reaches back to `fromLsn`; this snapshot and the WAL after it do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NeedFullSync {
+    pub error: String,
+    pub message: String,
+    /// The oldest LSN the WAL still holds.
+    pub min_retained_lsn: u64,
+    pub snapshot: SnapshotRef,
+}
+
+/// `POST /internal/replication/full-sync`: a slave asks for a snapshot (stage 5).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FullSyncRequest {
+    pub slave_id: String,
+    pub session: String,
+    /// The snapshot a partial download of the slave's is of, to go on with it (its
+    /// `size` is the bytes downloaded so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<SnapshotRef>,
+}
+
+/// The master's answer: a transfer, or a place in the queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FullSyncAnswer {
+    /// Set when the transfer may start now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferOffer>,
+    /// Set when the slave waits: its place in the queue (1 is next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
+}
+
+/// A snapshot transfer: fetch `GET /internal/replication/full-sync/{id}?offset=` chunk
+/// by chunk, each answered with its crc32 in [`CHUNK_CRC_HEADER`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferOffer {
+    pub id: u64,
+    pub snapshot: SnapshotRef,
+    pub chunk_size: u64,
+}
+
+/// Header carrying the crc32 of a full-sync chunk.
+pub const CHUNK_CRC_HEADER: &str = "x-bitark-chunk-crc";
+
 /// A slave's answer to a batch: everything at or below `ackLsn` is logged and applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -163,9 +277,11 @@ mod tests {
         assert_eq!(Features::up_to_stage(0.0).unwrap().enabled(), Vec::<&str>::new());
         assert_eq!(Features::up_to_stage(2.0).unwrap().enabled(), vec!["notify", "progress"]);
         assert_eq!(Features::up_to_stage(2.5).unwrap().enabled(), vec!["notify", "progress", "bounded-buffer"]);
-        assert_eq!(Features::up_to_stage(3.0).unwrap().enabled(), Features::NAMES.to_vec());
+        assert_eq!(Features::up_to_stage(3.0).unwrap().enabled(), Features::NAMES[..4].to_vec());
+        assert_eq!(Features::up_to_stage(6.0).unwrap().enabled(), Features::NAMES.to_vec());
+        assert_eq!(Features::up_to_stage(5.0).unwrap().stage(), 5.0);
         assert_eq!(Features::up_to_stage(1.5), None);
-        assert_eq!(Features::up_to_stage(4.0), None);
+        assert_eq!(Features::up_to_stage(7.0), None);
     }
 
     #[test]
@@ -180,13 +296,18 @@ mod tests {
         let three = Features::up_to_stage(3.0).unwrap();
         let one = Features::up_to_stage(1.0).unwrap();
         assert_eq!(three.common(one), one);
-        let odd = Features { notify: true, progress: false, bounded_buffer: true, reliable: true };
+        let odd = Features { notify: true, bounded_buffer: true, reliable: true, ..Features::default() };
         assert_eq!(three.common(odd), one);
+        let six = Features::up_to_stage(6.0).unwrap();
+        assert_eq!(six.common(three), three, "a stage 6 master uses stage 3 with a stage 3 slave");
     }
 
     #[test]
     fn features_serialize_in_kebab_case() {
         let json = serde_json::to_string(&Features::up_to_stage(2.5).unwrap()).unwrap();
-        assert_eq!(json, r#"{"notify":true,"progress":true,"bounded-buffer":true,"reliable":false}"#);
+        assert_eq!(
+            json,
+            r#"{"notify":true,"progress":true,"bounded-buffer":true,"reliable":false,"heartbeat":false,"full-sync":false,"cluster-gc":false}"#
+        );
     }
 }

@@ -7,7 +7,6 @@ use crate::store::ReadStore;
 use bitark_common::{Lsn, Record};
 use bitark_infra::wal::Applier;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
 /// Applies records, in LSN order, to the store.
@@ -22,9 +21,6 @@ pub(crate) fn apply_records<'a>(store: &ReadStore, records: impl IntoIterator<It
 pub(crate) struct StoreApplier {
     pub state: Arc<State>,
     pub every_records: u64,
-    /// Bounded channel to the snapshotter; when it is full a nudge is already
-    /// pending, so `try_send` never blocks the writer.
-    pub nudge: SyncSender<Request>,
 }
 
 impl Applier for StoreApplier {
@@ -38,7 +34,8 @@ impl Applier for StoreApplier {
         }
         let since = self.state.since_snapshot.fetch_add(records.len() as u64, Ordering::Relaxed) + records.len() as u64;
         if self.every_records > 0 && since >= self.every_records {
-            let _ = self.nudge.try_send(Request::Nudge);
+            // When the channel is full a nudge is pending already: never block the writer.
+            let _ = self.state.snapshots.try_send(Request::Nudge);
         }
     }
 

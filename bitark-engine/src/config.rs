@@ -116,7 +116,8 @@ pub struct ReplicationConfig {
     /// themselves. Default none.
     pub slaves: Vec<String>,
     /// Rollout shorthand: turns on every flag up to this roadmap stage: `0` (off), `1`
-    /// notify, `2` progress, `2.5` bounded-buffer, `3` reliable. Default `0`.
+    /// notify, `2` progress, `2.5` bounded-buffer, `3` reliable, `4` heartbeat, `5`
+    /// full-sync, `6` cluster-gc. Default `0`.
     pub stage: f64,
     /// Individual flags, added to those of `stage`. Default all off.
     pub features: Features,
@@ -142,6 +143,81 @@ pub struct ReplicationConfig {
     /// forgotten (its link, buffer and metric series go). Default `10m`.
     #[serde(with = "humantime_serde")]
     pub forget_after: Duration,
+    /// Slave: how often it sends its master a heartbeat (stage 4). Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Master: a slave silent this long is DEAD; slave: a master unreachable this long
+    /// makes the slave not ready (`master_unreachable`) (stage 4). Default `3s`.
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
+    /// Full sync from a snapshot (stage 5).
+    pub full_sync: FullSyncConfig,
+    /// Slave: a damaged local WAL makes the node discard its state and full-sync
+    /// instead of refusing to start (stage 5; logged loudly). Default `false`.
+    pub resync_on_corruption: bool,
+    /// Master: `conservative` keeps the WAL every ALIVE or SLOW slave still needs;
+    /// `bounded` does the same within `max-lag`, past which a slave is OUTDATED and must
+    /// full-sync (stage 6). Default `bounded`.
+    pub gc_mode: GcMode,
+    /// Master: how far behind a slave may fall before it is OUTDATED under `gc-mode:
+    /// bounded`; each limit is optional (`0` off) and the first exceeded wins.
+    pub max_lag: MaxLag,
+}
+
+/// `replication.full-sync.*`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct FullSyncConfig {
+    /// Master: most transfers served at once; other slaves wait in a queue. Default `1`.
+    pub max_concurrent: usize,
+    /// Master: bandwidth of one transfer; `0` unlimited. Default `0`.
+    pub max_bytes_per_second: bytesize::ByteSize,
+    /// Master: a transfer that makes no progress for this long loses its pin on the
+    /// snapshot and the WAL after it. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub pin_timeout: Duration,
+    /// Bytes per chunk, each with its own checksum. Default `4MiB`.
+    pub chunk_size: bytesize::ByteSize,
+}
+
+impl Default for FullSyncConfig {
+    fn default() -> Self {
+        FullSyncConfig {
+            max_concurrent: 1,
+            max_bytes_per_second: bytesize::ByteSize::b(0),
+            pin_timeout: Duration::from_secs(600),
+            chunk_size: bytesize::ByteSize::mib(4),
+        }
+    }
+}
+
+/// How the master's WAL garbage collection treats slaves (stage 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GcMode {
+    /// Keep every segment an ALIVE or SLOW slave still needs, however far behind.
+    Conservative,
+    /// As conservative, but a slave past `max-lag` is OUTDATED and holds nothing back.
+    Bounded,
+}
+
+/// `replication.max-lag.*`: `0` turns a limit off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct MaxLag {
+    /// Records behind. Default `0` (off).
+    pub records: u64,
+    /// Bytes of log behind. Default `64MiB`.
+    pub bytes: bytesize::ByteSize,
+    /// Age of the oldest record it has not acknowledged. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub time: Duration,
+}
+
+impl Default for MaxLag {
+    fn default() -> Self {
+        MaxLag { records: 0, bytes: bytesize::ByteSize::mib(64), time: Duration::from_secs(600) }
+    }
 }
 
 /// `replication.buffer.*`: the master's send buffers. They are bounded at every stage:
@@ -203,6 +279,12 @@ impl Default for ReplicationConfig {
             progress_flush: Duration::from_millis(50),
             max_slaves: 16,
             forget_after: Duration::from_secs(600),
+            heartbeat_interval: Duration::from_secs(1),
+            dead_after: Duration::from_secs(3),
+            full_sync: FullSyncConfig::default(),
+            resync_on_corruption: false,
+            gc_mode: GcMode::Bounded,
+            max_lag: MaxLag::default(),
         }
     }
 }
@@ -216,7 +298,12 @@ impl ReplicationConfig {
     fn problems(&self, role: Role) -> Vec<String> {
         let mut out = Vec::new();
         if Features::up_to_stage(self.stage).is_none() {
-            out.push(format!("replication.stage: {} is not a stage this build has; use 0, 1, 2, 2.5 or 3", self.stage));
+            let stages: Vec<String> = Features::STAGES.iter().map(f64::to_string).collect();
+            out.push(format!(
+                "replication.stage: {} is not a stage this build has; use one of {}",
+                self.stage,
+                stages.join(", ")
+            ));
         }
         let features = self.effective_features();
         for (flag, missing) in features.rollout_violations() {
@@ -254,6 +341,28 @@ impl ReplicationConfig {
         if self.forget_after < self.register_interval.saturating_mul(3) {
             out.push("replication.forget-after: must be at least three register-intervals".into());
         }
+        if self.resync_on_corruption && role == Role::Master {
+            out.push(
+                "replication.resync-on-corruption: only a slave may discard its state; a master's log is the \
+                 cluster's"
+                    .into(),
+            );
+        } else if self.resync_on_corruption && !features.full_sync {
+            out.push("replication.resync-on-corruption: needs replication.features.full-sync (stage 5)".into());
+        }
+        if self.heartbeat_interval.is_zero() || self.dead_after <= self.heartbeat_interval {
+            out.push("replication.dead-after: must be longer than replication.heartbeat-interval (> 0)".into());
+        }
+        let full_sync = &self.full_sync;
+        if full_sync.max_concurrent == 0 {
+            out.push("replication.full-sync.max-concurrent: must be at least 1".into());
+        }
+        if full_sync.pin_timeout.is_zero() {
+            out.push("replication.full-sync.pin-timeout: must be greater than zero".into());
+        }
+        if !(64 * 1024..=64 << 20).contains(&full_sync.chunk_size.as_u64()) {
+            out.push("replication.full-sync.chunk-size: must be between 64KiB and 64MiB".into());
+        }
         if self.retry.initial_backoff.is_zero() || self.retry.max_backoff < self.retry.initial_backoff {
             out.push("replication.retry: initial-backoff must be > 0 and max-backoff at least initial-backoff".into());
         }
@@ -276,6 +385,14 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// Whether a damaged local log may be discarded at start-up for a resync from the
+    /// master: a slave, with `replication.resync-on-corruption` and full sync on.
+    pub fn may_resync_on_corruption(&self) -> bool {
+        self.node.role == Role::Slave
+            && self.replication.resync_on_corruption
+            && self.replication.effective_features().full_sync
+    }
+
     /// Every invalid value, each naming its key.
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.wal.problems();
@@ -334,9 +451,31 @@ mod tests {
     }
 
     #[test]
+    fn only_a_slave_with_full_sync_may_discard_a_damaged_log() {
+        let on_master = problems(|c| {
+            c.replication.stage = 5.0;
+            c.replication.resync_on_corruption = true;
+        });
+        assert!(on_master.iter().any(|p| p.contains("only a slave may discard")), "{on_master:?}");
+        let slave = |stage: f64| {
+            let mut c = EngineConfig::default();
+            c.node.role = Role::Slave;
+            c.replication.master_url = "http://127.0.0.1:1".into();
+            c.replication.stage = stage;
+            c.replication.resync_on_corruption = true;
+            c
+        };
+        let early = slave(4.0).problems();
+        assert!(early.iter().any(|p| p.contains("needs replication.features.full-sync")), "{early:?}");
+        assert!(slave(5.0).may_resync_on_corruption());
+        assert!(!EngineConfig::default().may_resync_on_corruption());
+    }
+
+    #[test]
     fn unknown_stages_and_incomplete_slaves_are_refused() {
-        let found = problems(|c| c.replication.stage = 4.0);
-        assert!(found.iter().any(|p| p.starts_with("replication.stage: 4")), "{found:?}");
+        let found = problems(|c| c.replication.stage = 4.5);
+        assert!(found.iter().any(|p| p.starts_with("replication.stage: 4.5")), "{found:?}");
+        assert!(problems(|c| c.replication.stage = 6.0).is_empty());
         let found = problems(|c| {
             c.node.role = Role::Slave;
             c.replication.stage = 3.0;

@@ -12,6 +12,8 @@
 //! - `limits`: the memory guard and the per-user mark limit.
 //! - `state`: what the writer thread, snapshotter, replication and readers share.
 //! - [`replication`]: the master hub and senders, the slave follower, their status.
+//! - [`modules`]: the plugin modules: each flag-gated replication capability, and the
+//!   list the adapter starts from the configuration.
 //! - [`node`]: [`Node`], the handle the adapter uses: open, write, read, wait for an
 //!   LSN, digest, snapshot, shut down.
 //! - [`error`]: open, write, validation and consistency errors.
@@ -20,6 +22,7 @@ mod apply;
 pub mod config;
 pub mod error;
 mod limits;
+pub mod modules;
 pub mod node;
 pub mod readset;
 mod recovery;
@@ -28,7 +31,10 @@ mod snapshotter;
 mod state;
 pub mod store;
 
-pub use config::{EngineConfig, LimitsConfig, NodeConfig, ReadsConfig, ReplicationConfig, Role, SnapshotConfig};
+pub use config::{
+    EngineConfig, FullSyncConfig, GcMode, LimitsConfig, MaxLag, NodeConfig, ReadsConfig, ReplicationConfig, Role,
+    SnapshotConfig,
+};
 pub use error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, SnapshotError, WriteError};
 pub use node::Node;
 pub use recovery::RecoveryReport;

@@ -8,23 +8,24 @@ use crate::apply::StoreApplier;
 use crate::config::{EngineConfig, Role};
 use crate::error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, SnapshotError, WriteError};
 use crate::limits::{admit_marks, MemoryGuard};
-use crate::recovery::{recover, RecoveryReport};
+use crate::recovery::{load_snapshot, recover, RecoveryReport};
 use crate::replication::master::HubParts;
 use crate::replication::MasterHub;
 use crate::snapshotter::{Request, Snapshotter};
-use crate::state::State;
+use crate::state::{Retention, State};
 use crate::store::{ReadStore, StoreDigest};
 use bitark_common::{Command, Epoch, Lsn, Record};
 use bitark_infra::fsutil::create_dir_durable;
+use bitark_infra::fullsync::{commit_install, complete_install, discard_state};
 use bitark_infra::replication::ReplicationClient;
-use bitark_infra::snapshot::{list_snapshots, read_snapshot, SnapshotInfo};
+use bitark_infra::snapshot::{list_snapshots, read_snapshot, snapshot_name, SnapshotInfo};
 use bitark_infra::wal::{AppendOutcome, GroupCommit, ProposeError, WalHandle, WalHealth};
 use bitark_infra::{Metrics, StorageError};
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::{oneshot, watch};
@@ -62,13 +63,28 @@ impl Node {
         create_dir_durable(&snapshot_dir)?;
         let lock = lock_data_dir(&data_dir)?;
 
-        let store = ReadStore::new();
-        let report = recover(&store, &wal_dir, &snapshot_dir, &data_dir)?;
+        let mut store = ReadStore::new();
+        let report = match recover(&store, &wal_dir, &snapshot_dir, &data_dir) {
+            Err(StorageError::Corruption { path, offset, reason }) if config.may_resync_on_corruption() => {
+                let kept = discard_state(&data_dir)?;
+                tracing::error!(
+                    file = %path.display(), offset, %reason, moved_to = %kept.display(),
+                    "LOCAL STATE DISCARDED: the log is damaged and replication.resync-on-corruption is set; this \
+                     slave starts empty and gets everything from its master (the damaged files are kept for \
+                     inspection; delete them when done)"
+                );
+                metrics.resyncs_on_corruption.inc();
+                store = ReadStore::new();
+                recover(&store, &wal_dir, &snapshot_dir, &data_dir)?
+            }
+            other => other?,
+        };
         metrics.recovery_duration_seconds.set(report.duration.as_secs_f64());
         metrics.recovery_records_replayed.set(report.replayed as i64);
 
         let (applied, _) = watch::channel(report.applied);
         let (durable, _) = watch::channel(report.applied);
+        let (snapshots, snapshot_rx) = sync_channel(16);
         let state = Arc::new(State {
             store,
             applied,
@@ -76,16 +92,15 @@ impl Node {
             metrics: metrics.clone(),
             since_snapshot: AtomicU64::new(report.replayed),
             replication: OnceLock::new(),
+            snapshots: snapshots.clone(),
+            retention: Retention::default(),
+            replacing: RwLock::new(()),
+            installing: AtomicBool::new(false),
         });
         state.publish_applied(report.applied);
 
         let epoch = Epoch::INITIAL;
-        let (snapshots, snapshot_rx) = sync_channel(16);
-        let applier = StoreApplier {
-            state: state.clone(),
-            every_records: config.snapshot.every_records,
-            nudge: snapshots.clone(),
-        };
+        let applier = StoreApplier { state: state.clone(), every_records: config.snapshot.every_records };
         let wal = GroupCommit::start(&wal_dir, &config.wal, report.applied.next(), epoch, applier, metrics.clone())?;
 
         let memory = MemoryGuard::start(config.limits.max_memory.as_u64(), metrics.clone())
@@ -241,6 +256,7 @@ impl Node {
             metrics: self.inner.state.metrics.clone(),
             durable: self.inner.state.durable.subscribe(),
             wal: self.inner.wal.clone(),
+            state: self.inner.state.clone(),
             runtime: tokio::runtime::Handle::current(),
         });
         let _ = self.inner.state.replication.set(hub.clone());
@@ -323,6 +339,44 @@ impl Node {
             Err(TrySendError::Disconnected(_)) => return Err(SnapshotError::ShuttingDown),
         }
         rx.await.unwrap_or(Err(SnapshotError::ShuttingDown))
+    }
+
+    /// Replaces this node's whole state with the snapshot at `downloaded` (a full sync,
+    /// slave only): every log record and snapshot it had goes, and it goes on from the
+    /// snapshot's LSN. The snapshot is verified before anything is replaced; from the
+    /// commit point on a crash leaves the new state (see `bitark_infra::fullsync`).
+    /// Reads answer that the node is busy meanwhile. Blocking.
+    pub fn install_snapshot(&self, downloaded: &Path) -> Result<SnapshotInfo, StorageError> {
+        let info = read_snapshot(downloaded, |_, _, _| Ok(()))?;
+        let lsn = info.lsn;
+        let state = &self.inner.state;
+        // Waits for a snapshot of the old state being written, and keeps new ones out.
+        let _replacing = state.replacing.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.installing.store(true, std::sync::atomic::Ordering::Release);
+        let data_dir = self.inner.config.node.data_dir.clone();
+        let work = Box::new(move || {
+            commit_install(&data_dir, lsn)?;
+            // A test stops the node here, between the commit point and the swap.
+            fail::fail_point!("fullsync::after-commit");
+            complete_install(&data_dir).map(|_| ())
+        });
+        self.inner.wal.reset(lsn.next(), work)?;
+        state.store.clear();
+        let installed = self.inner.config.node.data_dir.join("snapshots").join(snapshot_name(lsn));
+        load_snapshot(&state.store, &installed)?;
+        state.since_snapshot.store(0, std::sync::atomic::Ordering::Relaxed);
+        state.durable.send_replace(lsn);
+        state.publish_applied(lsn);
+        state.installing.store(false, std::sync::atomic::Ordering::Release);
+        let info = SnapshotInfo { path: installed, ..info };
+        let _ = state.snapshots.try_send(Request::Replaced(info.clone()));
+        tracing::info!(%lsn, users = info.users, marks = info.marks, "full-sync snapshot installed");
+        Ok(info)
+    }
+
+    /// True while a full sync replaces the state: reads should not be answered.
+    pub fn is_replacing(&self) -> bool {
+        self.inner.state.installing.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether the log accepts writes, and why not.

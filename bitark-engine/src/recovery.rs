@@ -9,6 +9,7 @@ use crate::apply::apply_records;
 use crate::store::ReadStore;
 use bitark_common::Lsn;
 use bitark_infra::fsutil::remove_durable;
+use bitark_infra::fullsync::complete_install;
 use bitark_infra::snapshot::{list_snapshots, read_snapshot};
 use bitark_infra::wal::{remove_all, replay};
 use bitark_infra::StorageError;
@@ -39,6 +40,9 @@ pub(crate) fn recover(
 ) -> Result<RecoveryReport, StorageError> {
     let started = Instant::now();
     remove_legacy_checkpoint(data_dir)?;
+    if let Some(lsn) = complete_install(data_dir)? {
+        tracing::warn!(%lsn, "finished installing a full-sync snapshot that a stop interrupted");
+    }
     let mut snapshot_lsn = Lsn::ZERO;
     let mut skipped = 0;
     for (lsn, path) in list_snapshots(snapshot_dir)?.into_iter().rev() {
@@ -97,7 +101,7 @@ const CHUNK: usize = 2048;
 /// Loads one snapshot. The calling thread reads and checksums the file; worker threads
 /// decode the roaring sets and insert them (the store is sharded, so they rarely
 /// contend). Any damage, found by either side, fails the whole load.
-fn load_snapshot(store: &ReadStore, path: &Path) -> Result<(), StorageError> {
+pub(crate) fn load_snapshot(store: &ReadStore, path: &Path) -> Result<(), StorageError> {
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
     std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(workers);

@@ -34,8 +34,13 @@ use tokio::sync::oneshot;
 pub(crate) enum Request {
     /// Enough records accumulated; snapshot if `every-records` is reached.
     Nudge,
-    /// Snapshot now (admin), answering with the result.
+    /// Snapshot now (admin, full sync), answering with the result.
     Now(oneshot::Sender<Result<SnapshotInfo, SnapshotError>>),
+    /// Something that kept log or snapshots let go of them: collect garbage now.
+    Collect,
+    /// The whole state was replaced by `SnapshotInfo` (a full sync): it is the newest
+    /// snapshot, and nothing was logged since.
+    Replaced(SnapshotInfo),
     Stop,
 }
 
@@ -67,6 +72,15 @@ impl Snapshotter {
                 }
                 Ok(Request::Now(reply)) => {
                     let _ = reply.send(self.take());
+                }
+                Ok(Request::Collect) => {
+                    if let Err(e) = self.collect_garbage() {
+                        tracing::error!(error = %e, "WAL garbage collection failed");
+                    }
+                }
+                Ok(Request::Replaced(info)) => {
+                    self.last = Some(info);
+                    self.last_at = Instant::now();
                 }
                 Ok(Request::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {
@@ -122,6 +136,8 @@ impl Snapshotter {
     }
 
     fn write(&self, lsn: Lsn) -> Result<SnapshotInfo, SnapshotError> {
+        // A full sync replacing the whole state waits for this snapshot, and vice versa.
+        let _replacing = self.state.replacing.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let store = &self.state.store;
         let mut writer = SnapshotWriter::create(&self.snapshot_dir, lsn, self.epoch)?;
         // Users are encoded under their shard's read lock, a few at a time (see
@@ -162,9 +178,14 @@ impl Snapshotter {
         Ok(writer.finish()?)
     }
 
+    /// Deletes snapshots beyond `snapshot.keep` and the WAL below the oldest kept one,
+    /// except what others hold (see [`crate::state::Retention`]): snapshots being sent to
+    /// slaves, the WAL after them, and the WAL live slaves still need.
     fn collect_garbage(&self) -> Result<(), StorageError> {
-        remove_old_snapshots(&self.snapshot_dir, self.config.keep)?;
-        let horizon = list_snapshots(&self.snapshot_dir)?.first().map(|(lsn, _)| *lsn).unwrap_or(Lsn::ZERO);
+        let retention = &self.state.retention;
+        remove_old_snapshots(&self.snapshot_dir, self.config.keep, &retention.pinned_snapshots())?;
+        let oldest = list_snapshots(&self.snapshot_dir)?.first().map(|(lsn, _)| *lsn).unwrap_or(Lsn::ZERO);
+        let horizon = retention.wal_floor().map_or(oldest, |floor| floor.min(oldest));
         let deleted = purge_to(&self.wal_dir, horizon)?;
         let metrics = &self.state.metrics;
         metrics.wal_segments_deleted.inc_by(deleted as u64);

@@ -1,12 +1,17 @@
 //! [`State`]: what the writer thread, the snapshotter, the replication hub and readers
-//! share about one node.
+//! share about one node, and [`Retention`]: what keeps WAL segments and snapshot files on
+//! disk besides the node's own need for them.
 
 use crate::replication::MasterHub;
+use crate::snapshotter::Request;
 use crate::store::ReadStore;
 use bitark_common::Lsn;
 use bitark_infra::Metrics;
-use std::sync::atomic::AtomicU64;
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
+use std::time::Instant;
 use tokio::sync::watch;
 
 /// State shared between the writer thread, the snapshotter and readers.
@@ -24,6 +29,17 @@ pub(crate) struct State {
     pub since_snapshot: AtomicU64,
     /// A master's replication hub, once started: told of every durable batch.
     pub replication: OnceLock<MasterHub>,
+    /// Requests to the snapshotter thread. Bounded: when it is full a request of the
+    /// same kind is pending anyway, so senders use `try_send`.
+    pub snapshots: SyncSender<Request>,
+    /// What keeps log and snapshots beyond the node's own needs (slaves, transfers).
+    pub retention: Retention,
+    /// Held (read) while a snapshot is written; taken (write) while the whole state is
+    /// replaced by a full sync, which must not race a snapshot of the old state.
+    pub replacing: RwLock<()>,
+    /// Set while a full sync replaces the state: reads answer that the node is busy
+    /// rather than from a half-loaded store.
+    pub installing: AtomicBool,
 }
 
 impl State {
@@ -36,5 +52,56 @@ impl State {
         self.metrics.lsn_applied.set(lsn.0 as i64);
         self.metrics.store_users.set(self.store.user_count() as i64);
         self.metrics.store_marks.set(self.store.mark_count() as i64);
+    }
+}
+
+/// What must stay on disk for others: snapshots being sent to slaves (and the WAL after
+/// them), and the WAL live slaves still need (cluster GC). Garbage collection asks it
+/// before deleting anything. A std `Mutex`: taken briefly by the snapshotter, the hub
+/// and full-sync transfers, never across an await.
+#[derive(Default)]
+pub(crate) struct Retention {
+    inner: Mutex<RetentionInner>,
+}
+
+#[derive(Default)]
+struct RetentionInner {
+    /// Transfer id → (LSN of the snapshot it sends, until when the pin holds).
+    pins: HashMap<u64, (Lsn, Instant)>,
+    /// The last LSN the slowest slave that holds the WAL has acknowledged.
+    cluster: Option<Lsn>,
+}
+
+impl Retention {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RetentionInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps the snapshot at `lsn`, and the WAL after it, until `until` (renewable).
+    pub fn pin(&self, id: u64, lsn: Lsn, until: Instant) {
+        self.lock().pins.insert(id, (lsn, until));
+    }
+
+    pub fn unpin(&self, id: u64) {
+        self.lock().pins.remove(&id);
+    }
+
+    /// What cluster GC says slaves still need: WAL after `lsn`; `None` for nothing.
+    pub fn set_cluster(&self, lsn: Option<Lsn>) {
+        self.lock().cluster = lsn;
+    }
+
+    /// The highest LSN the WAL may be purged to, as far as others are concerned.
+    pub fn wal_floor(&self) -> Option<Lsn> {
+        let now = Instant::now();
+        let inner = self.lock();
+        let pinned = inner.pins.values().filter(|(_, until)| *until > now).map(|(lsn, _)| *lsn);
+        pinned.chain(inner.cluster).min()
+    }
+
+    /// LSNs of the snapshots a transfer still holds.
+    pub fn pinned_snapshots(&self) -> Vec<Lsn> {
+        let now = Instant::now();
+        self.lock().pins.values().filter(|(_, until)| *until > now).map(|(lsn, _)| *lsn).collect()
     }
 }

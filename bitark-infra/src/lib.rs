@@ -7,6 +7,7 @@
 //! - [`fsutil`]: fsync of directories and atomic file replacement.
 //! - [`wal`]: segmented write-ahead log: segment naming and listing, the group-commit
 //!   writer thread, the recovery scan and garbage collection (`purge_to`).
+//! - [`fullsync`]: a slave's full-sync download and the install that replaces its state.
 //! - [`snapshot`]: snapshot files (header, per-user portable roaring sets, checksummed
 //!   trailer) written temp → fsync → rename → fsync dir.
 //! - [`replication`]: the HTTP replication transport and the slave's progress file.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod error;
 mod fixedfile;
 pub mod fsutil;
+pub mod fullsync;
 pub mod metrics;
 pub mod process;
 pub mod replication;

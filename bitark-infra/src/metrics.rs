@@ -96,6 +96,22 @@ pub struct Metrics {
     pub replication_appends_refused: IntCounterVec,
     /// `bitark_reads_waiting_for_lsn`: reads waiting for their `minLsn` to be applied.
     pub reads_waiting_for_lsn: IntGauge,
+    /// `bitark_replication_heartbeat_age_seconds{slave}`: time since the slave last
+    /// answered (stage 4).
+    pub replication_heartbeat_age: GaugeVec,
+    /// `bitark_replication_dead_detections_total{slave}`: times the slave was found DEAD.
+    pub replication_dead_detections: IntCounterVec,
+    /// `bitark_replication_headroom_bytes{slave}`: bytes of log a slave may still fall
+    /// behind before it is OUTDATED (stage 6, bounded GC).
+    pub replication_headroom_bytes: IntGaugeVec,
+    /// `bitark_replication_headroom_seconds{slave}`: the same at the current write rate.
+    pub replication_headroom_seconds: GaugeVec,
+    /// `bitark_full_sync_bytes_total`: snapshot bytes sent (master) or received (slave).
+    pub full_sync_bytes: IntCounter,
+    /// `bitark_full_syncs_total{outcome="started|completed|failed|resumed"}`.
+    pub full_syncs: IntCounterVec,
+    /// `bitark_resyncs_on_corruption_total`: start-ups that discarded a damaged local state.
+    pub resyncs_on_corruption: IntCounter,
     /// `bitark_replication_retries_total{slave}`
     pub replication_retries: IntCounterVec,
     /// `bitark_replication_sent_batches_total{slave}`
@@ -325,6 +341,55 @@ impl Metrics {
             reads_waiting_for_lsn: reg(
                 r,
                 IntGauge::new("bitark_reads_waiting_for_lsn", "Reads waiting for their minLsn to be applied")?,
+            )?,
+            replication_heartbeat_age: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new("bitark_replication_heartbeat_age_seconds", "Time since each slave last answered"),
+                    &["slave"],
+                )?,
+            )?,
+            replication_dead_detections: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("bitark_replication_dead_detections_total", "Times each slave was found DEAD"),
+                    &["slave"],
+                )?,
+            )?,
+            replication_headroom_bytes: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "bitark_replication_headroom_bytes",
+                        "Bytes of log each slave may still fall behind before it is OUTDATED",
+                    ),
+                    &["slave"],
+                )?,
+            )?,
+            replication_headroom_seconds: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "bitark_replication_headroom_seconds",
+                        "Seconds at the current write rate before each slave is OUTDATED",
+                    ),
+                    &["slave"],
+                )?,
+            )?,
+            full_sync_bytes: reg(
+                r,
+                IntCounter::new("bitark_full_sync_bytes_total", "Snapshot bytes sent or received by full syncs")?,
+            )?,
+            full_syncs: reg(
+                r,
+                IntCounterVec::new(Opts::new("bitark_full_syncs_total", "Full syncs by outcome"), &["outcome"])?,
+            )?,
+            resyncs_on_corruption: reg(
+                r,
+                IntCounter::new(
+                    "bitark_resyncs_on_corruption_total",
+                    "Start-ups that discarded a damaged local state to resync from the master",
+                )?,
             )?,
             replication_retries: reg(
                 r,

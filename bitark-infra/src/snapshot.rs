@@ -70,11 +70,15 @@ pub fn list_snapshots(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, StorageError> {
     Ok(out)
 }
 
-/// Deletes all but the newest `keep` snapshots and any leftover temp files.
-pub fn remove_old_snapshots(dir: &Path, keep: usize) -> Result<usize, StorageError> {
+/// Deletes all but the newest `keep` snapshots, except those at a `pinned` LSN (a reader
+/// may still hold them), and any leftover temp files.
+pub fn remove_old_snapshots(dir: &Path, keep: usize, pinned: &[Lsn]) -> Result<usize, StorageError> {
     let snapshots = list_snapshots(dir)?;
     let mut removed = 0;
-    for (_, path) in snapshots.iter().take(snapshots.len().saturating_sub(keep)) {
+    for (lsn, path) in snapshots.iter().take(snapshots.len().saturating_sub(keep)) {
+        if pinned.contains(lsn) {
+            continue;
+        }
         fs::remove_file(path).at(path)?;
         removed += 1;
     }
@@ -377,7 +381,11 @@ mod tests {
         fs::write(dir.path().join("snapshot-00000000000000000200.snap.tmp"), b"partial").unwrap();
         let lsns: Vec<u64> = list_snapshots(dir.path()).unwrap().iter().map(|(l, _)| l.0).collect();
         assert_eq!(lsns, vec![4, 30, 100]);
-        assert_eq!(remove_old_snapshots(dir.path(), 2).unwrap(), 1);
+        assert_eq!(remove_old_snapshots(dir.path(), 1, &[Lsn(4)]).unwrap(), 1, "the pinned one stays");
+        let lsns: Vec<u64> = list_snapshots(dir.path()).unwrap().iter().map(|(l, _)| l.0).collect();
+        assert_eq!(lsns, vec![4, 100]);
+        write(dir.path(), 30, &[]);
+        assert_eq!(remove_old_snapshots(dir.path(), 2, &[]).unwrap(), 1);
         let lsns: Vec<u64> = list_snapshots(dir.path()).unwrap().iter().map(|(l, _)| l.0).collect();
         assert_eq!(lsns, vec![30, 100]);
         assert!(!dir.path().join("snapshot-00000000000000000200.snap.tmp").exists());

@@ -29,7 +29,8 @@ pub struct Status {
     /// `UP`, `DOWN` or `OUT_OF_SERVICE`.
     pub status: &'static str,
     /// Why not `UP`: `starting`, `shutting_down`, `write_path_down`, `wal_failed`,
-    /// `needs_full_sync`, `diverged`, `gap`.
+    /// `needs_full_sync`, `diverged`, `gap`, `outdated`, `full_syncing`,
+    /// `master_unreachable`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
     /// What is wrong, for a person.
@@ -82,8 +83,17 @@ fn readiness_status(state: &AppState) -> Status {
         WalHealth::Degraded { reason, .. } => return Status::not("OUT_OF_SERVICE", "write_path_down", reason),
         WalHealth::Failed { reason } => return Status::not("OUT_OF_SERVICE", "wal_failed", reason),
     }
-    if let Some((reason, message)) = state.follower().and_then(|f| f.master_view().not_ready()) {
-        return Status::not("OUT_OF_SERVICE", reason, message);
+    if let Some(follower) = state.follower() {
+        if let Some((reason, message)) = follower.master_view().not_ready() {
+            return Status::not("OUT_OF_SERVICE", reason, message);
+        }
+        if let Some(silent) = follower.master_unreachable() {
+            let message = format!(
+                "the master has not answered for {} ms (replication.dead-after); reads are served but may be stale",
+                silent.as_millis()
+            );
+            return Status::not("OUT_OF_SERVICE", "master_unreachable", message);
+        }
     }
     Status::up()
 }

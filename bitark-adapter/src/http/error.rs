@@ -70,6 +70,9 @@ pub enum ApiError {
     /// 503: the connection was over `server.max-connections` (answered before closing it).
     #[error("the node has {0} connections open (server.max-connections); retry later")]
     TooManyConnections(usize),
+    /// 503: a full sync is replacing this node's state; reads resume in a moment.
+    #[error("a full sync is replacing this node's state; retry in a moment")]
+    Replacing,
     /// 503: too many writes queued.
     #[error("too many writes in flight; retry later")]
     Overloaded,
@@ -139,6 +142,7 @@ impl ApiError {
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::TooManyConnections(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::Replacing => (StatusCode::SERVICE_UNAVAILABLE, "full_sync_in_progress"),
             ApiError::Behind(_) => (StatusCode::SERVICE_UNAVAILABLE, "lsn_not_reached"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::WriteFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "write_failed"),
@@ -236,6 +240,7 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::Starting
+            | ApiError::Replacing
             | ApiError::Overloaded
             | ApiError::Behind(_)
             | ApiError::Busy(_)

@@ -99,6 +99,9 @@ pub struct RangeQuery {
 /// The node, once it has applied the `minLsn` of the query (if any).
 async fn consistent_node(state: &AppState, query: &QueryParams) -> Result<(Node, Lsn), ApiError> {
     let node = state.node()?.clone();
+    if node.is_replacing() {
+        return Err(ApiError::Replacing);
+    }
     let applied = match query.id("minLsn")? {
         Some(min) if node.applied_lsn() < Lsn(min) => node.wait_applied(Lsn(min)).await?,
         _ => node.applied_lsn(),

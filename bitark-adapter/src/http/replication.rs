@@ -3,21 +3,30 @@
 
 use super::auth::{self, Guard};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, RawBody};
+use super::extract::{parse_id, ApiJson, QueryParams, RawBody};
 use super::AppState;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, RawPathParams, State};
 use axum::http::request::Parts;
+use axum::http::HeaderName;
 use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bitark_common::replication::{NodeStatus, RegisterRequest, RegisterResponse, WAL_CONTENT_TYPE};
-use bitark_common::Record;
+use bitark_common::replication::{
+    FullSyncAnswer, FullSyncRequest, HeartbeatRequest, HeartbeatResponse, NodeStatus, RegisterRequest,
+    RegisterResponse, CHUNK_CRC_HEADER, WAL_CONTENT_TYPE,
+};
+use bitark_common::{Lsn, Record};
+use bitark_engine::replication::full_sync::{FullSyncError, PullAnswer};
+use bitark_engine::replication::MasterHub;
 use bitark_engine::replication::{Follower, ReplicationStatus};
 use bitark_engine::ReplicateError;
 use bitark_infra::replication::client::{MASTER_ID_HEADER, SESSION_HEADER, SLAVE_SESSION_HEADER};
 use bitark_infra::replication::BatchSender;
+
+/// The chunk checksum header, as a header name.
+const CHUNK_CRC: HeaderName = HeaderName::from_static(CHUNK_CRC_HEADER);
 
 /// Largest replication batch body accepted.
 const MAX_APPEND_BODY: usize = 64 << 20;
@@ -28,6 +37,10 @@ pub fn internal_router(state: AppState) -> Router<AppState> {
         .route("/internal/replication/append", post(append))
         .route("/internal/replication/status", get(status))
         .route("/internal/replication/reconnect", post(reconnect))
+        .route("/internal/replication/heartbeat", post(heartbeat))
+        .route("/internal/replication/pull", get(pull))
+        .route("/internal/replication/full-sync", post(start_full_sync))
+        .route("/internal/replication/full-sync/{id}", get(full_sync_chunk))
         .route_layer(middleware::from_fn_with_state((state, Guard::Cluster), auth::require))
         .layer(DefaultBodyLimit::max(MAX_APPEND_BODY))
 }
@@ -128,6 +141,75 @@ async fn status(State(state): State<AppState>) -> Result<Json<NodeStatus>, ApiEr
     }))
 }
 
+/// A slave's heartbeat (master only, stage 4).
+async fn heartbeat(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    state.node()?;
+    let hub = state
+        .hub()
+        .ok_or_else(|| ApiError::conflict("wrong_role", "this node is not a master with replication turned on"))?;
+    hub.heartbeat(&request).map(Json).map_err(|e| ApiError::conflict("not_registered", e.to_string()))
+}
+
+fn hub(state: &AppState) -> Result<&MasterHub, ApiError> {
+    state.node()?;
+    state.hub().ok_or_else(|| ApiError::conflict("wrong_role", "this node is not a master with replication turned on"))
+}
+
+impl From<FullSyncError> for ApiError {
+    fn from(e: FullSyncError) -> Self {
+        let message = e.to_string();
+        match e {
+            FullSyncError::NotRegistered(_) => ApiError::conflict("not_registered", message),
+            FullSyncError::NotNeeded(_) => ApiError::conflict("full_sync_not_needed", message),
+            FullSyncError::UnknownTransfer(_) => ApiError::NotFound(message),
+            FullSyncError::BadOffset { .. } => ApiError::bad_request("invalid_offset", message),
+            FullSyncError::Storage(_) => ApiError::Failed { code: "full_sync_failed", message },
+        }
+    }
+}
+
+/// `pull(fromLsn)` (master only, stage 5): the log from `fromLsn` on, or 409
+/// `need_full_sync` naming the snapshot to fetch instead.
+async fn pull(State(state): State<AppState>, query: QueryParams) -> Result<Response, ApiError> {
+    let hub = hub(&state)?;
+    let from = query.required_id("fromLsn")?;
+    match hub.pull(Lsn(from)).await? {
+        PullAnswer::Records(records) => {
+            let mut body = Vec::new();
+            for record in &records {
+                record.encode_into(&mut body);
+            }
+            Ok(([(header::CONTENT_TYPE, WAL_CONTENT_TYPE)], body).into_response())
+        }
+        PullAnswer::NeedFullSync(need) => Ok((StatusCode::CONFLICT, Json(need)).into_response()),
+    }
+}
+
+/// A slave asks for a full-sync transfer (master only, stage 5).
+async fn start_full_sync(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<FullSyncRequest>,
+) -> Result<Json<FullSyncAnswer>, ApiError> {
+    Ok(Json(hub(&state)?.start_full_sync(request).await?))
+}
+
+/// One chunk of a transfer, its crc32 in a header (master only, stage 5).
+async fn full_sync_chunk(
+    State(state): State<AppState>,
+    params: RawPathParams,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let hub = hub(&state)?;
+    let id = params.iter().find(|(k, _)| *k == "id").map(|(_, v)| parse_id("id", v)).transpose()?.unwrap_or(0);
+    let offset = query.required_id("offset")?;
+    let (bytes, crc) = hub.full_sync_chunk(id, offset).await?;
+    let headers = [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (CHUNK_CRC, crc.to_string())];
+    Ok((headers, bytes).into_response())
+}
+
 /// A master asks this slave to register now (slave only).
 async fn reconnect(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
     follower(&state)?.register_now();
@@ -155,5 +237,7 @@ pub async fn replication_status(State(state): State<AppState>) -> Result<Json<Re
         state_at_master: view.state,
         state_reason: view.reason,
         progress_lsn: follower.and_then(|f| f.progress_lsn()),
+        master_last_seen_seconds: follower.map(|f| f.master_last_seen().as_secs_f64()),
+        full_sync: follower.and_then(Follower::full_sync),
     }))
 }

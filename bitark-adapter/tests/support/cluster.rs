@@ -143,6 +143,33 @@ impl Cluster {
         Cluster::builder().slaves(slaves).stage(stage).configure(configure).start().await
     }
 
+    /// Starts one more slave, `slaves[index]` (with id `slave-{index + 1}`), from
+    /// `builder`, behind a proxy of its own, and answers its index once it listens: it
+    /// may not be ready for a while (a full sync).
+    pub async fn add_slave(&mut self, builder: NodeBuilder) -> usize {
+        let index = self.slaves.len();
+        let proxy = Proxy::start().await;
+        let slave = builder
+            .env("BITARK_NODE__ID", slave_id(index))
+            .env("BITARK_NODE__ROLE", Role::Slave.as_str())
+            .env("BITARK_SECURITY__CLUSTER_TOKEN", CLUSTER_TOKEN)
+            .env("BITARK_REPLICATION__MASTER_URL", self.master_proxy.url())
+            .env("BITARK_REPLICATION__SELF_URL", proxy.url());
+        let mut slave = slave.spawn();
+        proxy.set_upstream(slave.wait_listening().await);
+        self.slaves.push(slave);
+        self.proxies.push(proxy);
+        index
+    }
+
+    /// Starts `slaves[index]` again after it stopped, without waiting for it to be
+    /// ready, and points its proxy at it once it listens.
+    pub async fn respawn_slave(&mut self, index: usize) {
+        let slave = &mut self.slaves[index];
+        slave.respawn();
+        self.proxies[index].set_upstream(slave.wait_listening().await);
+    }
+
     /// Stops the master gracefully if it still runs, starts it again on its data
     /// directory and points the master proxy at its new port.
     pub async fn restart_master(&mut self) {

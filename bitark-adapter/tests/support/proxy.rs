@@ -38,6 +38,9 @@ pub enum Mode {
     DropResponses,
     /// [`Mode::DropResponses`] for the next `n` answers, then [`Mode::Pass`].
     DropNext(u32),
+    /// Flips one bit in each of the next `n` large chunks (4 KiB or more) going to the
+    /// client, inside the body of a large answer, then [`Mode::Pass`].
+    FlipNext(u32),
 }
 
 /// Counters since the proxy started.
@@ -54,6 +57,8 @@ pub struct ProxyStats {
     pub bytes_to_client: u64,
     /// Answers discarded by [`Mode::DropResponses`] or [`Mode::DropNext`].
     pub responses_dropped: u64,
+    /// Bits flipped by [`Mode::FlipNext`].
+    pub bits_flipped: u64,
 }
 
 /// A handle to a running proxy; clones share it.
@@ -89,6 +94,7 @@ struct Counters {
     bytes_to_upstream: AtomicU64,
     bytes_to_client: AtomicU64,
     responses_dropped: AtomicU64,
+    bits_flipped: AtomicU64,
 }
 
 struct AbortOnDrop(JoinHandle<()>);
@@ -134,7 +140,7 @@ impl Proxy {
     }
 
     pub fn set_mode(&self, mode: Mode) {
-        let mode = if mode == Mode::DropNext(0) { Mode::Pass } else { mode };
+        let mode = if mode == Mode::DropNext(0) || mode == Mode::FlipNext(0) { Mode::Pass } else { mode };
         self.shared.state.send_modify(|state| {
             state.mode = mode;
             if mode == Mode::Cut {
@@ -157,6 +163,7 @@ impl Proxy {
             bytes_to_upstream: read(&stats.bytes_to_upstream),
             bytes_to_client: read(&stats.bytes_to_client),
             responses_dropped: read(&stats.responses_dropped),
+            bits_flipped: read(&stats.bits_flipped),
         }
     }
 }
@@ -171,6 +178,8 @@ enum Direction {
 /// What to do with a chunk just read.
 enum Action {
     Forward,
+    /// Forward it with one bit flipped.
+    Flip,
     Delay(Duration),
     /// Discard it as a lost answer and close the connection.
     Drop,
@@ -191,11 +200,19 @@ impl Shared {
         *self.upstream.lock().unwrap()
     }
 
-    fn on_chunk(&self, direction: Direction) -> Action {
+    fn on_chunk(&self, direction: Direction, len: usize) -> Action {
         let mut action = Action::Forward;
         // Under the watch lock, so concurrent connections never drop more than DropNext allows.
         self.state.send_if_modified(|state| match (state.mode, direction) {
-            (Mode::Pass, _) | (Mode::DropResponses | Mode::DropNext(_), Direction::ToUpstream) => false,
+            (Mode::Pass, _) | (Mode::DropResponses | Mode::DropNext(_) | Mode::FlipNext(_), Direction::ToUpstream) => {
+                false
+            }
+            (Mode::FlipNext(_), Direction::ToClient) if len < 4096 => false,
+            (Mode::FlipNext(left), Direction::ToClient) => {
+                action = Action::Flip;
+                state.mode = if left > 1 { Mode::FlipNext(left - 1) } else { Mode::Pass };
+                true
+            }
             (Mode::Cut, _) => {
                 action = Action::Close;
                 false
@@ -308,8 +325,12 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, direction: Direct
             Ok(len) => len,
             Err(_) => return End::Close,
         };
-        match shared.on_chunk(direction) {
+        match shared.on_chunk(direction, len) {
             Action::Forward => {}
+            Action::Flip => {
+                buf[len - 1] ^= 0x01;
+                shared.stats.bits_flipped.fetch_add(1, Ordering::Relaxed);
+            }
             Action::Delay(delay) => tokio::time::sleep(delay).await,
             Action::Drop => {
                 shared.stats.responses_dropped.fetch_add(1, Ordering::Relaxed);

@@ -6,6 +6,7 @@
 
 use super::status::{SlaveState, SlaveStatus};
 use crate::config::ReplicationConfig;
+use crate::state::State;
 use bitark_common::replication::Features;
 use bitark_common::{Lsn, Record};
 use bitark_infra::replication::ReplicationClient;
@@ -45,6 +46,12 @@ pub(crate) struct HubInner {
     pub waiting_for_durable: AtomicBool,
     /// LSN → bytes of log, for lag in bytes.
     pub bytes: Mutex<ByteIndex>,
+    /// The node's shared state: retention of log and snapshots, the snapshotter.
+    pub state: Arc<State>,
+    /// Full-sync transfers and their queue (stage 5).
+    pub full_sync: super::full_sync::FullSyncServer,
+    /// The cluster GC floor last published (`u64::MAX`: none), to see it move.
+    pub gc_floor: AtomicU64,
     pub runtime: tokio::runtime::Handle,
 }
 
@@ -61,6 +68,7 @@ impl HubInner {
     /// go. The caller has removed it from `slaves`.
     pub fn close(&self, link: &SlaveLink) {
         link.closed.store(true, Ordering::Release);
+        super::full_sync::end_transfers_of(self, &link.id, "failed");
         link.lock().clear_buffer(&self.buffered);
         link.wake.notify_one();
         let m = &self.metrics;
@@ -71,10 +79,13 @@ impl HubInner {
             &m.replication_lag_bytes,
             &m.replication_buffer_depth,
             &m.replication_buffer_bytes,
+            &m.replication_headroom_bytes,
         ] {
             let _ = family.remove_label_values(&id);
         }
         let _ = m.replication_lag_seconds.remove_label_values(&id);
+        let _ = m.replication_heartbeat_age.remove_label_values(&id);
+        let _ = m.replication_headroom_seconds.remove_label_values(&id);
         for family in [
             &m.replication_retries,
             &m.replication_send_failures,
@@ -83,6 +94,7 @@ impl HubInner {
             &m.replication_acked_batches,
             &m.replication_acked_records,
             &m.replication_catchup_records,
+            &m.replication_dead_detections,
         ] {
             let _ = family.remove_label_values(&id);
         }
@@ -147,6 +159,10 @@ pub(crate) struct LinkState {
     /// `(slave LSN, master LSN)` when this slave process was found ahead of the master's
     /// log: it stays DIVERGED for as long as the process lives.
     pub diverged: Option<(Lsn, Lsn)>,
+    /// FULL_SYNC_QUEUED: place in the queue (1 is next).
+    pub queue_position: Option<u64>,
+    /// FULL_SYNCING: `(bytes sent, snapshot size)`.
+    pub full_sync: Option<(u64, u64)>,
 }
 
 pub(crate) struct Queued {
@@ -174,6 +190,8 @@ impl LinkState {
             behind_since: None,
             last_seen: Instant::now(),
             diverged: None,
+            queue_position: None,
+            full_sync: None,
         }
     }
 
@@ -188,7 +206,33 @@ impl LinkState {
             self.last_error = None;
             self.retries = 0;
         }
+        if state != SlaveState::FullSyncQueued {
+            self.queue_position = None;
+        }
+        if state != SlaveState::FullSyncing {
+            self.full_sync = None;
+        }
         self.state = state;
+    }
+
+    /// The slave answered (a registration, a heartbeat, an acknowledgement) from
+    /// `applied`. A DEAD slave's position now decides its state: caught up, or to be
+    /// caught up (from the WAL, or by a full sync if the WAL no longer has it).
+    pub fn answered(&mut self, applied: Lsn, durable: Lsn, now: Instant) {
+        self.last_seen = now;
+        if applied > self.last_ack {
+            self.last_ack = applied;
+            self.next_send = self.next_send.max(applied.next());
+        }
+        if self.state == SlaveState::Dead {
+            if self.last_ack >= durable {
+                self.set_state(SlaveState::Alive);
+            } else {
+                self.set_state(SlaveState::Slow);
+                self.next_send = self.last_ack.next();
+                self.behind_since.get_or_insert(now);
+            }
+        }
     }
 
     /// Queues `records` for sending.
@@ -227,20 +271,61 @@ pub(crate) struct ByteIndex {
     /// Bytes written through the newest LSN.
     total: u64,
     newest: u64,
+    /// The LSN the index started at.
+    start: u64,
     step: u64,
+    /// Bytes of log written per second, smoothed; sampled about once a second.
+    rate: f64,
+    sampled: (Instant, u64),
 }
 
 const MAX_POINTS: usize = 1 << 16;
 
 impl ByteIndex {
     pub fn new(start: Lsn) -> ByteIndex {
-        ByteIndex { points: VecDeque::from([(start.0, 0)]), total: 0, newest: start.0, step: 64 * 1024 }
+        ByteIndex {
+            points: VecDeque::from([(start.0, 0)]),
+            total: 0,
+            newest: start.0,
+            start: start.0,
+            step: 64 * 1024,
+            rate: 0.0,
+            sampled: (Instant::now(), 0),
+        }
+    }
+
+    /// Bytes of log written per second lately (0 when nothing is written).
+    pub fn rate(&self) -> f64 {
+        let (at, total) = self.sampled;
+        // A sample older than a few seconds means writes stopped since.
+        if at.elapsed().as_secs_f64() > 5.0 && total == self.total {
+            0.0
+        } else {
+            self.rate
+        }
+    }
+
+    /// Average bytes of one record written by this process (0 before any).
+    pub fn record_bytes(&self) -> f64 {
+        let records = self.newest - self.start;
+        if records == 0 {
+            0.0
+        } else {
+            self.total as f64 / records as f64
+        }
     }
 
     /// Notes `bytes` more of log, through `last`.
     pub fn push(&mut self, last: Lsn, bytes: u64) {
         self.total += bytes;
         self.newest = last.0;
+        let (at, total) = self.sampled;
+        let elapsed = at.elapsed().as_secs_f64();
+        if elapsed >= 1.0 {
+            let now = (self.total - total) as f64 / elapsed;
+            self.rate = if self.rate == 0.0 { now } else { 0.5 * self.rate + 0.5 * now };
+            self.sampled = (Instant::now(), self.total);
+        }
         let (_, at) = *self.points.back().expect("never empty");
         if self.total - at >= self.step {
             self.points.push_back((last.0, self.total));
@@ -274,7 +359,7 @@ impl ByteIndex {
     }
 }
 
-/// One slave's status; also refreshes its metrics.
+/// One slave's status.
 pub(crate) fn status_of(hub: &HubInner, link: &SlaveLink) -> SlaveStatus {
     let durable = hub.durable_lsn();
     let s = link.lock();
@@ -290,7 +375,7 @@ pub(crate) fn status_of(hub: &HubInner, link: &SlaveLink) -> SlaveStatus {
     } else {
         hub.bytes.lock().unwrap_or_else(PoisonError::into_inner).bytes_after(s.last_ack)
     };
-    SlaveStatus {
+    let mut status = SlaveStatus {
         id: link.id.clone(),
         url: s.url.clone(),
         state: s.state,
@@ -304,7 +389,15 @@ pub(crate) fn status_of(hub: &HubInner, link: &SlaveLink) -> SlaveStatus {
         retries: s.retries,
         last_error: s.last_error.clone(),
         last_seen_seconds: s.last_seen.elapsed().as_secs_f64(),
-    }
+        queue_position: s.queue_position,
+        full_sync_bytes: s.full_sync.map(|(bytes, _)| bytes),
+        full_sync_size: s.full_sync.map(|(_, size)| size),
+        headroom_bytes: None,
+        headroom_seconds: None,
+    };
+    drop(s);
+    super::gc::fill_headroom(hub, &mut status);
+    status
 }
 
 /// Refreshes the metric series of one slave.
@@ -321,6 +414,14 @@ pub(crate) fn refresh_metrics(hub: &HubInner, link: &SlaveLink) {
     m.replication_lag_seconds.with_label_values(&id).set(status.lag_seconds);
     m.replication_buffer_depth.with_label_values(&id).set(status.buffer_depth as i64);
     m.replication_buffer_bytes.with_label_values(&id).set(status.buffer_bytes as i64);
+    match status.headroom_bytes {
+        Some(bytes) => m.replication_headroom_bytes.with_label_values(&id).set(bytes as i64),
+        None => drop(m.replication_headroom_bytes.remove_label_values(&id)),
+    }
+    match status.headroom_seconds {
+        Some(seconds) => m.replication_headroom_seconds.with_label_values(&id).set(seconds),
+        None => drop(m.replication_headroom_seconds.remove_label_values(&id)),
+    }
     for state in SlaveState::ALL {
         m.replication_slave_state.with_label_values(&[&link.id, state.as_str()]).set((state == status.state) as i64);
     }

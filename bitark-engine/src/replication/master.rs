@@ -13,11 +13,13 @@
 //! caught up from the WAL (`bounded-buffer`), or GAP at stages 1 and 2. Senders send only
 //! records that are durable on the master's own disk.
 
+use super::full_sync::{FullSyncError, PullAnswer};
 use super::link::{refresh_metrics, status_of, ByteIndex, HubInner, LinkState, SlaveLink};
 use super::status::{SlaveState, SlaveStatus};
 use super::{sender, verify};
 use crate::config::ReplicationConfig;
-use bitark_common::replication::{Features, RegisterRequest, RegisterResponse};
+use crate::state::State;
+use bitark_common::replication::{Features, FullSyncAnswer, FullSyncRequest, RegisterRequest, RegisterResponse};
 use bitark_common::{Lsn, Record};
 use bitark_infra::replication::ReplicationClient;
 use bitark_infra::wal::{list_segments, WalHandle};
@@ -73,6 +75,7 @@ pub(crate) struct HubParts {
     pub metrics: Metrics,
     pub durable: watch::Receiver<Lsn>,
     pub wal: WalHandle,
+    pub state: Arc<State>,
     pub runtime: tokio::runtime::Handle,
 }
 
@@ -98,6 +101,9 @@ impl MasterHub {
                 buffered: AtomicUsize::new(0),
                 waiting_for_durable: AtomicBool::new(false),
                 bytes: Mutex::new(ByteIndex::new(start)),
+                state: parts.state,
+                full_sync: Default::default(),
+                gc_floor: AtomicU64::new(u64::MAX),
                 runtime: parts.runtime,
             }),
         };
@@ -189,14 +195,10 @@ impl MasterHub {
         let link = match existing {
             Some(link) if same_process => {
                 let mut s = link.lock();
-                s.last_seen = Instant::now();
+                s.answered(applied, durable, Instant::now());
                 if s.features != features {
                     tracing::info!(slave = %link.id, features = ?features.enabled(), "slave features changed");
                     s.features = features;
-                }
-                if applied > s.last_ack {
-                    s.last_ack = applied;
-                    s.next_send = s.next_send.max(applied.next());
                 }
                 let check = !s.verified && !s.verifying;
                 drop(s);
@@ -232,6 +234,7 @@ impl MasterHub {
             }
         };
         drop(slaves);
+        super::full_sync::progressed(hub, &link, applied);
         let s = link.lock();
         let (state, reason) = (s.state(), s.last_error.clone());
         drop(s);
@@ -348,6 +351,22 @@ impl MasterHub {
     pub fn session(&self) -> &str {
         &self.inner.session
     }
+
+    /// `pull(fromLsn)` (stage 5): the log from `from` on, or the snapshot to full-sync
+    /// from when the WAL no longer reaches back to it.
+    pub async fn pull(&self, from: Lsn) -> Result<PullAnswer, FullSyncError> {
+        super::full_sync::pull(&self.inner, from).await
+    }
+
+    /// A slave asks for a full-sync transfer (stage 5).
+    pub async fn start_full_sync(&self, request: FullSyncRequest) -> Result<FullSyncAnswer, FullSyncError> {
+        super::full_sync::start(&self.inner, request).await
+    }
+
+    /// One chunk of a full-sync transfer, with its crc32.
+    pub async fn full_sync_chunk(&self, id: u64, offset: u64) -> Result<(Vec<u8>, u32), FullSyncError> {
+        super::full_sync::chunk(&self.inner, id, offset).await
+    }
 }
 
 /// Drops `s`'s buffer, which cannot take the records through `last`: the slave is
@@ -391,6 +410,21 @@ fn check_request(request: &RegisterRequest) -> Result<(), RegisterError> {
 }
 
 /// Drops links that have neither registered nor answered for `forget-after`.
+/// Runs `work` on the hub every quarter heartbeat interval (at least every 20 ms) for
+/// as long as the hub lives: the tick of the master's modules.
+pub(crate) fn every_tick(hub: &MasterHub, work: fn(&HubInner)) {
+    let weak = Arc::downgrade(&hub.inner);
+    hub.inner.runtime.spawn(async move {
+        loop {
+            let Some(hub) = weak.upgrade() else { return };
+            work(&hub);
+            let tick = (hub.config.heartbeat_interval / 4).max(Duration::from_millis(20));
+            drop(hub);
+            tokio::time::sleep(tick).await;
+        }
+    });
+}
+
 async fn forget_silent_slaves(hub: std::sync::Weak<HubInner>) {
     loop {
         let Some(inner) = hub.upgrade() else { return };

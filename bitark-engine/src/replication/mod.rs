@@ -9,10 +9,19 @@
 //! - `sender`: one task per slave that sends durable batches, follows
 //!   acknowledgements, backs off after failures, and catches a slave up from the WAL
 //!   when its buffer could not.
+//! - [`heartbeat`]: stage 4: slaves' heartbeats, DEAD detection on the master, an
+//!   unreachable master on the slave.
+//! - [`full_sync`]: stage 5, the master's side: `pull`, transfers, their queue and pins.
+//! - `full_sync_client`: stage 5, the slave's side: download, verify, install.
+//! - `gc`: stage 6: how far back the WAL is kept for slaves, OUTDATED, headroom.
 //! - [`slave`]: [`Follower`]: a slave's registration loop, the check that a batch comes
 //!   from its master, how the master sees it, and its `slave-progress.bin`.
 //! - [`status`]: what `/actuator/replication` shows.
 
+pub mod full_sync;
+mod full_sync_client;
+pub(crate) mod gc;
+pub mod heartbeat;
 mod link;
 pub mod master;
 mod sender;

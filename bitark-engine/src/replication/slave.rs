@@ -15,16 +15,22 @@
 //! slave how the master sees it: a slave its master cannot bring up to date
 //! (NEEDS_FULL_SYNC, DIVERGED) reports itself not ready.
 
-use crate::config::ReplicationConfig;
+use super::status::FullSyncProgress;
+use crate::config::{ReplicationConfig, Role};
 use crate::error::ReplicateError;
+use crate::modules::{Host, Module};
 use crate::node::Node;
-use bitark_common::replication::{AppendResponse, Features, RegisterRequest};
+use bitark_common::replication::{
+    AppendResponse, Features, HeartbeatRequest, HeartbeatResponse, RegisterRequest, SnapshotRef,
+};
 use bitark_common::{Lsn, Record};
 use bitark_infra::replication::{read_progress, write_progress, BatchSender, ReplicationClient, TransportError};
 use bitark_infra::Metrics;
+use rand::Rng;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Why a log batch was refused before it was looked at.
@@ -74,6 +80,10 @@ impl MasterView {
         let reason = || self.reason.clone().unwrap_or_default();
         match self.state.as_deref() {
             Some("NEEDS_FULL_SYNC") => Some(("needs_full_sync", reason())),
+            Some("OUTDATED") => Some(("outdated", reason())),
+            Some("FULL_SYNC_QUEUED") | Some("FULL_SYNCING") => {
+                Some(("full_syncing", "a full sync from the master is under way".to_string()))
+            }
             Some("DIVERGED") => Some(("diverged", reason())),
             // Stages 1 and 2 cannot send the missing records again.
             Some("GAP") => Some(("gap", reason())),
@@ -105,6 +115,14 @@ struct FollowerInner {
     view: Mutex<MasterView>,
     /// Wakes the registration loop for an immediate registration.
     register_now: Notify,
+    /// The flags the master and this slave use together, from the last registration.
+    negotiated: Mutex<Features>,
+    /// When the master last answered (a registration, a heartbeat) or sent a batch.
+    master_last_seen: Mutex<Instant>,
+    /// A full sync runs (stage 5); at most one at a time.
+    full_sync_running: AtomicBool,
+    /// What a running full sync is doing, for `/actuator/replication`.
+    full_sync: Mutex<Option<FullSyncProgress>>,
     /// The position reported at the first registration of this process.
     resume_from: Lsn,
     /// The LSN last written to `slave-progress.bin` (0 when never).
@@ -159,15 +177,107 @@ impl Follower {
                 master: Mutex::new(None),
                 view: Mutex::new(MasterView::default()),
                 register_now: Notify::new(),
+                negotiated: Mutex::new(Features::default()),
+                master_last_seen: Mutex::new(Instant::now()),
+                full_sync_running: AtomicBool::new(false),
+                full_sync: Mutex::new(None),
                 resume_from,
                 progress: AtomicU64::new(resume_from.0),
             }),
         };
         tokio::spawn(follower.clone().register_loop());
-        if features.reliable {
-            tokio::spawn(follower.clone().progress_loop());
-        }
         follower
+    }
+
+    pub(crate) fn config(&self) -> &ReplicationConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    pub(crate) fn client(&self) -> &ReplicationClient {
+        &self.inner.client
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn master_url(&self) -> &str {
+        &self.inner.config.master_url
+    }
+
+    /// Notes what a running full sync is doing: `(phase, snapshot, bytes, queue place)`.
+    pub(crate) fn set_full_sync(&self, now: Option<(&str, SnapshotRef, u64, Option<u64>)>) {
+        let progress = now.map(|(phase, snapshot, bytes, queue_position)| FullSyncProgress {
+            phase: phase.to_string(),
+            snapshot_lsn: snapshot.lsn,
+            bytes,
+            size: snapshot.size,
+            queue_position,
+        });
+        *self.inner.full_sync.lock().unwrap_or_else(PoisonError::into_inner) = progress;
+    }
+
+    /// A full sync in progress, as this slave sees it.
+    pub fn full_sync(&self) -> Option<FullSyncProgress> {
+        self.inner.full_sync.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The state is now the snapshot at `lsn`: the progress file names it already.
+    pub(crate) fn installed(&self, lsn: Lsn) {
+        self.inner.progress.store(lsn.0, Ordering::Release);
+    }
+
+    /// Starts a full sync unless one runs or this slave and its master cannot do one.
+    fn start_full_sync(&self) {
+        let negotiated = *self.inner.negotiated.lock().unwrap_or_else(PoisonError::into_inner);
+        if !negotiated.full_sync || self.inner.full_sync_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let follower = self.clone();
+        tokio::spawn(async move {
+            super::full_sync_client::run(follower.clone()).await;
+            follower.inner.full_sync_running.store(false, Ordering::Release);
+        });
+    }
+
+    /// Whether the master and this slave use heartbeats (stage 4) together.
+    pub(crate) fn uses_heartbeats(&self) -> bool {
+        self.is_registered() && self.inner.negotiated.lock().unwrap_or_else(PoisonError::into_inner).heartbeat
+    }
+
+    pub(crate) async fn send_heartbeat(&self) -> Result<HeartbeatResponse, TransportError> {
+        let inner = &self.inner;
+        let request = HeartbeatRequest {
+            slave_id: inner.node.config().node.id.clone(),
+            session: inner.session.clone(),
+            applied_lsn: inner.node.applied_lsn().0,
+            durable_lsn: inner.node.durable_lsn().0,
+        };
+        inner.client.heartbeat(&inner.config.master_url, &request).await
+    }
+
+    /// The master answered, saying how it sees this slave (when it said).
+    pub(crate) fn heard_from_master(&self, state: Option<String>, reason: Option<String>) {
+        *self.inner.master_last_seen.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        if state.is_some() {
+            self.learn_view(state, reason);
+        }
+    }
+
+    /// How long ago the master last answered or sent a batch.
+    pub fn master_last_seen(&self) -> Duration {
+        self.inner.master_last_seen.lock().unwrap_or_else(PoisonError::into_inner).elapsed()
+    }
+
+    /// Under heartbeats (stage 4): `Some(silence)` once the master has been unreachable
+    /// for `replication.dead-after`.
+    pub fn master_unreachable(&self) -> Option<Duration> {
+        let silent = self.master_last_seen();
+        (self.inner.features.heartbeat && silent >= self.inner.config.dead_after).then_some(silent)
     }
 
     /// Checks that a batch comes from the master this slave follows, before anything of
@@ -181,7 +291,10 @@ impl Follower {
                 meant_for: sender.slave_session.to_string(),
                 session: self.inner.session.clone(),
             },
-            Some(m) if m.id == master_id && m.session == session => return Ok(()),
+            Some(m) if m.id == master_id && m.session == session => {
+                self.heard_from_master(None, None);
+                return Ok(());
+            }
             Some(m) => SenderRefused::WrongMaster {
                 id: master_id.to_string(),
                 session: session.to_string(),
@@ -279,13 +392,14 @@ impl Follower {
                     }
                     let identity = MasterIdentity { id: answer.master_id.clone(), session: answer.session.clone() };
                     *inner.master.lock().unwrap_or_else(PoisonError::into_inner) = Some(identity);
-                    self.learn_view(Some(answer.state), answer.reason);
+                    *inner.negotiated.lock().unwrap_or_else(PoisonError::into_inner) = answer.features;
+                    self.heard_from_master(Some(answer.state), answer.reason);
                 }
                 Err(refused @ TransportError::Refused { status: 409, .. }) => {
                     // The master refuses this slave: say so, and keep asking.
                     let (code, message) = refused.error_body();
                     if code.as_deref() == Some("diverged") {
-                        self.learn_view(Some("DIVERGED".into()), message.clone());
+                        self.heard_from_master(Some("DIVERGED".into()), message.clone());
                     }
                     if inner.registered.swap(false, Ordering::AcqRel) || first {
                         tracing::error!(url = %inner.config.master_url, code = ?code, reason = ?message, "the master refuses this slave");
@@ -300,11 +414,17 @@ impl Follower {
                     }
                 }
             }
-            let _ = tokio::time::timeout(inner.config.register_interval, inner.register_now.notified()).await;
+            // Jittered, so that slaves that lost their master together do not come back
+            // together.
+            let wait = inner.config.register_interval.mul_f64(rand::thread_rng().gen_range(0.8..1.2));
+            let _ = tokio::time::timeout(wait, inner.register_now.notified()).await;
         }
     }
 
     fn learn_view(&self, state: Option<String>, reason: Option<String>) {
+        if matches!(state.as_deref(), Some("NEEDS_FULL_SYNC") | Some("OUTDATED")) {
+            self.start_full_sync();
+        }
         let mut view = self.inner.view.lock().unwrap_or_else(PoisonError::into_inner);
         if view.state != state {
             match state.as_deref() {
@@ -333,6 +453,30 @@ impl Follower {
         match write_progress(&self.inner.data_dir, applied) {
             Ok(_) => self.inner.progress.store(applied.0, Ordering::Release),
             Err(e) => tracing::error!(error = %e, "cannot write slave-progress.bin"),
+        }
+    }
+}
+
+/// Stage 3: the slave keeps its position in `slave-progress.bin`, rewritten at most every
+/// `replication.progress-flush`.
+pub(crate) struct ProgressFile;
+
+impl Module for ProgressFile {
+    fn name(&self) -> &'static str {
+        "slave-progress-file"
+    }
+
+    fn role(&self) -> Role {
+        Role::Slave
+    }
+
+    fn enabled(&self, features: &Features) -> bool {
+        features.reliable
+    }
+
+    fn start(&self, host: &Host<'_>) {
+        if let Host::Slave(follower) = host {
+            tokio::spawn((*follower).clone().progress_loop());
         }
     }
 }

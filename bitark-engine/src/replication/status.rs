@@ -23,10 +23,20 @@ pub enum SlaveState {
     /// Its log holds records this master does not have (it is ahead of the master's
     /// log): it cannot follow this master as it is.
     Diverged,
+    /// Silent for `replication.dead-after` (stage 4): nothing is sent to it and it holds
+    /// nothing back, until it answers and its position decides its state again.
+    Dead,
+    /// Further behind than `replication.max-lag` (stage 6, `gc-mode: bounded`): the WAL
+    /// is no longer kept for it; it must full-sync.
+    Outdated,
+    /// Waiting for a full-sync slot (`replication.full-sync.max-concurrent`).
+    FullSyncQueued,
+    /// Downloading a snapshot from this master.
+    FullSyncing,
 }
 
 impl SlaveState {
-    pub const ALL: [SlaveState; 7] = [
+    pub const ALL: [SlaveState; 11] = [
         SlaveState::Verifying,
         SlaveState::Alive,
         SlaveState::Slow,
@@ -34,6 +44,10 @@ impl SlaveState {
         SlaveState::Gap,
         SlaveState::NeedsFullSync,
         SlaveState::Diverged,
+        SlaveState::Dead,
+        SlaveState::Outdated,
+        SlaveState::FullSyncQueued,
+        SlaveState::FullSyncing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,13 +59,31 @@ impl SlaveState {
             SlaveState::Gap => "GAP",
             SlaveState::NeedsFullSync => "NEEDS_FULL_SYNC",
             SlaveState::Diverged => "DIVERGED",
+            SlaveState::Dead => "DEAD",
+            SlaveState::Outdated => "OUTDATED",
+            SlaveState::FullSyncQueued => "FULL_SYNC_QUEUED",
+            SlaveState::FullSyncing => "FULL_SYNCING",
         }
     }
 
-    /// States in which the slave cannot serve up-to-date reads until an operator (or,
-    /// later, a full sync) acts.
+    /// States in which nothing is sent to the slave: it is silent, cannot follow this
+    /// master as it is, or needs (or is in) a full sync.
     pub fn is_stuck(self) -> bool {
-        matches!(self, SlaveState::NeedsFullSync | SlaveState::Diverged)
+        matches!(
+            self,
+            SlaveState::NeedsFullSync
+                | SlaveState::Diverged
+                | SlaveState::Dead
+                | SlaveState::Outdated
+                | SlaveState::FullSyncQueued
+                | SlaveState::FullSyncing
+        )
+    }
+
+    /// States that hold the WAL back under cluster GC (stage 6): a slave being followed
+    /// or caught up.
+    pub fn holds_wal(self) -> bool {
+        matches!(self, SlaveState::Alive | SlaveState::Slow | SlaveState::Unreachable)
     }
 }
 
@@ -79,6 +111,18 @@ pub struct SlaveStatus {
     pub last_error: Option<String>,
     /// Seconds since the slave last registered or answered.
     pub last_seen_seconds: f64,
+    /// FULL_SYNC_QUEUED: its place in the queue (1 is next).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
+    /// FULL_SYNCING: bytes of the snapshot sent, and its size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_sync_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_sync_size: Option<u64>,
+    /// Stage 6: bytes and estimated seconds of log left before this slave falls outside
+    /// what the WAL keeps for it (`None`: nothing bounds it).
+    pub headroom_bytes: Option<u64>,
+    pub headroom_seconds: Option<f64>,
 }
 
 /// The replication state of this node.
@@ -105,4 +149,20 @@ pub struct ReplicationStatus {
     pub state_reason: Option<String>,
     /// Slave: the LSN in `slave-progress.bin`.
     pub progress_lsn: Option<u64>,
+    /// Slave: seconds since its master last answered (stage 4).
+    pub master_last_seen_seconds: Option<f64>,
+    /// Slave: a full sync in progress or queued, as the slave sees it.
+    pub full_sync: Option<FullSyncProgress>,
+}
+
+/// A slave's view of its full sync.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FullSyncProgress {
+    /// `queued`, `downloading`, `installing`.
+    pub phase: String,
+    pub snapshot_lsn: u64,
+    pub bytes: u64,
+    pub size: u64,
+    pub queue_position: Option<u64>,
 }

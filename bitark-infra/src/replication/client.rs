@@ -1,8 +1,11 @@
 //! The replication transport: HTTP between real processes (reqwest), JSON for control
 //! messages, binary WAL records for log batches, the cluster token as a bearer token.
 
-use bitark_common::replication::{AppendResponse, NodeStatus, RegisterRequest, RegisterResponse, WAL_CONTENT_TYPE};
-use bitark_common::Lsn;
+use bitark_common::replication::{
+    AppendResponse, FullSyncAnswer, FullSyncRequest, HeartbeatRequest, HeartbeatResponse, NeedFullSync, NodeStatus,
+    RegisterRequest, RegisterResponse, CHUNK_CRC_HEADER, WAL_CONTENT_TYPE,
+};
+use bitark_common::{Lsn, Record};
 use std::time::Duration;
 
 /// Header naming the master that sends a batch.
@@ -109,6 +112,81 @@ impl ReplicationClient {
             return Ok(None);
         }
         json_or_refused(response).await.map(Some)
+    }
+
+    /// A slave's heartbeat to its master (stage 4).
+    pub async fn heartbeat(
+        &self,
+        master_url: &str,
+        request: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, TransportError> {
+        let response = self
+            .request(reqwest::Method::POST, format!("{}/internal/replication/heartbeat", trim(master_url)))
+            .json(request)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        json_or_refused(response).await
+    }
+
+    /// `pull(fromLsn)`: the master's log from `from` on, or the snapshot to full-sync
+    /// from when its WAL no longer reaches back that far.
+    pub async fn pull(&self, master_url: &str, from: Lsn) -> Result<Result<Vec<Record>, NeedFullSync>, TransportError> {
+        let url = format!("{}/internal/replication/pull?fromLsn={}", trim(master_url), from.0);
+        let response = self.request(reqwest::Method::GET, url).send().await.map_err(unreachable)?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(unreachable)?;
+        if status.is_success() {
+            let mut records = Vec::new();
+            let mut at = 0;
+            while at < body.len() {
+                let (record, used) = Record::decode(&body[at..]).map_err(|e| TransportError::Refused {
+                    status: status.as_u16(),
+                    body: format!("bad record: {e}"),
+                })?;
+                records.push(record);
+                at += used;
+            }
+            return Ok(Ok(records));
+        }
+        if status == reqwest::StatusCode::CONFLICT {
+            if let Ok(need) = serde_json::from_slice::<NeedFullSync>(&body) {
+                return Ok(Err(need));
+            }
+        }
+        Err(TransportError::Refused { status: status.as_u16(), body: String::from_utf8_lossy(&body).into_owned() })
+    }
+
+    /// Asks the master for a full-sync transfer (or a place in its queue).
+    pub async fn full_sync_start(
+        &self,
+        master_url: &str,
+        request: &FullSyncRequest,
+    ) -> Result<FullSyncAnswer, TransportError> {
+        let url = format!("{}/internal/replication/full-sync", trim(master_url));
+        let response = self.request(reqwest::Method::POST, url).json(request).send().await.map_err(unreachable)?;
+        json_or_refused(response).await
+    }
+
+    /// One chunk of a transfer, and the crc32 the master gave for it.
+    pub async fn full_sync_chunk(
+        &self,
+        master_url: &str,
+        id: u64,
+        offset: u64,
+    ) -> Result<(Vec<u8>, u32), TransportError> {
+        let url = format!("{}/internal/replication/full-sync/{id}?offset={offset}", trim(master_url));
+        let response = self.request(reqwest::Method::GET, url).send().await.map_err(unreachable)?;
+        let status = response.status();
+        let crc = response.headers().get(CHUNK_CRC_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let body = response.bytes().await.map_err(unreachable)?;
+        match (status.is_success(), crc) {
+            (true, Some(crc)) => Ok((body.to_vec(), crc)),
+            _ => Err(TransportError::Refused {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            }),
+        }
     }
 
     /// Asks a slave to register with its master now.

@@ -12,7 +12,7 @@
 //! - [`scan`]: the recovery scan: replays records from an LSN, cuts a torn tail, and
 //!   stops on corruption before the tail with the file and offset.
 
-mod active;
+pub(crate) mod active;
 pub mod cursor;
 pub mod scan;
 pub mod segment;

@@ -118,9 +118,15 @@ pub struct AppendOutcome {
     pub skipped: u64,
 }
 
+/// Work a [`WalHandle::reset`] runs on the writer thread while no segment is open.
+pub type ResetWork = Box<dyn FnOnce() -> Result<(), StorageError> + Send>;
+
 enum Msg {
     Propose(Proposal),
     Append(Replicated),
+    /// Close every segment, run the work (it replaces the log), and start an empty log
+    /// at the LSN given.
+    Reset(Lsn, ResetWork, oneshot::Sender<Result<(), StorageError>>),
     /// Make everything written durable now; answer the durable LSN.
     Sync(Option<oneshot::Sender<Lsn>>),
     Shutdown,
@@ -229,6 +235,18 @@ impl WalHandle {
             return Err(self.shared.failure());
         }
         rx.blocking_recv().map_err(|_| self.shared.failure())
+    }
+
+    /// Replaces the whole log: once every write queued before it is done, the writer
+    /// closes its segments, runs `work` (which deletes or replaces them) and goes on with
+    /// an empty log whose next record is `next`. If `work` fails the log stops (the node
+    /// must restart and recover what is on disk). Blocking.
+    pub fn reset(&self, next: Lsn, work: ResetWork) -> Result<(), StorageError> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Reset(next, work, reply)).is_err() {
+            return Err(StorageError::Closed);
+        }
+        rx.blocking_recv().unwrap_or(Err(StorageError::Closed))
     }
 
     /// Highest LSN known to be durable.
@@ -380,6 +398,10 @@ impl<A: Applier> Writer<A> {
                     self.sync_now(reply);
                     continue;
                 }
+                Ok(Msg::Reset(next, work, reply)) => {
+                    let _ = reply.send(self.reset(next, work));
+                    continue;
+                }
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => stopping = true,
                 Err(RecvTimeoutError::Timeout) => {
                     self.on_idle();
@@ -387,12 +409,18 @@ impl<A: Applier> Writer<A> {
                 }
             }
             let mut sync = None;
+            let mut reset = None;
             while !stopping && replicated.is_none() && batch.len() < self.config.max_batch_records {
                 match rx.try_recv() {
                     Ok(Msg::Propose(p)) => batch.push(p),
                     Ok(Msg::Append(r)) => replicated = Some(r),
                     Ok(Msg::Sync(reply)) => {
                         sync = Some(reply);
+                        break;
+                    }
+                    Ok(Msg::Reset(next, work, reply)) => {
+                        // Rare: finish this batch first, then reset.
+                        reset = Some((next, work, reply));
                         break;
                     }
                     Ok(Msg::Shutdown) => stopping = true,
@@ -408,6 +436,9 @@ impl<A: Applier> Writer<A> {
             }
             if let Some(reply) = sync {
                 self.sync_now(reply);
+            }
+            if let Some((next, work, reply)) = reset {
+                let _ = reply.send(self.reset(next, work));
             }
             if self.config.fsync == FsyncPolicy::Interval {
                 self.sync_if_due();
@@ -447,6 +478,7 @@ impl<A: Applier> Writer<A> {
                 Msg::Propose(p) => drop(p.reply.send(Err(ProposeError::Closed))),
                 Msg::Append(r) => drop(r.reply.send(Err(ProposeError::Closed))),
                 Msg::Sync(reply) => self.sync_now(reply),
+                Msg::Reset(_, _, reply) => drop(reply.send(Err(StorageError::Closed))),
                 Msg::Shutdown => {}
             }
         }
@@ -686,6 +718,36 @@ impl<A: Applier> Writer<A> {
                 let _ = reply.send(Lsn(self.shared.durable.load(Ordering::Acquire)));
             }
         }
+    }
+
+    fn reset(&mut self, next: Lsn, work: ResetWork) -> Result<(), StorageError> {
+        if let Err(e) = self.active.seal() {
+            self.fail(format!("closing the WAL for a reset failed: {e}"));
+            return Err(e);
+        }
+        // The spare is recreated below; its file may be deleted by `work` meanwhile.
+        self.spare = None;
+        let result = work().and_then(|()| {
+            let segment_size = self.config.segment_size.as_u64();
+            self.active = ActiveSegment::open(&self.dir, next, segment_size)?;
+            Ok(())
+        });
+        if let Err(e) = result {
+            self.fail(format!("replacing the WAL failed: {e}"));
+            return Err(e);
+        }
+        self.next_lsn = next;
+        self.pending_durable = Lsn(next.0 - 1);
+        self.dirty = false;
+        self.probe = None;
+        self.rotation_retry_at = None;
+        self.shared.durable.store(next.0 - 1, Ordering::Release);
+        self.metrics.lsn_durable.set(next.0 as i64 - 1);
+        self.metrics.wal_segments.set(1);
+        self.shared.set_health(WalHealth::Healthy, &self.metrics);
+        self.prepare_spare();
+        tracing::info!(next = %next, "WAL replaced; continuing from an empty log");
+        Ok(())
     }
 
     fn rotation_due(&self) -> bool {

@@ -1,0 +1,90 @@
+//! The plugin modules: every replication capability that a flag turns on is a
+//! [`Module`] in [`MODULES`], started by the adapter only when the node's role and flags
+//! ask for it, the way a Spring auto-configuration is conditional on a property. A
+//! fixed list and a trait: nothing is loaded dynamically.
+//!
+//! The core of a role (a master's hub with its senders, a slave's registration loop)
+//! is not a module: it runs whenever replication runs. A module adds a background task
+//! to that core and lives in the file of its stage.
+
+use crate::config::Role;
+use crate::replication::{Follower, MasterHub};
+use bitark_common::replication::Features;
+
+/// What a module attaches to: the replication core of this node's role.
+pub enum Host<'a> {
+    Master(&'a MasterHub),
+    Slave(&'a Follower),
+}
+
+impl Host<'_> {
+    fn role(&self) -> Role {
+        match self {
+            Host::Master(_) => Role::Master,
+            Host::Slave(_) => Role::Slave,
+        }
+    }
+}
+
+/// One capability that a flag turns on.
+pub trait Module: Sync {
+    /// Its name in logs and in `/actuator/replication`.
+    fn name(&self) -> &'static str;
+    /// The role it runs on.
+    fn role(&self) -> Role;
+    /// Whether the node's own flags turn it on. The flags a link negotiates with each
+    /// peer can be fewer; a module checks those per link.
+    fn enabled(&self, features: &Features) -> bool;
+    /// Starts its background work, which ends when the host is dropped (or runs for
+    /// the life of the process).
+    fn start(&self, host: &Host<'_>);
+}
+
+/// Every module, in rollout order.
+pub static MODULES: &[&dyn Module] = &[
+    &crate::replication::slave::ProgressFile,
+    &crate::replication::heartbeat::SlaveHeartbeats,
+    &crate::replication::heartbeat::DeadDetection,
+    &crate::replication::full_sync::TransferLeases,
+    &crate::replication::gc::ClusterGc,
+];
+
+/// Starts every module of `host`'s role that `features` turn on, and answers their names.
+pub fn start(host: &Host<'_>, features: &Features) -> Vec<&'static str> {
+    let role = host.role();
+    let mut started = Vec::new();
+    for module in MODULES.iter().filter(|m| m.role() == role && m.enabled(features)) {
+        module.start(host);
+        started.push(module.name());
+    }
+    started
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(role: Role, stage: f64) -> Vec<&'static str> {
+        let features = Features::up_to_stage(stage).unwrap();
+        MODULES.iter().filter(|m| m.role() == role && m.enabled(&features)).map(|m| m.name()).collect()
+    }
+
+    #[test]
+    fn each_stage_turns_on_its_own_modules_and_no_others() {
+        assert!(wanted(Role::Master, 3.0).is_empty());
+        assert_eq!(wanted(Role::Slave, 2.0), Vec::<&str>::new());
+        assert_eq!(wanted(Role::Slave, 3.0), ["slave-progress-file"]);
+        assert_eq!(wanted(Role::Slave, 6.0), ["slave-progress-file", "heartbeats"]);
+        assert_eq!(wanted(Role::Master, 4.0), ["dead-detection"]);
+        assert_eq!(wanted(Role::Master, 5.0), ["dead-detection", "full-sync-leases"]);
+        assert_eq!(wanted(Role::Master, 6.0), ["dead-detection", "full-sync-leases", "cluster-gc"]);
+    }
+
+    #[test]
+    fn module_names_are_unique() {
+        let mut names: Vec<_> = MODULES.iter().map(|m| m.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), MODULES.len());
+    }
+}

@@ -1,0 +1,413 @@
+//! Stage 5, the master's side: serving snapshots to slaves the WAL cannot bring back.
+//!
+//! - `pull(fromLsn)` answers the log from `fromLsn` on while the WAL still holds it, or
+//!   `NEED_FULL_SYNC` with the snapshot to fetch instead.
+//! - A slave that needs a full sync asks for a transfer. At most
+//!   `replication.full-sync.max-concurrent` run at once; the others wait in a queue
+//!   (FULL_SYNC_QUEUED, with their place) and ask again, with jitter, so no resync storm
+//!   can form. The snapshot is the newest one (one is taken if there is none).
+//! - A transfer sends the file in chunks, each with its crc32, at most
+//!   `max-bytes-per-second`. It *pins* the snapshot and the WAL after it (see
+//!   [`crate::state::Retention`]): garbage collection deletes neither while the pin
+//!   holds. The pin is a lease of `pin-timeout`, renewed by every chunk, so an abandoned
+//!   transfer cannot hold disk for ever.
+//! - A slave that comes back from a restart asks again naming the snapshot it was
+//!   downloading: the same transfer goes on from the last chunk it has.
+//! - Once the slave has installed the snapshot and registers from its LSN, the pin moves
+//!   to what the slave has acknowledged until it has caught up from the WAL; then the
+//!   transfer is done.
+
+use super::link::{refresh_metrics, HubInner, SlaveLink};
+use super::master::every_tick;
+use super::status::SlaveState;
+use crate::config::Role;
+use crate::modules::{Host, Module};
+use crate::snapshotter::Request;
+use bitark_common::replication::{Features, FullSyncAnswer, FullSyncRequest, NeedFullSync, SnapshotRef, TransferOffer};
+use bitark_common::{Lsn, Record};
+use bitark_infra::fullsync::{chunk_checksum, file_checksum, read_chunk};
+use bitark_infra::snapshot::list_snapshots;
+use bitark_infra::wal::{CursorRead, WalCursor};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Why a full-sync call was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum FullSyncError {
+    /// The caller is not a slave this master follows in that session (409).
+    #[error("this master does not follow slave `{0}` in that session; register first")]
+    NotRegistered(String),
+    /// The slave does not need a full sync: the WAL can bring it up to date (409).
+    #[error("slave `{0}` does not need a full sync; the WAL holds what it needs")]
+    NotNeeded(String),
+    /// No such transfer, or it ended (404): ask for a new one.
+    #[error("no full-sync transfer {0}; ask for a new one")]
+    UnknownTransfer(u64),
+    /// The offset is past the end of the snapshot (416).
+    #[error("offset {offset} is past the end of the snapshot ({size} bytes)")]
+    BadOffset { offset: u64, size: u64 },
+    /// The snapshot cannot be read, taken or checksummed (500).
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// The transfers and the queue. A std `Mutex`: taken briefly, never across an await.
+#[derive(Default)]
+pub(crate) struct FullSyncServer {
+    inner: Mutex<Transfers>,
+}
+
+#[derive(Default)]
+struct Transfers {
+    next_id: u64,
+    /// Running transfers by id.
+    running: HashMap<u64, Transfer>,
+    /// Slaves waiting for a slot, first in line first.
+    queue: VecDeque<String>,
+    /// crc32 of snapshots already served, by (LSN, size).
+    checksums: HashMap<(u64, u64), u32>,
+}
+
+struct Transfer {
+    slave: String,
+    session: String,
+    path: PathBuf,
+    snapshot: SnapshotRef,
+    /// Bytes served, for the bandwidth cap (counted again when a chunk is fetched again).
+    served: u64,
+    started: Instant,
+    last_progress: Instant,
+    /// Set once the slave installed the snapshot: it is being caught up from the WAL up
+    /// to this LSN, and the pin follows its acknowledgements.
+    catching_up_to: Option<Lsn>,
+}
+
+impl FullSyncServer {
+    fn lock(&self) -> MutexGuard<'_, Transfers> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The registered link of `slave` in `session`, if any.
+fn link_of(hub: &HubInner, slave: &str, session: &str) -> Option<Arc<SlaveLink>> {
+    let link = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).get(slave).cloned()?;
+    let same = link.lock().slave_session == session;
+    same.then_some(link)
+}
+
+/// The snapshot a full sync sends now: the newest, or a new one if there is none.
+pub(crate) async fn current_snapshot(hub: &Arc<HubInner>) -> Result<(PathBuf, SnapshotRef), FullSyncError> {
+    let storage = |e: bitark_infra::StorageError| FullSyncError::Storage(e.to_string());
+    let dir = hub.wal_dir.with_file_name("snapshots");
+    let newest = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || list_snapshots(&dir))
+            .await
+            .map_err(|e| FullSyncError::Storage(e.to_string()))?
+    };
+    let (lsn, path) = match newest.map_err(storage)?.pop() {
+        Some(newest) => newest,
+        None => {
+            let (reply, rx) = oneshot::channel();
+            hub.state
+                .snapshots
+                .try_send(Request::Now(reply))
+                .map_err(|_| FullSyncError::Storage("the snapshotter is busy".into()))?;
+            let info = rx.await.map_err(|_| FullSyncError::Storage("the node is shutting down".into()))?;
+            let info = info.map_err(|e| FullSyncError::Storage(e.to_string()))?;
+            (info.lsn, info.path)
+        }
+    };
+    let cached = {
+        let transfers = hub.full_sync.lock();
+        let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+        size.and_then(|size| transfers.checksums.get(&(lsn.0, size)).map(|crc| (size, *crc)))
+    };
+    let (size, checksum) = match cached {
+        Some(known) => known,
+        None => {
+            let file = path.clone();
+            let (size, crc) = tokio::task::spawn_blocking(move || file_checksum(&file))
+                .await
+                .map_err(|e| FullSyncError::Storage(e.to_string()))?
+                .map_err(storage)?;
+            hub.full_sync.lock().checksums.insert((lsn.0, size), crc);
+            (size, crc)
+        }
+    };
+    Ok((path, SnapshotRef { lsn: lsn.0, size, checksum }))
+}
+
+/// A slave asks for a transfer.
+pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Result<FullSyncAnswer, FullSyncError> {
+    let link = link_of(hub, &request.slave_id, &request.session)
+        .ok_or_else(|| FullSyncError::NotRegistered(request.slave_id.clone()))?;
+    // Going on with a transfer it has.
+    if let Some((id, t)) = hub.full_sync.lock().running.iter().find(|(_, t)| t.slave == request.slave_id) {
+        if t.session == request.session {
+            return Ok(granted(hub, *id, t.snapshot));
+        }
+    }
+    let needs = matches!(
+        link.lock().state(),
+        SlaveState::NeedsFullSync | SlaveState::Outdated | SlaveState::FullSyncQueued | SlaveState::FullSyncing
+    );
+    if !needs {
+        return Err(FullSyncError::NotNeeded(request.slave_id));
+    }
+    // A transfer of an earlier process of the slave ends here.
+    end_transfers_of(hub, &request.slave_id, "failed");
+    {
+        let mut transfers = hub.full_sync.lock();
+        if !transfers.queue.contains(&request.slave_id) {
+            transfers.queue.push_back(request.slave_id.clone());
+        }
+        let position = transfers.queue.iter().position(|s| *s == request.slave_id).unwrap_or(0) as u64 + 1;
+        let free = transfers.running.len() < hub.config.full_sync.max_concurrent;
+        if !(free && position == 1) {
+            drop(transfers);
+            let mut s = link.lock();
+            s.set_state(SlaveState::FullSyncQueued);
+            s.queue_position = Some(position);
+            drop(s);
+            refresh_metrics(hub, &link);
+            return Ok(FullSyncAnswer { transfer: None, queue_position: Some(position) });
+        }
+    }
+    let (path, snapshot) = match current_snapshot(hub).await {
+        Ok(found) => found,
+        Err(e) => {
+            hub.full_sync.lock().queue.retain(|s| *s != request.slave_id);
+            return Err(e);
+        }
+    };
+    let resumed = request.resume.is_some_and(|have| have.lsn == snapshot.lsn && have.checksum == snapshot.checksum);
+    let id = {
+        let mut transfers = hub.full_sync.lock();
+        transfers.queue.retain(|s| *s != request.slave_id);
+        transfers.next_id += 1;
+        let id = transfers.next_id;
+        let now = Instant::now();
+        transfers.running.insert(
+            id,
+            Transfer {
+                slave: request.slave_id.clone(),
+                session: request.session.clone(),
+                path,
+                snapshot,
+                served: 0,
+                started: now,
+                last_progress: now,
+                catching_up_to: None,
+            },
+        );
+        id
+    };
+    hub.state.retention.pin(id, Lsn(snapshot.lsn), Instant::now() + hub.config.full_sync.pin_timeout);
+    let outcome = if resumed { "resumed" } else { "started" };
+    hub.metrics.full_syncs.with_label_values(&[outcome]).inc();
+    tracing::info!(slave = %request.slave_id, id, lsn = snapshot.lsn, bytes = snapshot.size, outcome, "full sync");
+    {
+        let mut s = link.lock();
+        s.set_state(SlaveState::FullSyncing);
+        s.full_sync = Some((0, snapshot.size));
+        s.last_error = None;
+    }
+    refresh_metrics(hub, &link);
+    Ok(granted(hub, id, snapshot))
+}
+
+fn granted(hub: &HubInner, id: u64, snapshot: SnapshotRef) -> FullSyncAnswer {
+    let offer = TransferOffer { id, snapshot, chunk_size: hub.config.full_sync.chunk_size.as_u64() };
+    FullSyncAnswer { transfer: Some(offer), queue_position: None }
+}
+
+/// One chunk of transfer `id` from `offset`, with its crc32.
+pub(crate) async fn chunk(hub: &Arc<HubInner>, id: u64, offset: u64) -> Result<(Vec<u8>, u32), FullSyncError> {
+    let chunk_size = hub.config.full_sync.chunk_size.as_u64();
+    let (path, size, not_before) = {
+        let mut transfers = hub.full_sync.lock();
+        let t = transfers.running.get_mut(&id).ok_or(FullSyncError::UnknownTransfer(id))?;
+        let size = t.snapshot.size;
+        if offset >= size {
+            return Err(FullSyncError::BadOffset { offset, size });
+        }
+        let len = chunk_size.min(size - offset);
+        t.served += len;
+        // Bandwidth cap: this chunk may go once the transfer's average rate allows it.
+        let rate = hub.config.full_sync.max_bytes_per_second.as_u64();
+        let not_before = (rate > 0).then(|| t.started + Duration::from_secs_f64(t.served as f64 / rate as f64));
+        (t.path.clone(), size, not_before)
+    };
+    if let Some(at) = not_before {
+        tokio::time::sleep_until(at.into()).await;
+    }
+    let len = chunk_size.min(size - offset) as usize;
+    let bytes = tokio::task::spawn_blocking(move || read_chunk(&path, offset, len))
+        .await
+        .map_err(|e| FullSyncError::Storage(e.to_string()))?
+        .map_err(|e| FullSyncError::Storage(e.to_string()))?;
+    let crc = chunk_checksum(&bytes);
+    let slave = {
+        let mut transfers = hub.full_sync.lock();
+        let Some(t) = transfers.running.get_mut(&id) else { return Err(FullSyncError::UnknownTransfer(id)) };
+        t.last_progress = Instant::now();
+        hub.state.retention.pin(id, Lsn(t.snapshot.lsn), Instant::now() + hub.config.full_sync.pin_timeout);
+        t.slave.clone()
+    };
+    hub.metrics.full_sync_bytes.inc_by(bytes.len() as u64);
+    if let Some(link) = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).get(&slave) {
+        let mut s = link.lock();
+        if s.state() == SlaveState::FullSyncing {
+            s.full_sync = Some((offset + bytes.len() as u64, size));
+        }
+    }
+    Ok((bytes, crc))
+}
+
+/// A slave stands at `applied`: a transfer whose snapshot it has installed now follows
+/// its catch-up from the WAL. Called on registrations and heartbeats.
+pub(crate) fn progressed(hub: &HubInner, link: &SlaveLink, applied: Lsn) {
+    let durable = hub.durable_lsn();
+    let mut transfers = hub.full_sync.lock();
+    let Some((&id, t)) = transfers.running.iter_mut().find(|(_, t)| t.slave == link.id) else { return };
+    if t.catching_up_to.is_some() || applied < Lsn(t.snapshot.lsn) {
+        return;
+    }
+    t.catching_up_to = Some(durable);
+    t.last_progress = Instant::now();
+    drop(transfers);
+    hub.state.retention.pin(id, applied, Instant::now() + hub.config.full_sync.pin_timeout);
+    let mut s = link.lock();
+    s.last_ack = s.last_ack.max(applied);
+    s.next_send = applied.next();
+    s.set_state(if applied >= durable { SlaveState::Alive } else { SlaveState::Slow });
+    s.behind_since = (applied < durable).then(Instant::now);
+    tracing::info!(slave = %link.id, %applied, "full-sync snapshot installed by the slave; catching it up from the WAL");
+    drop(s);
+    link.wake.notify_one();
+}
+
+/// Stage 5 on the master: transfer leases expire, finished transfers end, the queue
+/// forgets slaves that left.
+pub(crate) struct TransferLeases;
+
+impl Module for TransferLeases {
+    fn name(&self) -> &'static str {
+        "full-sync-leases"
+    }
+
+    fn role(&self) -> Role {
+        Role::Master
+    }
+
+    fn enabled(&self, features: &Features) -> bool {
+        features.full_sync
+    }
+
+    fn start(&self, host: &Host<'_>) {
+        if let Host::Master(hub) = host {
+            every_tick(hub, tick);
+        }
+    }
+}
+
+/// Keeps transfers honest, on the master's module tick: a slave caught up after its
+/// full sync ends its transfer; one whose transfer made no progress for `pin-timeout`
+/// loses it; the pin of a slave being caught up follows its acknowledgements; waiting
+/// slaves that left the cluster leave the queue.
+fn tick(hub: &HubInner) {
+    let pin_timeout = hub.config.full_sync.pin_timeout;
+    let slaves = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).clone();
+    let mut transfers = hub.full_sync.lock();
+    transfers.queue.retain(|slave| slaves.get(slave).is_some_and(|link| link.lock().state().is_stuck()));
+    let mut ended = Vec::new();
+    for (&id, t) in &transfers.running {
+        let link = slaves.get(&t.slave).filter(|link| link.lock().slave_session == t.session);
+        match (link, t.catching_up_to) {
+            (None, _) => ended.push((id, "failed")),
+            (Some(link), Some(target)) => {
+                let s = link.lock();
+                if s.last_ack >= target || s.state() == SlaveState::Alive {
+                    ended.push((id, "completed"));
+                } else if t.last_progress.elapsed() >= pin_timeout || !s.state().holds_wal() {
+                    // Timed out, or no longer being caught up (DEAD, OUTDATED again):
+                    // the pin must not hold the WAL for it.
+                    ended.push((id, "failed"));
+                } else {
+                    hub.state.retention.pin(id, s.last_ack, Instant::now() + pin_timeout);
+                }
+            }
+            (Some(_), None) if t.last_progress.elapsed() >= pin_timeout => ended.push((id, "failed")),
+            (Some(_), None) => {}
+        }
+    }
+    for (id, outcome) in ended {
+        if let Some(t) = transfers.running.remove(&id) {
+            hub.state.retention.unpin(id);
+            hub.metrics.full_syncs.with_label_values(&[outcome]).inc();
+            tracing::info!(slave = %t.slave, id, outcome, "full-sync transfer ended");
+            if outcome == "failed" {
+                if let Some(link) = slaves.get(&t.slave) {
+                    let mut s = link.lock();
+                    if s.state() == SlaveState::FullSyncing {
+                        s.set_state(SlaveState::NeedsFullSync);
+                        s.last_error =
+                            Some("its full sync made no progress within replication.full-sync.pin-timeout".into());
+                    }
+                }
+            }
+        }
+    }
+    if transfers.running.is_empty() {
+        let _ = hub.state.snapshots.try_send(Request::Collect);
+    }
+}
+
+/// Ends every transfer of `slave` (a new process of it asked, or it was forgotten).
+pub(crate) fn end_transfers_of(hub: &HubInner, slave: &str, outcome: &str) {
+    let mut transfers = hub.full_sync.lock();
+    let ids: Vec<u64> = transfers.running.iter().filter(|(_, t)| t.slave == slave).map(|(id, _)| *id).collect();
+    for id in ids {
+        transfers.running.remove(&id);
+        hub.state.retention.unpin(id);
+        hub.metrics.full_syncs.with_label_values(&[outcome]).inc();
+    }
+}
+
+/// What `pull(fromLsn)` finds.
+pub enum PullAnswer {
+    /// The log from `fromLsn` on (possibly none yet).
+    Records(Vec<Record>),
+    /// The WAL no longer reaches back to `fromLsn`: this snapshot does.
+    NeedFullSync(NeedFullSync),
+}
+
+/// `pull(fromLsn)`: the next records, or the snapshot to full-sync from.
+pub(crate) async fn pull(hub: &Arc<HubInner>, from: Lsn) -> Result<PullAnswer, FullSyncError> {
+    let mut cursor = WalCursor::new(&hub.wal_dir, from);
+    let (max, up_to) = (hub.config.batch_max_records, hub.durable_lsn());
+    let read = tokio::task::spawn_blocking(move || cursor.read(max, 4 << 20, up_to))
+        .await
+        .map_err(|e| FullSyncError::Storage(e.to_string()))?
+        .map_err(|e| FullSyncError::Storage(e.to_string()))?;
+    match read {
+        CursorRead::Records(records) => Ok(PullAnswer::Records(records)),
+        CursorRead::Purged { oldest } => {
+            let (_, snapshot) = current_snapshot(hub).await?;
+            Ok(PullAnswer::NeedFullSync(NeedFullSync {
+                error: "need_full_sync".into(),
+                message: format!(
+                    "LSN {from} is no longer in this master's WAL, which starts at LSN {oldest}: full-sync from the \
+                     snapshot at LSN {}",
+                    snapshot.lsn
+                ),
+                min_retained_lsn: oldest.0,
+                snapshot,
+            }))
+        }
+    }
+}

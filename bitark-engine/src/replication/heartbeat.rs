@@ -1,0 +1,147 @@
+//! Stage 4: heartbeats, both ways.
+//!
+//! - A slave sends `heartbeat(appliedLsn, durableLsn)` every
+//!   `replication.heartbeat-interval` ([`slave_loop`]) and learns from the answer how the
+//!   master sees it. A master that does not know it (it restarted) makes it register at
+//!   once. A master silent for `replication.dead-after` makes the slave not ready
+//!   (`master_unreachable`); reads are still served, and it keeps trying, with jitter.
+//! - The master notes when each slave last answered (a registration, a heartbeat, an
+//!   acknowledgement) and [`DeadDetection`] marks a slave silent for `dead-after` DEAD, whatever
+//!   else was true of it: nothing is sent to it and it holds nothing back. Once it
+//!   answers again, its position decides its state (ALIVE, SLOW to be caught up, or a
+//!   full sync); it is never counted alive before it has answered.
+
+use super::link::{refresh_metrics, HubInner};
+use super::master::{every_tick, MasterHub};
+use super::slave::Follower;
+use super::status::SlaveState;
+use crate::config::Role;
+use crate::modules::{Host, Module};
+use bitark_common::replication::{Features, HeartbeatRequest, HeartbeatResponse};
+use bitark_common::Lsn;
+use bitark_infra::replication::TransportError;
+use rand::Rng;
+use std::sync::PoisonError;
+use std::time::Instant;
+
+/// Why a heartbeat was not taken.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum HeartbeatError {
+    /// This master does not follow that slave process (409 `not_registered`): it should
+    /// register.
+    #[error("this master does not follow slave `{0}` in that session; register first")]
+    NotRegistered(String),
+}
+
+impl MasterHub {
+    /// A heartbeat from a slave: it is alive, and stands at `appliedLsn`.
+    pub fn heartbeat(&self, request: &HeartbeatRequest) -> Result<HeartbeatResponse, HeartbeatError> {
+        let hub = &self.inner;
+        let link = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).get(&request.slave_id).cloned();
+        let link = link
+            .filter(|link| link.lock().slave_session == request.session)
+            .ok_or_else(|| HeartbeatError::NotRegistered(request.slave_id.clone()))?;
+        let durable = hub.durable_lsn();
+        let mut s = link.lock();
+        let was = s.state();
+        s.answered(Lsn(request.applied_lsn), durable, Instant::now());
+        if was == SlaveState::Dead {
+            tracing::info!(slave = %link.id, applied = request.applied_lsn, now = s.state().as_str(), "DEAD slave answered again");
+        }
+        let answer = HeartbeatResponse {
+            state: s.state().as_str().to_string(),
+            reason: s.last_error.clone(),
+            durable_lsn: durable.0,
+        };
+        drop(s);
+        link.wake.notify_one();
+        Ok(answer)
+    }
+}
+
+/// Marks slaves DEAD once silent for `dead-after`, and keeps their heartbeat age current.
+fn mark_silent_slaves_dead(hub: &HubInner) {
+    let dead_after = hub.config.dead_after;
+    let links: Vec<_> = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+    for link in links {
+        let mut s = link.lock();
+        if !s.features.heartbeat {
+            continue;
+        }
+        let silent = s.last_seen.elapsed();
+        hub.metrics.replication_heartbeat_age.with_label_values(&[&link.id]).set(silent.as_secs_f64());
+        if silent >= dead_after && !matches!(s.state(), SlaveState::Dead | SlaveState::Diverged) {
+            tracing::warn!(slave = %link.id, silent_ms = silent.as_millis() as u64, was = s.state().as_str(), "slave silent: DEAD");
+            s.set_state(SlaveState::Dead);
+            s.last_error = Some(format!("no heartbeat for {} ms (replication.dead-after)", silent.as_millis()));
+            s.clear_buffer(&hub.buffered);
+            hub.metrics.replication_dead_detections.with_label_values(&[&link.id]).inc();
+            drop(s);
+            refresh_metrics(hub, &link);
+        }
+    }
+}
+
+/// Stage 4 on the master: slaves silent for `dead-after` are DEAD.
+pub(crate) struct DeadDetection;
+
+impl Module for DeadDetection {
+    fn name(&self) -> &'static str {
+        "dead-detection"
+    }
+
+    fn role(&self) -> Role {
+        Role::Master
+    }
+
+    fn enabled(&self, features: &Features) -> bool {
+        features.heartbeat
+    }
+
+    fn start(&self, host: &Host<'_>) {
+        if let Host::Master(hub) = host {
+            every_tick(hub, mark_silent_slaves_dead);
+        }
+    }
+}
+
+/// Stage 4 on the slave: heartbeats to the master, and the master's silence watched.
+pub(crate) struct SlaveHeartbeats;
+
+impl Module for SlaveHeartbeats {
+    fn name(&self) -> &'static str {
+        "heartbeats"
+    }
+
+    fn role(&self) -> Role {
+        Role::Slave
+    }
+
+    fn enabled(&self, features: &Features) -> bool {
+        features.heartbeat
+    }
+
+    fn start(&self, host: &Host<'_>) {
+        if let Host::Slave(follower) = host {
+            tokio::spawn(slave_loop((*follower).clone()));
+        }
+    }
+}
+
+/// A slave's heartbeats, while its master uses stage 4 with it.
+async fn slave_loop(follower: Follower) {
+    let interval = follower.config().heartbeat_interval;
+    loop {
+        // Jitter, so that slaves started together do not beat together.
+        let jitter = rand::thread_rng().gen_range(0.8..1.2);
+        tokio::time::sleep(interval.mul_f64(jitter)).await;
+        if !follower.uses_heartbeats() {
+            continue;
+        }
+        match follower.send_heartbeat().await {
+            Ok(answer) => follower.heard_from_master(Some(answer.state), answer.reason),
+            Err(TransportError::Refused { status: 409, .. }) => follower.register_now(),
+            Err(e) => tracing::debug!(error = %e, "heartbeat not answered"),
+        }
+    }
+}
