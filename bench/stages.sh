@@ -21,7 +21,7 @@ command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; 
 cargo build --release --quiet --bin bitark
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; wait 2>/dev/null; [ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 export BITARK_SECURITY__CLUSTER_TOKEN=bench-cluster-token
 
@@ -29,7 +29,7 @@ export BITARK_SECURITY__CLUSTER_TOKEN=bench-cluster-token
 start() {
   local name=$1 port=$2; shift 2
   env BITARK_LOG=${BENCH_LOG:-warn} BITARK_NODE__ID="$name" "$@" \
-    ./target/release/bitark --port "$port" --data-dir "$work/$name" 2>>"$work/$name.log" &
+    ./target/release/bitark --port "$port" --data-dir "$work/$name" >>"$work/$name.log" 2>&1 &
   pids+=($!)
 }
 wait_ready() { # port
@@ -69,9 +69,11 @@ detect() { # label env...
   stop_all
 }
 
-echo "== 1. failure detection, $rounds rounds each"
-detect "defaults (1s/3s)"
-detect "250ms/1s" BITARK_REPLICATION__HEARTBEAT_INTERVAL=250ms BITARK_REPLICATION__DEAD_AFTER=1s
+if [ "$rounds" -gt 0 ]; then
+  echo "== 1. failure detection, $rounds rounds each"
+  detect "defaults (1s/3s)"
+  detect "250ms/1s" BITARK_REPLICATION__HEARTBEAT_INTERVAL=250ms BITARK_REPLICATION__DEAD_AFTER=1s
+fi
 
 echo "== 2. full sync of about $marks marks to a new empty slave"
 M=$((base + 3))
@@ -80,7 +82,7 @@ master=${pids[-1]}
 wait_ready $M
 stored() { curl -s "http://127.0.0.1:$M/actuator/prometheus" | awk '/^bitark_store_marks /{print $2}' | cut -d. -f1; }
 while [ "$(stored)" -lt "$marks" ]; do
-  BENCH_USERS=2500000 BENCH_BATCH=100 wrk -t2 -c64 -d10s -s bench/wrk/batch-mark.lua "http://127.0.0.1:$M" >/dev/null
+  BENCH_USERS=2500000 BENCH_BATCH=100 wrk -t2 -c64 -d"$(( marks >= 20000000 ? 10 : 2 ))s" -s bench/wrk/batch-mark.lua "http://127.0.0.1:$M" >/dev/null
 done
 curl -sf -X POST "http://127.0.0.1:$M/admin/snapshot" >/dev/null
 snap=$(ls -1 "$work/master/snapshots/" | tail -1)
@@ -102,6 +104,7 @@ full_sync() { # name port: an empty slave joins; answers seconds to equal applie
 }
 S=$((base + 4))
 total=$(full_sync slave-1 $S)
+pids+=("$(pgrep -f -- "--data-dir $work/slave-1" | head -1)")
 wire=$(grep -o 'mib_per_s="\?[0-9.]*' "$work/slave-1.log" | tail -1 | grep -o '[0-9.]*$')
 echo "full sync: empty slave to caught up in $total s; snapshot download $wire MiB/s"
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'

@@ -40,13 +40,40 @@ pub trait Module: Sync {
     fn start(&self, host: &Host<'_>);
 }
 
+/// A module that one flag turns on and that only starts background work: what every
+/// replication stage so far needs.
+pub struct FlagModule {
+    pub name: &'static str,
+    pub role: Role,
+    pub enabled: fn(&Features) -> bool,
+    pub start: fn(&Host<'_>),
+}
+
+impl Module for FlagModule {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn role(&self) -> Role {
+        self.role
+    }
+
+    fn enabled(&self, features: &Features) -> bool {
+        (self.enabled)(features)
+    }
+
+    fn start(&self, host: &Host<'_>) {
+        (self.start)(host)
+    }
+}
+
 /// Every module, in rollout order.
 pub static MODULES: &[&dyn Module] = &[
-    &crate::replication::slave::ProgressFile,
-    &crate::replication::heartbeat::SlaveHeartbeats,
-    &crate::replication::heartbeat::DeadDetection,
-    &crate::replication::full_sync::TransferLeases,
-    &crate::replication::gc::ClusterGc,
+    &crate::replication::slave::PROGRESS_FILE,
+    &crate::replication::heartbeat::HEARTBEATS,
+    &crate::replication::heartbeat::DEAD_DETECTION,
+    &crate::replication::full_sync::TRANSFER_LEASES,
+    &crate::replication::gc::CLUSTER_GC,
 ];
 
 /// Starts every module of `host`'s role that `features` turn on, and answers their names.

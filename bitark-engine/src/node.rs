@@ -347,7 +347,9 @@ impl Node {
     /// commit point on a crash leaves the new state (see `bitark_infra::fullsync`).
     /// Reads answer that the node is busy meanwhile. Blocking.
     pub fn install_snapshot(&self, downloaded: &Path) -> Result<SnapshotInfo, StorageError> {
+        let started = Instant::now();
         let info = read_snapshot(downloaded, |_, _, _| Ok(()))?;
+        let verified = started.elapsed();
         let lsn = info.lsn;
         let state = &self.inner.state;
         // Waits for a snapshot of the old state being written, and keeps new ones out.
@@ -361,16 +363,26 @@ impl Node {
             complete_install(&data_dir).map(|_| ())
         });
         self.inner.wal.reset(lsn.next(), work)?;
+        let swapped = started.elapsed();
         state.store.clear();
         let installed = self.inner.config.node.data_dir.join("snapshots").join(snapshot_name(lsn));
         load_snapshot(&state.store, &installed)?;
+        let loaded = started.elapsed();
         state.since_snapshot.store(0, std::sync::atomic::Ordering::Relaxed);
         state.durable.send_replace(lsn);
         state.publish_applied(lsn);
         state.installing.store(false, std::sync::atomic::Ordering::Release);
         let info = SnapshotInfo { path: installed, ..info };
         let _ = state.snapshots.try_send(Request::Replaced(info.clone()));
-        tracing::info!(%lsn, users = info.users, marks = info.marks, "full-sync snapshot installed");
+        tracing::info!(
+            %lsn,
+            users = info.users,
+            marks = info.marks,
+            verify_ms = verified.as_millis() as u64,
+            swap_ms = (swapped - verified).as_millis() as u64,
+            load_ms = (loaded - swapped).as_millis() as u64,
+            "full-sync snapshot installed"
+        );
         Ok(info)
     }
 

@@ -37,6 +37,9 @@ pub struct Download {
     file: File,
     /// Bytes in the file so far.
     pub len: u64,
+    /// The crc32 of the file so far, when it was seen from its first byte (not after a
+    /// resume, which reads the file again at the end).
+    crc: Option<crc32fast::Hasher>,
 }
 
 impl Download {
@@ -61,13 +64,15 @@ impl Download {
             file.set_len(0).at(&path)?;
             len = 0;
         }
-        Ok(Download { path, file, len })
+        let crc = (len == 0).then(crc32fast::Hasher::new);
+        Ok(Download { path, file, len, crc })
     }
 
     /// Restarts the download from the first byte.
     pub fn restart(&mut self) -> Result<(), StorageError> {
         self.file.set_len(0).at(&self.path)?;
         self.len = 0;
+        self.crc = Some(crc32fast::Hasher::new());
         Ok(())
     }
 
@@ -76,6 +81,7 @@ impl Download {
         if len < self.len {
             self.file.set_len(len).at(&self.path)?;
             self.len = len;
+            self.crc = (len == 0).then(crc32fast::Hasher::new);
         }
         Ok(())
     }
@@ -84,6 +90,9 @@ impl Download {
     pub fn append(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
         self.file.write_all(chunk).at(&self.path)?;
         self.len += chunk.len() as u64;
+        if let Some(crc) = &mut self.crc {
+            crc.update(chunk);
+        }
         Ok(())
     }
 
@@ -94,6 +103,9 @@ impl Download {
 
     /// The crc32 of everything downloaded.
     pub fn checksum(&mut self) -> Result<u32, StorageError> {
+        if let Some(crc) = &self.crc {
+            return Ok(crc.clone().finalize());
+        }
         let mut file = File::open(&self.path).at(&self.path)?;
         file.seek(SeekFrom::Start(0)).at(&self.path)?;
         crc_of(&mut file, &self.path)
@@ -239,8 +251,15 @@ mod tests {
         download.append(b"0123456789").unwrap();
         download.sync().unwrap();
         drop(download);
-        let again = Download::open(dir.path(), Lsn(9), 0xabcd, 100).unwrap();
+        let mut again = Download::open(dir.path(), Lsn(9), 0xabcd, 100).unwrap();
         assert_eq!(again.len, 10, "the same snapshot resumes");
+        again.append(b"abc").unwrap();
+        assert_eq!(again.checksum().unwrap(), crc32fast::hash(b"0123456789abc"), "a resumed file is read again");
+        again.restart().unwrap();
+        again.append(b"xyz").unwrap();
+        assert_eq!(again.checksum().unwrap(), crc32fast::hash(b"xyz"), "a fresh download is hashed as it comes");
+        again.truncate(1).unwrap();
+        assert_eq!(again.checksum().unwrap(), crc32fast::hash(b"x"), "a cut download is read again");
         drop(again);
         let other = Download::open(dir.path(), Lsn(12), 0x1234, 100).unwrap();
         assert_eq!(other.len, 0);

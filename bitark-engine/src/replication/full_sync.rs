@@ -21,9 +21,9 @@ use super::link::{refresh_metrics, HubInner, SlaveLink};
 use super::master::every_tick;
 use super::status::SlaveState;
 use crate::config::Role;
-use crate::modules::{Host, Module};
+use crate::modules::{FlagModule, Host};
 use crate::snapshotter::Request;
-use bitark_common::replication::{Features, FullSyncAnswer, FullSyncRequest, NeedFullSync, SnapshotRef, TransferOffer};
+use bitark_common::replication::{FullSyncAnswer, FullSyncRequest, NeedFullSync, SnapshotRef, TransferOffer};
 use bitark_common::{Lsn, Record};
 use bitark_infra::fullsync::{chunk_checksum, file_checksum, read_chunk};
 use bitark_infra::snapshot::list_snapshots;
@@ -293,27 +293,16 @@ pub(crate) fn progressed(hub: &HubInner, link: &SlaveLink, applied: Lsn) {
 
 /// Stage 5 on the master: transfer leases expire, finished transfers end, the queue
 /// forgets slaves that left.
-pub(crate) struct TransferLeases;
-
-impl Module for TransferLeases {
-    fn name(&self) -> &'static str {
-        "full-sync-leases"
-    }
-
-    fn role(&self) -> Role {
-        Role::Master
-    }
-
-    fn enabled(&self, features: &Features) -> bool {
-        features.full_sync
-    }
-
-    fn start(&self, host: &Host<'_>) {
+pub(crate) static TRANSFER_LEASES: FlagModule = FlagModule {
+    name: "full-sync-leases",
+    role: Role::Master,
+    enabled: |features| features.full_sync,
+    start: |host| {
         if let Host::Master(hub) = host {
             every_tick(hub, tick);
         }
-    }
-}
+    },
+};
 
 /// Keeps transfers honest, on the master's module tick: a slave caught up after its
 /// full sync ends its transfer; one whose transfer made no progress for `pin-timeout`

@@ -5,7 +5,7 @@
 //! It asks `pull(appliedLsn + 1)` first (the WAL may hold it after all), then for a
 //! transfer, waiting its turn with jitter while queued. It downloads the snapshot chunk
 //! by chunk into `fullsync/`, checking each chunk's crc32 and fetching a damaged one
-//! again, syncing as it goes so that a restart goes on from the last chunk it has; it
+//! again, so that a restart goes on from the last chunk it has; it
 //! checks the whole file's checksum and the snapshot itself, and then replaces the
 //! node's whole state with it ([`crate::Node::install_snapshot`]), and registers from the
 //! snapshot's LSN: the master catches it up from its WAL.
@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 
 /// Pause between two attempts that failed or were told to wait.
 const RETRY: Duration = Duration::from_millis(500);
-/// Bytes downloaded between two syncs of the partial file.
-const SYNC_EVERY: u64 = 16 << 20;
 /// How often progress is logged.
 const LOG_EVERY: Duration = Duration::from_secs(5);
+/// Chunks requested ahead of the one being written, so that the master, the network and
+/// this node's disk work at once.
+const IN_FLIGHT: usize = 4;
 /// Attempts at one chunk that keeps failing its checksum before the transfer restarts.
 const CHUNK_ATTEMPTS: u32 = 5;
 
@@ -128,12 +129,40 @@ fn partial_download(follower: &Follower) -> Option<SnapshotRef> {
     })
 }
 
-/// Downloads the snapshot of `offer`, going on from what an earlier attempt left.
+/// One chunk of transfer `id` at `offset`, checked against its crc32: a damaged one is
+/// fetched again, a lost answer retried.
+async fn fetch_chunk(follower: Follower, id: u64, offset: u64) -> Result<Vec<u8>, Stop> {
+    let mut attempts = 0;
+    loop {
+        match follower.client().full_sync_chunk(follower.master_url(), id, offset).await {
+            Ok((bytes, crc)) if chunk_checksum(&bytes) == crc && !bytes.is_empty() => return Ok(bytes),
+            Ok((bytes, _)) => {
+                attempts += 1;
+                follower.metrics().replication_crc_failures.inc();
+                tracing::warn!(offset, bytes = bytes.len(), "a full-sync chunk failed its checksum; fetching it again");
+                if attempts >= CHUNK_ATTEMPTS {
+                    return Err(Stop::Again(format!("the chunk at offset {offset} kept failing its checksum")));
+                }
+            }
+            Err(TransportError::Refused { status: 404, body }) => return Err(Stop::Again(body)),
+            Err(e) => {
+                tracing::debug!(offset, error = %e, "full-sync chunk not received; retrying");
+                pause().await;
+            }
+        }
+    }
+}
+
+/// Downloads the snapshot of `offer`, going on from what an earlier attempt left. The
+/// next chunks are fetched while the last one is written. Nothing is synced until the
+/// whole file is there: a stopped process leaves what it wrote in the page cache, and
+/// what a machine crash could damage the whole-file checksum catches.
 async fn download(follower: &Follower, offer: &TransferOffer) -> Result<PathBuf, Stop> {
     let snapshot = offer.snapshot;
     let metrics = follower.metrics().clone();
     let data_dir = follower.node().config().node.data_dir.clone();
     let store = |e: bitark_infra::StorageError| Stop::Failed(e.to_string());
+    let joined = |e: tokio::task::JoinError| Stop::Failed(e.to_string());
     let mut file = Download::open(&data_dir, Lsn(snapshot.lsn), snapshot.checksum, snapshot.size).map_err(store)?;
     // Go on from the last whole chunk (a complete file ends with a partial one).
     if file.len < snapshot.size {
@@ -144,43 +173,34 @@ async fn download(follower: &Follower, offer: &TransferOffer) -> Result<PathBuf,
         tracing::info!(lsn = snapshot.lsn, from, size = snapshot.size, "resuming the full-sync download");
     }
     let started = Instant::now();
-    let (mut logged, mut synced) = (Instant::now(), from);
-    while file.len < snapshot.size {
-        let offset = file.len;
-        let mut attempts = 0;
-        let chunk = loop {
-            match follower.client().full_sync_chunk(follower.master_url(), offer.id, offset).await {
-                Ok((bytes, crc)) if chunk_checksum(&bytes) == crc && !bytes.is_empty() => break bytes,
-                Ok((bytes, _)) => {
-                    attempts += 1;
-                    metrics.replication_crc_failures.inc();
-                    tracing::warn!(
-                        offset,
-                        bytes = bytes.len(),
-                        "a full-sync chunk failed its checksum; fetching it again"
-                    );
-                    if attempts >= CHUNK_ATTEMPTS {
-                        return Err(Stop::Again(format!("the chunk at offset {offset} kept failing its checksum")));
-                    }
-                }
-                Err(TransportError::Refused { status: 404, body }) => return Err(Stop::Again(body)),
-                Err(e) => {
-                    tracing::debug!(offset, error = %e, "full-sync chunk not received; retrying");
-                    pause().await;
-                }
+    let mut logged = Instant::now();
+    let fetch = |offset| tokio::spawn(fetch_chunk(follower.clone(), offer.id, offset));
+    // Chunks in flight, in file order; every answer but the last is a whole chunk.
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut requested = file.len;
+    loop {
+        while in_flight.len() < IN_FLIGHT && requested < snapshot.size {
+            in_flight.push_back(fetch(requested));
+            requested += offer.chunk_size;
+        }
+        let Some(pending) = in_flight.pop_front() else { break };
+        let chunk = match pending.await.map_err(joined)? {
+            Ok(chunk) => chunk,
+            Err(stop) => {
+                in_flight.iter().for_each(|task| task.abort());
+                return Err(stop);
             }
         };
-        file.append(&chunk).map_err(store)?;
-        metrics.full_sync_bytes.inc_by(chunk.len() as u64);
+        let len = chunk.len() as u64;
+        file = tokio::task::spawn_blocking(move || file.append(&chunk).map(|()| file))
+            .await
+            .map_err(joined)?
+            .map_err(store)?;
+        metrics.full_sync_bytes.inc_by(len);
         follower.set_full_sync(Some(("downloading", snapshot, file.len, None)));
-        if file.len - synced >= SYNC_EVERY {
-            file.sync().map_err(store)?;
-            synced = file.len;
-        }
         if logged.elapsed() >= LOG_EVERY {
             logged = Instant::now();
-            let done = file.len - from;
-            let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+            let rate = (file.len - from) as f64 / started.elapsed().as_secs_f64().max(0.001);
             let left = (snapshot.size - file.len) as f64 / rate.max(1.0);
             tracing::info!(
                 percent = file.len * 100 / snapshot.size.max(1),
@@ -190,8 +210,11 @@ async fn download(follower: &Follower, offer: &TransferOffer) -> Result<PathBuf,
             );
         }
     }
-    file.sync().map_err(store)?;
-    let checksum = file.checksum().map_err(store)?;
+    let wire = started.elapsed().as_secs_f64();
+    let (mut file, checksum) = tokio::task::spawn_blocking(move || file.checksum().map(|crc| (file, crc)))
+        .await
+        .map_err(joined)?
+        .map_err(store)?;
     if checksum != snapshot.checksum {
         file.restart().map_err(store)?;
         return Err(Stop::Again(format!(
@@ -199,15 +222,18 @@ async fn download(follower: &Follower, offer: &TransferOffer) -> Result<PathBuf,
             snapshot.checksum
         )));
     }
-    let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         lsn = snapshot.lsn,
         bytes = snapshot.size,
-        mib_per_s = format!("{:.1}", (snapshot.size - from) as f64 / seconds.max(0.001) / (1 << 20) as f64),
+        mib_per_s = format!("{:.1}", (snapshot.size - from) as f64 / wire.max(0.001) / (1 << 20) as f64),
         "full-sync snapshot downloaded and verified; installing"
     );
     fail_point_before_install();
-    file.finish(Lsn(snapshot.lsn)).map_err(store)
+    let synced = Instant::now();
+    let path =
+        tokio::task::spawn_blocking(move || file.finish(Lsn(snapshot.lsn))).await.map_err(joined)?.map_err(store)?;
+    tracing::info!(sync_ms = synced.elapsed().as_millis() as u64, "full-sync snapshot made durable");
+    Ok(path)
 }
 
 /// `fullsync::before-install`: a test stops the slave between download and install.

@@ -19,9 +19,8 @@ use super::link::HubInner;
 use super::master::every_tick;
 use super::status::{SlaveState, SlaveStatus};
 use crate::config::{GcMode, Role};
-use crate::modules::{Host, Module};
+use crate::modules::{FlagModule, Host};
 use crate::snapshotter::Request;
-use bitark_common::replication::Features;
 use bitark_common::Lsn;
 use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
@@ -65,27 +64,16 @@ fn bounded(hub: &HubInner) -> bool {
 }
 
 /// Stage 6 on the master: the WAL floor follows the slaves that hold it.
-pub(crate) struct ClusterGc;
-
-impl Module for ClusterGc {
-    fn name(&self) -> &'static str {
-        "cluster-gc"
-    }
-
-    fn role(&self) -> Role {
-        Role::Master
-    }
-
-    fn enabled(&self, features: &Features) -> bool {
-        features.cluster_gc
-    }
-
-    fn start(&self, host: &Host<'_>) {
+pub(crate) static CLUSTER_GC: FlagModule = FlagModule {
+    name: "cluster-gc",
+    role: Role::Master,
+    enabled: |features| features.cluster_gc,
+    start: |host| {
         if let Host::Master(hub) = host {
             every_tick(hub, evaluate);
         }
-    }
-}
+    },
+};
 
 /// Marks slaves past `max-lag` OUTDATED (bounded mode) and tells the snapshotter how far
 /// back the slaves that hold the WAL need it; asks for a collection when that moved.

@@ -6,7 +6,7 @@
 //!   once. A master silent for `replication.dead-after` makes the slave not ready
 //!   (`master_unreachable`); reads are still served, and it keeps trying, with jitter.
 //! - The master notes when each slave last answered (a registration, a heartbeat, an
-//!   acknowledgement) and [`DeadDetection`] marks a slave silent for `dead-after` DEAD, whatever
+//!   acknowledgement) and [`DEAD_DETECTION`] marks a slave silent for `dead-after` DEAD, whatever
 //!   else was true of it: nothing is sent to it and it holds nothing back. Once it
 //!   answers again, its position decides its state (ALIVE, SLOW to be caught up, or a
 //!   full sync); it is never counted alive before it has answered.
@@ -16,8 +16,8 @@ use super::master::{every_tick, MasterHub};
 use super::slave::Follower;
 use super::status::SlaveState;
 use crate::config::Role;
-use crate::modules::{Host, Module};
-use bitark_common::replication::{Features, HeartbeatRequest, HeartbeatResponse};
+use crate::modules::{FlagModule, Host};
+use bitark_common::replication::{HeartbeatRequest, HeartbeatResponse};
 use bitark_common::Lsn;
 use bitark_infra::replication::TransportError;
 use rand::Rng;
@@ -83,50 +83,28 @@ fn mark_silent_slaves_dead(hub: &HubInner) {
 }
 
 /// Stage 4 on the master: slaves silent for `dead-after` are DEAD.
-pub(crate) struct DeadDetection;
-
-impl Module for DeadDetection {
-    fn name(&self) -> &'static str {
-        "dead-detection"
-    }
-
-    fn role(&self) -> Role {
-        Role::Master
-    }
-
-    fn enabled(&self, features: &Features) -> bool {
-        features.heartbeat
-    }
-
-    fn start(&self, host: &Host<'_>) {
+pub(crate) static DEAD_DETECTION: FlagModule = FlagModule {
+    name: "dead-detection",
+    role: Role::Master,
+    enabled: |features| features.heartbeat,
+    start: |host| {
         if let Host::Master(hub) = host {
             every_tick(hub, mark_silent_slaves_dead);
         }
-    }
-}
+    },
+};
 
 /// Stage 4 on the slave: heartbeats to the master, and the master's silence watched.
-pub(crate) struct SlaveHeartbeats;
-
-impl Module for SlaveHeartbeats {
-    fn name(&self) -> &'static str {
-        "heartbeats"
-    }
-
-    fn role(&self) -> Role {
-        Role::Slave
-    }
-
-    fn enabled(&self, features: &Features) -> bool {
-        features.heartbeat
-    }
-
-    fn start(&self, host: &Host<'_>) {
+pub(crate) static HEARTBEATS: FlagModule = FlagModule {
+    name: "heartbeats",
+    role: Role::Slave,
+    enabled: |features| features.heartbeat,
+    start: |host| {
         if let Host::Slave(follower) = host {
             tokio::spawn(slave_loop((*follower).clone()));
         }
-    }
-}
+    },
+};
 
 /// A slave's heartbeats, while its master uses stage 4 with it.
 async fn slave_loop(follower: Follower) {

@@ -18,7 +18,7 @@
 use super::status::FullSyncProgress;
 use crate::config::{ReplicationConfig, Role};
 use crate::error::ReplicateError;
-use crate::modules::{Host, Module};
+use crate::modules::{FlagModule, Host};
 use crate::node::Node;
 use bitark_common::replication::{
     AppendResponse, Features, HeartbeatRequest, HeartbeatResponse, RegisterRequest, SnapshotRef,
@@ -459,24 +459,13 @@ impl Follower {
 
 /// Stage 3: the slave keeps its position in `slave-progress.bin`, rewritten at most every
 /// `replication.progress-flush`.
-pub(crate) struct ProgressFile;
-
-impl Module for ProgressFile {
-    fn name(&self) -> &'static str {
-        "slave-progress-file"
-    }
-
-    fn role(&self) -> Role {
-        Role::Slave
-    }
-
-    fn enabled(&self, features: &Features) -> bool {
-        features.reliable
-    }
-
-    fn start(&self, host: &Host<'_>) {
+pub(crate) static PROGRESS_FILE: FlagModule = FlagModule {
+    name: "slave-progress-file",
+    role: Role::Slave,
+    enabled: |features| features.reliable,
+    start: |host| {
         if let Host::Slave(follower) = host {
             tokio::spawn((*follower).clone().progress_loop());
         }
-    }
-}
+    },
+};

@@ -181,7 +181,7 @@ impl ReplicationClient {
         let crc = response.headers().get(CHUNK_CRC_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let body = response.bytes().await.map_err(unreachable)?;
         match (status.is_success(), crc) {
-            (true, Some(crc)) => Ok((body.to_vec(), crc)),
+            (true, Some(crc)) => Ok((Vec::from(body), crc)),
             _ => Err(TransportError::Refused {
                 status: status.as_u16(),
                 body: String::from_utf8_lossy(&body).into_owned(),
