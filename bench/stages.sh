@@ -10,7 +10,8 @@
 #      start to equal applied LSNs, the snapshot's MB/s on the wire, against a local
 #      recovery of the master's own data directory;
 #   3. durable single marks on that master without and with a full sync being served
-#      (a fresh empty slave full-syncs again and again for the whole phase).
+#      (a fresh empty slave full-syncs again and again for the whole phase), then with
+#      the transfer capped at BENCH_CAP (default 50MiB) per second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 marks=${1:-50000000}
@@ -21,7 +22,7 @@ command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; 
 cargo build --release --quiet --bin bitark
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; wait 2>/dev/null; [ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; [ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 export BITARK_SECURITY__CLUSTER_TOKEN=bench-cluster-token
 
@@ -114,34 +115,47 @@ kill "$master"; wait "$master" 2>/dev/null || true
 pids=()
 t0=$(now)
 start master $M BITARK_REPLICATION__STAGE=6 BITARK_SNAPSHOT__EVERY_RECORDS=0 BITARK_SNAPSHOT__EVERY=0s
+master=${pids[-1]}
 wait_ready $M
 local_s=$(python3 -c "print(f'{$(now) - $t0:.2f}')")
 recovery_ms=$(curl -s "http://127.0.0.1:$M/actuator/info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["recovery"]["durationMs"])')
 echo "local recovery: process start to ready $local_s s (recovery itself $recovery_ms ms); full sync / local = $(python3 -c "print(f'{$total / $local_s:.2f}')")"
 
 echo "== 3. durable single marks on the master, without and with a full sync being served"
-echo "no-sync $(mark $M)"
 S2=$((base + 5))
-stop_flag="$work/stop-syncing"
-(
-  n=0
-  while [ ! -e "$stop_flag" ]; do
-    rm -rf "${work:?}/slave-2"
-    env BITARK_LOG=warn BITARK_NODE__ID=slave-2 BITARK_REPLICATION__STAGE=6 BITARK_NODE__ROLE=slave \
-      BITARK_REPLICATION__MASTER_URL=http://127.0.0.1:$M BITARK_REPLICATION__REGISTER_INTERVAL=200ms \
-      ./target/release/bitark --port $S2 --data-dir "$work/slave-2" 2>>"$work/slave-2.log" &
-    p=$!
-    until [ -e "$stop_flag" ] ||
-      curl -s "http://127.0.0.1:$S2/actuator/prometheus" 2>/dev/null | grep -q '^bitark_full_syncs_total{outcome="completed"} 1'; do
-      sleep 0.05
+# during LABEL: single marks for the phase while a fresh empty slave full-syncs again and again.
+during() {
+  local stop_flag="$work/stop-syncing"
+  rm -f "$stop_flag"
+  (
+    n=0
+    while [ ! -e "$stop_flag" ]; do
+      rm -rf "${work:?}/slave-2"
+      env BITARK_LOG=warn BITARK_NODE__ID=slave-2 BITARK_REPLICATION__STAGE=6 BITARK_NODE__ROLE=slave \
+        BITARK_REPLICATION__MASTER_URL=http://127.0.0.1:$M BITARK_REPLICATION__REGISTER_INTERVAL=200ms \
+        ./target/release/bitark --port $S2 --data-dir "$work/slave-2" >>"$work/slave-2.log" 2>&1 &
+      p=$!
+      until [ -e "$stop_flag" ] ||
+        curl -s "http://127.0.0.1:$S2/actuator/prometheus" 2>/dev/null | grep -q '^bitark_full_syncs_total{outcome="completed"} 1'; do
+        sleep 0.05
+      done
+      kill $p; wait $p 2>/dev/null || true
+      n=$((n + 1))
     done
-    kill $p; wait $p 2>/dev/null || true
-    n=$((n + 1))
-  done
-  echo "$n" > "$work/syncs"
-) &
-syncer=$!
-echo "during-sync $(mark $M)"
-touch "$stop_flag"
-wait $syncer
-echo "full syncs served during the phase: $(( $(cat "$work/syncs") - 1 )) complete, one cut short"
+    echo "$n" > "$work/syncs"
+  ) &
+  local syncer=$!
+  echo "$1 $(mark $M)"
+  touch "$stop_flag"
+  wait $syncer
+  echo "  full syncs served during the phase: $(( $(cat "$work/syncs") - 1 )) complete, one cut short"
+}
+echo "no-sync $(mark $M)"
+during during-sync
+# The same with the transfer capped, as an operator would on a busy master.
+kill "$master"; wait "$master" 2>/dev/null || true
+start master $M BITARK_REPLICATION__STAGE=6 BITARK_SNAPSHOT__EVERY_RECORDS=0 BITARK_SNAPSHOT__EVERY=0s \
+  BITARK_REPLICATION__FULL_SYNC__MAX_BYTES_PER_SECOND=${BENCH_CAP:-50MiB}
+master=${pids[-1]}
+wait_ready $M
+during "during-sync-capped-${BENCH_CAP:-50MiB}/s"

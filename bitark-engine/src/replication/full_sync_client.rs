@@ -172,6 +172,7 @@ async fn download(follower: &Follower, offer: &TransferOffer) -> Result<PathBuf,
     if from > 0 {
         tracing::info!(lsn = snapshot.lsn, from, size = snapshot.size, "resuming the full-sync download");
     }
+    metrics.full_syncs.with_label_values(&[if from > 0 { "resumed" } else { "started" }]).inc();
     let started = Instant::now();
     let mut logged = Instant::now();
     let fetch = |offset| tokio::spawn(fetch_chunk(follower.clone(), offer.id, offset));
