@@ -334,6 +334,7 @@ fn tick(hub: &HubInner) {
             (Some(_), None) => {}
         }
     }
+    let released = !ended.is_empty();
     for (id, outcome) in ended {
         if let Some(t) = transfers.running.remove(&id) {
             hub.state.retention.unpin(id);
@@ -351,7 +352,8 @@ fn tick(hub: &HubInner) {
             }
         }
     }
-    if transfers.running.is_empty() {
+    // A pin let go: what it held may be collected now, not at the next snapshot.
+    if released {
         let _ = hub.state.snapshots.try_send(Request::Collect);
     }
 }
@@ -360,6 +362,9 @@ fn tick(hub: &HubInner) {
 pub(crate) fn end_transfers_of(hub: &HubInner, slave: &str, outcome: &str) {
     let mut transfers = hub.full_sync.lock();
     let ids: Vec<u64> = transfers.running.iter().filter(|(_, t)| t.slave == slave).map(|(id, _)| *id).collect();
+    if !ids.is_empty() {
+        let _ = hub.state.snapshots.try_send(Request::Collect);
+    }
     for id in ids {
         transfers.running.remove(&id);
         hub.state.retention.unpin(id);
