@@ -126,3 +126,59 @@ async fn past_max_lag_a_slave_is_outdated_the_disk_stays_bounded_and_it_full_syn
     let synced = metric(&cluster.slaves[0], "bitark_full_syncs_total", &[("outcome", "completed")]).await;
     assert!(synced.is_some_and(|n| n >= 1.0), "the OUTDATED slave came back without a full sync");
 }
+
+/// A stage 6 master with `max-lag.bytes: 256KiB` that snapshots only when asked, so the
+/// WAL after its newest snapshot can be longer than `max-lag`.
+async fn rarely_snapshotting(slaves: usize) -> Cluster {
+    Cluster::start_with(slaves, "6", |role, _, builder| {
+        let builder = quick(builder);
+        match role {
+            Role::Master => builder
+                .env("BITARK_WAL__SEGMENT_SIZE", "64KiB")
+                .env("BITARK_SNAPSHOT__EVERY_RECORDS", 0)
+                .env("BITARK_SNAPSHOT__EVERY", "0s")
+                .env("BITARK_REPLICATION__MAX_LAG__BYTES", "256KiB")
+                .env("BITARK_REPLICATION__MAX_LAG__TIME", "0s"),
+            Role::Slave => builder,
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_outdated_slave_whose_position_is_still_in_the_wal_full_syncs_and_follows_again() {
+    let cluster = rarely_snapshotting(1).await;
+    wait_state(&cluster.master, 0, "ALIVE").await;
+    // Sends to the slave fail while it still reaches the master; no snapshot exists, so
+    // the WAL still holds the slave's position when it becomes OUTDATED.
+    cluster.proxies[0].set_mode(Mode::Cut);
+    write_batches(&cluster.master, 0, 600).await;
+    wait_until(CONVERGE_WITHIN, "the slave to be OUTDATED", async || {
+        cluster.master.stderr_text().contains("slave past replication.max-lag: OUTDATED")
+    })
+    .await;
+    cluster.proxies[0].set_mode(Mode::Pass);
+    cluster.wait_for_convergence(Duration::from_secs(60)).await;
+    wait_state(&cluster.master, 0, "ALIVE").await;
+    let synced = metric(&cluster.slaves[0], "bitark_full_syncs_total", &[("outcome", "completed")]).await;
+    assert!(synced.is_some_and(|n| n >= 1.0), "the OUTDATED slave came back without a full sync");
+}
+
+#[tokio::test]
+async fn a_slave_that_installed_an_old_snapshot_is_caught_up_not_outdated_again() {
+    let mut cluster = rarely_snapshotting(0).await;
+    write_batches(&cluster.master, 0, 300).await;
+    cluster.master.api().snapshot().await.expect("snapshot");
+    wait_until(CONVERGE_WITHIN, "the WAL before the snapshot to go", async || {
+        !first_segment(cluster.master.data_dir()).exists()
+    })
+    .await;
+    // More than max-lag of log after the newest snapshot.
+    write_batches(&cluster.master, 300, 600).await;
+    cluster.add_slave(quick(Node::builder()).env("BITARK_REPLICATION__STAGE", "6")).await;
+    cluster.wait_for_convergence(Duration::from_secs(60)).await;
+    wait_state(&cluster.master, 0, "ALIVE").await;
+    let master = &cluster.master;
+    assert_eq!(support::counter(master, "bitark_full_syncs_total", &[("outcome", "started")]).await, 1, "synced again");
+    assert!(!master.stderr_text().contains("OUTDATED"), "the slave was OUTDATED while being caught up");
+}

@@ -285,3 +285,54 @@ async fn a_slave_whose_log_is_damaged_discards_it_and_full_syncs_when_allowed() 
     let moved = slave.data_dir().join(&kept[0]).join("wal").join(name);
     assert_eq!(std::fs::read(moved).unwrap(), bytes, "the damaged log is kept as it was found");
 }
+
+#[tokio::test]
+async fn a_transfer_serves_only_the_slave_process_it_was_granted_to() {
+    let mut cluster = slow_master(1500, |b| b).await;
+    cluster.add_slave(slave("5")).await;
+    transfer_size(&cluster).await;
+    // The first transfer of this master process has id 1.
+    let chunk = |query: &'static str| {
+        let url = format!("{}/internal/replication/full-sync/1?{query}", cluster.master.url());
+        reqwest::Client::new().get(url).bearer_auth(support::cluster::CLUSTER_TOKEN).send()
+    };
+    let forged = chunk("offset=0&session=forged").await.unwrap();
+    assert_eq!(forged.status(), reqwest::StatusCode::NOT_FOUND, "another session read the transfer");
+    let anonymous = chunk("offset=0").await.unwrap();
+    assert_eq!(anonymous.status(), reqwest::StatusCode::BAD_REQUEST);
+    cluster.wait_for_convergence(SYNCED_WITHIN).await;
+}
+
+#[tokio::test]
+async fn a_capped_transfer_completes_though_chunks_asked_ahead_wait_past_the_request_timeout() {
+    // 64 KiB chunks at 256 KiB/s: the fourth chunk asked for ahead waits 0.75 s at the
+    // master, longer than the slave's 500 ms request timeout.
+    let mut cluster = slow_master(600, |b| b).await;
+    cluster.add_slave(slave("5").env("BITARK_REPLICATION__REQUEST_TIMEOUT", "500ms")).await;
+    let size = transfer_size(&cluster).await;
+    cluster.wait_for_convergence(SYNCED_WITHIN).await;
+    wait_state(&cluster.master, 0, "ALIVE").await;
+    assert_eq!(counter(&cluster.master, "bitark_full_syncs_total", &[("outcome", "started")]).await, 1);
+    // No chunk timed out and was asked again: the master sent each byte once.
+    assert_eq!(counter(&cluster.master, "bitark_full_sync_bytes_total", &[]).await, size);
+}
+
+#[tokio::test]
+async fn a_restarted_slave_resumes_its_snapshot_though_the_master_took_a_newer_one() {
+    let mut cluster = slow_master(3000, |b| b).await;
+    cluster.add_slave(slave("5")).await;
+    let size = transfer_size(&cluster).await;
+    wait_until(CONVERGE_WITHIN, "a quarter of the snapshot to arrive", async || {
+        counter(&cluster.slaves[0], "bitark_full_sync_bytes_total", &[]).await >= size / 4
+    })
+    .await;
+    cluster.slaves[0].sigkill();
+    // Writes go on and the master snapshots again (it keeps one snapshot, plus pinned ones).
+    load(&cluster.master, 50, 1000, 8).await;
+    cluster.master.api().snapshot().await.expect("snapshot");
+    cluster.respawn_slave(0).await;
+    cluster.wait_for_convergence(SYNCED_WITHIN).await;
+    let after_restart = counter(&cluster.slaves[0], "bitark_full_sync_bytes_total", &[]).await;
+    assert!(after_restart < size * 4 / 5, "the new process fetched {after_restart} of {size} bytes: it started over");
+    assert_eq!(counter(&cluster.master, "bitark_full_syncs_total", &[("outcome", "resumed")]).await, 1);
+}

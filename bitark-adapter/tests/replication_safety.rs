@@ -433,3 +433,28 @@ async fn records_reach_slaves_only_once_durable_on_the_master() {
     let fsyncs = metric(master, "bitark_wal_fsync_seconds_count", &[]).await.unwrap_or(0.0);
     assert!(fsyncs > 0.0, "replication never asked for an fsync");
 }
+
+#[tokio::test]
+async fn a_heartbeat_from_past_the_masters_log_is_refused_not_taken_as_acknowledged() {
+    let master = Node::builder()
+        .env("BITARK_REPLICATION__STAGE", "4")
+        .env("BITARK_SECURITY__CLUSTER_TOKEN", CLUSTER_TOKEN)
+        .start()
+        .await;
+    write_many(&master, 1, 0..10).await;
+    let response = register(&master, "slave-1", &support::dead_url(), 5, "s1").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let url = format!("{}/internal/replication/heartbeat", master.url());
+    let heartbeat = |applied: u64| {
+        let body = json!({ "slaveId": "slave-1", "session": "s1", "appliedLsn": applied, "durableLsn": applied });
+        internal(Method::POST, &url, Some(body))
+    };
+    let refused = heartbeat(u64::MAX).await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "slave_ahead", "{body}");
+    let entry = slave_entry(&master, 0).await.expect("the master lists the slave");
+    assert_eq!(entry["lastAckLsn"], 5, "a refused heartbeat moved the slave's position: {entry}");
+    assert_eq!(heartbeat(7).await.status(), StatusCode::OK, "a heartbeat within the log is taken");
+    master.api().mark_read(1, 99).await.expect("the master writes on");
+}

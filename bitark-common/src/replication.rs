@@ -238,6 +238,10 @@ pub struct TransferOffer {
     pub id: u64,
     pub snapshot: SnapshotRef,
     pub chunk_size: u64,
+    /// The master's cap on this transfer's rate (`0`: none), so the slave can wait long
+    /// enough for chunks it asked for ahead.
+    #[serde(default)]
+    pub max_bytes_per_second: u64,
 }
 
 /// Header carrying the crc32 of a full-sync chunk.

@@ -212,6 +212,11 @@ impl Node {
         if !self.is_slave() {
             return Err(ReplicateError::NotSlave);
         }
+        if self.is_replacing() {
+            // A full sync is replacing the log and the store: a record now would land in
+            // the new log but miss the store being loaded.
+            return Err(ReplicateError::Write(WriteError::Overloaded));
+        }
         for record in &records {
             let invalid = |reason: String| ReplicateError::InvalidRecord { lsn: record.lsn.0, reason };
             if record.lsn == Lsn::ZERO || record.lsn == Lsn(u64::MAX) {

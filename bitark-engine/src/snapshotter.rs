@@ -138,6 +138,9 @@ impl Snapshotter {
     fn write(&self, lsn: Lsn) -> Result<SnapshotInfo, SnapshotError> {
         // A full sync replacing the whole state waits for this snapshot, and vice versa.
         let _replacing = self.state.replacing.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Read again under the lock: a full sync may have replaced the state since the
+        // caller looked, and the snapshot must be named after the state it holds.
+        let lsn = lsn.max(self.state.applied_lsn());
         let store = &self.state.store;
         let mut writer = SnapshotWriter::create(&self.snapshot_dir, lsn, self.epoch)?;
         // Users are encoded under their shard's read lock, a few at a time (see

@@ -79,7 +79,18 @@ impl Retention {
 
     /// Keeps the snapshot at `lsn`, and the WAL after it, until `until` (renewable).
     pub fn pin(&self, id: u64, lsn: Lsn, until: Instant) {
-        self.lock().pins.insert(id, (lsn, until));
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner.pins.retain(|_, (_, until)| *until > now);
+        inner.pins.insert(id, (lsn, until));
+    }
+
+    /// Lets the pin of `id` run out at `until` (sooner), rather than at once: a slave that
+    /// restarted mid-transfer can still resume the same snapshot.
+    pub fn expire_at(&self, id: u64, until: Instant) {
+        if let Some((_, at)) = self.lock().pins.get_mut(&id) {
+            *at = (*at).min(until);
+        }
     }
 
     pub fn unpin(&self, id: u64) {

@@ -85,6 +85,11 @@ impl QueryParams {
         self.0.iter().rev().find(|(key, _)| key == name).map(|(_, raw)| parse_id(name, raw)).transpose()
     }
 
+    /// An optional text parameter (the last one wins when repeated).
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.0.iter().rev().find(|(key, _)| key == name).map(|(_, raw)| raw.as_str())
+    }
+
     /// A required id parameter.
     pub fn required_id(&self, name: &str) -> Result<u64, ApiError> {
         self.id(name)?

@@ -19,6 +19,7 @@ use bitark_common::replication::{
 };
 use bitark_common::{Lsn, Record};
 use bitark_engine::replication::full_sync::{FullSyncError, PullAnswer};
+use bitark_engine::replication::heartbeat::HeartbeatError;
 use bitark_engine::replication::MasterHub;
 use bitark_engine::replication::{Follower, ReplicationStatus};
 use bitark_engine::ReplicateError;
@@ -150,7 +151,13 @@ async fn heartbeat(
     let hub = state
         .hub()
         .ok_or_else(|| ApiError::conflict("wrong_role", "this node is not a master with replication turned on"))?;
-    hub.heartbeat(&request).map(Json).map_err(|e| ApiError::conflict("not_registered", e.to_string()))
+    hub.heartbeat(&request).map(Json).map_err(|e| {
+        let code = match e {
+            HeartbeatError::NotRegistered(_) => "not_registered",
+            HeartbeatError::Ahead { .. } => "slave_ahead",
+        };
+        ApiError::conflict(code, e.to_string())
+    })
 }
 
 fn hub(state: &AppState) -> Result<&MasterHub, ApiError> {
@@ -205,7 +212,10 @@ async fn full_sync_chunk(
     let hub = hub(&state)?;
     let id = params.iter().find(|(k, _)| *k == "id").map(|(_, v)| parse_id("id", v)).transpose()?.unwrap_or(0);
     let offset = query.required_id("offset")?;
-    let (bytes, crc) = hub.full_sync_chunk(id, offset).await?;
+    let session = query.text("session").ok_or_else(|| {
+        ApiError::bad_request("invalid_query", "`session`: the slave session the transfer was granted to is required")
+    })?;
+    let (bytes, crc) = hub.full_sync_chunk(id, session, offset).await?;
     let headers = [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (CHUNK_CRC, crc.to_string())];
     Ok((headers, bytes).into_response())
 }

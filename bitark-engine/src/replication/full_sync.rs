@@ -67,6 +67,9 @@ struct Transfers {
     running: HashMap<u64, Transfer>,
     /// Slaves waiting for a slot, first in line first.
     queue: VecDeque<String>,
+    /// Slaves granted a slot whose snapshot is being chosen or checksummed, with the
+    /// transfer id reserved for them: they count against `max-concurrent` already.
+    starting: HashMap<String, u64>,
     /// crc32 of snapshots already served, by (LSN, size).
     checksums: HashMap<(u64, u64), u32>,
 }
@@ -76,8 +79,10 @@ struct Transfer {
     session: String,
     path: PathBuf,
     snapshot: SnapshotRef,
-    /// Bytes served, for the bandwidth cap (counted again when a chunk is fetched again).
-    served: u64,
+    /// The offset of the first chunk asked for (a resumed download starts past 0): the
+    /// bandwidth cap paces the chunks by their offset from it, so a chunk fetched again
+    /// costs no extra time.
+    first_offset: Option<u64>,
     started: Instant,
     last_progress: Instant,
     /// Set once the slave installed the snapshot: it is being caught up from the WAL up
@@ -98,8 +103,16 @@ fn link_of(hub: &HubInner, slave: &str, session: &str) -> Option<Arc<SlaveLink>>
     same.then_some(link)
 }
 
-/// The snapshot a full sync sends now: the newest, or a new one if there is none.
-pub(crate) async fn current_snapshot(hub: &Arc<HubInner>) -> Result<(PathBuf, SnapshotRef), FullSyncError> {
+/// The snapshot a full sync sends now: the one a slave's partial download is of
+/// (`prefer`) while it exists, else the newest, or a new one if there is none (or, for a
+/// transfer, if the newest is further behind than `max-lag` allows). With
+/// `pin`, the snapshot is pinned for that transfer as soon as it is chosen, before it is
+/// checksummed, so garbage collection cannot take it meanwhile.
+pub(crate) async fn current_snapshot(
+    hub: &Arc<HubInner>,
+    prefer: Option<SnapshotRef>,
+    pin: Option<u64>,
+) -> Result<(PathBuf, SnapshotRef), FullSyncError> {
     let storage = |e: bitark_infra::StorageError| FullSyncError::Storage(e.to_string());
     let dir = hub.wal_dir.with_file_name("snapshots");
     let newest = {
@@ -108,8 +121,16 @@ pub(crate) async fn current_snapshot(hub: &Arc<HubInner>) -> Result<(PathBuf, Sn
             .await
             .map_err(|e| FullSyncError::Storage(e.to_string()))?
     };
-    let (lsn, path) = match newest.map_err(storage)?.pop() {
-        Some(newest) => newest,
+    let mut snapshots = newest.map_err(storage)?;
+    let preferred = prefer.and_then(|want| snapshots.iter().position(|(lsn, _)| lsn.0 == want.lsn));
+    let chosen = match preferred {
+        Some(at) => Some(snapshots.swap_remove(at)),
+        // A transfer sends a snapshot recent enough that the slave is within max-lag
+        // once it has installed it; otherwise it would be OUTDATED again at once.
+        None => snapshots.pop().filter(|(lsn, _)| pin.is_none() || !super::gc::outdates(hub, *lsn)),
+    };
+    let (lsn, path) = match chosen {
+        Some(chosen) => chosen,
         None => {
             let (reply, rx) = oneshot::channel();
             hub.state
@@ -121,6 +142,9 @@ pub(crate) async fn current_snapshot(hub: &Arc<HubInner>) -> Result<(PathBuf, Sn
             (info.lsn, info.path)
         }
     };
+    if let Some(id) = pin {
+        hub.state.retention.pin(id, lsn, Instant::now() + hub.config.full_sync.pin_timeout);
+    }
     let cached = {
         let transfers = hub.full_sync.lock();
         let size = std::fs::metadata(&path).map(|m| m.len()).ok();
@@ -159,15 +183,18 @@ pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Resu
         return Err(FullSyncError::NotNeeded(request.slave_id));
     }
     // A transfer of an earlier process of the slave ends here.
-    end_transfers_of(hub, &request.slave_id, "failed");
+    end_transfers_of_gone(hub, &request.slave_id);
     {
         let mut transfers = hub.full_sync.lock();
         if !transfers.queue.contains(&request.slave_id) {
             transfers.queue.push_back(request.slave_id.clone());
         }
         let position = transfers.queue.iter().position(|s| *s == request.slave_id).unwrap_or(0) as u64 + 1;
-        let free = transfers.running.len() < hub.config.full_sync.max_concurrent;
-        if !(free && position == 1) {
+        let busy = transfers.running.len() + transfers.starting.len();
+        let free = busy < hub.config.full_sync.max_concurrent;
+        // A second ask while its transfer is being prepared (a retry after a timeout)
+        // waits for that one.
+        if transfers.starting.contains_key(&request.slave_id) || !(free && position == 1) {
             drop(transfers);
             let mut s = link.lock();
             s.set_state(SlaveState::FullSyncQueued);
@@ -177,19 +204,26 @@ pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Resu
             return Ok(FullSyncAnswer { transfer: None, queue_position: Some(position) });
         }
     }
-    let (path, snapshot) = match current_snapshot(hub).await {
+    let id = {
+        let mut transfers = hub.full_sync.lock();
+        transfers.next_id += 1;
+        let id = transfers.next_id;
+        transfers.starting.insert(request.slave_id.clone(), id);
+        id
+    };
+    let found = current_snapshot(hub, request.resume, Some(id)).await;
+    let mut transfers = hub.full_sync.lock();
+    transfers.starting.remove(&request.slave_id);
+    transfers.queue.retain(|s| *s != request.slave_id);
+    let (path, snapshot) = match found {
         Ok(found) => found,
         Err(e) => {
-            hub.full_sync.lock().queue.retain(|s| *s != request.slave_id);
+            hub.state.retention.unpin(id);
             return Err(e);
         }
     };
     let resumed = request.resume.is_some_and(|have| have.lsn == snapshot.lsn && have.checksum == snapshot.checksum);
-    let id = {
-        let mut transfers = hub.full_sync.lock();
-        transfers.queue.retain(|s| *s != request.slave_id);
-        transfers.next_id += 1;
-        let id = transfers.next_id;
+    {
         let now = Instant::now();
         transfers.running.insert(
             id,
@@ -198,15 +232,14 @@ pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Resu
                 session: request.session.clone(),
                 path,
                 snapshot,
-                served: 0,
+                first_offset: None,
                 started: now,
                 last_progress: now,
                 catching_up_to: None,
             },
         );
-        id
-    };
-    hub.state.retention.pin(id, Lsn(snapshot.lsn), Instant::now() + hub.config.full_sync.pin_timeout);
+    }
+    drop(transfers);
     let outcome = if resumed { "resumed" } else { "started" };
     hub.metrics.full_syncs.with_label_values(&[outcome]).inc();
     tracing::info!(slave = %request.slave_id, id, lsn = snapshot.lsn, bytes = snapshot.size, outcome, "full sync");
@@ -221,35 +254,60 @@ pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Resu
 }
 
 fn granted(hub: &HubInner, id: u64, snapshot: SnapshotRef) -> FullSyncAnswer {
-    let offer = TransferOffer { id, snapshot, chunk_size: hub.config.full_sync.chunk_size.as_u64() };
+    let offer = TransferOffer {
+        id,
+        snapshot,
+        chunk_size: hub.config.full_sync.chunk_size.as_u64(),
+        max_bytes_per_second: hub.config.full_sync.max_bytes_per_second.as_u64(),
+    };
     FullSyncAnswer { transfer: Some(offer), queue_position: None }
 }
 
-/// One chunk of transfer `id` from `offset`, with its crc32.
-pub(crate) async fn chunk(hub: &Arc<HubInner>, id: u64, offset: u64) -> Result<(Vec<u8>, u32), FullSyncError> {
+/// One chunk of transfer `id` from `offset`, with its crc32, for the slave process
+/// whose session the transfer was granted to.
+pub(crate) async fn chunk(
+    hub: &Arc<HubInner>,
+    id: u64,
+    session: &str,
+    offset: u64,
+) -> Result<(Vec<u8>, u32), FullSyncError> {
     let chunk_size = hub.config.full_sync.chunk_size.as_u64();
     let (path, size, not_before) = {
         let mut transfers = hub.full_sync.lock();
-        let t = transfers.running.get_mut(&id).ok_or(FullSyncError::UnknownTransfer(id))?;
+        let t = transfers.running.get_mut(&id).filter(|t| t.session == session);
+        let t = t.ok_or(FullSyncError::UnknownTransfer(id))?;
         let size = t.snapshot.size;
         if offset >= size {
             return Err(FullSyncError::BadOffset { offset, size });
         }
-        let len = chunk_size.min(size - offset);
-        t.served += len;
-        // Bandwidth cap: this chunk may go once the transfer's average rate allows it.
+        // Bandwidth cap: the chunk at `offset` goes once the transfer's rate allows the
+        // bytes before it.
         let rate = hub.config.full_sync.max_bytes_per_second.as_u64();
-        let not_before = (rate > 0).then(|| t.started + Duration::from_secs_f64(t.served as f64 / rate as f64));
+        let first = *t.first_offset.get_or_insert(offset);
+        let ahead = offset.saturating_sub(first) as f64;
+        let not_before = (rate > 0).then(|| t.started + Duration::from_secs_f64(ahead / rate as f64));
         (t.path.clone(), size, not_before)
     };
     if let Some(at) = not_before {
         tokio::time::sleep_until(at.into()).await;
     }
     let len = chunk_size.min(size - offset) as usize;
-    let bytes = tokio::task::spawn_blocking(move || read_chunk(&path, offset, len))
+    let file = path.clone();
+    let read = tokio::task::spawn_blocking(move || read_chunk(&file, offset, len))
         .await
-        .map_err(|e| FullSyncError::Storage(e.to_string()))?
         .map_err(|e| FullSyncError::Storage(e.to_string()))?;
+    let bytes = match read {
+        Ok(bytes) => bytes,
+        // The snapshot went (a pin that expired): the slave must ask for a new transfer.
+        Err(_) if !path.exists() => {
+            let slave = hub.full_sync.lock().running.get(&id).map(|t| t.slave.clone());
+            if let Some(slave) = slave {
+                end_transfers_of(hub, &slave, "failed");
+            }
+            return Err(FullSyncError::UnknownTransfer(id));
+        }
+        Err(e) => return Err(FullSyncError::Storage(e.to_string())),
+    };
     let crc = chunk_checksum(&bytes);
     let slave = {
         let mut transfers = hub.full_sync.lock();
@@ -312,7 +370,12 @@ fn tick(hub: &HubInner) {
     let pin_timeout = hub.config.full_sync.pin_timeout;
     let slaves = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).clone();
     let mut transfers = hub.full_sync.lock();
-    transfers.queue.retain(|slave| slaves.get(slave).is_some_and(|link| link.lock().state().is_stuck()));
+    // A slave that went DEAD, or left, gives its place up; it asks again when it is back.
+    transfers.queue.retain(|slave| {
+        slaves.get(slave).is_some_and(|link| {
+            matches!(link.lock().state(), SlaveState::FullSyncQueued | SlaveState::NeedsFullSync | SlaveState::Outdated)
+        })
+    });
     let mut ended = Vec::new();
     for (&id, t) in &transfers.running {
         let link = slaves.get(&t.slave).filter(|link| link.lock().slave_session == t.session);
@@ -360,14 +423,29 @@ fn tick(hub: &HubInner) {
 
 /// Ends every transfer of `slave` (a new process of it asked, or it was forgotten).
 pub(crate) fn end_transfers_of(hub: &HubInner, slave: &str, outcome: &str) {
+    end_transfers(hub, slave, outcome, None);
+}
+
+/// Ends every transfer of `slave` whose process went (it registered anew, or was
+/// forgotten), keeping each one's pin for a short grace so that the slave's next process
+/// can resume the same snapshot.
+pub(crate) fn end_transfers_of_gone(hub: &HubInner, slave: &str) {
+    let grace = hub.config.register_interval.saturating_mul(3).max(Duration::from_secs(30));
+    end_transfers(hub, slave, "failed", Some(grace.min(hub.config.full_sync.pin_timeout)));
+}
+
+fn end_transfers(hub: &HubInner, slave: &str, outcome: &str, grace: Option<Duration>) {
     let mut transfers = hub.full_sync.lock();
     let ids: Vec<u64> = transfers.running.iter().filter(|(_, t)| t.slave == slave).map(|(id, _)| *id).collect();
-    if !ids.is_empty() {
+    if !ids.is_empty() && grace.is_none() {
         let _ = hub.state.snapshots.try_send(Request::Collect);
     }
     for id in ids {
         transfers.running.remove(&id);
-        hub.state.retention.unpin(id);
+        match grace {
+            Some(grace) => hub.state.retention.expire_at(id, Instant::now() + grace),
+            None => hub.state.retention.unpin(id),
+        }
         hub.metrics.full_syncs.with_label_values(&[outcome]).inc();
     }
 }
@@ -391,7 +469,7 @@ pub(crate) async fn pull(hub: &Arc<HubInner>, from: Lsn) -> Result<PullAnswer, F
     match read {
         CursorRead::Records(records) => Ok(PullAnswer::Records(records)),
         CursorRead::Purged { oldest } => {
-            let (_, snapshot) = current_snapshot(hub).await?;
+            let (_, snapshot) = current_snapshot(hub, None, None).await?;
             Ok(PullAnswer::NeedFullSync(NeedFullSync {
                 error: "need_full_sync".into(),
                 message: format!(

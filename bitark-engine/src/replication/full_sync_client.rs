@@ -42,18 +42,25 @@ pub(crate) async fn run(follower: Follower) {
     let metrics = follower.metrics().clone();
     loop {
         let applied = follower.node().applied_lsn();
-        match follower.client().pull(follower.master_url(), applied.next()).await {
-            Ok(Ok(_)) => {
-                tracing::info!(%applied, "the master's WAL holds what this slave needs: no full sync");
-                follower.register_now();
-                follower.set_full_sync(None);
-                return;
-            }
-            Ok(Err(need)) => tracing::info!(reason = %need.message, "full sync needed"),
-            Err(e) => {
-                tracing::debug!(error = %e, "pull failed; retrying");
-                pause().await;
-                continue;
+        // An OUTDATED slave must full-sync even while the WAL still reaches back to it:
+        // the master keeps that WAL for no one, and would answer OUTDATED again.
+        let outdated = follower.master_view().state.as_deref() == Some("OUTDATED");
+        if !outdated {
+            match follower.client().pull(follower.master_url(), applied.next()).await {
+                Ok(Ok(_)) => {
+                    tracing::info!(%applied, "the master's WAL holds what this slave needs: no full sync");
+                    follower.set_full_sync(None);
+                    // Not at once: the answer that started this sync may come again.
+                    pause().await;
+                    follower.register_now();
+                    return;
+                }
+                Ok(Err(need)) => tracing::info!(reason = %need.message, "full sync needed"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "pull failed; retrying");
+                    pause().await;
+                    continue;
+                }
             }
         }
         let request = FullSyncRequest {
@@ -131,10 +138,18 @@ fn partial_download(follower: &Follower) -> Option<SnapshotRef> {
 
 /// One chunk of transfer `id` at `offset`, checked against its crc32: a damaged one is
 /// fetched again, a lost answer retried.
-async fn fetch_chunk(follower: Follower, id: u64, offset: u64) -> Result<Vec<u8>, Stop> {
+async fn fetch_chunk(follower: Follower, offer: TransferOffer, offset: u64) -> Result<Vec<u8>, Stop> {
+    // Under the master's bandwidth cap a chunk asked for ahead waits its turn there.
+    let mut timeout = follower.config().request_timeout;
+    if offer.max_bytes_per_second > 0 {
+        let ahead = (IN_FLIGHT as u64 * offer.chunk_size) as f64 / offer.max_bytes_per_second as f64;
+        timeout += Duration::from_secs_f64(ahead);
+    }
+    let session = follower.session().to_string();
     let mut attempts = 0;
     loop {
-        match follower.client().full_sync_chunk(follower.master_url(), id, offset).await {
+        let fetched = follower.client().full_sync_chunk(follower.master_url(), offer.id, &session, offset, timeout);
+        match fetched.await {
             Ok((bytes, crc)) if chunk_checksum(&bytes) == crc && !bytes.is_empty() => return Ok(bytes),
             Ok((bytes, _)) => {
                 attempts += 1;
@@ -175,7 +190,7 @@ async fn download(follower: &Follower, offer: &TransferOffer) -> Result<PathBuf,
     metrics.full_syncs.with_label_values(&[if from > 0 { "resumed" } else { "started" }]).inc();
     let started = Instant::now();
     let mut logged = Instant::now();
-    let fetch = |offset| tokio::spawn(fetch_chunk(follower.clone(), offer.id, offset));
+    let fetch = |offset| tokio::spawn(fetch_chunk(follower.clone(), offer.clone(), offset));
     // Chunks in flight, in file order; every answer but the last is a whole chunk.
     let mut in_flight = std::collections::VecDeque::new();
     let mut requested = file.len;

@@ -111,6 +111,12 @@ fn evaluate(hub: &HubInner) {
     }
 }
 
+/// Whether a slave that installed the snapshot at `lsn` now would be past `max-lag` at
+/// once (bounded mode): such a snapshot is too old to send.
+pub(crate) fn outdates(hub: &HubInner, lsn: Lsn) -> bool {
+    bounded(hub) && exceeded(hub, &lag_of(hub, lsn, None, hub.durable_lsn())).is_some()
+}
+
 /// Fills in how much further `status`'s slave may fall behind before it is OUTDATED.
 pub(crate) fn fill_headroom(hub: &HubInner, status: &mut SlaveStatus) {
     if !bounded(hub) || !status.state.holds_wal() {

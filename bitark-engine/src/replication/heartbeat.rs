@@ -31,6 +31,10 @@ pub enum HeartbeatError {
     /// register.
     #[error("this master does not follow slave `{0}` in that session; register first")]
     NotRegistered(String),
+    /// The slave says it stands past the end of this master's log: only a registration
+    /// may decide what that slave is (409, DIVERGED there).
+    #[error("slave `{slave}` reports LSN {applied}, past this master's log end {durable}; register again")]
+    Ahead { slave: String, applied: u64, durable: u64 },
 }
 
 impl MasterHub {
@@ -42,6 +46,13 @@ impl MasterHub {
             .filter(|link| link.lock().slave_session == request.session)
             .ok_or_else(|| HeartbeatError::NotRegistered(request.slave_id.clone()))?;
         let durable = hub.durable_lsn();
+        if request.applied_lsn > durable.0 {
+            return Err(HeartbeatError::Ahead {
+                slave: request.slave_id.clone(),
+                applied: request.applied_lsn,
+                durable: durable.0,
+            });
+        }
         let mut s = link.lock();
         let was = s.state();
         s.answered(Lsn(request.applied_lsn), durable, Instant::now());

@@ -68,7 +68,7 @@ impl HubInner {
     /// go. The caller has removed it from `slaves`.
     pub fn close(&self, link: &SlaveLink) {
         link.closed.store(true, Ordering::Release);
-        super::full_sync::end_transfers_of(self, &link.id, "failed");
+        super::full_sync::end_transfers_of_gone(self, &link.id);
         link.lock().clear_buffer(&self.buffered);
         link.wake.notify_one();
         let m = &self.metrics;

@@ -364,8 +364,8 @@ impl MasterHub {
     }
 
     /// One chunk of a full-sync transfer, with its crc32.
-    pub async fn full_sync_chunk(&self, id: u64, offset: u64) -> Result<(Vec<u8>, u32), FullSyncError> {
-        super::full_sync::chunk(&self.inner, id, offset).await
+    pub async fn full_sync_chunk(&self, id: u64, session: &str, offset: u64) -> Result<(Vec<u8>, u32), FullSyncError> {
+        super::full_sync::chunk(&self.inner, id, session, offset).await
     }
 }
 

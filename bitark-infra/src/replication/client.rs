@@ -168,15 +168,19 @@ impl ReplicationClient {
         json_or_refused(response).await
     }
 
-    /// One chunk of a transfer, and the crc32 the master gave for it.
+    /// One chunk of a transfer granted to the slave process `session`, and the crc32
+    /// the master gave for it. `timeout` replaces the client's own: a master that paces
+    /// a transfer answers chunks asked for ahead only when their turn comes.
     pub async fn full_sync_chunk(
         &self,
         master_url: &str,
         id: u64,
+        session: &str,
         offset: u64,
+        timeout: Duration,
     ) -> Result<(Vec<u8>, u32), TransportError> {
-        let url = format!("{}/internal/replication/full-sync/{id}?offset={offset}", trim(master_url));
-        let response = self.request(reqwest::Method::GET, url).send().await.map_err(unreachable)?;
+        let url = format!("{}/internal/replication/full-sync/{id}?offset={offset}&session={session}", trim(master_url));
+        let response = self.request(reqwest::Method::GET, url).timeout(timeout).send().await.map_err(unreachable)?;
         let status = response.status();
         let crc = response.headers().get(CHUNK_CRC_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let body = response.bytes().await.map_err(unreachable)?;
