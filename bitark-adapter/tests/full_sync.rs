@@ -148,10 +148,18 @@ async fn a_slave_killed_between_download_and_install_installs_after_its_restart(
 #[tokio::test]
 async fn a_slave_killed_in_the_middle_of_the_swap_finishes_it_when_it_restarts() {
     let mut cluster = master(|_, _, builder| builder).await;
-    load(&cluster.master, 1000, 200, 12).await;
+    // Some history of its own first, so the swap has something to replace: the slave
+    // follows the master's log, stops, and the master's WAL moves past it.
+    load(&cluster.master, 300, 200, 12).await;
+    cluster.add_slave(slave("5")).await;
+    cluster.wait_for_convergence(SYNCED_WITHIN).await;
+    assert!(cluster.slaves[0].stop().await.success());
+    let old_segment = cluster.slaves[0].data_dir().join("wal").join("00000000000000000001.wal");
+    assert!(old_segment.exists(), "the slave logged the master's records from LSN 1");
+    load(&cluster.master, 1000, 200, 13).await;
     snapshot_and_purge(&cluster.master).await;
-    // Some history of its own first, so the swap has something to replace.
-    cluster.add_slave(slave("5").env("FAILPOINTS", "fullsync::after-commit=sleep(60000)")).await;
+    cluster.slaves[0].set_env("FAILPOINTS", "fullsync::after-commit=sleep(60000)");
+    cluster.respawn_slave(0).await;
     wait_until(CONVERGE_WITHIN, "the install to pass its commit point", async || {
         cluster.slaves[0].stderr_text().contains("downloaded and verified; installing")
             && cluster.slaves[0].data_dir().join("fullsync/INSTALL").exists()
@@ -164,6 +172,7 @@ async fn a_slave_killed_in_the_middle_of_the_swap_finishes_it_when_it_restarts()
     let stderr = cluster.slaves[0].stderr_text();
     assert!(stderr.contains("finished installing a full-sync snapshot that a stop interrupted"), "{stderr}");
     assert!(!cluster.slaves[0].data_dir().join("fullsync/INSTALL").exists());
+    assert!(!old_segment.exists(), "the slave's old log outlived the swap");
 }
 
 #[tokio::test]
