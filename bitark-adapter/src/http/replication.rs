@@ -55,10 +55,7 @@ async fn register(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    state.node()?;
-    let hub = state
-        .hub()
-        .ok_or_else(|| ApiError::conflict("wrong_role", "this node is not a master with replication turned on"))?;
+    let hub = hub(&state)?;
     Ok(Json(hub.register(request)?))
 }
 
@@ -147,10 +144,7 @@ async fn heartbeat(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    state.node()?;
-    let hub = state
-        .hub()
-        .ok_or_else(|| ApiError::conflict("wrong_role", "this node is not a master with replication turned on"))?;
+    let hub = hub(&state)?;
     hub.heartbeat(&request).map(Json).map_err(|e| {
         let code = match e {
             HeartbeatError::NotRegistered(_) => "not_registered",
@@ -160,6 +154,8 @@ async fn heartbeat(
     })
 }
 
+/// The master's hub, once the node is open; 409 `wrong_role` on a node that is not a
+/// replicating master.
 fn hub(state: &AppState) -> Result<&MasterHub, ApiError> {
     state.node()?;
     state.hub().ok_or_else(|| ApiError::conflict("wrong_role", "this node is not a master with replication turned on"))
