@@ -75,19 +75,26 @@ impl ReplicationClient {
         }
     }
 
+    /// POSTs a JSON control message to `/internal/replication/{path}` and reads the
+    /// JSON answer.
+    async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        base_url: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, TransportError> {
+        let url = format!("{}/internal/replication/{path}", trim(base_url));
+        let response = self.request(reqwest::Method::POST, url).json(body).send().await.map_err(unreachable)?;
+        json_or_refused(response).await
+    }
+
     /// A slave introduces itself to its master.
     pub async fn register(
         &self,
         master_url: &str,
         request: &RegisterRequest,
     ) -> Result<RegisterResponse, TransportError> {
-        let response = self
-            .request(reqwest::Method::POST, format!("{}/internal/replication/register", trim(master_url)))
-            .json(request)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        json_or_refused(response).await
+        self.post_json(master_url, "register", request).await
     }
 
     /// Sends a batch of encoded WAL records. `Ok(None)` from a slave that keeps no
@@ -120,13 +127,7 @@ impl ReplicationClient {
         master_url: &str,
         request: &HeartbeatRequest,
     ) -> Result<HeartbeatResponse, TransportError> {
-        let response = self
-            .request(reqwest::Method::POST, format!("{}/internal/replication/heartbeat", trim(master_url)))
-            .json(request)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        json_or_refused(response).await
+        self.post_json(master_url, "heartbeat", request).await
     }
 
     /// `pull(fromLsn)`: the master's log from `from` on, or the snapshot to full-sync
@@ -163,9 +164,7 @@ impl ReplicationClient {
         master_url: &str,
         request: &FullSyncRequest,
     ) -> Result<FullSyncAnswer, TransportError> {
-        let url = format!("{}/internal/replication/full-sync", trim(master_url));
-        let response = self.request(reqwest::Method::POST, url).json(request).send().await.map_err(unreachable)?;
-        json_or_refused(response).await
+        self.post_json(master_url, "full-sync", request).await
     }
 
     /// One chunk of a transfer granted to the slave process `session`, and the crc32
