@@ -6,6 +6,8 @@
 //! - [`http`]: axum routers (public API, `/actuator`, `/admin`), the [`ApiError`]
 //!   mapping, extractors that name bad input, request metrics.
 //! - [`openapi`]: the utoipa-generated OpenAPI document.
+//! - [`roles`]: the replication side the node runs (hub or follower and their
+//!   modules), promotion and step-down while the process runs.
 //! - [`server`]: the HTTP/1.1 connection loop: connection cap, idle, header and body
 //!   deadlines, JSON bodies for the errors hyper answers by itself.
 //! - [`run`]: start-up and graceful shutdown around an already-bound listener, so tests
@@ -16,15 +18,12 @@
 pub mod config;
 pub mod http;
 pub mod openapi;
+pub mod roles;
 pub mod server;
 
 pub use config::AppConfig;
 
-use bitark_common::replication::Features;
-use bitark_engine::modules::{self, Host};
-use bitark_engine::replication::Follower;
 use bitark_engine::{Node, OpenError};
-use bitark_infra::replication::ReplicationClient;
 use bitark_infra::Metrics;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -101,7 +100,7 @@ pub async fn run(listener: TcpListener, config: AppConfig, shutdown: impl Future
         ms = report.duration.as_millis() as u64,
         "ready: serving reads and writes"
     );
-    start_replication(&state, &node, &config, local_addr, &metrics);
+    roles::start(&state, &node, &config, local_addr, &metrics);
     state.set_node(node.clone());
 
     shutdown.await;
@@ -109,7 +108,7 @@ pub async fn run(listener: TcpListener, config: AppConfig, shutdown: impl Future
     state.begin_shutdown();
     let _ = stop_server.send(());
     server.await?;
-    let follower = state.follower().cloned();
+    let follower = state.follower();
     tokio::task::spawn_blocking(move || {
         node.shutdown();
         if let Some(follower) = follower {
@@ -159,38 +158,5 @@ fn warn_about_exposure(config: &AppConfig, addr: SocketAddr) {
             %addr,
             "bound to a non-loopback address without security.admin-token: /admin/* is open to anyone who can reach it"
         );
-    }
-}
-
-/// Starts the replication core the configuration asks for (a master's hub, or a
-/// slave's follower; neither when replication is off), then the plugin modules its
-/// flags turn on.
-fn start_replication(
-    state: &http::AppState,
-    node: &Node,
-    config: &AppConfig,
-    local_addr: SocketAddr,
-    metrics: &Metrics,
-) {
-    let replication = &config.replication;
-    let features = replication.effective_features();
-    for (name, on) in Features::NAMES.iter().zip(features.flags()) {
-        metrics.replication_feature.with_label_values(&[name]).set(on as i64);
-    }
-    let client =
-        ReplicationClient::new(replication.request_timeout, config.security.cluster_token.expose().map(str::to_string));
-    if node.is_slave() {
-        let self_url =
-            if replication.self_url.is_empty() { format!("http://{local_addr}") } else { replication.self_url.clone() };
-        tracing::info!(master = %replication.master_url, %self_url, features = ?features.enabled(), "following the master");
-        let follower = Follower::start(node.clone(), self_url, client, metrics.clone());
-        let modules = modules::start(&Host::Slave(&follower), &features);
-        tracing::info!(?modules, "replication modules started");
-        state.set_follower(follower);
-    } else if let Some(hub) = node.start_master_hub(client) {
-        tracing::info!(features = ?features.enabled(), static_slaves = replication.slaves.len(), "replicating to slaves");
-        let modules = modules::start(&Host::Master(&hub), &features);
-        tracing::info!(?modules, "replication modules started");
-        state.set_hub(hub);
     }
 }

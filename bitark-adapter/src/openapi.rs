@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi};
         reads::mark_read, reads::mark_unread, reads::is_read, reads::mark_many, reads::check, reads::unread_count,
         actuator::health, actuator::liveness, actuator::readiness, actuator::info, actuator::prometheus,
         actuator::configprops, replication::replication_status, admin::snapshot, admin::digest,
+        admin::promote, admin::demote,
     ),
     components(schemas(error::ErrorBody)),
     modifiers(&BearerAuth),

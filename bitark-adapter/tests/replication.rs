@@ -67,7 +67,7 @@ fn features_at(stage: &str) -> Value {
     let on = |from: f64| stage.parse::<f64>().expect("a stage") >= from;
     json!({
         "notify": on(1.0), "progress": on(2.0), "bounded-buffer": on(2.5), "reliable": on(3.0),
-        "heartbeat": on(4.0), "full-sync": on(5.0), "cluster-gc": on(6.0),
+        "heartbeat": on(4.0), "full-sync": on(5.0), "cluster-gc": on(6.0), "fencing": on(7.0), "ack-modes": on(7.0),
     })
 }
 
@@ -481,6 +481,7 @@ async fn every_stage_replicates_and_shows_its_flags() {
         stage_replicates_and_shows_its_flags("4", 34),
         stage_replicates_and_shows_its_flags("5", 35),
         stage_replicates_and_shows_its_flags("6", 36),
+        stage_replicates_and_shows_its_flags("7", 37),
     );
 }
 

@@ -7,17 +7,21 @@
 //!   their binary payload codec.
 //! - [`record`]: the write-ahead-log record, `length | magic | version | type | epoch |
 //!   lsn | payload | crc32`, used on disk and on the replication wire alike.
+//! - [`epoch`]: the epoch history (where each epoch began) and the write token
+//!   `"<epoch>:<lsn>"` that reads use to tell a lost write from one not reached yet.
 //! - [`replication`]: replication flags and the JSON messages of `/internal/replication`.
 //! - [`error`]: the codec error, which keeps a short record (torn write) apart from a
 //!   damaged one (corruption).
 
 pub mod command;
+pub mod epoch;
 pub mod error;
 pub mod ids;
 pub mod record;
 pub mod replication;
 
 pub use command::Command;
+pub use epoch::{EpochEnd, EpochHistory, EpochStart, TokenCheck, WriteToken};
 pub use error::CodecError;
 pub use ids::{Epoch, Lsn, NodeId};
 pub use record::Record;

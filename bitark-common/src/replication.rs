@@ -3,7 +3,15 @@
 //! Log batches travel as binary bodies: WAL records back to back, each carrying its own
 //! length and crc32 (content type [`WAL_CONTENT_TYPE`]). Everything else is JSON.
 
+use crate::epoch::EpochHistory;
 use serde::{Deserialize, Serialize};
+
+/// How many replication flags there are.
+pub const FLAGS: usize = 9;
+
+/// Header carrying the sender's epoch on every replication request and response
+/// (stage 7, `fencing`).
+pub const EPOCH_HEADER: &str = "x-bitark-epoch";
 
 /// Content type of a body of WAL records.
 pub const WAL_CONTENT_TYPE: &str = "application/x-bitark-wal";
@@ -30,18 +38,34 @@ pub struct Features {
     pub full_sync: bool,
     /// Stage 6: WAL garbage collection keeps what live slaves need, within a bound.
     pub cluster_gc: bool,
+    /// Stage 7: epochs are durable and checked on every replication request; a node
+    /// that sees a higher epoch stops writing; promotion and step-down by hand.
+    pub fencing: bool,
+    /// Stage 7: writes may wait for slaves (`replication.ack: semi | all`).
+    pub ack_modes: bool,
 }
 
 impl Features {
     /// Flag names in rollout order.
-    pub const NAMES: [&'static str; 7] =
-        ["notify", "progress", "bounded-buffer", "reliable", "heartbeat", "full-sync", "cluster-gc"];
+    pub const NAMES: [&'static str; FLAGS] = [
+        "notify",
+        "progress",
+        "bounded-buffer",
+        "reliable",
+        "heartbeat",
+        "full-sync",
+        "cluster-gc",
+        "fencing",
+        "ack-modes",
+    ];
 
-    /// The roadmap stages, in rollout order: stage `STAGES[i]` turns on the first `i` flags.
-    pub const STAGES: [f64; 8] = [0.0, 1.0, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0];
+    /// The roadmap stages in rollout order, each with how many flags of [`Self::NAMES`]
+    /// it turns on (stage 7 turns on two).
+    pub const STAGES: [(f64, usize); 9] =
+        [(0.0, 0), (1.0, 1), (2.0, 2), (2.5, 3), (3.0, 4), (4.0, 5), (5.0, 6), (6.0, 7), (7.0, 9)];
 
     /// The flags in rollout order, as [`Self::NAMES`] names them.
-    pub fn flags(&self) -> [bool; 7] {
+    pub fn flags(&self) -> [bool; FLAGS] {
         [
             self.notify,
             self.progress,
@@ -50,10 +74,12 @@ impl Features {
             self.heartbeat,
             self.full_sync,
             self.cluster_gc,
+            self.fencing,
+            self.ack_modes,
         ]
     }
 
-    fn from_flags(f: [bool; 7]) -> Features {
+    fn from_flags(f: [bool; FLAGS]) -> Features {
         Features {
             notify: f[0],
             progress: f[1],
@@ -62,21 +88,23 @@ impl Features {
             heartbeat: f[4],
             full_sync: f[5],
             cluster_gc: f[6],
+            fencing: f[7],
+            ack_modes: f[8],
         }
     }
 
     /// Every flag up to the roadmap stage `stage` (one of [`Self::STAGES`]).
     pub fn up_to_stage(stage: f64) -> Option<Features> {
-        let count = Self::STAGES.iter().position(|s| *s == stage)?;
-        let mut flags = [false; 7];
-        flags.iter_mut().take(count).for_each(|f| *f = true);
+        let (_, count) = Self::STAGES.iter().find(|(s, _)| *s == stage)?;
+        let mut flags = [false; FLAGS];
+        flags.iter_mut().take(*count).for_each(|f| *f = true);
         Some(Features::from_flags(flags))
     }
 
     /// The highest stage whose flags are all on.
     pub fn stage(&self) -> f64 {
         let on = self.flags().iter().take_while(|f| **f).count();
-        Self::STAGES[on]
+        Self::STAGES.iter().rev().find(|(_, count)| *count <= on).map_or(0.0, |(stage, _)| *stage)
     }
 
     /// Both sets together (a stage shorthand plus explicit flags).
@@ -89,8 +117,8 @@ impl Features {
     /// both support.
     pub fn common(self, other: Features) -> Features {
         let (a, b) = (self.flags(), other.flags());
-        let mut out = [false; 7];
-        for i in 0..7 {
+        let mut out = [false; FLAGS];
+        for i in 0..FLAGS {
             if !(a[i] && b[i]) {
                 break;
             }
@@ -159,6 +187,33 @@ pub struct RegisterResponse {
     /// Why, when the state is not `ALIVE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Under `fencing`: the master's epoch history, which the slave adopts (after
+    /// cutting back any records of its own the history does not hold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<EpochHistory>,
+}
+
+/// The body of 409 `stale_epoch`: a node refused a request from a lower epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaleEpoch {
+    pub error: String,
+    pub message: String,
+    /// The epoch of the node that refused.
+    pub epoch: u64,
+    /// The master of that epoch, when the node knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_url: Option<String>,
+}
+
+/// `GET /internal/replication/epochs`: a master's epoch history, so a node stepping
+/// down can find where its own epoch ended there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EpochsAnswer {
+    pub node_id: String,
+    pub history: EpochHistory,
+    pub durable_lsn: u64,
 }
 
 /// `POST /internal/replication/heartbeat` (stage 4): a slave says it is alive and where
@@ -282,10 +337,14 @@ mod tests {
         assert_eq!(Features::up_to_stage(2.0).unwrap().enabled(), vec!["notify", "progress"]);
         assert_eq!(Features::up_to_stage(2.5).unwrap().enabled(), vec!["notify", "progress", "bounded-buffer"]);
         assert_eq!(Features::up_to_stage(3.0).unwrap().enabled(), Features::NAMES[..4].to_vec());
-        assert_eq!(Features::up_to_stage(6.0).unwrap().enabled(), Features::NAMES.to_vec());
+        assert_eq!(Features::up_to_stage(6.0).unwrap().enabled(), Features::NAMES[..7].to_vec());
+        assert_eq!(Features::up_to_stage(7.0).unwrap().enabled(), Features::NAMES.to_vec());
         assert_eq!(Features::up_to_stage(5.0).unwrap().stage(), 5.0);
+        assert_eq!(Features::up_to_stage(7.0).unwrap().stage(), 7.0);
+        let fencing_only = Features { fencing: true, ..Features::up_to_stage(6.0).unwrap() };
+        assert_eq!(fencing_only.stage(), 6.0, "stage 7 needs both of its flags");
         assert_eq!(Features::up_to_stage(1.5), None);
-        assert_eq!(Features::up_to_stage(7.0), None);
+        assert_eq!(Features::up_to_stage(8.0), None);
     }
 
     #[test]
@@ -304,6 +363,8 @@ mod tests {
         assert_eq!(three.common(odd), one);
         let six = Features::up_to_stage(6.0).unwrap();
         assert_eq!(six.common(three), three, "a stage 6 master uses stage 3 with a stage 3 slave");
+        let seven = Features::up_to_stage(7.0).unwrap();
+        assert_eq!(seven.common(six), six, "a stage 7 master uses stage 6 with a stage 6 slave");
     }
 
     #[test]
@@ -311,7 +372,7 @@ mod tests {
         let json = serde_json::to_string(&Features::up_to_stage(2.5).unwrap()).unwrap();
         assert_eq!(
             json,
-            r#"{"notify":true,"progress":true,"bounded-buffer":true,"reliable":false,"heartbeat":false,"full-sync":false,"cluster-gc":false}"#
+            r#"{"notify":true,"progress":true,"bounded-buffer":true,"reliable":false,"heartbeat":false,"full-sync":false,"cluster-gc":false,"fencing":false,"ack-modes":false}"#
         );
     }
 }

@@ -29,7 +29,7 @@ impl Applier for StoreApplier {
         if let Some(last) = records.last() {
             self.state.publish_applied(last.lsn);
         }
-        if let Some(hub) = self.state.replication.get() {
+        if let Some(hub) = self.state.hub() {
             hub.on_commit(records);
         }
         let since = self.state.since_snapshot.fetch_add(records.len() as u64, Ordering::Relaxed) + records.len() as u64;
@@ -41,7 +41,7 @@ impl Applier for StoreApplier {
 
     fn durable(&mut self, lsn: Lsn) {
         self.state.durable.send_replace(lsn);
-        if let Some(hub) = self.state.replication.get() {
+        if let Some(hub) = self.state.hub() {
             hub.on_durable();
         }
     }

@@ -95,11 +95,24 @@ pub struct ReadsConfig {
     /// that the node is behind. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub min_lsn_wait: Duration,
+    /// What a slave does with a read whose `minLsn` or `token` it has not reached:
+    /// `wait` up to `min-lsn-wait`, or `redirect` at once with 307 to the same request
+    /// on the master. Default `wait`.
+    pub on_lag: OnLag,
+}
+
+/// `reads.on-lag`: a slave behind the position a read asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnLag {
+    #[default]
+    Wait,
+    Redirect,
 }
 
 impl Default for ReadsConfig {
     fn default() -> Self {
-        ReadsConfig { min_lsn_wait: Duration::from_secs(1) }
+        ReadsConfig { min_lsn_wait: Duration::from_secs(1), on_lag: OnLag::Wait }
     }
 }
 
@@ -117,7 +130,7 @@ pub struct ReplicationConfig {
     pub slaves: Vec<String>,
     /// Rollout shorthand: turns on every flag up to this roadmap stage: `0` (off), `1`
     /// notify, `2` progress, `2.5` bounded-buffer, `3` reliable, `4` heartbeat, `5`
-    /// full-sync, `6` cluster-gc. Default `0`.
+    /// full-sync, `6` cluster-gc, `7` fencing and ack-modes. Default `0`.
     pub stage: f64,
     /// Individual flags, added to those of `stage`. Default all off.
     pub features: Features,
@@ -162,6 +175,69 @@ pub struct ReplicationConfig {
     /// Master: how far behind a slave may fall before it is OUTDATED under `gc-mode:
     /// bounded`; each limit is optional (`0` off) and the first exceeded wins.
     pub max_lag: MaxLag,
+    /// Master: when a write is answered (stage 7, `ack-modes`): `async` after the
+    /// master's own fsync, `semi` once `min-acks` ALIVE slaves hold it durably, `all`
+    /// once every ALIVE slave does. A write may ask for a stricter mode with `?ack=`.
+    /// Default `async`.
+    pub ack: AckMode,
+    /// Master: slaves that must hold a write under `ack: semi`. Default `1`.
+    pub min_acks: usize,
+    /// Master: longest a `semi` or `all` write waits for slaves before it answers 504
+    /// `replication_timeout` (the record stays durable on the master and still
+    /// replicates). Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Master: with fewer ALIVE slaves than the mode needs, wait up to `ack-timeout`
+    /// for them (`true`) instead of failing at once with 503 `not_enough_replicas`
+    /// (`false`). Default `false`.
+    pub ack_wait_for_replicas: bool,
+}
+
+/// `replication.ack`: when a write is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AckMode {
+    /// After the master's fsync.
+    #[default]
+    Async,
+    /// After `min-acks` ALIVE slaves made the record durable.
+    Semi,
+    /// After every ALIVE slave made the record durable.
+    All,
+}
+
+impl AckMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckMode::Async => "async",
+            AckMode::Semi => "semi",
+            AckMode::All => "all",
+        }
+    }
+
+    /// Parses `async`, `semi` or `all`.
+    pub fn parse(text: &str) -> Option<AckMode> {
+        match text {
+            "async" => Some(AckMode::Async),
+            "semi" => Some(AckMode::Semi),
+            "all" => Some(AckMode::All),
+            _ => None,
+        }
+    }
+
+    /// How strict the mode is, to keep the stricter of two.
+    fn rank(self) -> u8 {
+        self as u8
+    }
+
+    /// The stricter of the two modes.
+    pub fn max(self, other: AckMode) -> AckMode {
+        if other.rank() > self.rank() {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 /// `replication.full-sync.*`
@@ -285,6 +361,10 @@ impl Default for ReplicationConfig {
             resync_on_corruption: false,
             gc_mode: GcMode::Bounded,
             max_lag: MaxLag::default(),
+            ack: AckMode::Async,
+            min_acks: 1,
+            ack_timeout: Duration::from_secs(5),
+            ack_wait_for_replicas: false,
         }
     }
 }
@@ -298,7 +378,7 @@ impl ReplicationConfig {
     fn problems(&self, role: Role) -> Vec<String> {
         let mut out = Vec::new();
         if Features::up_to_stage(self.stage).is_none() {
-            let stages: Vec<String> = Features::STAGES.iter().map(f64::to_string).collect();
+            let stages: Vec<String> = Features::STAGES.iter().map(|(s, _)| s.to_string()).collect();
             out.push(format!(
                 "replication.stage: {} is not a stage this build has; use one of {}",
                 self.stage,
@@ -325,6 +405,18 @@ impl ReplicationConfig {
             if !url.is_empty() && !scheme_ok {
                 out.push(format!("{key}: `{url}` must start with http:// or https://"));
             }
+        }
+        if self.ack != AckMode::Async && !features.ack_modes {
+            out.push(format!(
+                "replication.ack: `{}` needs replication.features.ack-modes (stage 7)",
+                self.ack.as_str()
+            ));
+        }
+        if self.min_acks == 0 {
+            out.push("replication.min-acks: must be at least 1".into());
+        }
+        if self.ack_timeout.is_zero() {
+            out.push("replication.ack-timeout: must be above 0".into());
         }
         if self.batch_max_records == 0 {
             out.push("replication.batch-max-records: must be at least 1".into());

@@ -1,5 +1,6 @@
 //! Engine errors.
 
+use crate::config::AckMode;
 use bitark_infra::wal::writer::ProposeError;
 use bitark_infra::StorageError;
 
@@ -48,6 +49,19 @@ pub enum WriteError {
     /// This node is a slave; writes go to its master (409).
     #[error("this node is a slave; send writes to the master at {master_url}")]
     NotMaster { master_url: String },
+    /// A newer epoch exists: another node is master and this one takes no writes (409
+    /// `not_master`). Not acknowledged; a record written as the fence went up is cut
+    /// when the node steps down.
+    #[error("epoch {epoch} exists, newer than this node's: another node is master{}; this write was not acknowledged", master_url.as_deref().map(|u| format!(" at {u}")).unwrap_or_default())]
+    Fenced { epoch: u64, master_url: Option<String> },
+    /// The record is durable on the master, but not enough slaves confirmed it within
+    /// `replication.ack-timeout` (504 `replication_timeout`); it still replicates.
+    #[error("LSN {lsn} is durable on the master, but only {acked} of the {required} slave acknowledgements that ack={} needs arrived within {timeout_ms} ms; it will still replicate", ack.as_str())]
+    ReplicationTimeout { lsn: u64, epoch: u64, ack: AckMode, acked: usize, required: usize, timeout_ms: u64 },
+    /// Fewer ALIVE slaves than the acknowledgement mode needs (503 `not_enough_replicas`).
+    /// Not logged.
+    #[error("ack={} needs {required} ALIVE slaves, this master has {alive}; the write was not logged", ack.as_str())]
+    NotEnoughReplicas { ack: AckMode, alive: usize, required: usize },
 }
 
 impl From<ProposeError> for WriteError {
@@ -62,8 +76,32 @@ impl From<ProposeError> for WriteError {
                 WriteError::Stopped(format!("{reason}; this write was refused and not logged"))
             }
             gap @ ProposeError::Gap { .. } => WriteError::NotLogged(gap.to_string()),
+            // The node's own view of the newer epoch is filled in by `Node::write`.
+            ProposeError::Fenced => WriteError::Fenced { epoch: 0, master_url: None },
         }
     }
+}
+
+/// Why a promotion or step-down was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    /// The node is not in the role the operation starts from (409 `wrong_role`).
+    #[error("{0}")]
+    WrongRole(String),
+    /// Fencing is off: roles change only with the config and a restart (409).
+    #[error(
+        "replication.features.fencing is off: epochs are not kept, so roles change only through config and a restart"
+    )]
+    FencingOff,
+    /// The node is in the middle of something that must finish first (409 `busy`).
+    #[error("{0}")]
+    Busy(String),
+    /// The new master could not be asked where this node's epoch ended (502).
+    #[error("cannot reach the new master at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// Writing the epoch file or cutting the log failed (500).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// Why a batch from the master was not logged.
@@ -136,9 +174,13 @@ impl InvalidCommand {
     }
 }
 
-/// Why a read with `minLsn` could not be answered here.
+/// Why a read with `minLsn` or `token` could not be answered here.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ConsistencyError {
+    /// The token names a write that this node's epoch history does not hold: it was
+    /// lost in a failover (409 `write_lost`).
+    #[error("write {token} was lost: LSN {lsn} belongs to epoch {owner} here, not to epoch {epoch} (the write was not on the node that became master)")]
+    WriteLost { token: String, lsn: u64, epoch: u64, owner: u64 },
     /// A slave that has not caught up: the master has the LSN.
     #[error("this slave has applied LSN {applied}, below the requested minLsn {requested}, and did not catch up within {waited_ms} ms; read from the master at {master_url}")]
     SlaveBehind { requested: u64, applied: u64, waited_ms: u64, master_url: String },

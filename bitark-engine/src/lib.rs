@@ -32,10 +32,10 @@ mod state;
 pub mod store;
 
 pub use config::{
-    EngineConfig, FullSyncConfig, GcMode, LimitsConfig, MaxLag, NodeConfig, ReadsConfig, ReplicationConfig, Role,
-    SnapshotConfig,
+    AckMode, EngineConfig, FullSyncConfig, GcMode, LimitsConfig, MaxLag, NodeConfig, OnLag, ReadsConfig,
+    ReplicationConfig, Role, SnapshotConfig,
 };
-pub use error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, SnapshotError, WriteError};
+pub use error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, RoleError, SnapshotError, WriteError};
 pub use node::Node;
 pub use recovery::RecoveryReport;
 pub use store::{ReadStore, StoreDigest};

@@ -5,16 +5,18 @@
 //! never write the same log.
 
 use crate::apply::StoreApplier;
-use crate::config::{EngineConfig, Role};
+use crate::config::{AckMode, EngineConfig, Role};
 use crate::error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, SnapshotError, WriteError};
 use crate::limits::{admit_marks, MemoryGuard};
 use crate::recovery::{load_snapshot, recover, RecoveryReport};
+use crate::replication::ack::AckShortfall;
 use crate::replication::master::HubParts;
 use crate::replication::MasterHub;
 use crate::snapshotter::{Request, Snapshotter};
 use crate::state::{Retention, State};
 use crate::store::{ReadStore, StoreDigest};
 use bitark_common::{Command, Epoch, Lsn, Record};
+use bitark_infra::epoch::{read_epoch_state, write_epoch_state, EpochState};
 use bitark_infra::fsutil::create_dir_durable;
 use bitark_infra::fullsync::{commit_install, complete_install, discard_state};
 use bitark_infra::replication::ReplicationClient;
@@ -25,7 +27,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::{oneshot, watch};
@@ -36,20 +38,31 @@ const LOCK_FILE: &str = "LOCK";
 /// Cheap-to-clone handle on an open node.
 #[derive(Clone)]
 pub struct Node {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: EngineConfig,
-    state: Arc<State>,
-    wal: WalHandle,
+pub(crate) struct Inner {
+    pub(crate) config: EngineConfig,
+    pub(crate) state: Arc<State>,
+    pub(crate) wal: WalHandle,
     snapshots: SyncSender<Request>,
     memory: Arc<MemoryGuard>,
     /// Joined on shutdown; a std `Mutex` because it is taken once, outside any runtime.
     snapshot_thread: Mutex<Option<JoinHandle<()>>>,
     recovery: RecoveryReport,
+    /// What the node is now and whom it follows: the configured role at first, then
+    /// what promotions and step-downs (stage 7) made of it. Read on every write.
+    pub(crate) role: RwLock<RoleState>,
     /// Held for the life of the node: the OS lock on `<data-dir>/LOCK`.
     _lock: File,
+}
+
+/// A node's current role and, for a slave, its master.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleState {
+    pub role: Role,
+    /// The master a slave follows (empty on a master).
+    pub master_url: String,
 }
 
 impl Node {
@@ -91,17 +104,27 @@ impl Node {
             durable,
             metrics: metrics.clone(),
             since_snapshot: AtomicU64::new(report.replayed),
-            replication: OnceLock::new(),
+            replication: RwLock::new(None),
             snapshots: snapshots.clone(),
             retention: Retention::default(),
             replacing: RwLock::new(()),
             installing: AtomicBool::new(false),
+            epochs: Mutex::new(EpochState::default()),
         });
         state.publish_applied(report.applied);
 
-        let epoch = Epoch::INITIAL;
+        let fencing = config.replication.effective_features().fencing;
+        let epochs = open_epochs(&data_dir, fencing, &config)?;
+        let role = start_role(&config, &epochs, fencing);
+        let epoch = epochs.history.current();
+        *state.epochs.lock().unwrap_or_else(PoisonError::into_inner) = epochs.clone();
         let applier = StoreApplier { state: state.clone(), every_records: config.snapshot.every_records };
         let wal = GroupCommit::start(&wal_dir, &config.wal, report.applied.next(), epoch, applier, metrics.clone())?;
+        if fencing && role.role == Role::Master && epochs.highest() > epoch {
+            // A newer master exists and nobody knows where: never write in this epoch again.
+            wal.set_fenced(true);
+        }
+        metrics.replication_epoch.set(epochs.highest().0 as i64);
 
         let memory = MemoryGuard::start(config.limits.max_memory.as_u64(), metrics.clone())
             .map_err(|e| StorageError::io(&data_dir, e))?;
@@ -129,6 +152,7 @@ impl Node {
                 memory,
                 snapshot_thread: Mutex::new(Some(thread)),
                 recovery: report,
+                role: RwLock::new(role),
                 _lock: lock,
             }),
         })
@@ -137,6 +161,11 @@ impl Node {
     /// The configuration the node was opened with.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.state.metrics
     }
 
     /// What start-up recovery did.
@@ -181,7 +210,10 @@ impl Node {
     /// the configured fsync policy) and visible to readers.
     pub async fn write(&self, command: Command) -> Result<Lsn, WriteError> {
         if self.is_slave() {
-            return Err(WriteError::NotMaster { master_url: self.inner.config.replication.master_url.clone() });
+            return Err(WriteError::NotMaster { master_url: self.master_url() });
+        }
+        if self.inner.wal.is_fenced() {
+            return Err(self.fenced_error());
         }
         self.validate(&command)?;
         let metrics = &self.inner.state.metrics;
@@ -198,10 +230,66 @@ impl Node {
             metrics.writes_rejected.with_label_values(&[reject_reason(e)]).inc();
         })?;
         match pending.await {
+            Ok(Err(ProposeError::Fenced)) => Err(self.fenced_error()),
             Ok(result) => Ok(result?),
             // The writer dropped the reply: it stopped (shutdown or a crash).
             Err(_) => Err(self.inner.wal.stopped_error().into()),
         }
+    }
+
+    /// Logs `command` like [`Node::write`], then, under `semi` or `all` (the configured
+    /// `replication.ack`, or the stricter `ack` the write asks for), waits for the
+    /// slaves that mode needs to hold it durably. Without enough ALIVE slaves it fails
+    /// before logging anything (unless `ack-wait-for-replicas`).
+    pub async fn write_acked(&self, command: Command, ack: Option<AckMode>) -> Result<Lsn, WriteError> {
+        let mode = self.ack_mode(ack);
+        if mode == AckMode::Async {
+            return self.write(command).await;
+        }
+        let hub = self.inner.state.hub();
+        let required = if mode == AckMode::Semi { self.inner.config.replication.min_acks } else { 1 };
+        let not_enough = |alive| WriteError::NotEnoughReplicas { ack: mode, alive, required };
+        let Some(hub) = hub.filter(|_| !self.is_slave()) else {
+            if self.is_slave() {
+                return Err(WriteError::NotMaster { master_url: self.master_url() });
+            }
+            return Err(not_enough(0));
+        };
+        if let Err(AckShortfall::NotEnoughReplicas { alive, .. }) = hub.admit_ack(mode) {
+            self.inner.state.metrics.writes_rejected.with_label_values(&["not-enough-replicas"]).inc();
+            return Err(not_enough(alive));
+        }
+        let lsn = self.write(command).await?;
+        match hub.wait_for_acks(lsn, mode).await {
+            Ok(_) => Ok(lsn),
+            Err(AckShortfall::TimedOut(count)) => Err(WriteError::ReplicationTimeout {
+                lsn: lsn.0,
+                epoch: self.epoch().0,
+                ack: mode,
+                acked: count.acked,
+                required: count.required,
+                timeout_ms: self.inner.config.replication.ack_timeout.as_millis() as u64,
+            }),
+            Err(AckShortfall::NotEnoughReplicas { alive, .. }) => Err(not_enough(alive)),
+        }
+    }
+
+    /// The acknowledgement mode of a write that asks for `requested`: the stricter of
+    /// it and `replication.ack`; `async` unless `ack-modes` is on.
+    pub fn ack_mode(&self, requested: Option<AckMode>) -> AckMode {
+        let replication = &self.inner.config.replication;
+        if !replication.effective_features().ack_modes {
+            return AckMode::Async;
+        }
+        requested.map_or(replication.ack, |r| r.max(replication.ack))
+    }
+
+    /// The answer to a write on a node that saw a newer epoch.
+    fn fenced_error(&self) -> WriteError {
+        self.inner.state.metrics.writes_rejected.with_label_values(&["fenced"]).inc();
+        let epochs = self.epochs();
+        let url = Some(epochs.seen_master_url).filter(|u| !u.is_empty());
+        WriteError::Fenced { epoch: epochs.seen.max(epochs.history.current().0), master_url: url }
     }
 
     /// Logs and applies records from the master, which carry their LSNs (slave only).
@@ -209,6 +297,17 @@ impl Node {
     /// Every record is checked as the public API checks a command (limits, epoch)
     /// first; one that fails refuses the whole batch.
     pub async fn replicate(&self, records: Vec<Record>) -> Result<AppendOutcome, ReplicateError> {
+        self.replicate_from(records, self.fencing()).await
+    }
+
+    /// [`Node::replicate`], checking each record's epoch against the epoch history only
+    /// when `check_epochs` (the master and this slave use fencing together: a master
+    /// without it keeps no history to check against).
+    pub(crate) async fn replicate_from(
+        &self,
+        records: Vec<Record>,
+        check_epochs: bool,
+    ) -> Result<AppendOutcome, ReplicateError> {
         if !self.is_slave() {
             return Err(ReplicateError::NotSlave);
         }
@@ -222,8 +321,13 @@ impl Node {
             if record.lsn == Lsn::ZERO || record.lsn == Lsn(u64::MAX) {
                 return Err(invalid("LSNs run from 1 to 2^64 - 2".into()));
             }
-            if record.epoch != self.epoch() {
-                return Err(invalid(format!("epoch {} differs from this node's epoch {}", record.epoch, self.epoch())));
+            if let Some(expected) = self.expected_epoch(record.lsn).filter(|_| check_epochs) {
+                if record.epoch != expected {
+                    return Err(invalid(format!(
+                        "carries epoch {}, but this node's epoch history gives LSN {} to epoch {expected}",
+                        record.epoch, record.lsn
+                    )));
+                }
             }
             self.validate(&record.command).map_err(|e| invalid(e.to_string()))?;
         }
@@ -242,7 +346,62 @@ impl Node {
 
     /// True when this node follows a master.
     pub fn is_slave(&self) -> bool {
-        self.inner.config.node.role == Role::Slave
+        self.role().role == Role::Slave
+    }
+
+    /// The node's role now, and the master it follows.
+    pub fn role(&self) -> RoleState {
+        self.inner.role.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The master this node follows (a slave), or the one a newer epoch named (a
+    /// fenced master); empty when none is known.
+    pub fn master_url(&self) -> String {
+        let role = self.role();
+        if role.role == Role::Slave {
+            return role.master_url;
+        }
+        self.epochs().seen_master_url
+    }
+
+    pub(crate) fn set_role(&self, role: RoleState) {
+        *self.inner.role.write().unwrap_or_else(PoisonError::into_inner) = role;
+    }
+
+    /// The epoch history and what is known of newer epochs.
+    pub fn epochs(&self) -> EpochState {
+        self.inner.state.epochs.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Whether this node keeps and checks epochs (`replication.features.fencing`).
+    pub fn fencing(&self) -> bool {
+        self.inner.config.replication.effective_features().fencing
+    }
+
+    /// Under fencing: the epoch a record at `lsn` must carry, as this node's history
+    /// says.
+    fn expected_epoch(&self, lsn: Lsn) -> Option<Epoch> {
+        if !self.fencing() {
+            return None;
+        }
+        self.inner.state.epochs.lock().unwrap_or_else(PoisonError::into_inner).history.epoch_at(lsn)
+    }
+
+    /// Whether writes of this node's own are refused because a newer epoch exists.
+    pub fn is_fenced(&self) -> bool {
+        self.inner.wal.is_fenced()
+    }
+
+    /// Replaces the epoch state, durably first.
+    pub(crate) fn store_epochs(&self, state: EpochState) -> Result<(), StorageError> {
+        let mut current = self.inner.state.epochs.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current == state {
+            return Ok(());
+        }
+        write_epoch_state(&self.inner.config.node.data_dir, &state)?;
+        self.inner.state.metrics.replication_epoch.set(state.highest().0 as i64);
+        *current = state;
+        Ok(())
     }
 
     /// Starts the master side of replication (when this node is a master with
@@ -252,6 +411,9 @@ impl Node {
         let config = &self.inner.config;
         if self.is_slave() || !config.replication.effective_features().any() {
             return None;
+        }
+        if self.fencing() {
+            client.set_epoch(self.epoch().0);
         }
         let hub = MasterHub::new(HubParts {
             node_id: config.node.id.clone(),
@@ -264,9 +426,17 @@ impl Node {
             state: self.inner.state.clone(),
             runtime: tokio::runtime::Handle::current(),
         });
-        let _ = self.inner.state.replication.set(hub.clone());
+        *self.inner.state.replication.write().unwrap_or_else(PoisonError::into_inner) = Some(hub.clone());
         hub.contact_static_slaves();
         Some(hub)
+    }
+
+    /// Stops the master hub, if one runs: its links close and their senders end.
+    pub fn stop_master_hub(&self) {
+        let hub = self.inner.state.replication.write().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(hub) = hub {
+            hub.stop();
+        }
     }
 
     /// Whether the durable LSN trails what readers see (`fsync: interval | never`).
@@ -274,9 +444,10 @@ impl Node {
         self.inner.state.durable.subscribe()
     }
 
-    /// The epoch this node writes in.
+    /// The epoch this node writes in (a master) or follows (a slave): the newest of
+    /// its history.
     pub fn epoch(&self) -> Epoch {
-        Epoch::INITIAL
+        self.inner.state.epochs.lock().unwrap_or_else(PoisonError::into_inner).history.current()
     }
 
     pub fn is_read(&self, user: u64, msg: u64) -> bool {
@@ -312,12 +483,9 @@ impl Node {
         let (requested, applied, waited_ms) = (min.0, self.applied_lsn().0, wait.as_millis() as u64);
         match reached {
             Ok(Ok(applied)) => Ok(*applied),
-            _ if self.is_slave() => Err(ConsistencyError::SlaveBehind {
-                requested,
-                applied,
-                waited_ms,
-                master_url: self.inner.config.replication.master_url.clone(),
-            }),
+            _ if self.is_slave() => {
+                Err(ConsistencyError::SlaveBehind { requested, applied, waited_ms, master_url: self.master_url() })
+            }
             _ => Err(ConsistencyError::NotYetWritten { requested, applied, waited_ms }),
         }
     }
@@ -352,6 +520,9 @@ impl Node {
     /// commit point on a crash leaves the new state (see `bitark_infra::fullsync`).
     /// Reads answer that the node is busy meanwhile. Blocking.
     pub fn install_snapshot(&self, downloaded: &Path) -> Result<SnapshotInfo, StorageError> {
+        if !self.is_slave() {
+            return Err(StorageError::io(downloaded, std::io::Error::other("this node is master now: no full sync")));
+        }
         let started = Instant::now();
         let info = read_snapshot(downloaded, |_, _, _| Ok(()))?;
         let verified = started.elapsed();
@@ -378,7 +549,7 @@ impl Node {
         state.publish_applied(lsn);
         state.installing.store(false, std::sync::atomic::Ordering::Release);
         let info = SnapshotInfo { path: installed, ..info };
-        let _ = state.snapshots.try_send(Request::Replaced(info.clone()));
+        let _ = state.snapshots.try_send(Request::Replaced(Some(info.clone())));
         tracing::info!(
             %lsn,
             users = info.users,
@@ -420,7 +591,62 @@ fn reject_reason(e: &ProposeError) -> &'static str {
             "wal-failed"
         }
         ProposeError::Gap { .. } => "gap",
+        ProposeError::Fenced => "fenced",
     }
+}
+
+/// Reads `epoch.bin` (under fencing, writing a fresh one when there is none).
+fn open_epochs(data_dir: &Path, fencing: bool, config: &EngineConfig) -> Result<EpochState, StorageError> {
+    match read_epoch_state(data_dir)? {
+        Some(state) => {
+            tracing::info!(
+                epoch = %state.history.current(), highest = %state.highest(), master = %state.master_id,
+                "epoch history read"
+            );
+            Ok(state)
+        }
+        None if fencing => {
+            let master_id = if config.node.role == Role::Master { config.node.id.clone() } else { String::new() };
+            let state = EpochState { master_id, ..EpochState::default() };
+            write_epoch_state(data_dir, &state)?;
+            Ok(state)
+        }
+        None => Ok(EpochState::default()),
+    }
+}
+
+/// The role a node starts in: the configured one, unless (under fencing) its epoch file
+/// says otherwise: a node that became master stays master; a node whose epoch file
+/// names another master, and where it is, follows that master.
+fn start_role(config: &EngineConfig, epochs: &EpochState, fencing: bool) -> RoleState {
+    let configured = RoleState {
+        role: config.node.role,
+        master_url: if config.node.role == Role::Slave { config.replication.master_url.clone() } else { String::new() },
+    };
+    if !fencing {
+        return configured;
+    }
+    let newer = epochs.seen > epochs.history.current().0;
+    if !newer && epochs.master_id == config.node.id {
+        if configured.role == Role::Slave {
+            tracing::warn!(epoch = %epochs.history.current(), "configured as a slave, but this node was promoted to master of the current epoch (epoch.bin): starting as master");
+        }
+        return RoleState { role: Role::Master, master_url: String::new() };
+    }
+    let url = &epochs.seen_master_url;
+    if !url.is_empty() && (newer || epochs.master_id != config.node.id) {
+        if *url != configured.master_url {
+            tracing::warn!(
+                epoch = %epochs.highest(), master = %url, configured = ?configured.role,
+                "the epoch file names another master than the configuration: following it"
+            );
+        }
+        return RoleState { role: Role::Slave, master_url: url.clone() };
+    }
+    if configured.role == Role::Master && newer {
+        tracing::error!(epoch = %epochs.highest(), "a newer epoch exists and its master is unknown: this node refuses writes; demote it with POST /admin/demote");
+    }
+    configured
 }
 
 fn lock_data_dir(data_dir: &Path) -> Result<File, StorageError> {

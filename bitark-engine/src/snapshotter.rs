@@ -38,9 +38,9 @@ pub(crate) enum Request {
     Now(oneshot::Sender<Result<SnapshotInfo, SnapshotError>>),
     /// Something that kept log or snapshots let go of them: collect garbage now.
     Collect,
-    /// The whole state was replaced by `SnapshotInfo` (a full sync): it is the newest
-    /// snapshot, and nothing was logged since.
-    Replaced(SnapshotInfo),
+    /// The whole state was replaced (a full sync, or a cut of the log on stepping
+    /// down): the snapshot given is the newest one (`None`: there is none).
+    Replaced(Option<SnapshotInfo>),
     Stop,
 }
 
@@ -79,7 +79,7 @@ impl Snapshotter {
                     }
                 }
                 Ok(Request::Replaced(info)) => {
-                    self.last = Some(info);
+                    self.last = info;
                     self.last_at = Instant::now();
                 }
                 Ok(Request::Stop) | Err(RecvTimeoutError::Disconnected) => return,

@@ -5,12 +5,13 @@
 use crate::replication::MasterHub;
 use crate::snapshotter::Request;
 use crate::store::ReadStore;
-use bitark_common::Lsn;
+use bitark_common::{EpochHistory, Lsn};
+use bitark_infra::epoch::EpochState;
 use bitark_infra::Metrics;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::SyncSender;
-use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Instant;
 use tokio::sync::watch;
 
@@ -27,8 +28,9 @@ pub(crate) struct State {
     pub metrics: Metrics,
     /// Records logged since the last snapshot started; drives `snapshot.every-records`.
     pub since_snapshot: AtomicU64,
-    /// A master's replication hub, once started: told of every durable batch.
-    pub replication: OnceLock<MasterHub>,
+    /// A master's replication hub while one runs: told of every durable batch. Swapped
+    /// when the node is promoted or steps down; read (briefly) once per batch.
+    pub replication: RwLock<Option<MasterHub>>,
     /// Requests to the snapshotter thread. Bounded: when it is full a request of the
     /// same kind is pending anyway, so senders use `try_send`.
     pub snapshots: SyncSender<Request>,
@@ -40,11 +42,25 @@ pub(crate) struct State {
     /// Set while a full sync replaces the state: reads answer that the node is busy
     /// rather than from a half-loaded store.
     pub installing: AtomicBool,
+    /// The epoch history and what is known of newer epochs (`epoch.bin`). Changed by
+    /// promotion, step-down and registration only; a std `Mutex`, never held across an
+    /// await.
+    pub epochs: Mutex<EpochState>,
 }
 
 impl State {
     pub fn applied_lsn(&self) -> Lsn {
         *self.applied.borrow()
+    }
+
+    /// The node's epoch history.
+    pub fn history(&self) -> EpochHistory {
+        self.epochs.lock().unwrap_or_else(PoisonError::into_inner).history.clone()
+    }
+
+    /// The running master hub, if any.
+    pub fn hub(&self) -> Option<MasterHub> {
+        self.replication.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub fn publish_applied(&self, lsn: Lsn) {

@@ -212,7 +212,8 @@ fn a_replicated_record_is_checked_as_the_api_checks_a_command() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     config.node.role = bitark_engine::Role::Slave;
-    config.replication.stage = 3.0;
+    // Stage 7: the epoch of each record is checked against the epoch history.
+    config.replication.stage = 7.0;
     // Never contacted: nothing in this test starts the follower.
     config.replication.master_url = "http://127.0.0.1:1".into();
     config.limits.max_batch = 3;

@@ -4,6 +4,7 @@
 //! - [`config`]: the `wal` section of the configuration.
 //! - [`error`]: [`StorageError`], which keeps corruption (names a file and an offset)
 //!   apart from I/O failure.
+//! - [`epoch`]: `epoch.bin`, the durable epoch history of a node.
 //! - [`fsutil`]: fsync of directories and atomic file replacement.
 //! - [`wal`]: segmented write-ahead log: segment naming and listing, the group-commit
 //!   writer thread, the recovery scan and garbage collection (`purge_to`).
@@ -22,6 +23,7 @@
 //! with `ENOSPC`.
 
 pub mod config;
+pub mod epoch;
 pub mod error;
 mod fixedfile;
 pub mod fsutil;

@@ -135,6 +135,21 @@ pub struct Metrics {
     pub replication_crc_failures: IntCounter,
     /// `bitark_replication_received_records_total` (slave): records logged and applied from the master.
     pub replication_received_records: IntCounter,
+    /// `bitark_replication_epoch`: the highest epoch this node knows (stage 7).
+    pub replication_epoch: IntGauge,
+    /// `bitark_replication_stale_epoch_refusals_total`: requests refused for a lower epoch.
+    pub replication_stale_epoch_refusals: IntCounter,
+    /// `bitark_replication_truncated_records_total`: records cut from the log on stepping
+    /// down (the new master never had them; kept in a side file).
+    pub replication_truncated_records: IntCounter,
+    /// `bitark_replication_role_changes_total{to}`: promotions (`master`) and step-downs
+    /// (`slave`).
+    pub replication_role_changes: IntCounterVec,
+    /// `bitark_replication_ack_wait_seconds{ack}`: how long `semi`/`all` writes waited for
+    /// slaves after the master's own fsync.
+    pub replication_ack_wait_seconds: HistogramVec,
+    /// `bitark_replication_ack_timeouts_total{ack}`: writes answered 504 `replication_timeout`.
+    pub replication_ack_timeouts: IntCounterVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -445,6 +460,49 @@ impl Metrics {
                     // Finer than the other latency families: 0.1 ms to ~13 s in steps of 1.5x.
                     .buckets(exponential_buckets(0.000_1, 1.5, 30).expect("valid buckets")),
                     &["slave"],
+                )?,
+            )?,
+            replication_epoch: reg(
+                r,
+                IntGauge::new("bitark_replication_epoch", "Highest replication epoch this node knows")?,
+            )?,
+            replication_stale_epoch_refusals: reg(
+                r,
+                IntCounter::new(
+                    "bitark_replication_stale_epoch_refusals_total",
+                    "Replication requests refused because they came from a lower epoch",
+                )?,
+            )?,
+            replication_truncated_records: reg(
+                r,
+                IntCounter::new(
+                    "bitark_replication_truncated_records_total",
+                    "Records cut from the log on stepping down, kept in a side file",
+                )?,
+            )?,
+            replication_role_changes: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("bitark_replication_role_changes_total", "Promotions and step-downs, by the new role"),
+                    &["to"],
+                )?,
+            )?,
+            replication_ack_wait_seconds: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "bitark_replication_ack_wait_seconds",
+                        "Time semi and all writes waited for slave acknowledgements after the master's fsync",
+                    )
+                    .buckets(exponential_buckets(0.000_1, 1.5, 30).expect("valid buckets")),
+                    &["ack"],
+                )?,
+            )?,
+            replication_ack_timeouts: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("bitark_replication_ack_timeouts_total", "Writes answered 504 replication_timeout"),
+                    &["ack"],
                 )?,
             )?,
             replication_duplicates_skipped: reg(

@@ -83,6 +83,13 @@ fn readiness_status(state: &AppState) -> Status {
         WalHealth::Degraded { reason, .. } => return Status::not("OUT_OF_SERVICE", "write_path_down", reason),
         WalHealth::Failed { reason } => return Status::not("OUT_OF_SERVICE", "wal_failed", reason),
     }
+    if node.is_fenced() && !node.is_slave() {
+        let message = format!(
+            "epoch {} exists with another master: this node takes no writes and steps down once it knows where that master is",
+            node.epochs().highest()
+        );
+        return Status::not("OUT_OF_SERVICE", "fenced", message);
+    }
     if let Some(follower) = state.follower() {
         if let Some((reason, message)) = follower.master_view().not_ready() {
             return Status::not("OUT_OF_SERVICE", reason, message);

@@ -2,13 +2,14 @@
 
 use super::auth::{self, Guard};
 use super::error::{ApiError, ErrorBody};
+use super::extract::ApiJson;
 use super::AppState;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::middleware;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bitark_engine::SnapshotError;
+use bitark_engine::{RoleError, SnapshotError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -16,6 +17,8 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/snapshot", post(snapshot))
         .route("/admin/digest", get(digest))
+        .route("/admin/promote", post(promote))
+        .route("/admin/demote", post(demote))
         .route_layer(middleware::from_fn_with_state((state, Guard::Admin), auth::require))
 }
 
@@ -97,4 +100,88 @@ pub async fn digest(State(state): State<AppState>) -> Result<Json<Digest>, ApiEr
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(Digest { applied_lsn: applied.0, users: digest.users, marks: digest.marks, digest: digest.digest }))
+}
+
+/// The node's role after a promotion or step-down.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleChanged {
+    /// `master` or `slave`.
+    pub role: String,
+    /// The epoch the node writes in (master) or follows (slave, until its new master's
+    /// history arrives).
+    pub epoch: u64,
+    /// After a promotion: the first LSN of the new epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_lsn: Option<u64>,
+    /// After a step-down: the master followed now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_url: Option<String>,
+}
+
+/// Which master to follow.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DemoteRequest {
+    /// Base URL of the new master, e.g. `http://10.0.0.2:8080`.
+    pub master_url: String,
+}
+
+impl From<RoleError> for ApiError {
+    fn from(e: RoleError) -> Self {
+        let message = e.to_string();
+        match e {
+            RoleError::WrongRole(_) => ApiError::conflict("wrong_role", message),
+            RoleError::FencingOff => ApiError::conflict("fencing_off", message),
+            RoleError::Busy(_) => ApiError::Busy(message),
+            RoleError::Unreachable { .. } => ApiError::Failed { code: "master_unreachable", message },
+            RoleError::Storage(_) => ApiError::Failed { code: "role_change_failed", message },
+        }
+    }
+}
+
+/// Makes this slave master in a new epoch (stage 7, `fencing`). The epoch is recorded
+/// durably before the first write of it; from then on any node of a lower epoch that
+/// contacts this one is refused and stops taking writes. The other slaves follow it once
+/// told to (`POST /admin/demote` on each, with this node's URL).
+#[utoipa::path(post, path = "/admin/promote", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Master of a new epoch", body = RoleChanged),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 409, description = "`wrong_role`: master already; `fencing_off`: `replication.features.fencing` is off", body = ErrorBody),
+        (status = 500, description = "`role_change_failed`: the epoch could not be recorded; the node is still a slave", body = ErrorBody),
+        (status = 503, description = "Starting, or a full sync is replacing the state", body = ErrorBody),
+    ))]
+pub async fn promote(State(state): State<AppState>) -> Result<Json<RoleChanged>, ApiError> {
+    let (epoch, start) = crate::roles::promote(&state).await?;
+    Ok(Json(RoleChanged { role: "master".into(), epoch: epoch.0, start_lsn: Some(start.0), master_url: None }))
+}
+
+/// Makes this node a slave of `masterUrl` (stage 7, `fencing`). On a master: its writes
+/// stop at once, and once the new master's epoch history arrives, the records it wrote
+/// that the new master never had are cut from its log (kept under `diverged/` in the
+/// data directory); then it follows. On a slave: it follows `masterUrl` instead of its
+/// old master. The change survives a restart (`epoch.bin`).
+#[utoipa::path(post, path = "/admin/demote", tag = "admin", security(("bearer" = [])),
+    request_body(content = DemoteRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Following the new master", body = RoleChanged),
+        (status = 400, description = "Malformed body or URL", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 409, description = "`wrong_role`: the URL is this node; `fencing_off`: `replication.features.fencing` is off", body = ErrorBody),
+        (status = 415, description = "Body is not application/json", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody),
+    ))]
+pub async fn demote(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<DemoteRequest>,
+) -> Result<Json<RoleChanged>, ApiError> {
+    let url = body.master_url.trim().trim_end_matches('/').to_string();
+    let valid = (url.starts_with("http://") || url.starts_with("https://")) && url.len() <= 2048 && url.len() > 8;
+    if !valid {
+        return Err(ApiError::bad_request("invalid_body", "`masterUrl` must be an http:// or https:// base URL"));
+    }
+    crate::roles::demote(&state, &url).await?;
+    let node = state.node()?;
+    Ok(Json(RoleChanged { role: "slave".into(), epoch: node.epoch().0, start_lsn: None, master_url: Some(url) }))
 }

@@ -26,6 +26,26 @@ pub struct ErrorBody {
     /// With `lsn_gap` (replication): the LSN the slave needs next.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected: Option<u64>,
+    /// With `replication_timeout`: the LSN of the write, durable on the master.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<u64>,
+    /// With `replication_timeout`: the epoch of the write; with `stale_epoch`: the epoch
+    /// of the node that refused; with a fenced `not_master`: the newer epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// With `replication_timeout` and `not_enough_replicas`: the acknowledgement mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "all")]
+    pub ack: Option<&'static str>,
+    /// With `replication_timeout`: slaves that hold the write durably.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acked: Option<usize>,
+    /// With `replication_timeout` and `not_enough_replicas`: slaves the mode needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<usize>,
+    /// With `write_lost`: the token asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// An error answered to an HTTP client.
@@ -102,6 +122,26 @@ pub enum ApiError {
     /// 409: this node is a slave; the write belongs on the master (also in `Location`).
     #[error("this node is a slave; send writes to the master at {master_url}")]
     NotMaster { master_url: String, location: String },
+    /// 409 `not_master`: a newer epoch exists and another node is master (named when
+    /// known, also in `Location`); the write was not acknowledged.
+    #[error("{message}")]
+    Fenced { message: String, epoch: u64, master_url: Option<String>, location: Option<String> },
+    /// 504: the write is durable on the master but not enough slaves confirmed it in time.
+    #[error("{message}")]
+    ReplicationTimeout { message: String, lsn: u64, epoch: u64, ack: &'static str, acked: usize, required: usize },
+    /// 503: fewer ALIVE slaves than the acknowledgement mode needs; nothing was logged.
+    #[error("{message}")]
+    NotEnoughReplicas { message: String, ack: &'static str, required: usize },
+    /// 409: the write a token names was lost in a failover.
+    #[error("{message}")]
+    WriteLost { message: String, token: String },
+    /// 409 (replication): the request comes from a lower epoch than this node's.
+    #[error("{message}")]
+    StaleEpoch { message: String, epoch: u64, master_url: Option<String> },
+    /// 307: this slave is behind the position the read asks for and `reads.on-lag` is
+    /// `redirect`: the same request on the master (in `Location`).
+    #[error("{message}")]
+    ReadFromMaster { message: String, master_url: String, location: String },
     /// 409 (replication): the batch does not continue the slave's log.
     #[error("records must continue this node's log at LSN {expected}")]
     LsnGap { expected: u64 },
@@ -151,6 +191,12 @@ impl ApiError {
             ApiError::OutcomeUnknown(_) => (StatusCode::INTERNAL_SERVER_ERROR, "write_outcome_unknown"),
             ApiError::Failed { code, .. } => (StatusCode::INTERNAL_SERVER_ERROR, code),
             ApiError::NotMaster { .. } => (StatusCode::CONFLICT, "not_master"),
+            ApiError::Fenced { .. } => (StatusCode::CONFLICT, "not_master"),
+            ApiError::ReplicationTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "replication_timeout"),
+            ApiError::NotEnoughReplicas { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_enough_replicas"),
+            ApiError::WriteLost { .. } => (StatusCode::CONFLICT, "write_lost"),
+            ApiError::StaleEpoch { .. } => (StatusCode::CONFLICT, "stale_epoch"),
+            ApiError::ReadFromMaster { .. } => (StatusCode::TEMPORARY_REDIRECT, "read_from_master"),
             ApiError::LsnGap { .. } => (StatusCode::CONFLICT, "lsn_gap"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -164,6 +210,7 @@ impl From<RegisterError> for ApiError {
             RegisterError::Invalid(message) => ApiError::bad_request("invalid_registration", message),
             diverged @ RegisterError::Diverged { .. } => ApiError::conflict("diverged", diverged.to_string()),
             many @ RegisterError::TooManySlaves { .. } => ApiError::conflict("too_many_slaves", many.to_string()),
+            stopped @ RegisterError::Stopped => ApiError::conflict("wrong_role", stopped.to_string()),
         }
     }
 }
@@ -197,6 +244,28 @@ impl From<WriteError> for ApiError {
             WriteError::Stopped(message) => ApiError::WritePathFailed(message),
             WriteError::MarkLimit(message) => ApiError::MarkLimit(message),
             WriteError::NotMaster { master_url } => ApiError::NotMaster { location: master_url.clone(), master_url },
+            fenced @ WriteError::Fenced { .. } => {
+                let WriteError::Fenced { epoch, master_url } = &fenced else { unreachable!() };
+                let (epoch, master_url) = (*epoch, master_url.clone());
+                ApiError::Fenced { message: fenced.to_string(), epoch, location: master_url.clone(), master_url }
+            }
+            timeout @ WriteError::ReplicationTimeout { .. } => {
+                let WriteError::ReplicationTimeout { lsn, epoch, ack, acked, required, .. } = &timeout else {
+                    unreachable!()
+                };
+                ApiError::ReplicationTimeout {
+                    message: timeout.to_string(),
+                    lsn: *lsn,
+                    epoch: *epoch,
+                    ack: ack.as_str(),
+                    acked: *acked,
+                    required: *required,
+                }
+            }
+            few @ WriteError::NotEnoughReplicas { .. } => {
+                let WriteError::NotEnoughReplicas { ack, required, .. } = &few else { unreachable!() };
+                ApiError::NotEnoughReplicas { message: few.to_string(), ack: ack.as_str(), required: *required }
+            }
         }
     }
 }
@@ -212,12 +281,37 @@ impl ApiError {
             }
             other => other.to_string(),
         };
-        let (master_url, expected) = match self {
-            ApiError::NotMaster { master_url, .. } => (Some(master_url.clone()), None),
-            ApiError::LsnGap { expected } => (None, Some(*expected)),
-            _ => (None, None),
+        let mut body = ErrorBody {
+            error: code,
+            message,
+            master_url: None,
+            expected: None,
+            lsn: None,
+            epoch: None,
+            ack: None,
+            acked: None,
+            required: None,
+            token: None,
         };
-        ErrorBody { error: code, message, master_url, expected }
+        match self {
+            ApiError::NotMaster { master_url, .. } => body.master_url = Some(master_url.clone()),
+            ApiError::LsnGap { expected } => body.expected = Some(*expected),
+            ApiError::Fenced { epoch, master_url, .. } | ApiError::StaleEpoch { epoch, master_url, .. } => {
+                body.epoch = Some(*epoch);
+                body.master_url = master_url.clone();
+            }
+            ApiError::ReplicationTimeout { lsn, epoch, ack, acked, required, .. } => {
+                (body.lsn, body.epoch, body.ack) = (Some(*lsn), Some(*epoch), Some(*ack));
+                (body.acked, body.required) = (Some(*acked), Some(*required));
+            }
+            ApiError::NotEnoughReplicas { ack, required, .. } => {
+                (body.ack, body.required) = (Some(*ack), Some(*required))
+            }
+            ApiError::WriteLost { token, .. } => body.token = Some(token.clone()),
+            ApiError::ReadFromMaster { master_url, .. } => body.master_url = Some(master_url.clone()),
+            _ => {}
+        }
+        body
     }
 
     /// The JSON body of this error as text, for answers written outside axum.
@@ -231,7 +325,9 @@ impl IntoResponse for ApiError {
         let (status, _) = self.status_and_code();
         let mut response = (status, Json(self.body())).into_response();
         match self {
-            ApiError::NotMaster { location, .. } => {
+            ApiError::NotMaster { location, .. }
+            | ApiError::Fenced { location: Some(location), .. }
+            | ApiError::ReadFromMaster { location, .. } => {
                 if let Ok(value) = HeaderValue::from_str(&location) {
                     response.headers_mut().insert(header::LOCATION, value);
                 }
@@ -245,6 +341,7 @@ impl IntoResponse for ApiError {
             | ApiError::Behind(_)
             | ApiError::Busy(_)
             | ApiError::WriteFailed(_)
+            | ApiError::NotEnoughReplicas { .. }
             | ApiError::InsufficientStorage { .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

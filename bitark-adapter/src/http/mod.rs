@@ -23,11 +23,21 @@ use axum::routing::get;
 use axum::Router;
 use bitark_engine::replication::{Follower, MasterHub};
 use bitark_engine::Node;
+use bitark_infra::replication::ReplicationClient;
 use bitark_infra::Metrics;
 use error::ApiError;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+
+/// The replication side a node runs.
+#[derive(Clone, Default)]
+pub enum Replication {
+    #[default]
+    None,
+    Master(MasterHub),
+    Slave(Follower),
+}
 
 /// Cheap-to-clone state of the HTTP layer.
 #[derive(Clone)]
@@ -43,10 +53,14 @@ struct Inner {
     node: OnceLock<Node>,
     /// Set when shutdown begins; from then on the API answers 503 `shutting_down`.
     stopping: AtomicBool,
-    /// A master's replication hub, once started.
-    hub: OnceLock<MasterHub>,
-    /// A slave's follower, once started.
-    follower: OnceLock<Follower>,
+    /// The replication side the node runs now: a master's hub or a slave's follower
+    /// (or neither). Swapped when the node is promoted or steps down.
+    replication: RwLock<Replication>,
+    /// Held while the role changes, so two role changes never interleave.
+    pub(crate) role_change: tokio::sync::Mutex<()>,
+    /// The replication client and the URL peers reach this node at, once replication
+    /// is wired.
+    wiring: OnceLock<(ReplicationClient, String)>,
     started: Instant,
 }
 
@@ -58,8 +72,9 @@ impl AppState {
                 metrics,
                 node: OnceLock::new(),
                 stopping: AtomicBool::new(false),
-                hub: OnceLock::new(),
-                follower: OnceLock::new(),
+                replication: RwLock::new(Replication::default()),
+                role_change: tokio::sync::Mutex::new(()),
+                wiring: OnceLock::new(),
                 started: Instant::now(),
             }),
         }
@@ -83,20 +98,43 @@ impl AppState {
         let _ = self.inner.node.set(node);
     }
 
-    pub fn set_hub(&self, hub: MasterHub) {
-        let _ = self.inner.hub.set(hub);
+    /// Replaces the replication side; answers the one it replaces.
+    pub fn set_replication(&self, replication: Replication) -> Replication {
+        std::mem::replace(&mut *self.inner.replication.write().unwrap_or_else(PoisonError::into_inner), replication)
     }
 
-    pub fn hub(&self) -> Option<&MasterHub> {
-        self.inner.hub.get()
+    pub fn hub(&self) -> Option<MasterHub> {
+        match &*self.inner.replication.read().unwrap_or_else(PoisonError::into_inner) {
+            Replication::Master(hub) => Some(hub.clone()),
+            _ => None,
+        }
     }
 
-    pub fn set_follower(&self, follower: Follower) {
-        let _ = self.inner.follower.set(follower);
+    pub fn follower(&self) -> Option<Follower> {
+        match &*self.inner.replication.read().unwrap_or_else(PoisonError::into_inner) {
+            Replication::Slave(follower) => Some(follower.clone()),
+            _ => None,
+        }
     }
 
-    pub fn follower(&self) -> Option<&Follower> {
-        self.inner.follower.get()
+    /// Sets the replication client and this node's own URL (once, at start-up).
+    pub fn set_wiring(&self, client: ReplicationClient, self_url: String) {
+        let _ = self.inner.wiring.set((client, self_url));
+    }
+
+    /// The replication client and this node's own URL.
+    pub fn wiring(&self) -> (ReplicationClient, String) {
+        self.inner.wiring.get().cloned().expect("replication is wired at start-up")
+    }
+
+    /// This node's own URL, once wired.
+    pub fn self_url(&self) -> Option<String> {
+        self.inner.wiring.get().map(|(_, url)| url.clone())
+    }
+
+    /// Held across a promotion or step-down.
+    pub async fn lock_role_change(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.role_change.lock().await
     }
 
     /// From now on the API refuses new work with 503.

@@ -7,8 +7,8 @@ use axum::extract::{OriginalUri, State};
 use axum::http::Uri;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use bitark_common::{Command, Lsn};
-use bitark_engine::{Node, WriteError};
+use bitark_common::{Command, Lsn, TokenCheck, WriteToken};
+use bitark_engine::{AckMode, ConsistencyError, Node, OnLag, WriteError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -21,11 +21,18 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/users/{userId}/unread-count", get(unread_count))
 }
 
-/// Answer to a write: the LSN of its WAL record, durable once this arrives.
+/// Answer to a write: the position of its WAL record, durable once this arrives (and,
+/// under `ack=semi|all`, on the slaves that mode needs).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LsnResponse {
     /// LSN of the record that carries this write.
     pub lsn: u64,
+    /// Epoch of the master that wrote it.
+    pub epoch: u64,
+    /// `"<epoch>:<lsn>"`: pass it as `?token=` to a read on any node to read this write
+    /// (or learn, with 409 `write_lost`, that a failover lost it).
+    #[schema(example = "1:42")]
+    pub token: String,
 }
 
 /// Whether one message is read.
@@ -72,14 +79,43 @@ pub struct UnreadCount {
     pub lsn: u64,
 }
 
-/// `?minLsn=`: read only once this node has applied at least this LSN.
+/// `?minLsn=` or `?token=`: read only once this node holds that position.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct ConsistencyQuery {
-    /// Wait (up to `reads.min-lsn-wait`) until this LSN is applied; 503 `lsn_not_reached` otherwise.
+    /// Wait (up to `reads.min-lsn-wait`) until this LSN is applied; 503 `lsn_not_reached`
+    /// otherwise, or, on a slave with `reads.on-lag: redirect`, 307 to the master.
     #[param(rename = "minLsn")]
     pub min_lsn: Option<u64>,
+    /// A write's `token` (`"<epoch>:<lsn>"`): as `minLsn`, and 409 `write_lost` when this
+    /// node's epoch history shows that write was lost in a failover.
+    #[param(pattern = "^[0-9]+:[0-9]+$", example = "1:42")]
+    pub token: Option<String>,
+}
+
+/// `?ack=`: wait for slaves before the answer.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct AckQuery {
+    /// `semi`: answer once `replication.min-acks` ALIVE slaves hold the write durably;
+    /// `all`: once every ALIVE slave does; `async`: after the master's fsync. The
+    /// stricter of this and `replication.ack` applies; `semi` and `all` need
+    /// `replication.features.ack-modes`. On timeout: 504 `replication_timeout` (the
+    /// write is durable on the master and still replicates).
+    #[param(inline)]
+    pub ack: Option<AckParam>,
+}
+
+/// The acknowledgement mode a write asks for.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum AckParam {
+    Async,
+    Semi,
+    All,
 }
 
 /// `?from=&to=` of an unread count.
@@ -94,43 +130,125 @@ pub struct RangeQuery {
     /// Wait (up to `reads.min-lsn-wait`) until this LSN is applied.
     #[param(rename = "minLsn")]
     pub min_lsn: Option<u64>,
+    /// A write's `token` (`"<epoch>:<lsn>"`); see the other reads.
+    #[param(pattern = "^[0-9]+:[0-9]+$", example = "1:42")]
+    pub token: Option<String>,
 }
 
-/// The node, once it has applied the `minLsn` of the query (if any).
-async fn consistent_node(state: &AppState, query: &QueryParams) -> Result<(Node, Lsn), ApiError> {
+/// The node, once it holds the position the query asks for (`minLsn`, `token`).
+async fn consistent_node(state: &AppState, query: &QueryParams, uri: &Uri) -> Result<(Node, Lsn), ApiError> {
     let node = state.node()?.clone();
     if node.is_replacing() {
         return Err(ApiError::Replacing);
     }
-    let applied = match query.id("minLsn")? {
-        Some(min) if node.applied_lsn() < Lsn(min) => node.wait_applied(Lsn(min)).await?,
+    let token = query
+        .text("token")
+        .map(|t| t.parse::<WriteToken>().map_err(|e| ApiError::bad_request("invalid_token", format!("`token`: {e}"))))
+        .transpose()?;
+    let min = query.id("minLsn")?.map(Lsn).max(token.map(|t| t.lsn));
+    let holds = |node: &Node| token.map_or(TokenCheck::Holds, |t| node.check_token(t));
+    if let (Some(t), TokenCheck::Lost { owner }) = (token, holds(&node)) {
+        return Err(write_lost(t, owner));
+    }
+    let reached = |node: &Node| min.is_none_or(|m| node.applied_lsn() >= m) && holds(node) == TokenCheck::Holds;
+    if !reached(&node) && node.is_slave() && node.config().reads.on_lag == OnLag::Redirect {
+        return Err(read_from_master(&node, uri));
+    }
+    let applied = match min {
+        Some(min) if node.applied_lsn() < min => node.wait_applied(min).await?,
         _ => node.applied_lsn(),
     };
-    Ok((node, applied))
+    match (token, holds(&node)) {
+        (Some(t), TokenCheck::Lost { owner }) => Err(write_lost(t, owner)),
+        (Some(t), TokenCheck::Ahead) => Err(ApiError::Behind(ConsistencyError::SlaveBehind {
+            requested: t.lsn.0,
+            applied: applied.0,
+            waited_ms: node.config().reads.min_lsn_wait.as_millis() as u64,
+            master_url: node.master_url(),
+        })),
+        _ => Ok((node, applied)),
+    }
 }
 
-async fn write(state: &AppState, command: Command, uri: &Uri) -> Result<Json<LsnResponse>, ApiError> {
-    match state.node()?.write(command).await {
-        Ok(lsn) => Ok(Json(LsnResponse { lsn: lsn.0 })),
+fn write_lost(token: WriteToken, owner: bitark_common::Epoch) -> ApiError {
+    let lost = ConsistencyError::WriteLost {
+        token: token.to_string(),
+        lsn: token.lsn.0,
+        epoch: token.epoch.0,
+        owner: owner.0,
+    };
+    ApiError::WriteLost { message: lost.to_string(), token: token.to_string() }
+}
+
+/// The same request on the master, for a slave behind what the read asks for.
+fn read_from_master(node: &Node, uri: &Uri) -> ApiError {
+    let master_url = node.master_url();
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    ApiError::ReadFromMaster {
+        message: format!(
+            "this slave has applied LSN {}, below what the read asks for (reads.on-lag: redirect): read from the master",
+            node.applied_lsn()
+        ),
+        location: format!("{}{path}", master_url.trim_end_matches('/')),
+        master_url,
+    }
+}
+
+async fn write(
+    state: &AppState,
+    command: Command,
+    uri: &Uri,
+    query: &QueryParams,
+) -> Result<Json<LsnResponse>, ApiError> {
+    let node = state.node()?;
+    let ack = match query.text("ack") {
+        None => None,
+        Some(text) => {
+            let mode = AckMode::parse(text).ok_or_else(|| {
+                ApiError::bad_request("invalid_query", format!("`ack`: `{text}` is not one of async, semi, all"))
+            })?;
+            let features = node.config().replication.effective_features();
+            if mode != AckMode::Async && !features.ack_modes {
+                return Err(ApiError::bad_request(
+                    "ack_modes_off",
+                    format!("`ack={text}` needs replication.features.ack-modes (stage 7) on this node"),
+                ));
+            }
+            Some(mode)
+        }
+    };
+    let path = || uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    match node.write_acked(command, ack).await {
+        Ok(lsn) => {
+            let epoch = node.epoch();
+            let token = WriteToken { epoch, lsn }.to_string();
+            Ok(Json(LsnResponse { lsn: lsn.0, epoch: epoch.0, token }))
+        }
         // A slave points the client at the same request on the master.
         Err(WriteError::NotMaster { master_url }) => {
-            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            Err(ApiError::NotMaster { location: format!("{}{path}", master_url.trim_end_matches('/')), master_url })
+            Err(ApiError::NotMaster { location: format!("{}{}", master_url.trim_end_matches('/'), path()), master_url })
         }
-        Err(e) => Err(e.into()),
+        Err(e) => match ApiError::from(e) {
+            ApiError::Fenced { message, epoch, master_url, .. } => {
+                let location = master_url.as_ref().map(|u| format!("{}{}", u.trim_end_matches('/'), path()));
+                Err(ApiError::Fenced { message, epoch, master_url, location })
+            }
+            other => Err(other),
+        },
     }
 }
 
 /// Mark one message read.
 #[utoipa::path(
     put, path = "/api/v1/users/{userId}/reads/{msgId}", tag = "reads",
-    params(("userId" = u64, Path, description = "User id, 0..=2^64-1"), ("msgId" = u64, Path, description = "Message id, 0..=2^64-1")),
+    params(("userId" = u64, Path, description = "User id, 0..=2^64-1"), ("msgId" = u64, Path, description = "Message id, 0..=2^64-1"), AckQuery),
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 409, description = "`not_master`: this node is a slave (with `masterUrl` and a `Location` header); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
+        (status = 409, description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
         (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
-        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart)", body = ErrorBody),
+        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`)", body = ErrorBody),
+        (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
     )
 )]
@@ -138,20 +256,22 @@ pub async fn mark_read(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
     ids: UserMsg,
+    query: QueryParams,
 ) -> Result<Json<LsnResponse>, ApiError> {
-    write(&state, Command::MarkRead { user: ids.user, msg: ids.msg }, &uri).await
+    write(&state, Command::MarkRead { user: ids.user, msg: ids.msg }, &uri, &query).await
 }
 
 /// Mark one message unread.
 #[utoipa::path(
     delete, path = "/api/v1/users/{userId}/reads/{msgId}", tag = "reads",
-    params(("userId" = u64, Path, description = "User id"), ("msgId" = u64, Path, description = "Message id")),
+    params(("userId" = u64, Path, description = "User id"), ("msgId" = u64, Path, description = "Message id"), AckQuery),
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 409, description = "`not_master`: this node is a slave (with `masterUrl` and a `Location` header); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
+        (status = 409, description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
         (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
-        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart)", body = ErrorBody),
+        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`)", body = ErrorBody),
+        (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
     )
 )]
@@ -159,8 +279,9 @@ pub async fn mark_unread(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
     ids: UserMsg,
+    query: QueryParams,
 ) -> Result<Json<LsnResponse>, ApiError> {
-    write(&state, Command::MarkUnread { user: ids.user, msg: ids.msg }, &uri).await
+    write(&state, Command::MarkUnread { user: ids.user, msg: ids.msg }, &uri, &query).await
 }
 
 /// Has the user read this message?
@@ -169,32 +290,36 @@ pub async fn mark_unread(
     params(("userId" = u64, Path, description = "User id"), ("msgId" = u64, Path, description = "Message id"), ConsistencyQuery),
     responses(
         (status = 200, description = "Read flag and the applied LSN", body = ReadStatus),
-        (status = 400, description = "Malformed id or minLsn", body = ErrorBody),
-        (status = 503, description = "minLsn not reached in time, or starting", body = ErrorBody),
+        (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`; `Location` is the same request on the master", body = ErrorBody),
+        (status = 400, description = "Malformed id, minLsn or token", body = ErrorBody),
+        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover", body = ErrorBody),
+        (status = 503, description = "`lsn_not_reached`: minLsn or token not reached in time; or starting", body = ErrorBody),
     )
 )]
 pub async fn is_read(
     State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
     ids: UserMsg,
     query: QueryParams,
 ) -> Result<Json<ReadStatus>, ApiError> {
-    let (node, lsn) = consistent_node(&state, &query).await?;
+    let (node, lsn) = consistent_node(&state, &query, &uri).await?;
     Ok(Json(ReadStatus { read: node.is_read(ids.user, ids.msg), lsn: lsn.0 }))
 }
 
 /// Mark many messages read: a list, or everything in an inclusive range. All or nothing.
 #[utoipa::path(
     post, path = "/api/v1/users/{userId}/reads", tag = "reads",
-    params(("userId" = u64, Path, description = "User id")),
+    params(("userId" = u64, Path, description = "User id"), AckQuery),
     request_body(content = MarkManyRequest, content_type = "application/json",
         description = "`{\"msgIds\": [..]}` or `{\"from\": a, \"to\": b}`"),
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed body or id, empty batch, inverted range", body = ErrorBody),
         (status = 408, description = "`request_timeout`: the body did not arrive within `server.request-timeout`", body = ErrorBody),
-        (status = 409, description = "`not_master`: this node is a slave (with `masterUrl` and a `Location` header); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
+        (status = 409, description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
         (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
-        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart)", body = ErrorBody),
+        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`)", body = ErrorBody),
+        (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
         (status = 413, description = "Batch or range over the limit", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
@@ -204,6 +329,7 @@ pub async fn mark_many(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
     UserId(user): UserId,
+    query: QueryParams,
     ApiJson(body): ApiJson<MarkManyRequest>,
 ) -> Result<Json<LsnResponse>, ApiError> {
     let command = match body {
@@ -220,7 +346,7 @@ pub async fn mark_many(
             ))
         }
     };
-    write(&state, command, &uri).await
+    write(&state, command, &uri, &query).await
 }
 
 /// Which of these messages has the user read?
@@ -230,7 +356,9 @@ pub async fn mark_many(
     request_body(content = CheckRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Flags in request order", body = CheckResponse),
-        (status = 400, description = "Malformed body or id", body = ErrorBody),
+        (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`", body = ErrorBody),
+        (status = 400, description = "Malformed body, id, minLsn or token", body = ErrorBody),
+        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover", body = ErrorBody),
         (status = 408, description = "`request_timeout`: the body did not arrive within `server.request-timeout`", body = ErrorBody),
         (status = 413, description = "More ids than limits.max-batch", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
@@ -239,11 +367,12 @@ pub async fn mark_many(
 )]
 pub async fn check(
     State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
     UserId(user): UserId,
     query: QueryParams,
     ApiJson(body): ApiJson<CheckRequest>,
 ) -> Result<Json<CheckResponse>, ApiError> {
-    let (node, lsn) = consistent_node(&state, &query).await?;
+    let (node, lsn) = consistent_node(&state, &query, &uri).await?;
     node.validate_batch_len(body.msg_ids.len())?;
     let ids: Vec<u64> = body.msg_ids.into_iter().map(|id| id.0).collect();
     Ok(Json(CheckResponse { read: node.check(user, &ids), lsn: lsn.0 }))
@@ -255,17 +384,20 @@ pub async fn check(
     params(("userId" = u64, Path, description = "User id"), RangeQuery),
     responses(
         (status = 200, description = "Unread count", body = UnreadCount),
-        (status = 400, description = "Missing or malformed from/to, inverted range", body = ErrorBody),
+        (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`", body = ErrorBody),
+        (status = 400, description = "Missing or malformed from/to, minLsn or token; inverted range", body = ErrorBody),
+        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover", body = ErrorBody),
         (status = 413, description = "Range wider than limits.max-range", body = ErrorBody),
         (status = 503, description = "`lsn_not_reached`: minLsn not reached in time; or starting", body = ErrorBody),
     )
 )]
 pub async fn unread_count(
     State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
     UserId(user): UserId,
     query: QueryParams,
 ) -> Result<Json<UnreadCount>, ApiError> {
     let (from, to) = (query.required_id("from")?, query.required_id("to")?);
-    let (node, lsn) = consistent_node(&state, &query).await?;
+    let (node, lsn) = consistent_node(&state, &query, &uri).await?;
     Ok(Json(UnreadCount { unread: node.unread_count(user, from, to)?, lsn: lsn.0 }))
 }

@@ -5,19 +5,19 @@ use super::auth::{self, Guard};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{parse_id, ApiJson, QueryParams, RawBody};
 use super::AppState;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, RawPathParams, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, RawPathParams, Request, State};
 use axum::http::request::Parts;
-use axum::http::HeaderName;
 use axum::http::{header, StatusCode};
-use axum::middleware;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bitark_common::replication::{
-    FullSyncAnswer, FullSyncRequest, HeartbeatRequest, HeartbeatResponse, NodeStatus, RegisterRequest,
-    RegisterResponse, CHUNK_CRC_HEADER, WAL_CONTENT_TYPE,
+    EpochsAnswer, FullSyncAnswer, FullSyncRequest, HeartbeatRequest, HeartbeatResponse, NodeStatus, RegisterRequest,
+    RegisterResponse, CHUNK_CRC_HEADER, EPOCH_HEADER, WAL_CONTENT_TYPE,
 };
-use bitark_common::{Lsn, Record};
+use bitark_common::{Epoch, Lsn, Record};
 use bitark_engine::replication::full_sync::{FullSyncError, PullAnswer};
 use bitark_engine::replication::heartbeat::HeartbeatError;
 use bitark_engine::replication::MasterHub;
@@ -42,12 +42,74 @@ pub fn internal_router(state: AppState) -> Router<AppState> {
         .route("/internal/replication/pull", get(pull))
         .route("/internal/replication/full-sync", post(start_full_sync))
         .route("/internal/replication/full-sync/{id}", get(full_sync_chunk))
+        .route("/internal/replication/epochs", get(epochs))
+        .route_layer(middleware::from_fn_with_state(state.clone(), epoch_guard))
         .route_layer(middleware::from_fn_with_state((state, Guard::Cluster), auth::require))
         .layer(DefaultBodyLimit::max(MAX_APPEND_BODY))
 }
 
 pub fn actuator_router() -> Router<AppState> {
     Router::new().route("/actuator/replication", get(replication_status))
+}
+
+/// Under fencing, every replication request and answer carries the sender's epoch.
+/// A request that only a master sends (a log batch, a call to register) from a lower
+/// epoch is refused with 409 `stale_epoch`, naming this node's epoch and master; a
+/// request from a higher epoch is recorded, and a master stops taking writes at once.
+async fn epoch_guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(node) = state.node_if_open().filter(|n| n.fencing()).cloned() else {
+        return next.run(request).await;
+    };
+    let peer = request
+        .headers()
+        .get(EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Epoch);
+    if let Some(peer) = peer {
+        let own = node.epoch();
+        let path = request.uri().path();
+        let from_a_master = path.ends_with("/append") || path.ends_with("/reconnect");
+        if peer < own && from_a_master {
+            node.metrics().replication_stale_epoch_refusals.inc();
+            let master_url = if node.is_slave() { Some(node.master_url()) } else { state.self_url() };
+            let error = ApiError::StaleEpoch {
+                message: format!(
+                    "this request comes from epoch {peer}, but this node is in epoch {own}: the sender is no longer master"
+                ),
+                epoch: own.0,
+                master_url: master_url.filter(|u| !u.is_empty()),
+            };
+            return with_epoch(error.into_response(), own);
+        }
+        if peer > node.epochs().highest() {
+            let observing = node.clone();
+            let step_down = tokio::task::spawn_blocking(move || observing.observe_epoch(peer, None)).await;
+            if step_down.unwrap_or(false) {
+                tracing::warn!(epoch = %peer, "a request from a newer epoch: writes stopped; stepping down once its master is known");
+            }
+        }
+    }
+    let response = next.run(request).await;
+    with_epoch(response, node.epoch())
+}
+
+fn with_epoch(mut response: Response, epoch: Epoch) -> Response {
+    response.headers_mut().insert(EPOCH, HeaderValue::from(epoch.0));
+    response
+}
+
+/// The epoch header, as a header name.
+const EPOCH: HeaderName = HeaderName::from_static(EPOCH_HEADER);
+
+/// This node's epoch history: where each epoch it has known began.
+async fn epochs(State(state): State<AppState>) -> Result<Json<EpochsAnswer>, ApiError> {
+    let node = state.node()?;
+    Ok(Json(EpochsAnswer {
+        node_id: state.config().node.id.clone(),
+        history: node.epochs().history,
+        durable_lsn: node.durable_lsn().0,
+    }))
 }
 
 /// A slave registers (master only).
@@ -59,7 +121,7 @@ async fn register(
     Ok(Json(hub.register(request)?))
 }
 
-fn follower(state: &AppState) -> Result<&Follower, ApiError> {
+fn follower(state: &AppState) -> Result<Follower, ApiError> {
     state.node()?;
     state.follower().ok_or_else(|| ApiError::conflict("wrong_role", "this node is not a slave"))
 }
@@ -84,7 +146,7 @@ impl FromRequestParts<AppState> for FromMaster {
             slave_session: text(SLAVE_SESSION_HEADER),
         };
         follower.check_sender(&sender).map_err(|refused| ApiError::conflict(refused.reason(), refused.to_string()))?;
-        Ok(FromMaster(follower.clone()))
+        Ok(FromMaster(follower))
     }
 }
 
@@ -134,8 +196,8 @@ async fn status(State(state): State<AppState>) -> Result<Json<NodeStatus>, ApiEr
         role: if node.is_slave() { "slave" } else { "master" }.into(),
         applied_lsn: node.applied_lsn().0,
         features: config.replication.effective_features(),
-        session: follower.map(|f| f.session().to_string()).unwrap_or_default(),
-        master_session: follower.map(Follower::master_session).unwrap_or_default(),
+        session: follower.as_ref().map(|f| f.session().to_string()).unwrap_or_default(),
+        master_session: follower.as_ref().map(Follower::master_session).unwrap_or_default(),
     }))
 }
 
@@ -156,7 +218,7 @@ async fn heartbeat(
 
 /// The master's hub, once the node is open; 409 `wrong_role` on a node that is not a
 /// replicating master.
-fn hub(state: &AppState) -> Result<&MasterHub, ApiError> {
+fn hub(state: &AppState) -> Result<MasterHub, ApiError> {
     state.node()?;
     state.hub().ok_or_else(|| ApiError::conflict("wrong_role", "this node is not a master with replication turned on"))
 }
@@ -229,12 +291,18 @@ pub async fn replication_status(State(state): State<AppState>) -> Result<Json<Re
     let node = state.node_if_open().ok_or(ApiError::Starting)?;
     let config = state.config();
     let follower = state.follower();
+    let follower = follower.as_ref();
     let view = follower.map(Follower::master_view).unwrap_or_default();
+    let epochs = node.epochs();
+    let master_url = Some(node.master_url()).filter(|u| !u.is_empty() && (node.is_slave() || node.is_fenced()));
     Ok(Json(ReplicationStatus {
         role: if node.is_slave() { "slave" } else { "master" },
         node_id: config.node.id.clone(),
-        epoch: node.epoch().0,
-        master_url: node.is_slave().then(|| config.replication.master_url.clone()),
+        epoch: epochs.history.current().0,
+        highest_epoch: epochs.highest().0,
+        fenced: !node.is_slave() && node.is_fenced(),
+        epoch_history: epochs.history.entries().to_vec(),
+        master_url,
         durable_lsn: node.durable_lsn().0,
         applied_lsn: node.applied_lsn().0,
         features: config.replication.effective_features(),

@@ -38,6 +38,7 @@ impl FakeMaster {
                         session: SESSION.into(),
                         state: "ALIVE".into(),
                         reason: None,
+                        history: None,
                     })
                 }
             }),

@@ -41,6 +41,10 @@ enum Stop {
 pub(crate) async fn run(follower: Follower) {
     let metrics = follower.metrics().clone();
     loop {
+        if follower.is_stopped() {
+            follower.set_full_sync(None);
+            return;
+        }
         let applied = follower.node().applied_lsn();
         // An OUTDATED slave must full-sync even while the WAL still reaches back to it:
         // the master keeps that WAL for no one, and would answer OUTDATED again.
@@ -89,6 +93,10 @@ pub(crate) async fn run(follower: Follower) {
             continue;
         };
         match download(&follower, &offer).await {
+            Ok(_) if follower.is_stopped() => {
+                follower.set_full_sync(None);
+                return;
+            }
             Ok(path) => {
                 follower.set_full_sync(Some(("installing", offer.snapshot, offer.snapshot.size, None)));
                 let node = follower.node().clone();
@@ -148,6 +156,9 @@ async fn fetch_chunk(follower: Follower, offer: TransferOffer, offset: u64) -> R
     let session = follower.session().to_string();
     let mut attempts = 0;
     loop {
+        if follower.is_stopped() {
+            return Err(Stop::Failed("the node stopped following this master".into()));
+        }
         let fetched = follower.client().full_sync_chunk(follower.master_url(), offer.id, &session, offset, timeout);
         match fetched.await {
             Ok((bytes, crc)) if chunk_checksum(&bytes) == crc && !bytes.is_empty() => return Ok(bytes),

@@ -123,7 +123,9 @@ async fn slave_loop(follower: Follower) {
     loop {
         // Jitter, so that slaves started together do not beat together.
         let jitter = rand::thread_rng().gen_range(0.8..1.2);
-        tokio::time::sleep(interval.mul_f64(jitter)).await;
+        if !follower.pause(interval.mul_f64(jitter)).await {
+            return;
+        }
         if !follower.uses_heartbeats() {
             continue;
         }

@@ -52,6 +52,10 @@ pub(crate) struct HubInner {
     pub full_sync: super::full_sync::FullSyncServer,
     /// The cluster GC floor last published (`u64::MAX`: none), to see it move.
     pub gc_floor: AtomicU64,
+    /// Bumped on every slave acknowledgement, for writes waiting under `semi`/`all`.
+    pub acks: watch::Sender<u64>,
+    /// Set when the hub stops (the node stepped down): no more registrations.
+    pub stopped: AtomicBool,
     pub runtime: tokio::runtime::Handle,
 }
 

@@ -47,6 +47,9 @@ pub enum RegisterError {
     /// `replication.max-slaves` slaves are registered already (409 `too_many_slaves`).
     #[error("this master follows {max} slaves already (replication.max-slaves); slave {slave} was refused")]
     TooManySlaves { slave: String, max: usize },
+    /// This node is no longer master (409 `wrong_role`).
+    #[error("this node stepped down and is no longer master")]
+    Stopped,
 }
 
 impl RegisterError {
@@ -56,6 +59,7 @@ impl RegisterError {
             RegisterError::Invalid(_) => "invalid",
             RegisterError::Diverged { .. } => "diverged",
             RegisterError::TooManySlaves { .. } => "too_many_slaves",
+            RegisterError::Stopped => "stopped",
         }
     }
 }
@@ -104,6 +108,8 @@ impl MasterHub {
                 state: parts.state,
                 full_sync: Default::default(),
                 gc_floor: AtomicU64::new(u64::MAX),
+                acks: watch::channel(0).0,
+                stopped: AtomicBool::new(false),
                 runtime: parts.runtime,
             }),
         };
@@ -151,6 +157,9 @@ impl MasterHub {
     fn try_register(&self, request: RegisterRequest) -> Result<RegisterResponse, RegisterError> {
         check_request(&request)?;
         let hub = &self.inner;
+        if hub.stopped.load(Ordering::Acquire) {
+            return Err(RegisterError::Stopped);
+        }
         let features = hub.features.common(request.features);
         let applied = Lsn(request.applied_lsn);
         let durable = hub.durable_lsn();
@@ -246,6 +255,7 @@ impl MasterHub {
             session: hub.session.clone(),
             state: state.as_str().to_string(),
             reason: reason.filter(|_| state != SlaveState::Alive),
+            history: features.fencing.then(|| hub.state.history()),
         })
     }
 
@@ -332,6 +342,18 @@ impl MasterHub {
                 link.wake.notify_one();
             }
         }
+    }
+
+    /// Stops the hub for good (the node steps down): registrations are refused, every
+    /// link closes and its sender ends; the ticks end once the last handle goes.
+    pub fn stop(&self) {
+        let hub = &self.inner;
+        hub.stopped.store(true, Ordering::Release);
+        let mut slaves = hub.slaves.write().unwrap_or_else(PoisonError::into_inner);
+        for (_, link) in slaves.drain() {
+            hub.close(&link);
+        }
+        hub.state.retention.set_cluster(None);
     }
 
     /// Every slave as the master sees it.

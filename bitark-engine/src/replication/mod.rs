@@ -14,10 +14,15 @@
 //! - [`full_sync`]: stage 5, the master's side: `pull`, transfers, their queue and pins.
 //! - `full_sync_client`: stage 5, the slave's side: download, verify, install.
 //! - `gc`: stage 6: how far back the WAL is kept for slaves, OUTDATED, headroom.
+//! - [`ack`]: stage 7: `semi` and `all` writes wait for slave acknowledgements.
+//! - [`fencing`]: stage 7: promotion, stepping down (cutting the tail the new master
+//!   never had), adopting a master's epoch history, write tokens.
 //! - [`slave`]: [`Follower`]: a slave's registration loop, the check that a batch comes
 //!   from its master, how the master sees it, and its `slave-progress.bin`.
 //! - [`status`]: what `/actuator/replication` shows.
 
+pub mod ack;
+pub mod fencing;
 pub mod full_sync;
 mod full_sync_client;
 pub(crate) mod gc;

@@ -222,6 +222,7 @@ async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
                 if s.state() != SlaveState::Gap {
                     recovered(&mut s, link);
                 }
+                hub.acks.send_modify(|n| *n = n.wrapping_add(1));
                 None
             }
             Ok(None) => {

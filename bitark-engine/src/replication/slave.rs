@@ -21,7 +21,7 @@ use crate::error::ReplicateError;
 use crate::modules::{FlagModule, Host};
 use crate::node::Node;
 use bitark_common::replication::{
-    AppendResponse, Features, HeartbeatRequest, HeartbeatResponse, RegisterRequest, SnapshotRef,
+    AppendResponse, Features, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, SnapshotRef,
 };
 use bitark_common::{Lsn, Record};
 use bitark_infra::replication::{read_progress, write_progress, BatchSender, ReplicationClient, TransportError};
@@ -45,6 +45,9 @@ pub enum SenderRefused {
     /// The batch was meant for an earlier process of this slave.
     #[error("the batch is meant for slave session {meant_for}, this process is session {session}")]
     WrongSession { meant_for: String, session: String },
+    /// This node no longer follows that master (it was promoted, or follows another).
+    #[error("this node no longer follows a master here")]
+    Stopped,
 }
 
 impl SenderRefused {
@@ -54,6 +57,7 @@ impl SenderRefused {
             SenderRefused::NotRegistered => "not_registered",
             SenderRefused::WrongMaster { .. } => "wrong_master",
             SenderRefused::WrongSession { .. } => "wrong_session",
+            SenderRefused::Stopped => "stopped",
         }
     }
 }
@@ -103,6 +107,8 @@ struct FollowerInner {
     config: ReplicationConfig,
     features: Features,
     self_url: String,
+    /// The master followed: the configured one, or the one a step-down named.
+    master_url: String,
     session: String,
     client: ReplicationClient,
     metrics: Metrics,
@@ -127,6 +133,11 @@ struct FollowerInner {
     resume_from: Lsn,
     /// The LSN last written to `slave-progress.bin` (0 when never).
     progress: AtomicU64,
+    /// Set when this follower stops (the node was promoted or follows another master):
+    /// its loops end and it accepts no more batches.
+    stopped: AtomicBool,
+    /// Wakes the loops when the follower stops.
+    stopping: Notify,
 }
 
 impl Follower {
@@ -163,12 +174,17 @@ impl Follower {
         } else {
             applied
         };
+        let master_url = node.role().master_url;
+        if features.fencing {
+            client.set_epoch(node.epoch().0);
+        }
         let follower = Follower {
             inner: Arc::new(FollowerInner {
                 node,
                 config,
                 features,
                 self_url,
+                master_url,
                 session: format!("{:016x}", rand::random::<u64>()),
                 client,
                 metrics,
@@ -183,10 +199,40 @@ impl Follower {
                 full_sync: Mutex::new(None),
                 resume_from,
                 progress: AtomicU64::new(resume_from.0),
+                stopped: AtomicBool::new(false),
+                stopping: Notify::new(),
             }),
         };
         tokio::spawn(follower.clone().register_loop());
         follower
+    }
+
+    /// Stops following: the loops end, batches are refused from now on, the progress
+    /// file is written one last time.
+    pub fn stop(&self) {
+        if self.inner.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.inner.registered.store(false, Ordering::Release);
+        *self.inner.master.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.inner.stopping.notify_waiters();
+        self.flush_progress();
+        tracing::info!(master = %self.inner.master_url, "stopped following the master");
+    }
+
+    /// Whether [`Follower::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::Acquire)
+    }
+
+    /// Sleeps for `wait`, or less when the follower stops; answers whether it runs on.
+    pub(crate) async fn pause(&self, wait: Duration) -> bool {
+        let stopping = self.inner.stopping.notified();
+        if self.is_stopped() {
+            return false;
+        }
+        let _ = tokio::time::timeout(wait, stopping).await;
+        !self.is_stopped()
     }
 
     pub(crate) fn config(&self) -> &ReplicationConfig {
@@ -206,7 +252,7 @@ impl Follower {
     }
 
     pub(crate) fn master_url(&self) -> &str {
-        &self.inner.config.master_url
+        &self.inner.master_url
     }
 
     /// Notes what a running full sync is doing: `(phase, snapshot, bytes, queue place)`.
@@ -257,7 +303,7 @@ impl Follower {
             applied_lsn: inner.node.applied_lsn().0,
             durable_lsn: inner.node.durable_lsn().0,
         };
-        inner.client.heartbeat(&inner.config.master_url, &request).await
+        inner.client.heartbeat(&inner.master_url, &request).await
     }
 
     /// The master answered, saying how it sees this slave (when it said).
@@ -286,6 +332,7 @@ impl Follower {
         let master = self.inner.master.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let (master_id, session) = (sender.master_id, sender.master_session);
         let refusal = match master {
+            None if self.is_stopped() => SenderRefused::Stopped,
             None => SenderRefused::NotRegistered,
             Some(_) if sender.slave_session != self.inner.session => SenderRefused::WrongSession {
                 meant_for: sender.slave_session.to_string(),
@@ -332,7 +379,8 @@ impl Follower {
 
     /// Logs and applies a batch from the master; answers the new `ackLsn`.
     pub async fn append(&self, records: Vec<Record>) -> Result<AppendResponse, ReplicateError> {
-        let outcome = self.inner.node.replicate(records).await?;
+        let fencing = self.inner.negotiated.lock().unwrap_or_else(PoisonError::into_inner).fencing;
+        let outcome = self.inner.node.replicate_from(records, fencing).await?;
         let m = &self.inner.metrics;
         m.replication_duplicates_skipped.inc_by(outcome.skipped);
         Ok(AppendResponse { ack_lsn: outcome.last.0, skipped: outcome.skipped })
@@ -372,7 +420,7 @@ impl Follower {
     async fn register_loop(self) {
         let inner = &self.inner;
         let mut first = true;
-        loop {
+        while !self.is_stopped() {
             let applied = if first { inner.resume_from } else { inner.node.applied_lsn() };
             let request = RegisterRequest {
                 slave_id: inner.node.config().node.id.clone(),
@@ -381,12 +429,26 @@ impl Follower {
                 features: inner.features,
                 session: inner.session.clone(),
             };
-            match inner.client.register(&inner.config.master_url, &request).await {
+            match inner.client.register(&inner.master_url, &request).await {
+                Ok(answer) if self.is_stopped() => drop(answer),
                 Ok(answer) => {
                     first = false;
+                    match self.adopt(&answer).await {
+                        Ok(false) => {}
+                        // The log was cut back: register again at once from the new position.
+                        Ok(true) => continue,
+                        Err(e) => {
+                            tracing::error!(master = %answer.master_id, error = %e, "not following this master");
+                            inner.registered.store(false, Ordering::Release);
+                            if !self.pause(inner.config.register_interval).await {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
                     if !inner.registered.swap(true, Ordering::AcqRel) {
                         tracing::info!(
-                            master = %answer.master_id, url = %inner.config.master_url, from = %applied,
+                            master = %answer.master_id, url = %inner.master_url, from = %applied,
                             features = ?answer.features.enabled(), state = %answer.state, "registered with the master"
                         );
                     }
@@ -402,23 +464,45 @@ impl Follower {
                         self.heard_from_master(Some("DIVERGED".into()), message.clone());
                     }
                     if inner.registered.swap(false, Ordering::AcqRel) || first {
-                        tracing::error!(url = %inner.config.master_url, code = ?code, reason = ?message, "the master refuses this slave");
+                        tracing::error!(url = %inner.master_url, code = ?code, reason = ?message, "the master refuses this slave");
                     }
                     first = false;
                 }
                 Err(e) => {
                     if inner.registered.swap(false, Ordering::AcqRel) {
-                        tracing::warn!(url = %inner.config.master_url, error = %e, "lost contact with the master");
+                        tracing::warn!(url = %inner.master_url, error = %e, "lost contact with the master");
                     } else {
-                        tracing::debug!(url = %inner.config.master_url, error = %e, "master not reachable yet");
+                        tracing::debug!(url = %inner.master_url, error = %e, "master not reachable yet");
                     }
                 }
             }
             // Jittered, so that slaves that lost their master together do not come back
             // together.
             let wait = inner.config.register_interval.mul_f64(rand::thread_rng().gen_range(0.8..1.2));
-            let _ = tokio::time::timeout(wait, inner.register_now.notified()).await;
+            let stopping = inner.stopping.notified();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = inner.register_now.notified() => {}
+                _ = stopping => {}
+            }
         }
+    }
+
+    /// Under fencing, adopts the epoch history the master answered with before a batch
+    /// of it is taken: cuts this node's own records the history does not hold. Answers
+    /// whether the log was cut (the position to register from changed).
+    async fn adopt(&self, answer: &RegisterResponse) -> Result<bool, crate::error::RoleError> {
+        let inner = &self.inner;
+        let Some(history) = answer.history.clone().filter(|_| inner.features.fencing && answer.features.fencing) else {
+            return Ok(false);
+        };
+        let node = inner.node.clone();
+        let (master_id, url) = (answer.master_id.clone(), inner.master_url.clone());
+        let cut = tokio::task::spawn_blocking(move || node.adopt_history(&history, &master_id, &url))
+            .await
+            .map_err(|e| crate::error::RoleError::Busy(format!("adopting the epoch history stopped: {e}")))??;
+        inner.client.set_epoch(inner.node.epoch().0);
+        Ok(cut.is_some())
     }
 
     fn learn_view(&self, state: Option<String>, reason: Option<String>) {
@@ -439,8 +523,7 @@ impl Follower {
     }
 
     async fn progress_loop(self) {
-        loop {
-            tokio::time::sleep(self.inner.config.progress_flush).await;
+        while self.pause(self.inner.config.progress_flush).await {
             if self.inner.node.applied_lsn().0 > self.inner.progress.load(Ordering::Acquire) {
                 let this = self.clone();
                 let _ = tokio::task::spawn_blocking(move || this.write_progress_now()).await;

@@ -131,8 +131,16 @@ pub struct SlaveStatus {
 pub struct ReplicationStatus {
     pub role: &'static str,
     pub node_id: String,
+    /// The epoch this node writes in (master) or follows (slave).
     pub epoch: u64,
-    /// A slave's master.
+    /// The highest epoch this node knows of; above `epoch` on a master that a newer
+    /// master has fenced.
+    pub highest_epoch: u64,
+    /// True when this node refuses writes of its own because a newer epoch exists.
+    pub fenced: bool,
+    /// Every epoch this node has known, with the LSN it began at (stage 7).
+    pub epoch_history: Vec<bitark_common::EpochStart>,
+    /// A slave's master (or the master of a newer epoch, on a fenced master).
     pub master_url: Option<String>,
     pub durable_lsn: u64,
     pub applied_lsn: u64,

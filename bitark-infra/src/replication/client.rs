@@ -2,11 +2,14 @@
 //! messages, binary WAL records for log batches, the cluster token as a bearer token.
 
 use bitark_common::replication::{
-    AppendResponse, FullSyncAnswer, FullSyncRequest, HeartbeatRequest, HeartbeatResponse, NeedFullSync, NodeStatus,
-    RegisterRequest, RegisterResponse, CHUNK_CRC_HEADER, WAL_CONTENT_TYPE,
+    AppendResponse, EpochsAnswer, FullSyncAnswer, FullSyncRequest, HeartbeatRequest, HeartbeatResponse, NeedFullSync,
+    NodeStatus, RegisterRequest, RegisterResponse, StaleEpoch, CHUNK_CRC_HEADER, EPOCH_HEADER, WAL_CONTENT_TYPE,
 };
 use bitark_common::{Lsn, Record};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Header naming the master that sends a batch.
 pub const MASTER_ID_HEADER: &str = "x-bitark-master-id";
@@ -48,11 +51,27 @@ pub struct BatchSender<'a> {
     pub slave_session: &'a str,
 }
 
+/// The highest epoch a peer has shown this node: in an answer's epoch header, or in a
+/// 409 `stale_epoch` that also names the master of that epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeenEpoch {
+    pub epoch: u64,
+    pub master_url: Option<String>,
+}
+
+/// The epoch this node sends, and the highest one its peers answered with.
+struct EpochWire {
+    /// Sent in [`EPOCH_HEADER`] on every request; `0` sends none (fencing is off).
+    own: AtomicU64,
+    seen: watch::Sender<SeenEpoch>,
+}
+
 /// Calls to other nodes' `/internal/replication/*` endpoints.
 #[derive(Clone)]
 pub struct ReplicationClient {
     http: reqwest::Client,
     token: Option<String>,
+    epochs: Arc<EpochWire>,
 }
 
 impl ReplicationClient {
@@ -64,15 +83,68 @@ impl ReplicationClient {
             .pool_max_idle_per_host(4)
             .build()
             .expect("an HTTP client with default TLS-free settings");
-        ReplicationClient { http, token }
+        let epochs = Arc::new(EpochWire { own: AtomicU64::new(0), seen: watch::channel(SeenEpoch::default()).0 });
+        ReplicationClient { http, token, epochs }
+    }
+
+    /// Sends `epoch` with every request from now on (`0`: none).
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epochs.own.store(epoch, Ordering::Release);
+    }
+
+    /// The highest epoch peers have answered with; changes only upwards, and only
+    /// above the epoch this client sends.
+    pub fn seen_epochs(&self) -> watch::Receiver<SeenEpoch> {
+        self.epochs.seen.subscribe()
     }
 
     fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
-        let builder = self.http.request(method, url);
+        let mut builder = self.http.request(method, url);
+        let epoch = self.epochs.own.load(Ordering::Acquire);
+        if epoch > 0 {
+            builder = builder.header(EPOCH_HEADER, epoch);
+        }
         match &self.token {
             Some(token) => builder.bearer_auth(token),
             None => builder,
         }
+    }
+
+    /// Notes a higher epoch than this node's in an answer: its header, or the body of a
+    /// 409 `stale_epoch`.
+    fn observe(&self, status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap, body: &[u8]) {
+        let own = self.epochs.own.load(Ordering::Acquire);
+        if own == 0 {
+            return;
+        }
+        let header = headers.get(EPOCH_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let stale = (status == reqwest::StatusCode::CONFLICT)
+            .then(|| serde_json::from_slice::<StaleEpoch>(body).ok())
+            .flatten()
+            .filter(|s| s.error == "stale_epoch");
+        let seen = match (stale, header) {
+            (Some(s), _) => SeenEpoch { epoch: s.epoch, master_url: s.master_url },
+            (None, Some(epoch)) => SeenEpoch { epoch, master_url: None },
+            (None, None) => return,
+        };
+        if seen.epoch > own {
+            self.epochs.seen.send_if_modified(|current| {
+                let newer = seen.epoch > current.epoch || (seen.epoch == current.epoch && current.master_url.is_none());
+                if newer && (seen.epoch > current.epoch || seen.master_url.is_some()) {
+                    *current = seen.clone();
+                }
+                newer
+            });
+        }
+    }
+
+    /// Reads an answer whole, noting the epoch it carries.
+    async fn read(&self, response: reqwest::Response) -> Result<(reqwest::StatusCode, Vec<u8>), TransportError> {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(unreachable)?;
+        self.observe(status, &headers, &body);
+        Ok((status, Vec::from(body)))
     }
 
     /// POSTs a JSON control message to `/internal/replication/{path}` and reads the
@@ -85,7 +157,7 @@ impl ReplicationClient {
     ) -> Result<T, TransportError> {
         let url = format!("{}/internal/replication/{path}", trim(base_url));
         let response = self.request(reqwest::Method::POST, url).json(body).send().await.map_err(unreachable)?;
-        json_or_refused(response).await
+        self.json_or_refused(response).await
     }
 
     /// A slave introduces itself to its master.
@@ -116,9 +188,10 @@ impl ReplicationClient {
             .await
             .map_err(unreachable)?;
         if response.status() == reqwest::StatusCode::NO_CONTENT {
+            self.observe(response.status(), response.headers(), &[]);
             return Ok(None);
         }
-        json_or_refused(response).await.map(Some)
+        self.json_or_refused(response).await.map(Some)
     }
 
     /// A slave's heartbeat to its master (stage 4).
@@ -135,8 +208,7 @@ impl ReplicationClient {
     pub async fn pull(&self, master_url: &str, from: Lsn) -> Result<Result<Vec<Record>, NeedFullSync>, TransportError> {
         let url = format!("{}/internal/replication/pull?fromLsn={}", trim(master_url), from.0);
         let response = self.request(reqwest::Method::GET, url).send().await.map_err(unreachable)?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(unreachable)?;
+        let (status, body) = self.read(response).await?;
         if status.is_success() {
             let mut records = Vec::new();
             let mut at = 0;
@@ -182,9 +254,9 @@ impl ReplicationClient {
         let response = self.request(reqwest::Method::GET, url).timeout(timeout).send().await.map_err(unreachable)?;
         let status = response.status();
         let crc = response.headers().get(CHUNK_CRC_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let body = response.bytes().await.map_err(unreachable)?;
+        let (_, body) = self.read(response).await?;
         match (status.is_success(), crc) {
-            (true, Some(crc)) => Ok((Vec::from(body), crc)),
+            (true, Some(crc)) => Ok((body, crc)),
             _ => Err(TransportError::Refused {
                 status: status.as_u16(),
                 body: String::from_utf8_lossy(&body).into_owned(),
@@ -199,12 +271,21 @@ impl ReplicationClient {
             .send()
             .await
             .map_err(unreachable)?;
-        let status = response.status();
+        let (status, body) = self.read(response).await?;
         if status.is_success() {
             return Ok(());
         }
-        let body = response.text().await.unwrap_or_default();
-        Err(TransportError::Refused { status: status.as_u16(), body })
+        Err(TransportError::Refused { status: status.as_u16(), body: String::from_utf8_lossy(&body).into_owned() })
+    }
+
+    /// A master's epoch history (a node stepping down asks where its epoch ended).
+    pub async fn epochs(&self, url: &str) -> Result<EpochsAnswer, TransportError> {
+        let response = self
+            .request(reqwest::Method::GET, format!("{}/internal/replication/epochs", trim(url)))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        self.json_or_refused(response).await
     }
 
     /// Where a node stands.
@@ -214,7 +295,7 @@ impl ReplicationClient {
             .send()
             .await
             .map_err(unreachable)?;
-        json_or_refused(response).await
+        self.json_or_refused(response).await
     }
 }
 
@@ -226,22 +307,28 @@ fn unreachable(e: reqwest::Error) -> TransportError {
     TransportError::Unreachable(e.to_string())
 }
 
-async fn json_or_refused<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, TransportError> {
-    let status = response.status();
-    let body = response.bytes().await.map_err(unreachable)?;
-    if status.is_success() {
-        return serde_json::from_slice(&body)
-            .map_err(|e| TransportError::Refused { status: status.as_u16(), body: format!("unreadable answer: {e}") });
-    }
-    let text = String::from_utf8_lossy(&body).into_owned();
-    if status == reqwest::StatusCode::CONFLICT {
-        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) {
-            if value["error"] == "lsn_gap" {
-                if let Some(expected) = value["expected"].as_u64() {
-                    return Err(TransportError::Gap { expected: Lsn(expected) });
+impl ReplicationClient {
+    async fn json_or_refused<T: serde::de::DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, TransportError> {
+        let (status, body) = self.read(response).await?;
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|e| TransportError::Refused {
+                status: status.as_u16(),
+                body: format!("unreadable answer: {e}"),
+            });
+        }
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if status == reqwest::StatusCode::CONFLICT {
+            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) {
+                if value["error"] == "lsn_gap" {
+                    if let Some(expected) = value["expected"].as_u64() {
+                        return Err(TransportError::Gap { expected: Lsn(expected) });
+                    }
                 }
             }
         }
+        Err(TransportError::Refused { status: status.as_u16(), body: text })
     }
-    Err(TransportError::Refused { status: status.as_u16(), body: text })
 }

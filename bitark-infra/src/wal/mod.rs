@@ -9,6 +9,8 @@
 //! - [`writer`]: the group-commit writer thread: batches concurrent proposals into one
 //!   write and one fsync, then hands the durable batch to the applier.
 //! - [`cursor`]: a forward reader from an LSN, for catching up slaves.
+//! - [`truncate`]: cutting the log back to an LSN (a node stepping down), the records
+//!   removed kept in a side file.
 //! - [`scan`]: the recovery scan: replays records from an LSN, cuts a torn tail, and
 //!   stops on corruption before the tail with the file and offset.
 
@@ -16,9 +18,13 @@ pub(crate) mod active;
 pub mod cursor;
 pub mod scan;
 pub mod segment;
+pub mod truncate;
 pub mod writer;
 
 pub use cursor::{CursorRead, WalCursor};
 pub use scan::{replay, ReplayOutcome};
 pub use segment::{list_segments, purge_to, remove_all, SegmentFile};
-pub use writer::{AppendOutcome, Applier, GroupCommit, Proposal, ProposeError, Replicated, WalHandle, WalHealth};
+pub use truncate::{cut_after, CutReport};
+pub use writer::{
+    AppendOutcome, Applier, EpochWork, GroupCommit, Proposal, ProposeError, Replicated, WalHandle, WalHealth,
+};

@@ -78,6 +78,11 @@ pub enum ProposeError {
     Failed(String),
     #[error("records must continue the log at LSN {expected}, found LSN {found}")]
     Gap { expected: Lsn, found: Lsn },
+    /// Not acknowledged: the node learned of a newer epoch (another master exists) and
+    /// takes no more writes of its own. A record written as the fence went up stays in
+    /// the log only until the node steps down and cuts its tail.
+    #[error("this node no longer accepts writes: a newer epoch exists and another node is master")]
+    Fenced,
 }
 
 /// Whether the log accepts writes.
@@ -121,12 +126,18 @@ pub struct AppendOutcome {
 /// Work a [`WalHandle::reset`] runs on the writer thread while no segment is open.
 pub type ResetWork = Box<dyn FnOnce() -> Result<(), StorageError> + Send>;
 
+/// Work a [`WalHandle::begin_epoch`] runs on the writer thread, given the first LSN of
+/// the new epoch, before any record of it is written.
+pub type EpochWork = Box<dyn FnOnce(Lsn) -> Result<(), StorageError> + Send>;
+
 enum Msg {
     Propose(Proposal),
     Append(Replicated),
     /// Close every segment, run the work (it replaces the log), and start an empty log
     /// at the LSN given.
     Reset(Lsn, ResetWork, oneshot::Sender<Result<(), StorageError>>),
+    /// Run the work (it records the epoch durably), then stamp new records with it.
+    Epoch(Epoch, EpochWork, oneshot::Sender<Result<Lsn, StorageError>>),
     /// Make everything written durable now; answer the durable LSN.
     Sync(Option<oneshot::Sender<Lsn>>),
     Shutdown,
@@ -152,6 +163,9 @@ struct Shared {
     sync_queued: AtomicBool,
     /// Set by `shutdown`, so the writer's exit is not taken for a crash.
     stopping: AtomicBool,
+    /// Set while the node must not take writes of its own (a newer epoch exists):
+    /// proposals are refused, replicated records still go in.
+    fenced: AtomicBool,
     /// The writer thread, joined on shutdown.
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -249,6 +263,29 @@ impl WalHandle {
         rx.blocking_recv().unwrap_or(Err(StorageError::Closed))
     }
 
+    /// Once every write queued before it is done, runs `work` with the next LSN (it
+    /// records the new epoch durably) and stamps every later record with `epoch`.
+    /// Answers the first LSN of the new epoch. Blocking.
+    pub fn begin_epoch(&self, epoch: Epoch, work: EpochWork) -> Result<Lsn, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Epoch(epoch, work, reply)).is_err() {
+            return Err(StorageError::Closed);
+        }
+        rx.blocking_recv().unwrap_or(Err(StorageError::Closed))
+    }
+
+    /// Refuses (`true`) or takes again (`false`) the node's own writes from now on:
+    /// a proposal not yet answered when the fence goes up is answered
+    /// [`ProposeError::Fenced`], even if its record was already written.
+    pub fn set_fenced(&self, fenced: bool) {
+        self.shared.fenced.store(fenced, Ordering::Release);
+    }
+
+    /// Whether the node's own writes are refused.
+    pub fn is_fenced(&self) -> bool {
+        self.shared.fenced.load(Ordering::Acquire)
+    }
+
     /// Highest LSN known to be durable.
     pub fn durable_lsn(&self) -> Lsn {
         Lsn(self.shared.durable.load(Ordering::Acquire))
@@ -305,6 +342,7 @@ impl GroupCommit {
             health: Mutex::new(WalHealth::Healthy),
             sync_queued: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
             thread: Mutex::new(None),
         });
         metrics.lsn_durable.set(next_lsn.0 as i64 - 1);
@@ -402,6 +440,10 @@ impl<A: Applier> Writer<A> {
                     let _ = reply.send(self.reset(next, work));
                     continue;
                 }
+                Ok(Msg::Epoch(epoch, work, reply)) => {
+                    let _ = reply.send(self.begin_epoch(epoch, work));
+                    continue;
+                }
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => stopping = true,
                 Err(RecvTimeoutError::Timeout) => {
                     self.on_idle();
@@ -410,6 +452,7 @@ impl<A: Applier> Writer<A> {
             }
             let mut sync = None;
             let mut reset = None;
+            let mut new_epoch = None;
             while !stopping && replicated.is_none() && batch.len() < self.config.max_batch_records {
                 match rx.try_recv() {
                     Ok(Msg::Propose(p)) => batch.push(p),
@@ -421,6 +464,11 @@ impl<A: Applier> Writer<A> {
                     Ok(Msg::Reset(next, work, reply)) => {
                         // Rare: finish this batch first, then reset.
                         reset = Some((next, work, reply));
+                        break;
+                    }
+                    Ok(Msg::Epoch(epoch, work, reply)) => {
+                        // Rare: this batch belongs to the epoch before.
+                        new_epoch = Some((epoch, work, reply));
                         break;
                     }
                     Ok(Msg::Shutdown) => stopping = true,
@@ -439,6 +487,9 @@ impl<A: Applier> Writer<A> {
             }
             if let Some((next, work, reply)) = reset {
                 let _ = reply.send(self.reset(next, work));
+            }
+            if let Some((epoch, work, reply)) = new_epoch {
+                let _ = reply.send(self.begin_epoch(epoch, work));
             }
             if self.config.fsync == FsyncPolicy::Interval {
                 self.sync_if_due();
@@ -479,6 +530,7 @@ impl<A: Applier> Writer<A> {
                 Msg::Append(r) => drop(r.reply.send(Err(ProposeError::Closed))),
                 Msg::Sync(reply) => self.sync_now(reply),
                 Msg::Reset(_, _, reply) => drop(reply.send(Err(StorageError::Closed))),
+                Msg::Epoch(_, _, reply) => drop(reply.send(Err(StorageError::Closed))),
                 Msg::Shutdown => {}
             }
         }
@@ -517,7 +569,8 @@ impl<A: Applier> Writer<A> {
     }
 
     fn commit(&mut self, batch: &mut Vec<Proposal>) {
-        if let Some(e) = self.refusal() {
+        let fenced = self.shared.fenced.load(Ordering::Acquire).then_some(ProposeError::Fenced);
+        if let Some(e) = fenced.or_else(|| self.refusal()) {
             for p in batch.drain(..) {
                 let _ = p.reply.send(Err(e.clone()));
             }
@@ -539,8 +592,11 @@ impl<A: Applier> Writer<A> {
             }
             return;
         }
+        // The fence went up while the batch was written: another master exists, and
+        // this tail is cut when the node steps down. Nothing of it is acknowledged.
+        let fenced = self.shared.fenced.load(Ordering::Acquire);
         for (reply, record) in replies.into_iter().zip(&records) {
-            let _ = reply.send(Ok(record.lsn));
+            let _ = reply.send(if fenced { Err(ProposeError::Fenced) } else { Ok(record.lsn) });
         }
     }
 
@@ -718,6 +774,13 @@ impl<A: Applier> Writer<A> {
                 let _ = reply.send(Lsn(self.shared.durable.load(Ordering::Acquire)));
             }
         }
+    }
+
+    fn begin_epoch(&mut self, epoch: Epoch, work: EpochWork) -> Result<Lsn, StorageError> {
+        work(self.next_lsn)?;
+        tracing::info!(%epoch, start = %self.next_lsn, "new epoch: records from here on carry it");
+        self.epoch = epoch;
+        Ok(self.next_lsn)
     }
 
     fn reset(&mut self, next: Lsn, work: ResetWork) -> Result<(), StorageError> {
