@@ -78,7 +78,7 @@ async fn read_with_token(node: &Node, acked: &Acked) -> (StatusCode, Value) {
 /// Waits until every node shows the same applied LSN and digest, twice in a row.
 async fn converged(nodes: &[&Node]) {
     let mut previous = None;
-    wait_until(CONVERGE, "every node to hold the same state", async || {
+    let done = support::poll_until(CONVERGE, async || {
         let mut seen = Vec::new();
         for node in nodes {
             match node.api().digest().await {
@@ -92,6 +92,13 @@ async fn converged(nodes: &[&Node]) {
         same && stable
     })
     .await;
+    if !done {
+        let mut report = format!("the nodes did not converge within {CONVERGE:?}; last seen {previous:?}\n");
+        for node in nodes {
+            report += &format!("{}: {}\n", node.url(), replication_status(node).await);
+        }
+        panic!("{report}");
+    }
 }
 
 async fn promote(node: &Node) -> Value {
@@ -393,4 +400,34 @@ async fn a_mixed_cluster_interoperates_and_rolling_the_stage_7_flags_back_and_fo
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_demoted_by_hand_follows_the_new_master_and_stays_a_slave_across_a_restart() {
+    let mut cluster = Cluster::start_with(1, "7", |_, _, b| quick(b)).await;
+    for msg in 0..10 {
+        mark(&cluster.master, 1, msg, "").await.unwrap();
+    }
+    wait_for_convergence(&cluster.master, &cluster.slaves, CONVERGE).await;
+    cluster.proxies[0].set_mode(Mode::Cut);
+    cluster.master_proxy.set_mode(Mode::Cut);
+    let lost = mark(&cluster.master, 2, 1, "").await.unwrap();
+    promote(&cluster.slaves[0]).await;
+    let kept = mark(&cluster.slaves[0], 2, 2, "").await.unwrap();
+    let demoted = demote(&cluster.master, &cluster.slaves[0].url()).await;
+    assert_eq!(
+        (demoted["role"].as_str(), demoted["masterUrl"].as_str()),
+        (Some("slave"), Some(cluster.slaves[0].url().as_str()))
+    );
+    let refused = mark(&cluster.master, 3, 1, "").await.expect_err("a demoted master takes no write");
+    assert_eq!(refused.1["error"], "not_master", "{}", refused.1);
+    assert_eq!(refused.1["masterUrl"], cluster.slaves[0].url().as_str());
+    converged(&[&cluster.slaves[0], &cluster.master]).await;
+    for (acked, expected) in [(&lost, StatusCode::CONFLICT), (&kept, StatusCode::OK)] {
+        assert_eq!(read_with_token(&cluster.master, acked).await.0, expected, "{}", acked.token);
+    }
+    cluster.restart_master().await;
+    assert_eq!(replication_status(&cluster.master).await["role"], "slave", "epoch.bin outlives the configuration");
+    mark(&cluster.slaves[0], 3, 2, "").await.unwrap();
+    converged(&[&cluster.slaves[0], &cluster.master]).await;
 }

@@ -322,8 +322,16 @@ async fn at_stage_2_a_slave_that_lost_its_data_is_gap_not_a_dead_sender() {
         std::fs::remove_dir_all(cluster.slaves[0].data_dir().join(dir)).expect("wipe the slave");
     }
     cluster.restart_slave(0).await;
-    // It registers at LSN 0; stage 2 cannot resend 1..=30.
-    write_many(&cluster.master, 2, 0..30).await;
+    // It registers at LSN 0; stage 2 cannot resend 1..=30. Records committed while the
+    // master still verifies the new slave process are not queued for it, so writes go
+    // on until one is sent and refused.
+    let mut msg = 0;
+    wait_until(CONVERGE_WITHIN, "the master to show slave-1 as GAP", async || {
+        write_many(&cluster.master, 2, msg..msg + 5).await;
+        msg += 5;
+        slave_entry(&cluster.master, 0).await.is_some_and(|entry| entry["state"] == "GAP")
+    })
+    .await;
     wait_state(&cluster.master, 0, "GAP").await;
     let sent = counter(&cluster.master, "bitark_replication_sent_batches_total", &[("slave", "slave-1")]).await;
     assert!(sent > 0, "the sender of the new link never sent");

@@ -136,8 +136,14 @@ impl Node {
             tracing::warn!(master = %master_url, "STEPPED DOWN: this node is a slave now");
         }
         let mut state = self.epochs();
-        if state.seen_master_url != master_url {
+        let own_id = &self.config().node.id;
+        if state.seen_master_url != master_url || state.master_id == *own_id {
+            // Until the new master's history arrives, this node is master of nothing:
+            // a restart before then follows `master_url` too.
             state.seen_master_url = master_url.to_string();
+            if state.master_id == *own_id {
+                state.master_id.clear();
+            }
             if let Err(e) = self.store_epochs(state) {
                 tracing::error!(error = %e, "cannot record the new master in epoch.bin");
             }

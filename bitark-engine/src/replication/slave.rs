@@ -109,7 +109,9 @@ struct FollowerInner {
     self_url: String,
     /// The master followed: the configured one, or the one a step-down named.
     master_url: String,
-    session: String,
+    /// Random per follower; a new one after this node cut its log, so the master
+    /// follows it from its new position rather than the one it reported before.
+    session: Mutex<String>,
     client: ReplicationClient,
     metrics: Metrics,
     data_dir: PathBuf,
@@ -185,7 +187,7 @@ impl Follower {
                 features,
                 self_url,
                 master_url,
-                session: format!("{:016x}", rand::random::<u64>()),
+                session: Mutex::new(new_session()),
                 client,
                 metrics,
                 data_dir,
@@ -299,7 +301,7 @@ impl Follower {
         let inner = &self.inner;
         let request = HeartbeatRequest {
             slave_id: inner.node.config().node.id.clone(),
-            session: inner.session.clone(),
+            session: self.session(),
             applied_lsn: inner.node.applied_lsn().0,
             durable_lsn: inner.node.durable_lsn().0,
         };
@@ -334,10 +336,9 @@ impl Follower {
         let refusal = match master {
             None if self.is_stopped() => SenderRefused::Stopped,
             None => SenderRefused::NotRegistered,
-            Some(_) if sender.slave_session != self.inner.session => SenderRefused::WrongSession {
-                meant_for: sender.slave_session.to_string(),
-                session: self.inner.session.clone(),
-            },
+            Some(_) if sender.slave_session != self.session() => {
+                SenderRefused::WrongSession { meant_for: sender.slave_session.to_string(), session: self.session() }
+            }
             Some(m) if m.id == master_id && m.session == session => {
                 self.heard_from_master(None, None);
                 return Ok(());
@@ -397,8 +398,8 @@ impl Follower {
     }
 
     /// The session of this slave process.
-    pub fn session(&self) -> &str {
-        &self.inner.session
+    pub fn session(&self) -> String {
+        self.inner.session.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub fn is_registered(&self) -> bool {
@@ -427,7 +428,7 @@ impl Follower {
                 url: inner.self_url.clone(),
                 applied_lsn: applied.0,
                 features: inner.features,
-                session: inner.session.clone(),
+                session: self.session(),
             };
             match inner.client.register(&inner.master_url, &request).await {
                 Ok(answer) if self.is_stopped() => drop(answer),
@@ -435,8 +436,17 @@ impl Follower {
                     first = false;
                     match self.adopt(&answer).await {
                         Ok(false) => {}
-                        // The log was cut back: register again at once from the new position.
-                        Ok(true) => continue,
+                        // The log was cut back: register again at once from the new
+                        // position, as a new session, which the master follows from there.
+                        Ok(true) => {
+                            *inner.session.lock().unwrap_or_else(PoisonError::into_inner) = new_session();
+                            *inner.master.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                            if inner.features.reliable {
+                                let this = self.clone();
+                                let _ = tokio::task::spawn_blocking(move || this.write_progress_now()).await;
+                            }
+                            continue;
+                        }
                         Err(e) => {
                             tracing::error!(master = %answer.master_id, error = %e, "not following this master");
                             inner.registered.store(false, Ordering::Release);
@@ -538,6 +548,11 @@ impl Follower {
             Err(e) => tracing::error!(error = %e, "cannot write slave-progress.bin"),
         }
     }
+}
+
+/// A random follower session.
+fn new_session() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// Stage 3: the slave keeps its position in `slave-progress.bin`, rewritten at most every
