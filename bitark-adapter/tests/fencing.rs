@@ -291,6 +291,20 @@ async fn without_enough_alive_slaves_a_write_fails_at_once_and_nothing_is_logged
     assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")));
     mark(&master, 1, 1, "?ack=async").await.expect("async needs no slave");
 
+    // `ack-wait-for-replicas`: the write waits for a slave up to the timeout instead,
+    // and the answer says it is durable here but acknowledged by none.
+    let waiting = quick(Node::builder())
+        .env("BITARK_REPLICATION__STAGE", "7")
+        .env("BITARK_SECURITY__CLUSTER_TOKEN", CLUSTER_TOKEN)
+        .env("BITARK_REPLICATION__ACK_WAIT_FOR_REPLICAS", "true")
+        .env("BITARK_REPLICATION__ACK_TIMEOUT", "200ms")
+        .start()
+        .await;
+    let (status, body) = mark(&waiting, 1, 1, "?ack=all").await.expect_err("no slave came");
+    assert_eq!((status, body["error"].as_str()), (StatusCode::GATEWAY_TIMEOUT, Some("replication_timeout")), "{body}");
+    assert_eq!((body["acked"].as_u64(), body["required"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(waiting.api().check(1, &[1]).await.unwrap(), vec![true], "durable on the master");
+
     // Below stage 7 the modes do not exist, and roles change only by configuration.
     let six = Node::builder()
         .env("BITARK_REPLICATION__STAGE", "6")
@@ -426,6 +440,18 @@ async fn a_master_demoted_by_hand_follows_the_new_master_and_stays_a_slave_acros
     for (acked, expected) in [(&lost, StatusCode::CONFLICT), (&kept, StatusCode::OK)] {
         assert_eq!(read_with_token(&cluster.master, acked).await.0, expected, "{}", acked.token);
     }
+    // Where each epoch began, as the new master keeps it.
+    let client = reqwest::Client::new();
+    let epochs: Value = client
+        .get(format!("{}/internal/replication/epochs", cluster.slaves[0].url()))
+        .bearer_auth(CLUSTER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(epochs["history"], json!([{"epoch": 1, "startLsn": 1}, {"epoch": 2, "startLsn": kept.lsn}]), "{epochs}");
     cluster.restart_master().await;
     assert_eq!(replication_status(&cluster.master).await["role"], "slave", "epoch.bin outlives the configuration");
     mark(&cluster.slaves[0], 3, 2, "").await.unwrap();
