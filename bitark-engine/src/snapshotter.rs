@@ -50,6 +50,7 @@ pub(crate) struct Snapshotter {
     pub wal: WalHandle,
     pub wal_dir: PathBuf,
     pub snapshot_dir: PathBuf,
+    /// The epoch a snapshot header names when the history does not cover its LSN.
     pub epoch: Epoch,
     pub last: Option<SnapshotInfo>,
     pub last_at: Instant,
@@ -142,7 +143,8 @@ impl Snapshotter {
         // caller looked, and the snapshot must be named after the state it holds.
         let lsn = lsn.max(self.state.applied_lsn());
         let store = &self.state.store;
-        let mut writer = SnapshotWriter::create(&self.snapshot_dir, lsn, self.epoch)?;
+        let mut writer =
+            SnapshotWriter::create(&self.snapshot_dir, lsn, self.state.history().epoch_at(lsn).unwrap_or(self.epoch))?;
         // Users are encoded under their shard's read lock, a few at a time (see
         // `ReadStore::walk_shard`); the disk writes come after each shard, with no lock.
         let mut bytes = Vec::new();
