@@ -357,8 +357,12 @@ async fn a_lagging_slave_redirects_or_waits_as_reads_on_lag_says() {
     assert_eq!(written.lsn, next_lsn);
     let (status, body, _) = read.await.unwrap();
     assert_eq!((status, body["read"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
-    // A token whose epoch the history gives another LSN range is a lost write, and a
+    // A token of an epoch no node knows yet is not reached (and says which epoch); a
     // malformed one is named.
+    let (status, body, _) =
+        call(Method::GET, &format!("{}/api/v1/users/7/reads/7?token=9:1", waiting.url()), None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("lsn_not_reached")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("epoch 9"), "{body}");
     let (status, body, _) =
         call(Method::GET, &format!("{}/api/v1/users/7/reads/7?token=0:1", waiting.url()), None).await;
     assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_token")), "{body}");

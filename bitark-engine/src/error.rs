@@ -181,6 +181,9 @@ pub enum ConsistencyError {
     /// lost in a failover (409 `write_lost`).
     #[error("write {token} was lost: LSN {lsn} belongs to epoch {owner} here, not to epoch {epoch} (the write was not on the node that became master)")]
     WriteLost { token: String, lsn: u64, epoch: u64, owner: u64 },
+    /// The token names an epoch newer than any this node knows (503 `lsn_not_reached`).
+    #[error("write {token} is of epoch {epoch}, but this node knows epochs up to {known} only: it has not caught up with the master of that epoch{}", if master_url.is_empty() { String::new() } else { format!("; read from the master at {master_url}") })]
+    EpochAhead { token: String, epoch: u64, known: u64, master_url: String },
     /// A slave that has not caught up: the master has the LSN.
     #[error("this slave has applied LSN {applied}, below the requested minLsn {requested}, and did not catch up within {waited_ms} ms; read from the master at {master_url}")]
     SlaveBehind { requested: u64, applied: u64, waited_ms: u64, master_url: String },

@@ -490,6 +490,17 @@ impl Node {
         }
     }
 
+    /// Waits, at most `reads.min-lsn-wait`, until this node knows `epoch`.
+    pub async fn wait_epoch(&self, epoch: Epoch) {
+        let deadline = Instant::now() + self.inner.config.reads.min_lsn_wait;
+        let mut applied = self.inner.state.applied.subscribe();
+        while self.epoch() < epoch && Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // The history changes at a registration; look again at least every 50 ms.
+            let _ = tokio::time::timeout(left.min(std::time::Duration::from_millis(50)), applied.changed()).await;
+        }
+    }
+
     /// Order-independent digest of every (user, message) pair held.
     pub fn digest(&self) -> StoreDigest {
         self.inner.state.store.digest()

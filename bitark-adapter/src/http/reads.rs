@@ -158,12 +158,17 @@ async fn consistent_node(state: &AppState, query: &QueryParams, uri: &Uri) -> Re
         Some(min) if node.applied_lsn() < min => node.wait_applied(min).await?,
         _ => node.applied_lsn(),
     };
+    if token.is_some_and(|t| t.epoch > node.epoch()) && node.applied_lsn() >= min.unwrap_or_default() {
+        // The position is reached but the epoch is not known yet: give a slave the
+        // same time to learn it from its master.
+        node.wait_epoch(token.map(|t| t.epoch).unwrap_or_default()).await;
+    }
     match (token, holds(&node)) {
         (Some(t), TokenCheck::Lost { owner }) => Err(write_lost(t, owner)),
-        (Some(t), TokenCheck::Ahead) => Err(ApiError::Behind(ConsistencyError::SlaveBehind {
-            requested: t.lsn.0,
-            applied: applied.0,
-            waited_ms: node.config().reads.min_lsn_wait.as_millis() as u64,
+        (Some(t), TokenCheck::Ahead) => Err(ApiError::Behind(ConsistencyError::EpochAhead {
+            token: t.to_string(),
+            epoch: t.epoch.0,
+            known: node.epoch().0,
             master_url: node.master_url(),
         })),
         _ => Ok((node, applied)),
