@@ -627,8 +627,8 @@ fn open_epochs(data_dir: &Path, fencing: bool, config: &EngineConfig) -> Result<
 }
 
 /// The role a node starts in: the configured one, unless (under fencing) its epoch file
-/// says otherwise: a node that became master stays master; a node whose epoch file
-/// names another master, and where it is, follows that master.
+/// says otherwise: a node that became master stays master; a configured master that
+/// stepped down, or saw a newer epoch whose master it knows, follows that master.
 fn start_role(config: &EngineConfig, epochs: &EpochState, fencing: bool) -> RoleState {
     let configured = RoleState {
         role: config.node.role,
@@ -644,14 +644,15 @@ fn start_role(config: &EngineConfig, epochs: &EpochState, fencing: bool) -> Role
         }
         return RoleState { role: Role::Master, master_url: String::new() };
     }
+    // A configured slave follows its configured master (which must not be stale: its
+    // history is checked at registration); a configured master that another node
+    // replaced follows that node.
     let url = &epochs.seen_master_url;
-    if !url.is_empty() && (newer || epochs.master_id != config.node.id) {
-        if *url != configured.master_url {
-            tracing::warn!(
-                epoch = %epochs.highest(), master = %url, configured = ?configured.role,
-                "the epoch file names another master than the configuration: following it"
-            );
-        }
+    if configured.role == Role::Master && !url.is_empty() && (newer || epochs.master_id != config.node.id) {
+        tracing::warn!(
+            epoch = %epochs.highest(), master = %url,
+            "configured as master, but the epoch file names another master of a newer epoch: following it"
+        );
         return RoleState { role: Role::Slave, master_url: url.clone() };
     }
     if configured.role == Role::Master && newer {
