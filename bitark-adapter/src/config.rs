@@ -13,7 +13,9 @@
 //! and bad values stop start-up with a message naming the key and the file it came from;
 //! [`AppConfig::problems`] then lists every invalid value at once.
 
-use bitark_engine::{EngineConfig, LimitsConfig, NodeConfig, ReadsConfig, ReplicationConfig, SnapshotConfig};
+use bitark_engine::{
+    CoordinationConfig, EngineConfig, LimitsConfig, NodeConfig, ReadsConfig, ReplicationConfig, SnapshotConfig,
+};
 use bitark_infra::WalConfig;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::Figment;
@@ -37,6 +39,7 @@ pub struct AppConfig {
     pub limits: LimitsConfig,
     pub reads: ReadsConfig,
     pub replication: ReplicationConfig,
+    pub coordination: CoordinationConfig,
     pub security: SecurityConfig,
 }
 
@@ -246,6 +249,7 @@ impl AppConfig {
             limits: self.limits.clone(),
             reads: self.reads.clone(),
             replication: self.replication.clone(),
+            coordination: self.coordination.clone(),
         }
     }
 }

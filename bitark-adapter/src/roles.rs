@@ -14,6 +14,7 @@ use crate::http::{AppState, Replication};
 use crate::AppConfig;
 use bitark_common::replication::Features;
 use bitark_common::{Epoch, Lsn};
+use bitark_engine::coordination::{Coordinator, RoleSwitch};
 use bitark_engine::modules::{self, Host};
 use bitark_engine::replication::Follower;
 use bitark_engine::{Node, RoleError};
@@ -37,13 +38,54 @@ pub fn start(state: &AppState, node: &Node, config: &AppConfig, local_addr: Sock
     if !features.any() {
         return;
     }
-    if node.is_slave() {
+    if features.failover {
+        start_coordination(state, node);
+    } else if node.is_slave() {
         start_slave(state, node);
     } else {
         start_master(state, node);
     }
     if features.fencing {
         tokio::spawn(watch_epochs(state.clone(), client));
+    }
+}
+
+/// Under failover: the role comes from the election in etcd; until the coordination
+/// names a master, the node follows nobody and takes no writes.
+fn start_coordination(state: &AppState, node: &Node) {
+    let (_, self_url) = state.wiring();
+    match Coordinator::new(node.clone(), self_url) {
+        Ok(coordinator) => {
+            state.set_coordination(coordinator.status());
+            tokio::spawn(coordinator.run(Elected(state.clone())));
+        }
+        Err(e) => tracing::error!(error = %e, "cannot reach etcd; this node stays a slave of nobody"),
+    }
+}
+
+/// The role changes the coordination asks for.
+struct Elected(AppState);
+
+impl RoleSwitch for Elected {
+    async fn promote(&self, epoch: Epoch) -> Result<(), String> {
+        promote_to(&self.0, Some(epoch)).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    async fn follow(&self, url: String) -> Result<(), String> {
+        follow(&self.0, &url).await.map_err(|e| e.to_string())
+    }
+
+    async fn stand_by(&self) {
+        let state = &self.0;
+        let _changing = state.lock_role_change().await;
+        let Ok(node) = state.node().cloned() else { return };
+        match state.set_replication(Replication::None) {
+            Replication::Master(_) => node.stop_master_hub(),
+            Replication::Slave(follower) => follower.stop(),
+            Replication::None => {}
+        }
+        let standing_by = node.clone();
+        let _ = tokio::task::spawn_blocking(move || standing_by.demote("")).await;
     }
 }
 
@@ -71,6 +113,25 @@ fn start_master(state: &AppState, node: &Node) {
 
 /// Makes this slave master in a new epoch (`POST /admin/promote`).
 pub async fn promote(state: &AppState) -> Result<(Epoch, Lsn), RoleError> {
+    refuse_under_failover(state)?;
+    promote_to(state, None).await
+}
+
+/// Under failover only the election changes roles: a hand-made master would hold no
+/// lease.
+fn refuse_under_failover(state: &AppState) -> Result<(), RoleError> {
+    if state.config().replication.effective_features().failover {
+        return Err(RoleError::WrongRole(
+            "replication.features.failover is on: etcd elects the master; stop the master (or turn failover off) \
+             instead"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Makes this slave master in `epoch`, or the next epoch.
+async fn promote_to(state: &AppState, epoch: Option<Epoch>) -> Result<(Epoch, Lsn), RoleError> {
     let _changing = state.lock_role_change().await;
     let node = state.node().map_err(|e| RoleError::Busy(e.to_string()))?.clone();
     if !node.fencing() {
@@ -85,7 +146,7 @@ pub async fn promote(state: &AppState) -> Result<(Epoch, Lsn), RoleError> {
     state.set_replication(Replication::None);
     let (_, self_url) = state.wiring();
     let promoting = node.clone();
-    let promoted = tokio::task::spawn_blocking(move || promoting.promote(&self_url))
+    let promoted = tokio::task::spawn_blocking(move || promoting.promote(&self_url, epoch))
         .await
         .map_err(|e| RoleError::Busy(format!("promotion stopped: {e}")))?;
     match promoted {
@@ -94,8 +155,11 @@ pub async fn promote(state: &AppState) -> Result<(Epoch, Lsn), RoleError> {
             Ok(at)
         }
         Err(e) => {
-            // Nothing changed: follow the master again.
-            start_slave(state, &node);
+            // Nothing changed: follow the master again (under failover, the election
+            // says whom).
+            if !node.config().failover() {
+                start_slave(state, &node);
+            }
             Err(e)
         }
     }
@@ -105,6 +169,12 @@ pub async fn promote(state: &AppState) -> Result<(Epoch, Lsn), RoleError> {
 /// seen): a master stops taking writes at once and steps down; a slave follows the new
 /// master instead of its old one.
 pub async fn demote(state: &AppState, master_url: &str) -> Result<(), RoleError> {
+    refuse_under_failover(state)?;
+    follow(state, master_url).await
+}
+
+/// Makes this node a slave of `master_url`, whatever its role now.
+async fn follow(state: &AppState, master_url: &str) -> Result<(), RoleError> {
     let _changing = state.lock_role_change().await;
     let node = state.node().map_err(|e| RoleError::Busy(e.to_string()))?.clone();
     if !node.fencing() {
@@ -146,7 +216,7 @@ async fn watch_epochs(state: AppState, client: ReplicationClient) {
                 .unwrap_or(false);
         let target = node.epochs().seen_master_url;
         if (step_down || (node.is_fenced() && !node.is_slave())) && !target.is_empty() {
-            if let Err(e) = demote(&state, &target).await {
+            if let Err(e) = follow(&state, &target).await {
                 tracing::error!(error = %e, master = %target, "cannot step down to the master of the newer epoch");
             }
         }

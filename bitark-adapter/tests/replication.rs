@@ -68,6 +68,7 @@ fn features_at(stage: &str) -> Value {
     json!({
         "notify": on(1.0), "progress": on(2.0), "bounded-buffer": on(2.5), "reliable": on(3.0),
         "heartbeat": on(4.0), "full-sync": on(5.0), "cluster-gc": on(6.0), "fencing": on(7.0), "ack-modes": on(7.0),
+        "failover": false,
     })
 }
 

@@ -7,7 +7,7 @@ use crate::epoch::EpochHistory;
 use serde::{Deserialize, Serialize};
 
 /// How many replication flags there are.
-pub const FLAGS: usize = 9;
+pub const FLAGS: usize = 10;
 
 /// Header carrying the sender's epoch on every replication request and response
 /// (stage 7, `fencing`).
@@ -43,6 +43,10 @@ pub struct Features {
     pub fencing: bool,
     /// Stage 7: writes may wait for slaves (`replication.ack: semi | all`).
     pub ack_modes: bool,
+    /// After stage 7, turned on by name only (no stage shorthand includes it):
+    /// automatic failover through etcd (`coordination.*`): the master holds a leader
+    /// lease, the most advanced slave takes over when it expires.
+    pub failover: bool,
 }
 
 impl Features {
@@ -57,10 +61,12 @@ impl Features {
         "cluster-gc",
         "fencing",
         "ack-modes",
+        "failover",
     ];
 
     /// The roadmap stages in rollout order, each with how many flags of [`Self::NAMES`]
-    /// it turns on (stage 7 turns on two).
+    /// it turns on (stage 7 turns on two; `failover`, which needs an etcd, is only ever
+    /// turned on by name).
     pub const STAGES: [(f64, usize); 9] =
         [(0.0, 0), (1.0, 1), (2.0, 2), (2.5, 3), (3.0, 4), (4.0, 5), (5.0, 6), (6.0, 7), (7.0, 9)];
 
@@ -76,6 +82,7 @@ impl Features {
             self.cluster_gc,
             self.fencing,
             self.ack_modes,
+            self.failover,
         ]
     }
 
@@ -90,6 +97,7 @@ impl Features {
             cluster_gc: f[6],
             fencing: f[7],
             ack_modes: f[8],
+            failover: f[9],
         }
     }
 
@@ -338,7 +346,10 @@ mod tests {
         assert_eq!(Features::up_to_stage(2.5).unwrap().enabled(), vec!["notify", "progress", "bounded-buffer"]);
         assert_eq!(Features::up_to_stage(3.0).unwrap().enabled(), Features::NAMES[..4].to_vec());
         assert_eq!(Features::up_to_stage(6.0).unwrap().enabled(), Features::NAMES[..7].to_vec());
-        assert_eq!(Features::up_to_stage(7.0).unwrap().enabled(), Features::NAMES.to_vec());
+        assert_eq!(Features::up_to_stage(7.0).unwrap().enabled(), Features::NAMES[..9].to_vec());
+        let failover = Features { failover: true, ..Features::up_to_stage(7.0).unwrap() };
+        assert_eq!(failover.stage(), 7.0, "failover is no stage of its own");
+        assert!(failover.rollout_violations().is_empty());
         assert_eq!(Features::up_to_stage(5.0).unwrap().stage(), 5.0);
         assert_eq!(Features::up_to_stage(7.0).unwrap().stage(), 7.0);
         let fencing_only = Features { fencing: true, ..Features::up_to_stage(6.0).unwrap() };
@@ -372,7 +383,7 @@ mod tests {
         let json = serde_json::to_string(&Features::up_to_stage(2.5).unwrap()).unwrap();
         assert_eq!(
             json,
-            r#"{"notify":true,"progress":true,"bounded-buffer":true,"reliable":false,"heartbeat":false,"full-sync":false,"cluster-gc":false,"fencing":false,"ack-modes":false}"#
+            r#"{"notify":true,"progress":true,"bounded-buffer":true,"reliable":false,"heartbeat":false,"full-sync":false,"cluster-gc":false,"fencing":false,"ack-modes":false,"failover":false}"#
         );
     }
 }

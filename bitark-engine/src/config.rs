@@ -393,7 +393,9 @@ impl ReplicationConfig {
             ));
         }
         if role == Role::Slave {
-            if self.master_url.trim().is_empty() {
+            // Under fencing a slave may follow the master its epoch file names instead
+            // (checked at start-up); under failover etcd names it.
+            if self.master_url.trim().is_empty() && !features.fencing {
                 out.push("replication.master-url: a slave needs its master's URL".into());
             }
             if !features.notify {
@@ -465,6 +467,77 @@ impl ReplicationConfig {
     }
 }
 
+/// `coordination.*`: where failover (`replication.features.failover`) keeps the leader
+/// lease and the epoch counter. Without the flag these keys are not used and the node
+/// runs in static mode (roles from `node.role` and `epoch.bin`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct CoordinationConfig {
+    pub etcd: EtcdConfig,
+    /// Time-to-live of the leader lease, whole seconds: a master that cannot renew it
+    /// stops taking writes a quarter of it before it can expire, and the slaves elect a
+    /// new master once it has. etcd raises a TTL below its own minimum (2s by default).
+    /// Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for CoordinationConfig {
+    fn default() -> Self {
+        CoordinationConfig { etcd: EtcdConfig::default(), lease_ttl: Duration::from_secs(2) }
+    }
+}
+
+/// `coordination.etcd.*`: the etcd cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    /// Client URLs of the etcd members (`http://host:2379`). Default none.
+    pub endpoints: Vec<String>,
+    /// Key prefix of this cluster's keys (`<prefix>/leader`, `<prefix>/epoch`,
+    /// `<prefix>/members/<node id>`). Default `/bitark`.
+    pub prefix: String,
+    /// Longest one etcd call may take. Default `500ms`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig { endpoints: Vec::new(), prefix: "/bitark".into(), timeout: Duration::from_millis(500) }
+    }
+}
+
+impl CoordinationConfig {
+    fn problems(&self, failover: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        if failover && self.etcd.endpoints.is_empty() {
+            out.push(
+                "replication.features.failover: needs coordination.etcd.endpoints (the etcd that holds the leader lease)"
+                    .into(),
+            );
+        }
+        for url in &self.etcd.endpoints {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                out.push(format!("coordination.etcd.endpoints: `{url}` must start with http:// or https://"));
+            }
+        }
+        if !self.etcd.prefix.starts_with('/') || self.etcd.prefix.ends_with('/') {
+            out.push(format!(
+                "coordination.etcd.prefix: `{}` must start with `/` and not end with one",
+                self.etcd.prefix
+            ));
+        }
+        if self.lease_ttl < Duration::from_secs(1) || self.lease_ttl.subsec_nanos() != 0 {
+            out.push("coordination.lease-ttl: must be whole seconds, at least 1s (etcd leases count seconds)".into());
+        }
+        if self.etcd.timeout.is_zero() || self.etcd.timeout * 2 > self.lease_ttl {
+            out.push("coordination.etcd.timeout: must be above 0 and at most half of coordination.lease-ttl".into());
+        }
+        out
+    }
+}
+
 /// Everything the engine needs to open a node.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EngineConfig {
@@ -474,9 +547,15 @@ pub struct EngineConfig {
     pub limits: LimitsConfig,
     pub reads: ReadsConfig,
     pub replication: ReplicationConfig,
+    pub coordination: CoordinationConfig,
 }
 
 impl EngineConfig {
+    /// Whether roles come from the etcd election (`replication.features.failover`).
+    pub fn failover(&self) -> bool {
+        self.replication.effective_features().failover
+    }
+
     /// Whether a damaged local log may be discarded at start-up for a resync from the
     /// master: a slave, with `replication.resync-on-corruption` and full sync on.
     pub fn may_resync_on_corruption(&self) -> bool {
@@ -492,6 +571,7 @@ impl EngineConfig {
             out.push("node.id: must not be empty".into());
         }
         out.extend(self.replication.problems(self.node.role));
+        out.extend(self.coordination.problems(self.failover()));
         if self.node.data_dir.as_os_str().is_empty() {
             out.push("node.data-dir: must not be empty".into());
         }
@@ -561,6 +641,35 @@ mod tests {
         assert!(early.iter().any(|p| p.contains("needs replication.features.full-sync")), "{early:?}");
         assert!(slave(5.0).may_resync_on_corruption());
         assert!(!EngineConfig::default().may_resync_on_corruption());
+    }
+
+    #[test]
+    fn failover_needs_etcd_and_a_lease_etcd_can_keep() {
+        let found = problems(|c| {
+            c.replication.stage = 7.0;
+            c.replication.features.failover = true;
+        });
+        assert!(found.iter().any(|p| p.contains("needs coordination.etcd.endpoints")), "{found:?}");
+        let early = problems(|c| {
+            c.replication.stage = 6.0;
+            c.replication.features.failover = true;
+            c.coordination.etcd.endpoints = vec!["http://127.0.0.1:2379".into()];
+        });
+        assert!(early.iter().any(|p| p.contains("`failover` needs `fencing`")), "{early:?}");
+        let found = problems(|c| {
+            c.coordination.etcd.endpoints = vec!["127.0.0.1:2379".into()];
+            c.coordination.etcd.prefix = "bitark/".into();
+            c.coordination.lease_ttl = Duration::from_millis(1500);
+        });
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[2].contains("whole seconds"), "{found:?}");
+        let ok = problems(|c| {
+            c.replication.stage = 7.0;
+            c.replication.features.failover = true;
+            c.coordination.etcd.endpoints = vec!["http://127.0.0.1:2379".into()];
+        });
+        assert!(ok.is_empty(), "{ok:?}");
+        assert!(!Features::up_to_stage(7.0).unwrap().failover, "no stage turns failover on");
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub enum WriteError {
     /// when the node steps down.
     #[error("epoch {epoch} exists, newer than this node's: another node is master{}; this write was not acknowledged", master_url.as_deref().map(|u| format!(" at {u}")).unwrap_or_default())]
     Fenced { epoch: u64, master_url: Option<String> },
+    /// Under failover: the master's leader lease could not be renewed in time (503
+    /// `leader_lease_lapsed`). Not acknowledged; retry, at this node once it renews or at
+    /// the new master.
+    #[error("{0}")]
+    LeaseLapsed(String),
     /// The record is durable on the master, but not enough slaves confirmed it within
     /// `replication.ack-timeout` (504 `replication_timeout`); it still replicates.
     #[error("LSN {lsn} is durable on the master, but only {acked} of the {required} slave acknowledgements that ack={} needs arrived within {timeout_ms} ms; it will still replicate", ack.as_str())]
@@ -78,6 +83,9 @@ impl From<ProposeError> for WriteError {
             gap @ ProposeError::Gap { .. } => WriteError::NotLogged(gap.to_string()),
             // The node's own view of the newer epoch is filled in by `Node::write`.
             ProposeError::Fenced => WriteError::Fenced { epoch: 0, master_url: None },
+            lapsed @ ProposeError::LeaseLapsed => {
+                WriteError::LeaseLapsed(format!("{lapsed}; this write was not acknowledged"))
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: the `node`, `snapshot`, `limits` and `reads` configuration sections.
+//! - [`coordination`]: automatic failover through etcd: the leader lease, the
+//!   election of the most advanced member, fencing by time.
 //! - [`readset`]: the per-user set, compact for the many users with few marks.
 //! - [`store`]: [`ReadStore`], users sharded over read-write locks.
 //! - `apply`: the single path by which log records change the store, shared by
@@ -20,6 +22,7 @@
 
 mod apply;
 pub mod config;
+pub mod coordination;
 pub mod error;
 mod limits;
 pub mod modules;
@@ -32,8 +35,8 @@ mod state;
 pub mod store;
 
 pub use config::{
-    AckMode, EngineConfig, FullSyncConfig, GcMode, LimitsConfig, MaxLag, NodeConfig, OnLag, ReadsConfig,
-    ReplicationConfig, Role, SnapshotConfig,
+    AckMode, CoordinationConfig, EngineConfig, EtcdConfig, FullSyncConfig, GcMode, LimitsConfig, MaxLag, NodeConfig,
+    OnLag, ReadsConfig, ReplicationConfig, Role, SnapshotConfig,
 };
 pub use error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, RoleError, SnapshotError, WriteError};
 pub use node::Node;

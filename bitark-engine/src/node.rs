@@ -25,7 +25,7 @@ use bitark_infra::wal::{AppendOutcome, GroupCommit, ProposeError, WalHandle, Wal
 use bitark_infra::{Metrics, StorageError};
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -53,6 +53,9 @@ pub(crate) struct Inner {
     /// What the node is now and whom it follows: the configured role at first, then
     /// what promotions and step-downs (stage 7) made of it. Read on every write.
     pub(crate) role: RwLock<RoleState>,
+    /// The highest LSN this master answered a `semi` or `all` write at: a failover must
+    /// not elect a node without it.
+    acked: AtomicU64,
     /// Held for the life of the node: the OS lock on `<data-dir>/LOCK`.
     _lock: File,
 }
@@ -116,6 +119,15 @@ impl Node {
         let fencing = config.replication.effective_features().fencing;
         let epochs = open_epochs(&data_dir, fencing, &config)?;
         let role = start_role(&config, &epochs, fencing);
+        if role.role == Role::Slave && role.master_url.is_empty() && !config.failover() {
+            return Err(StorageError::io(
+                data_dir.join("epoch.bin"),
+                std::io::Error::other(
+                    "replication.master-url: a slave needs its master's URL, and epoch.bin names no master to follow",
+                ),
+            )
+            .into());
+        }
         let epoch = epochs.history.current();
         *state.epochs.lock().unwrap_or_else(PoisonError::into_inner) = epochs.clone();
         let applier = StoreApplier { state: state.clone(), every_records: config.snapshot.every_records };
@@ -153,6 +165,7 @@ impl Node {
                 snapshot_thread: Mutex::new(Some(thread)),
                 recovery: report,
                 role: RwLock::new(role),
+                acked: AtomicU64::new(0),
                 _lock: lock,
             }),
         })
@@ -261,7 +274,10 @@ impl Node {
         }
         let lsn = self.write(command).await?;
         match hub.wait_for_acks(lsn, mode).await {
-            Ok(_) => Ok(lsn),
+            Ok(_) => {
+                self.inner.acked.fetch_max(lsn.0, Ordering::AcqRel);
+                Ok(lsn)
+            }
             Err(AckShortfall::TimedOut(count)) => Err(WriteError::ReplicationTimeout {
                 lsn: lsn.0,
                 epoch: self.epoch().0,
@@ -272,6 +288,11 @@ impl Node {
             }),
             Err(AckShortfall::NotEnoughReplicas { alive, .. }) => Err(not_enough(alive)),
         }
+    }
+
+    /// The highest LSN this node answered a `semi` or `all` write at, as master.
+    pub fn acked_lsn(&self) -> Lsn {
+        Lsn(self.inner.acked.load(Ordering::Acquire))
     }
 
     /// The acknowledgement mode of a write that asks for `requested`: the stricter of
@@ -385,6 +406,17 @@ impl Node {
             return None;
         }
         self.inner.state.epochs.lock().unwrap_or_else(PoisonError::into_inner).history.epoch_at(lsn)
+    }
+
+    /// Under failover: this node's own writes are taken only before `until` (its
+    /// leader lease); `None` lifts the bound.
+    pub fn set_lease_deadline(&self, until: Option<std::time::Instant>) {
+        self.inner.wal.set_lease_deadline(until);
+    }
+
+    /// Whether this node's own writes are refused for want of a renewed leader lease.
+    pub fn lease_lapsed(&self) -> bool {
+        self.inner.wal.lease_lapsed()
     }
 
     /// Whether writes of this node's own are refused because a newer epoch exists.
@@ -603,6 +635,7 @@ fn reject_reason(e: &ProposeError) -> &'static str {
         }
         ProposeError::Gap { .. } => "gap",
         ProposeError::Fenced => "fenced",
+        ProposeError::LeaseLapsed => "lease-lapsed",
     }
 }
 
@@ -629,13 +662,22 @@ fn open_epochs(data_dir: &Path, fencing: bool, config: &EngineConfig) -> Result<
 /// The role a node starts in: the configured one, unless (under fencing) its epoch file
 /// says otherwise: a node that became master stays master; a configured master that
 /// stepped down, or saw a newer epoch whose master it knows, follows that master.
+/// Under failover every node starts as a slave of nobody: the etcd election decides.
+/// A configured slave without `replication.master-url` follows the master its epoch file
+/// names (the last one it followed).
 fn start_role(config: &EngineConfig, epochs: &EpochState, fencing: bool) -> RoleState {
-    let configured = RoleState {
+    if config.failover() {
+        return RoleState { role: Role::Slave, master_url: String::new() };
+    }
+    let mut configured = RoleState {
         role: config.node.role,
         master_url: if config.node.role == Role::Slave { config.replication.master_url.clone() } else { String::new() },
     };
     if !fencing {
         return configured;
+    }
+    if configured.role == Role::Slave && configured.master_url.is_empty() {
+        configured.master_url = epochs.seen_master_url.clone();
     }
     let newer = epochs.seen > epochs.history.current().0;
     if !newer && epochs.master_id == config.node.id {

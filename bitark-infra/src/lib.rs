@@ -5,6 +5,8 @@
 //! - [`error`]: [`StorageError`], which keeps corruption (names a file and an offset)
 //!   apart from I/O failure.
 //! - [`epoch`]: `epoch.bin`, the durable epoch history of a node.
+//! - [`etcd`]: the etcd v3 client of failover coordination (leases, keys, a
+//!   compare-and-swap, a watch).
 //! - [`fsutil`]: fsync of directories and atomic file replacement.
 //! - [`wal`]: segmented write-ahead log: segment naming and listing, the group-commit
 //!   writer thread, the recovery scan and garbage collection (`purge_to`).
@@ -25,6 +27,7 @@
 pub mod config;
 pub mod epoch;
 pub mod error;
+pub mod etcd;
 mod fixedfile;
 pub mod fsutil;
 pub mod fullsync;

@@ -142,6 +142,16 @@ pub struct Metrics {
     /// `bitark_replication_truncated_records_total`: records cut from the log on stepping
     /// down (the new master never had them; kept in a side file).
     pub replication_truncated_records: IntCounter,
+    /// `bitark_coordination_leader`: 1 while this node holds the leader lease in etcd
+    /// (failover).
+    pub coordination_leader: IntGauge,
+    /// `bitark_coordination_etcd_up`: 1 while the last etcd call answered (failover).
+    pub coordination_etcd_up: IntGauge,
+    /// `bitark_coordination_lease_renewals_total{result}`: `ok`, `error` (etcd did not
+    /// answer in time) and `expired` (the lease was gone).
+    pub coordination_lease_renewals: IntCounterVec,
+    /// `bitark_coordination_elections_total{result}`: campaigns this node `won` or `lost`.
+    pub coordination_elections: IntCounterVec,
     /// `bitark_replication_role_changes_total{to}`: promotions (`master`) and step-downs
     /// (`slave`).
     pub replication_role_changes: IntCounterVec,
@@ -478,6 +488,28 @@ impl Metrics {
                 IntCounter::new(
                     "bitark_replication_truncated_records_total",
                     "Records cut from the log on stepping down, kept in a side file",
+                )?,
+            )?,
+            coordination_leader: reg(
+                r,
+                IntGauge::new("bitark_coordination_leader", "1 while this node holds the leader lease in etcd")?,
+            )?,
+            coordination_etcd_up: reg(
+                r,
+                IntGauge::new("bitark_coordination_etcd_up", "1 while the last call to etcd answered")?,
+            )?,
+            coordination_lease_renewals: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("bitark_coordination_lease_renewals_total", "Lease renewals in etcd, by result"),
+                    &["result"],
+                )?,
+            )?,
+            coordination_elections: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("bitark_coordination_elections_total", "Campaigns for the leader key, by result"),
+                    &["result"],
                 )?,
             )?,
             replication_role_changes: reg(

@@ -90,6 +90,13 @@ fn readiness_status(state: &AppState) -> Status {
         );
         return Status::not("OUT_OF_SERVICE", "fenced", message);
     }
+    if !node.is_slave() && node.lease_lapsed() {
+        let message = "this master could not renew its leader lease in etcd in time and takes no writes until it does";
+        return Status::not("OUT_OF_SERVICE", "leader_lease_lapsed", message);
+    }
+    if node.is_slave() && node.role().master_url.is_empty() {
+        return Status::not("OUT_OF_SERVICE", "no_master", "no master is known yet (under failover: none elected)");
+    }
     if let Some(follower) = state.follower() {
         if let Some((reason, message)) = follower.master_view().not_ready() {
             return Status::not("OUT_OF_SERVICE", reason, message);

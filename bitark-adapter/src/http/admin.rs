@@ -148,7 +148,7 @@ impl From<RoleError> for ApiError {
     responses(
         (status = 200, description = "Master of a new epoch", body = RoleChanged),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 409, description = "`wrong_role`: master already; `fencing_off`: `replication.features.fencing` is off", body = ErrorBody),
+        (status = 409, description = "`wrong_role`: master already, or failover is on (etcd elects the master); `fencing_off`: `replication.features.fencing` is off", body = ErrorBody),
         (status = 500, description = "`role_change_failed`: the epoch could not be recorded; the node is still a slave", body = ErrorBody),
         (status = 503, description = "Starting, or a full sync is replacing the state", body = ErrorBody),
     ))]
@@ -168,7 +168,7 @@ pub async fn promote(State(state): State<AppState>) -> Result<Json<RoleChanged>,
         (status = 200, description = "Following the new master", body = RoleChanged),
         (status = 400, description = "Malformed body or URL", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 409, description = "`wrong_role`: the URL is this node; `fencing_off`: `replication.features.fencing` is off", body = ErrorBody),
+        (status = 409, description = "`wrong_role`: the URL is this node, or failover is on (etcd elects the master); `fencing_off`: `replication.features.fencing` is off", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
         (status = 503, description = "Starting", body = ErrorBody),
     ))]

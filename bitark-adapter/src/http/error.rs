@@ -126,6 +126,10 @@ pub enum ApiError {
     /// known, also in `Location`); the write was not acknowledged.
     #[error("{message}")]
     Fenced { message: String, epoch: u64, master_url: Option<String>, location: Option<String> },
+    /// 503 `leader_lease_lapsed`: under failover, this master could not renew its leader
+    /// lease in time; the write was not acknowledged.
+    #[error("{0}")]
+    LeaseLapsed(String),
     /// 504: the write is durable on the master but not enough slaves confirmed it in time.
     #[error("{message}")]
     ReplicationTimeout { message: String, lsn: u64, epoch: u64, ack: &'static str, acked: usize, required: usize },
@@ -192,6 +196,7 @@ impl ApiError {
             ApiError::Failed { code, .. } => (StatusCode::INTERNAL_SERVER_ERROR, code),
             ApiError::NotMaster { .. } => (StatusCode::CONFLICT, "not_master"),
             ApiError::Fenced { .. } => (StatusCode::CONFLICT, "not_master"),
+            ApiError::LeaseLapsed(_) => (StatusCode::SERVICE_UNAVAILABLE, "leader_lease_lapsed"),
             ApiError::ReplicationTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "replication_timeout"),
             ApiError::NotEnoughReplicas { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_enough_replicas"),
             ApiError::WriteLost { .. } => (StatusCode::CONFLICT, "write_lost"),
@@ -243,6 +248,7 @@ impl From<WriteError> for ApiError {
             WriteError::OutcomeUnknown(message) => ApiError::OutcomeUnknown(message),
             WriteError::Stopped(message) => ApiError::WritePathFailed(message),
             WriteError::MarkLimit(message) => ApiError::MarkLimit(message),
+            WriteError::LeaseLapsed(message) => ApiError::LeaseLapsed(message),
             WriteError::NotMaster { master_url } => ApiError::NotMaster { location: master_url.clone(), master_url },
             fenced @ WriteError::Fenced { .. } => {
                 let WriteError::Fenced { epoch, master_url } = &fenced else { unreachable!() };

@@ -21,6 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use bitark_engine::coordination::CoordinationStatus;
 use bitark_engine::replication::{Follower, MasterHub};
 use bitark_engine::Node;
 use bitark_infra::replication::ReplicationClient;
@@ -61,6 +62,8 @@ struct Inner {
     /// The replication client and the URL peers reach this node at, once replication
     /// is wired.
     wiring: OnceLock<(ReplicationClient, String)>,
+    /// Under failover, what the coordination loop knows.
+    coordination: OnceLock<Arc<std::sync::Mutex<CoordinationStatus>>>,
     started: Instant,
 }
 
@@ -75,6 +78,7 @@ impl AppState {
                 replication: RwLock::new(Replication::default()),
                 role_change: tokio::sync::Mutex::new(()),
                 wiring: OnceLock::new(),
+                coordination: OnceLock::new(),
                 started: Instant::now(),
             }),
         }
@@ -125,6 +129,16 @@ impl AppState {
     /// The replication client and this node's own URL.
     pub fn wiring(&self) -> (ReplicationClient, String) {
         self.inner.wiring.get().cloned().expect("replication is wired at start-up")
+    }
+
+    /// Where the coordination loop reports (under failover, once at start-up).
+    pub fn set_coordination(&self, status: Arc<std::sync::Mutex<CoordinationStatus>>) {
+        let _ = self.inner.coordination.set(status);
+    }
+
+    /// What the coordination loop knows now, under failover.
+    pub fn coordination(&self) -> Option<CoordinationStatus> {
+        self.inner.coordination.get().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).now())
     }
 
     /// This node's own URL, once wired.

@@ -252,7 +252,7 @@ async fn write(
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 409, description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
         (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
-        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`)", body = ErrorBody),
+        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`), `leader_lease_lapsed` (failover: this master could not renew its leader lease in time; not acknowledged, retry)", body = ErrorBody),
         (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
     )
@@ -275,7 +275,7 @@ pub async fn mark_read(
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 409, description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
         (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
-        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`)", body = ErrorBody),
+        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`), `leader_lease_lapsed` (failover: this master could not renew its leader lease in time; not acknowledged, retry)", body = ErrorBody),
         (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
     )
@@ -323,7 +323,7 @@ pub async fn is_read(
         (status = 408, description = "`request_timeout`: the body did not arrive within `server.request-timeout`", body = ErrorBody),
         (status = 409, description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
         (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
-        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`)", body = ErrorBody),
+        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`), `leader_lease_lapsed` (failover: this master could not renew its leader lease in time; not acknowledged, retry)", body = ErrorBody),
         (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
         (status = 413, description = "Batch or range over the limit", body = ErrorBody),

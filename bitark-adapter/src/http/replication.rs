@@ -313,5 +313,6 @@ pub async fn replication_status(State(state): State<AppState>) -> Result<Json<Re
         progress_lsn: follower.and_then(|f| f.progress_lsn()),
         master_last_seen_seconds: follower.map(|f| f.master_last_seen().as_secs_f64()),
         full_sync: follower.and_then(Follower::full_sync),
+        coordination: state.coordination(),
     }))
 }

@@ -12,11 +12,15 @@
 //!   conditions, never on a bare sleep.
 //! - [`proxy`] is a fault-injecting TCP proxy to put between two nodes; [`cluster`]
 //!   starts a master and its slaves wired through such proxies; [`fake_master`] stands
-//!   in for a master when a test talks to a slave directly.
+//!   in for a master when a test talks to a slave directly; [`epochs`] writes with
+//!   epochs and tokens; [`etcd`] runs a real etcd for failover.
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod cluster;
+pub mod epochs;
+pub mod etcd;
+pub mod failover;
 pub mod fake_master;
 pub mod proxy;
 pub mod workload;

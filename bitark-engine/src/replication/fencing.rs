@@ -88,10 +88,11 @@ impl Node {
         master && epoch > self.epoch()
     }
 
-    /// Makes this slave master in a new epoch: the epoch is recorded durably at the
-    /// next LSN before any write of it is taken. The caller stops the follower first
-    /// and starts the master side after. Blocking.
-    pub fn promote(&self, self_url: &str) -> Result<(Epoch, Lsn), RoleError> {
+    /// Makes this slave master in a new epoch (`epoch`, which must be above every epoch
+    /// known, or the next one): the epoch is recorded durably at the next LSN before any
+    /// write of it is taken. The caller stops the follower first and starts the master
+    /// side after. Blocking.
+    pub fn promote(&self, self_url: &str, epoch: Option<Epoch>) -> Result<(Epoch, Lsn), RoleError> {
         if !self.fencing() {
             return Err(RoleError::FencingOff);
         }
@@ -101,7 +102,11 @@ impl Node {
         if self.is_replacing() {
             return Err(RoleError::Busy("a full sync is replacing this node's state; promote it afterwards".into()));
         }
-        let epoch = Epoch(self.epochs().highest().0 + 1);
+        let highest = self.epochs().highest();
+        let epoch = epoch.unwrap_or(Epoch(highest.0 + 1));
+        if epoch <= highest {
+            return Err(RoleError::WrongRole(format!("epoch {epoch} is not above epoch {highest}, which exists")));
+        }
         let node = self.clone();
         let self_url = self_url.to_string();
         let start = self.inner.wal.begin_epoch(

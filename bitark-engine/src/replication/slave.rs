@@ -439,12 +439,7 @@ impl Follower {
                         // The log was cut back: register again at once from the new
                         // position, as a new session, which the master follows from there.
                         Ok(true) => {
-                            *inner.session.lock().unwrap_or_else(PoisonError::into_inner) = new_session();
-                            *inner.master.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                            if inner.features.reliable {
-                                let this = self.clone();
-                                let _ = tokio::task::spawn_blocking(move || this.write_progress_now()).await;
-                            }
+                            self.new_session_after_cut().await;
                             continue;
                         }
                         Err(e) => {
@@ -470,6 +465,19 @@ impl Follower {
                 Err(refused @ TransportError::Refused { status: 409, .. }) => {
                     // The master refuses this slave: say so, and keep asking.
                     let (code, message) = refused.error_body();
+                    // Ahead of the master under fencing: records of an epoch the master
+                    // ended earlier. Ask where it ended, cut, and register again from there.
+                    if code.as_deref() == Some("diverged") && inner.features.fencing {
+                        match self.adopt_from_epochs().await {
+                            Ok(true) => {
+                                first = false;
+                                self.new_session_after_cut().await;
+                                continue;
+                            }
+                            Ok(false) => {}
+                            Err(e) => tracing::error!(error = %e, "cannot take the master's epoch history"),
+                        }
+                    }
                     if code.as_deref() == Some("diverged") {
                         self.heard_from_master(Some("DIVERGED".into()), message.clone());
                     }
@@ -496,6 +504,34 @@ impl Follower {
                 _ = stopping => {}
             }
         }
+    }
+
+    /// After the log was cut back: the next registration is a new session, which the
+    /// master follows from the new position.
+    async fn new_session_after_cut(&self) {
+        let inner = &self.inner;
+        *inner.session.lock().unwrap_or_else(PoisonError::into_inner) = new_session();
+        *inner.master.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        if inner.features.reliable {
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || this.write_progress_now()).await;
+        }
+    }
+
+    /// Asks the master for its epoch history (`GET /internal/replication/epochs`) and
+    /// adopts it, cutting what it does not hold. Answers whether the log was cut.
+    async fn adopt_from_epochs(&self) -> Result<bool, crate::error::RoleError> {
+        let inner = &self.inner;
+        let answer = inner.client.epochs(&inner.master_url).await.map_err(|e| {
+            crate::error::RoleError::Unreachable { url: inner.master_url.clone(), reason: e.to_string() }
+        })?;
+        let node = inner.node.clone();
+        let url = inner.master_url.clone();
+        let cut = tokio::task::spawn_blocking(move || node.adopt_history(&answer.history, &answer.node_id, &url))
+            .await
+            .map_err(|e| crate::error::RoleError::Busy(format!("adopting the epoch history stopped: {e}")))??;
+        inner.client.set_epoch(inner.node.epoch().0);
+        Ok(cut.is_some())
     }
 
     /// Under fencing, adopts the epoch history the master answered with before a batch

@@ -161,6 +161,9 @@ pub struct ReplicationStatus {
     pub master_last_seen_seconds: Option<f64>,
     /// Slave: a full sync in progress or queued, as the slave sees it.
     pub full_sync: Option<FullSyncProgress>,
+    /// Under failover: the master etcd names and this node's lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<crate::coordination::CoordinationStatus>,
 }
 
 /// A slave's view of its full sync.

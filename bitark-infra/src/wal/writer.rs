@@ -83,6 +83,13 @@ pub enum ProposeError {
     /// the log only until the node steps down and cuts its tail.
     #[error("this node no longer accepts writes: a newer epoch exists and another node is master")]
     Fenced,
+    /// Not acknowledged: under failover, the master's leader lease in etcd could not be
+    /// renewed in time, so another node may be master by now.
+    #[error(
+        "this master's leader lease in etcd was not renewed in time; it takes no writes until it is \
+         (another node may be master by now)"
+    )]
+    LeaseLapsed,
 }
 
 /// Whether the log accepts writes.
@@ -166,11 +173,31 @@ struct Shared {
     /// Set while the node must not take writes of its own (a newer epoch exists):
     /// proposals are refused, replicated records still go in.
     fenced: AtomicBool,
+    /// Under failover: the node's own writes are taken only before this instant,
+    /// milliseconds after `origin` (`u64::MAX`: no lease bounds them).
+    lease_until: AtomicU64,
+    origin: Instant,
     /// The writer thread, joined on shutdown.
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Shared {
+    fn lease_lapsed(&self) -> bool {
+        let until = self.lease_until.load(Ordering::Acquire);
+        until != u64::MAX && self.origin.elapsed().as_millis() as u64 >= until
+    }
+
+    /// Why the node's own writes are refused now, if they are.
+    fn own_write_refusal(&self) -> Option<ProposeError> {
+        if self.fenced.load(Ordering::Acquire) {
+            Some(ProposeError::Fenced)
+        } else if self.lease_lapsed() {
+            Some(ProposeError::LeaseLapsed)
+        } else {
+            None
+        }
+    }
+
     fn set_health(&self, health: WalHealth, metrics: &Metrics) {
         metrics.wal_writable.set(i64::from(health == WalHealth::Healthy));
         if let WalHealth::Failed { .. } = health {
@@ -286,6 +313,19 @@ impl WalHandle {
         self.shared.fenced.load(Ordering::Acquire)
     }
 
+    /// Under failover: the node's own writes are taken only before `until` (the
+    /// leader lease, less a margin); `None` lifts the bound. A proposal answered at or
+    /// after it gets [`ProposeError::LeaseLapsed`], even if its record was written.
+    pub fn set_lease_deadline(&self, until: Option<Instant>) {
+        let millis = until.map_or(u64::MAX, |t| t.saturating_duration_since(self.shared.origin).as_millis() as u64);
+        self.shared.lease_until.store(millis, Ordering::Release);
+    }
+
+    /// Whether the node's own writes are refused for want of a renewed lease.
+    pub fn lease_lapsed(&self) -> bool {
+        self.shared.lease_lapsed()
+    }
+
     /// Highest LSN known to be durable.
     pub fn durable_lsn(&self) -> Lsn {
         Lsn(self.shared.durable.load(Ordering::Acquire))
@@ -343,6 +383,8 @@ impl GroupCommit {
             sync_queued: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
+            lease_until: AtomicU64::new(u64::MAX),
+            origin: Instant::now(),
             thread: Mutex::new(None),
         });
         metrics.lsn_durable.set(next_lsn.0 as i64 - 1);
@@ -569,8 +611,7 @@ impl<A: Applier> Writer<A> {
     }
 
     fn commit(&mut self, batch: &mut Vec<Proposal>) {
-        let fenced = self.shared.fenced.load(Ordering::Acquire).then_some(ProposeError::Fenced);
-        if let Some(e) = fenced.or_else(|| self.refusal()) {
+        if let Some(e) = self.shared.own_write_refusal().or_else(|| self.refusal()) {
             for p in batch.drain(..) {
                 let _ = p.reply.send(Err(e.clone()));
             }
@@ -592,11 +633,15 @@ impl<A: Applier> Writer<A> {
             }
             return;
         }
-        // The fence went up while the batch was written: another master exists, and
-        // this tail is cut when the node steps down. Nothing of it is acknowledged.
-        let fenced = self.shared.fenced.load(Ordering::Acquire);
+        // The fence went up, or the lease lapsed, while the batch was written: another
+        // master may exist, and this tail is cut when the node steps down. Nothing of it
+        // is acknowledged.
+        let refused = self.shared.own_write_refusal();
         for (reply, record) in replies.into_iter().zip(&records) {
-            let _ = reply.send(if fenced { Err(ProposeError::Fenced) } else { Ok(record.lsn) });
+            let _ = reply.send(match &refused {
+                Some(e) => Err(e.clone()),
+                None => Ok(record.lsn),
+            });
         }
     }
 
