@@ -29,7 +29,7 @@ use std::time::Duration;
 pub const EMBEDDED_DEFAULTS: &str = include_str!("../../application.yml");
 
 /// The whole configuration tree.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct AppConfig {
     pub server: ServerConfig,
@@ -41,18 +41,68 @@ pub struct AppConfig {
     pub replication: ReplicationConfig,
     pub coordination: CoordinationConfig,
     pub security: SecurityConfig,
+    pub management: ManagementConfig,
+    pub logging: LoggingConfig,
+}
+
+/// `management.*`: where the actuator and admin endpoints listen.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ManagementConfig {
+    pub server: ManagementServerConfig,
+}
+
+/// `management.server.*`: a listener of their own for `/actuator/*` and `/admin/*`, as
+/// Spring Boot's `management.server.port`; the public port then serves only the API.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ManagementServerConfig {
+    /// TCP port of the management listener (`0` picks a free one); unset serves them on
+    /// `server.port`. Default unset.
+    pub port: Option<u16>,
+    /// Address of the management listener; unset uses `server.bind`. Default unset.
+    #[schema(value_type = Option<String>)]
+    pub bind: Option<IpAddr>,
+}
+
+/// `logging.*`: what is logged, and how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// Levels per target, `RUST_LOG` style: `info`, or `warn,bitark_engine=debug`. The
+    /// `BITARK_LOG` environment variable, when set, wins. Default `info`.
+    pub level: String,
+    /// `text` (one line per event) or `json` (one JSON object per line). Default `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `server.*`: the HTTP listener and what it allows a connection.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// TCP port; `0` picks a free one. Default `8080`.
     pub port: u16,
     /// Address to listen on. Default `127.0.0.1`.
+    #[schema(value_type = String)]
     pub bind: IpAddr,
     /// Longest a graceful shutdown waits for in-flight requests. Default `30s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub shutdown_timeout: Duration,
     /// Most connections open at once; more are answered 503 and closed. Lowered at
     /// start-up, with a warning, to what the open-files limit leaves after a reserve
@@ -61,14 +111,17 @@ pub struct ServerConfig {
     /// Longest from the first byte of a request to the end of its headers; the
     /// connection is closed after it. Default `10s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub header_read_timeout: Duration,
     /// Longest a connection may stay open without a byte moving either way between
     /// requests; it is closed after it. Default `60s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub idle_timeout: Duration,
     /// Longest to receive a request once its headers are in, body included; the
     /// request is answered 408 after it. Default `30s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub request_timeout: Duration,
 }
 
@@ -106,14 +159,16 @@ impl ServerConfig {
 }
 
 /// `security.*`: bearer tokens. Empty means the endpoints are open.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// Token required by `/admin/*`. Default empty (open; a node bound to a
     /// non-loopback address warns about it at start-up).
+    #[schema(value_type = String)]
     pub admin_token: Secret,
     /// Token required by `/internal/*` (replication). A node that replicates refuses to
     /// start without one unless `allow-insecure-cluster` is set. Default empty.
+    #[schema(value_type = String)]
     pub cluster_token: Secret,
     /// Lets a node replicate without a cluster token, e.g. on a private test network;
     /// it then warns at every start. Default `false`.
@@ -222,6 +277,12 @@ impl AppConfig {
     /// Every invalid value, each naming its key.
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.server.problems();
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
+            out.push(format!("logging.level: `{}` is not a list of levels ({e})", self.logging.level));
+        }
+        if self.management.server.port.is_some_and(|p| p != 0 && p == self.server.port) {
+            out.push("management.server.port: must differ from server.port (leave it unset to share it)".into());
+        }
         out.extend(self.engine().problems());
         if self.replicates() && self.security.cluster_token.expose().is_none() && !self.security.allow_insecure_cluster
         {
@@ -296,6 +357,17 @@ mod tests {
         let mut expected = AppConfig::default();
         expected.node.data_dir = PathBuf::from("./data");
         assert_eq!(config, expected, "application.yml and the Default impls must agree");
+    }
+
+    #[test]
+    fn a_bad_log_level_and_a_management_port_equal_to_the_server_port_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "logging:\n  level: \"info,bitark=loud\"\n  format: json\nmanagement:\n  server:\n    port: 8080\n";
+        fs::write(dir.path().join("application.yml"), yaml).unwrap();
+        let Err(ConfigError::Problems(found)) = load_in(dir.path(), Sources::default()) else { panic!("accepted") };
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("logging.level: `info,bitark=loud`"), "{found:?}");
+        assert!(found[1].starts_with("management.server.port: must differ"), "{found:?}");
     }
 
     #[test]

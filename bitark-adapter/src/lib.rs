@@ -48,28 +48,62 @@ pub enum RunError {
 /// the API answers 503 until recovery has finished. On shutdown: new requests get 503,
 /// in-flight requests finish (up to `server.shutdown-timeout`), queued writes are made
 /// durable, and the function returns.
-pub async fn run(listener: TcpListener, config: AppConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+///
+/// With a `management` listener (`management.server.port`), `/actuator/*` and `/admin/*`
+/// are served there and no longer on `listener`.
+pub async fn run(
+    listener: TcpListener,
+    management: Option<TcpListener>,
+    config: AppConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let state = http::AppState::new(config.clone(), metrics.clone());
     let local_addr = listener.local_addr()?;
     warn_about_exposure(&config, local_addr);
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_server, stopped) = tokio::sync::watch::channel(false);
     let limits = server::Limits {
         max_connections: connection_cap(config.server.max_connections),
         header_read_timeout: config.server.header_read_timeout,
         idle_timeout: config.server.idle_timeout,
         request_timeout: config.server.request_timeout,
     };
+    let (public, management) = match management {
+        Some(listener) => (http::Routes::Api, Some(listener)),
+        None => (http::Routes::All, None),
+    };
+    let management_server = management.map(|listener| {
+        let mut stopped = stopped.clone();
+        tokio::spawn(server::serve(
+            listener,
+            http::router_of(state.clone(), http::Routes::Management),
+            limits.clone(),
+            metrics.clone(),
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+            config.server.shutdown_timeout,
+        ))
+    });
+    let mut stopped = stopped;
     let server = tokio::spawn(server::serve(
         listener,
-        http::router(state.clone()),
+        http::router_of(state.clone(), public),
         limits,
         metrics.clone(),
         async move {
-            let _ = server_stopped.await;
+            let _ = stopped.wait_for(|stop| *stop).await;
         },
         config.server.shutdown_timeout,
     ));
+    let server = async move {
+        let served = server.await;
+        if let Some(management) = management_server {
+            management.await?;
+        }
+        served
+    };
+    tokio::pin!(server);
 
     let engine = config.engine();
     let opening = {
@@ -81,15 +115,15 @@ pub async fn run(listener: TcpListener, config: AppConfig, shutdown: impl Future
         opened = opening => match opened? {
             Ok(node) => node,
             Err(e) => {
-                let _ = stop_server.send(());
-                let _ = server.await;
+                let _ = stop_server.send(true);
+                let _ = (&mut server).await;
                 return Err(e.into());
             }
         },
         _ = &mut shutdown => {
             tracing::info!("shutdown requested during recovery");
-            let _ = stop_server.send(());
-            let _ = server.await;
+            let _ = stop_server.send(true);
+            let _ = (&mut server).await;
             return Ok(());
         }
     };
@@ -106,8 +140,8 @@ pub async fn run(listener: TcpListener, config: AppConfig, shutdown: impl Future
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
     state.begin_shutdown();
-    let _ = stop_server.send(());
-    server.await?;
+    let _ = stop_server.send(true);
+    (&mut server).await?;
     let follower = state.follower();
     tokio::task::spawn_blocking(move || {
         node.shutdown();

@@ -1,6 +1,6 @@
 //! `bitark`: the read-status server.
 
-use bitark_adapter::config::{AppConfig, Sources};
+use bitark_adapter::config::{AppConfig, LogFormat, LoggingConfig, Sources};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
@@ -50,11 +50,6 @@ fn main() -> ExitCode {
         print!("{}", bitark_adapter::openapi::document());
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BITARK_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
     let sources = Sources {
         config_file: cli.config,
         profile: cli.profile,
@@ -73,6 +68,7 @@ fn main() -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
+    init_logging(&config.logging);
     // Connections, log segments and snapshots all take descriptors: use what is allowed.
     match bitark_infra::process::raise_open_files_limit() {
         Ok((before, (soft, hard))) if before < soft => {
@@ -98,6 +94,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// `logging.level` (or `BITARK_LOG`) and `logging.format`, to stderr.
+fn init_logging(logging: &LoggingConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BITARK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&logging.level));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match logging.format {
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
 async fn serve(config: AppConfig) -> Result<(), Box<dyn std::error::Error>> {
     let addr = SocketAddr::new(config.server.bind, config.server.port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -108,7 +115,18 @@ async fn serve(config: AppConfig) -> Result<(), Box<dyn std::error::Error>> {
         "listening on http://{}",
         listener.local_addr()?
     );
-    bitark_adapter::run(listener, config, shutdown_signal()).await?;
+    let management = match config.management.server.port {
+        Some(port) => {
+            let addr = SocketAddr::new(config.management.server.bind.unwrap_or(config.server.bind), port);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("management.server: cannot listen on {addr}: {e}"))?;
+            tracing::info!("management (actuator, admin) listening on http://{}", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
+    bitark_adapter::run(listener, management, config, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -3,19 +3,21 @@
 //! `openapi/openapi.json` in the repository is this document byte for byte (a test
 //! checks it); regenerate it with `cargo run -p bitark-adapter --bin bitark -- openapi > openapi/openapi.json`.
 
-use crate::http::{actuator, admin, error, reads, replication};
+use crate::http::{actuator, admin, error, extract, reads, replication};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
-        title = "BitArk",
+        title = "Bitark",
         description = "Read-status service: has user U read message M? Ids are unsigned 64-bit integers over their \
                        full range. In JSON bodies an id may be a number or a decimal string (JavaScript cannot hold \
                        integers above 2^53). Every write answers with the LSN of its write-ahead-log record once it \
                        is durable; reads accept `minLsn` to wait until this node has applied at least that LSN. \
-                       Every error is `{\"error\": code, \"message\": text}`.",
+                       Every error is `{\"error\": code, \"message\": text}`. In paths and query strings an \
+                       id is a decimal string (`^[0-9]{1,20}$`, at most 18446744073709551615). The admin endpoints \
+                       take a bearer token only when `security.admin-token` is set; without one they are open.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -24,7 +26,8 @@ use utoipa::{Modify, OpenApi};
         actuator::configprops, replication::replication_status, admin::snapshot, admin::digest,
         admin::promote, admin::demote,
     ),
-    components(schemas(error::ErrorBody)),
+    components(schemas(error::ErrorBody, extract::IdString)),
+    servers((url = "http://127.0.0.1:8080", description = "A node on the embedded defaults")),
     modifiers(&BearerAuth),
     tags(
         (name = "reads", description = "Read marks per user"),
@@ -48,7 +51,26 @@ impl Modify for BearerAuth {
 
 /// The document as pretty-printed JSON with a trailing newline.
 pub fn document() -> String {
-    let mut text = ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes");
+    let mut value = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    drop_duration_defaults(&mut value);
+    let mut text = serde_json::to_string_pretty(&value).expect("the OpenAPI document serializes");
     text.push('\n');
     text
+}
+
+/// A configuration default that is a duration comes out of `Default` as
+/// `{"secs", "nanos"}`, not as the `"1s"` the configuration takes and answers: such
+/// defaults are left out (each description names the default).
+fn drop_duration_defaults(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let is_duration = |v: &serde_json::Value| v.get("secs").is_some() && v.get("nanos").is_some();
+            if map.get("default").is_some_and(is_duration) {
+                map.remove("default");
+            }
+            map.values_mut().for_each(drop_duration_defaults);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_duration_defaults),
+        _ => {}
+    }
 }

@@ -12,7 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// One epoch and the first LSN written in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EpochStart {
     pub epoch: u64,

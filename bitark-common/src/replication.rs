@@ -18,7 +18,7 @@ pub const WAL_CONTENT_TYPE: &str = "application/x-bitark-wal";
 
 /// The replication capabilities of a node: one flag per roadmap stage, in rollout
 /// order. A valid set is a prefix of that order: a flag needs every earlier one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Features {
     /// Stage 1: the master sends each committed record to each slave; no progress kept.

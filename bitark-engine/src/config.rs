@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// What this node does in a cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Accepts writes.
@@ -20,7 +20,7 @@ pub enum Role {
 }
 
 /// `node.*`: identity and storage of this node.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// Name of this node in the cluster. Default `node-1`.
@@ -28,6 +28,7 @@ pub struct NodeConfig {
     /// `master | slave`. Default `master`.
     pub role: Role,
     /// Directory holding `wal/`, `snapshots/` and the `LOCK` file. Default `./data`.
+    #[schema(value_type = String)]
     pub data_dir: PathBuf,
 }
 
@@ -38,7 +39,7 @@ impl Default for NodeConfig {
 }
 
 /// `snapshot.*`: when snapshots are taken and how many are kept.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct SnapshotConfig {
     /// Take a snapshot once this many records were logged since the last one; `0`
@@ -47,6 +48,7 @@ pub struct SnapshotConfig {
     /// Take a snapshot at least this often when anything changed; `0s` turns the timer
     /// off. Default `10m`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub every: Duration,
     /// Snapshots kept on disk; the WAL is kept back to the oldest of them so recovery
     /// can fall back when the newest is damaged. Default `2`, minimum `1`.
@@ -60,7 +62,7 @@ impl Default for SnapshotConfig {
 }
 
 /// `limits.*`: the largest requests accepted.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Most message ids in one batch mark or check. Default `10000`, maximum `1000000`.
@@ -73,6 +75,7 @@ pub struct LimitsConfig {
     pub max_marks_per_user: u64,
     /// Above this resident memory, writes that add marks are refused (507
     /// `memory_limit`) while reads and unmarks go on. `0` turns the guard off. Default `0`.
+    #[schema(value_type = String)]
     pub max_memory: bytesize::ByteSize,
 }
 
@@ -88,12 +91,13 @@ impl Default for LimitsConfig {
 }
 
 /// `reads.*`: read consistency.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ReadsConfig {
     /// How long a read with `minLsn` above the applied LSN waits before answering
     /// that the node is behind. Default `1s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub min_lsn_wait: Duration,
     /// What a slave does with a read whose `minLsn` or `token` it has not reached:
     /// `wait` up to `min-lsn-wait`, or `redirect` at once with 307 to the same request
@@ -102,7 +106,7 @@ pub struct ReadsConfig {
 }
 
 /// `reads.on-lag`: a slave behind the position a read asks for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnLag {
     #[default]
@@ -117,7 +121,7 @@ impl Default for ReadsConfig {
 }
 
 /// `replication.*`: master/slave replication, rolled out stage by stage.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ReplicationConfig {
     /// Slave: base URL of the master, e.g. `http://10.0.0.1:8080`. Default empty.
@@ -140,28 +144,34 @@ pub struct ReplicationConfig {
     pub batch_max_records: usize,
     /// Longest a replication call may take. Default `2s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub request_timeout: Duration,
     /// Master: retries of failed sends (stage 3).
     pub retry: RetryConfig,
     /// Slave: how often it registers with its master (also its keep-alive). Default `1s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub register_interval: Duration,
     /// Slave: how often `slave-progress.bin` is rewritten while records arrive
     /// (stage 3); it is also written on shutdown. Default `50ms`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub progress_flush: Duration,
     /// Master: most slaves it follows; further registrations are refused. Default `16`.
     pub max_slaves: usize,
     /// Master: a slave that has neither registered nor answered for this long is
     /// forgotten (its link, buffer and metric series go). Default `10m`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub forget_after: Duration,
     /// Slave: how often it sends its master a heartbeat (stage 4). Default `1s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub heartbeat_interval: Duration,
     /// Master: a slave silent this long is DEAD; slave: a master unreachable this long
     /// makes the slave not ready (`master_unreachable`) (stage 4). Default `3s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub dead_after: Duration,
     /// Full sync from a snapshot (stage 5).
     pub full_sync: FullSyncConfig,
@@ -186,6 +196,7 @@ pub struct ReplicationConfig {
     /// `replication_timeout` (the record stays durable on the master and still
     /// replicates). Default `5s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub ack_timeout: Duration,
     /// Master: with fewer ALIVE slaves than the mode needs, wait up to `ack-timeout`
     /// for them (`true`) instead of failing at once with 503 `not_enough_replicas`
@@ -194,7 +205,7 @@ pub struct ReplicationConfig {
 }
 
 /// `replication.ack`: when a write is acknowledged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum AckMode {
     /// After the master's fsync.
@@ -241,18 +252,21 @@ impl AckMode {
 }
 
 /// `replication.full-sync.*`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct FullSyncConfig {
     /// Master: most transfers served at once; other slaves wait in a queue. Default `1`.
     pub max_concurrent: usize,
     /// Master: bandwidth of one transfer; `0` unlimited. Default `0`.
+    #[schema(value_type = String)]
     pub max_bytes_per_second: bytesize::ByteSize,
     /// Master: a transfer that makes no progress for this long loses its pin on the
     /// snapshot and the WAL after it. Default `10m`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub pin_timeout: Duration,
     /// Bytes per chunk, each with its own checksum. Default `4MiB`.
+    #[schema(value_type = String)]
     pub chunk_size: bytesize::ByteSize,
 }
 
@@ -268,7 +282,7 @@ impl Default for FullSyncConfig {
 }
 
 /// How the master's WAL garbage collection treats slaves (stage 6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum GcMode {
     /// Keep every segment an ALIVE or SLOW slave still needs, however far behind.
@@ -278,15 +292,17 @@ pub enum GcMode {
 }
 
 /// `replication.max-lag.*`: `0` turns a limit off.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct MaxLag {
     /// Records behind. Default `0` (off).
     pub records: u64,
     /// Bytes of log behind. Default `64MiB`.
+    #[schema(value_type = String)]
     pub bytes: bytesize::ByteSize,
     /// Age of the oldest record it has not acknowledged. Default `10m`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub time: Duration,
 }
 
@@ -299,14 +315,16 @@ impl Default for MaxLag {
 /// `replication.buffer.*`: the master's send buffers. They are bounded at every stage:
 /// a slave that overflows its buffer is marked SLOW and caught up from the WAL
 /// (`bounded-buffer`), or, at stages 1 and 2, misses the records dropped (GAP).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct BufferConfig {
     /// Records one slave's send buffer holds. Default `100000`.
     pub max_records: usize,
     /// Bytes one slave's send buffer holds. Default `64MiB`.
+    #[schema(value_type = String)]
     pub max_bytes: bytesize::ByteSize,
     /// Bytes all send buffers hold together. Default `256MiB`.
+    #[schema(value_type = String)]
     pub total_max_bytes: bytesize::ByteSize,
 }
 
@@ -322,14 +340,16 @@ impl Default for BufferConfig {
 
 /// `replication.retry.*`: exponential backoff with equal jitter (half of each delay
 /// fixed, half random).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Backoff before the first retry. Default `50ms`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub initial_backoff: Duration,
     /// Longest backoff. Default `2s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub max_backoff: Duration,
 }
 
@@ -470,7 +490,7 @@ impl ReplicationConfig {
 /// `coordination.*`: where failover (`replication.features.failover`) keeps the leader
 /// lease and the epoch counter. Without the flag these keys are not used and the node
 /// runs in static mode (roles from `node.role` and `epoch.bin`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct CoordinationConfig {
     pub etcd: EtcdConfig,
@@ -479,6 +499,7 @@ pub struct CoordinationConfig {
     /// new master once it has. etcd raises a TTL below its own minimum (2s by default).
     /// Default `2s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub lease_ttl: Duration,
 }
 
@@ -489,7 +510,7 @@ impl Default for CoordinationConfig {
 }
 
 /// `coordination.etcd.*`: the etcd cluster.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct EtcdConfig {
     /// Client URLs of the etcd members (`http://host:2379`). Default none.
@@ -499,6 +520,7 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// Longest one etcd call may take. Default `500ms`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub timeout: Duration,
 }
 

@@ -42,7 +42,7 @@ pub struct Member {
 }
 
 /// The master, under `<prefix>/leader`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Leader {
     pub node_id: String,
@@ -68,7 +68,7 @@ impl AckedFloor {
 }
 
 /// What `/actuator/replication` shows of the coordination.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CoordinationStatus {
     /// The master etcd names, if any.

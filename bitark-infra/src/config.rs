@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// When the write-ahead log calls fsync.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum FsyncPolicy {
     /// One fsync per group-commit batch; a write is answered only once durable.
@@ -17,16 +17,18 @@ pub enum FsyncPolicy {
 }
 
 /// `wal.*`: the write-ahead log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct WalConfig {
     /// A segment is closed and a new one started once it reaches this size.
     /// Default `64MiB`, minimum `64KiB`.
+    #[schema(value_type = String)]
     pub segment_size: bytesize::ByteSize,
     /// `batch | interval | never`. Default `batch`.
     pub fsync: FsyncPolicy,
     /// Period of the background fsync under `fsync: interval`. Default `1s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub fsync_interval: Duration,
     /// Most records one group-commit batch carries. Default `4096`, minimum `1`.
     pub max_batch_records: usize,
@@ -35,6 +37,7 @@ pub struct WalConfig {
     /// After a write could not be logged (a full disk), how often the log tries again
     /// while no write arrives; every new write is a retry too. Default `1s`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub retry_interval: Duration,
 }
 

@@ -10,6 +10,22 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096))
 }
 
+/// `(free, total)` bytes of the file system holding `path`, as an unprivileged process
+/// may use them (`statvfs`).
+pub fn disk_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("the path holds a NUL byte"))?;
+    // SAFETY: an all-zero statvfs is a valid value of that plain C struct.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs reads the NUL-terminated path and writes into `stat`, on this stack.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let block = stat.f_frsize as u64;
+    Ok((stat.f_bavail as u64 * block, stat.f_blocks as u64 * block))
+}
+
 /// This process's `(soft, hard)` limits on open files.
 pub fn open_files_limit() -> std::io::Result<(u64, u64)> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -41,6 +57,13 @@ pub fn raise_open_files_limit() -> std::io::Result<(u64, (u64, u64))> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_disk_holding_a_directory_has_some_free_space_out_of_its_total() {
+        let (free, total) = super::disk_space(std::path::Path::new(".")).unwrap();
+        assert!(total > 0 && free <= total, "free {free} of {total}");
+        assert!(super::disk_space(std::path::Path::new("/no/such/dir")).is_err());
+    }
+
     #[test]
     fn this_process_has_a_resident_size() {
         assert!(super::resident_bytes().is_some_and(|bytes| bytes > 1 << 20));

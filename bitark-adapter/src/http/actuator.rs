@@ -63,6 +63,91 @@ pub struct HealthComponents {
     /// Send it traffic: recovery has finished, it is not shutting down, its log accepts
     /// writes, and (a slave) its master can keep it up to date.
     pub readiness: Status,
+    /// The write-ahead log: `UP`, `OUT_OF_SERVICE` while writes are refused (a full
+    /// disk, a failed write being retried), `DOWN` after a failed fsync.
+    pub wal: Component,
+    /// The file system of `node.data-dir`: `OUT_OF_SERVICE` with less free space than
+    /// one log segment.
+    pub disk: Component,
+    /// The node's replication role and where it stands.
+    pub replication: Component,
+}
+
+/// One component of `/actuator/health`, as Spring Boot shows them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Component {
+    /// `UP`, `DOWN`, `OUT_OF_SERVICE` or `UNKNOWN`.
+    pub status: &'static str,
+    /// What the component knows, by name.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Component {
+    fn new(status: &'static str, details: serde_json::Value) -> Component {
+        let serde_json::Value::Object(details) = details else { unreachable!("details are an object") };
+        Component { status, details }
+    }
+}
+
+fn wal_component(state: &AppState) -> Component {
+    let Some(node) = state.node_if_open() else {
+        return Component::new("UNKNOWN", json!({ "reason": "recovering" }));
+    };
+    let lsns = json!({ "durableLsn": node.durable_lsn().0, "appliedLsn": node.applied_lsn().0 });
+    let (status, reason) = match node.wal_health() {
+        WalHealth::Healthy => ("UP", None),
+        WalHealth::Degraded { reason, .. } => ("OUT_OF_SERVICE", Some(reason)),
+        WalHealth::Failed { reason } => ("DOWN", Some(reason)),
+    };
+    let mut component = Component::new(status, lsns);
+    if let Some(reason) = reason {
+        component.details.insert("reason".into(), json!(reason));
+    }
+    component
+}
+
+fn disk_component(state: &AppState) -> Component {
+    let config = state.config();
+    let dir = &config.node.data_dir;
+    match bitark_infra::process::disk_space(dir) {
+        Ok((free, total)) => {
+            let threshold = config.wal.segment_size.as_u64();
+            let status = if free >= threshold { "UP" } else { "OUT_OF_SERVICE" };
+            Component::new(
+                status,
+                json!({ "path": dir.display().to_string(), "free": free, "total": total, "threshold": threshold }),
+            )
+        }
+        Err(e) => Component::new("UNKNOWN", json!({ "path": dir.display().to_string(), "error": e.to_string() })),
+    }
+}
+
+fn replication_component(state: &AppState) -> Component {
+    let Some(node) = state.node_if_open() else {
+        return Component::new("UNKNOWN", json!({ "reason": "recovering" }));
+    };
+    let features = node.config().replication.effective_features();
+    if !features.any() {
+        return Component::new("UP", json!({ "role": "standalone" }));
+    }
+    let epoch = node.epochs().history.current().0;
+    if let Some(hub) = state.hub() {
+        let slaves = hub.slaves();
+        let alive = slaves.iter().filter(|s| s.state == bitark_engine::replication::SlaveState::Alive).count();
+        return Component::new(
+            "UP",
+            json!({ "role": "master", "epoch": epoch, "slaves": slaves.len(), "alive": alive }),
+        );
+    }
+    let ready = readiness_status(state);
+    let status = if node.is_slave() && ready.status != "UP" { "OUT_OF_SERVICE" } else { "UP" };
+    let role = if node.is_slave() { "slave" } else { "master" };
+    let mut details = json!({ "role": role, "epoch": epoch, "masterUrl": node.master_url() });
+    if let Some(reason) = ready.reason.filter(|_| status != "UP") {
+        details["reason"] = json!(reason);
+    }
+    Component::new(status, details)
 }
 
 fn liveness_status(state: &AppState) -> Status {
@@ -132,7 +217,14 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         "OUT_OF_SERVICE"
     };
-    let body = Health { status: overall, components: HealthComponents { liveness: live, readiness: ready } };
+    let components = HealthComponents {
+        liveness: live,
+        readiness: ready,
+        wal: wal_component(&state),
+        disk: disk_component(&state),
+        replication: replication_component(&state),
+    };
+    let body = Health { status: overall, components };
     (code(overall), Json(body))
 }
 
@@ -153,30 +245,78 @@ pub async fn readiness(State(state): State<AppState>) -> impl IntoResponse {
     (code(status.status), Json(status))
 }
 
+/// `/actuator/info`: version, node id and role, LSNs, and what recovery did.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Info {
+    pub app: AppInfo,
+    pub node: NodeInfo,
+    pub uptime_seconds: u64,
+    /// Once recovery finished: the LSN applied to memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_lsn: Option<u64>,
+    /// Once recovery finished: the highest LSN durable in the log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durable_lsn: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub marks: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryInfo>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppInfo {
+    pub name: &'static str,
+    pub version: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeInfo {
+    pub id: String,
+    /// The configured role (`master` or `slave`); `/actuator/replication` has the role now.
+    pub role: &'static str,
+}
+
+/// What recovery did at start-up.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryInfo {
+    pub snapshot_lsn: u64,
+    pub records_replayed: u64,
+    pub skipped_snapshots: u64,
+    pub duration_ms: u64,
+}
+
 /// Version, node id and role, LSNs, and what recovery did.
 #[utoipa::path(get, path = "/actuator/info", tag = "actuator",
-    responses((status = 200, description = "Build and node information", body = Object)))]
-pub async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
+    responses((status = 200, description = "Build and node information", body = Info)))]
+pub async fn info(State(state): State<AppState>) -> Json<Info> {
     let config = state.config();
-    let mut body = json!({
-        "app": { "name": "bitark", "version": env!("CARGO_PKG_VERSION") },
-        "node": { "id": config.node.id, "role": config.node.role },
-        "uptimeSeconds": state.uptime().as_secs(),
-    });
-    if let Some(node) = state.node_if_open() {
-        let recovery = node.recovery();
-        body["appliedLsn"] = json!(node.applied_lsn().0);
-        body["durableLsn"] = json!(node.durable_lsn().0);
-        body["users"] = json!(node.user_count());
-        body["marks"] = json!(node.mark_count());
-        body["recovery"] = json!({
-            "snapshotLsn": recovery.snapshot_lsn.0,
-            "recordsReplayed": recovery.replayed,
-            "skippedSnapshots": recovery.skipped_snapshots,
-            "durationMs": recovery.duration.as_millis() as u64,
-        });
-    }
-    Json(body)
+    let role = match config.node.role {
+        bitark_engine::Role::Master => "master",
+        bitark_engine::Role::Slave => "slave",
+    };
+    let node = state.node_if_open();
+    Json(Info {
+        app: AppInfo { name: "bitark", version: env!("CARGO_PKG_VERSION") },
+        node: NodeInfo { id: config.node.id.clone(), role },
+        uptime_seconds: state.uptime().as_secs(),
+        applied_lsn: node.map(|n| n.applied_lsn().0),
+        durable_lsn: node.map(|n| n.durable_lsn().0),
+        users: node.map(|n| n.user_count()),
+        marks: node.map(|n| n.mark_count()),
+        recovery: node.map(|n| {
+            let recovery = n.recovery();
+            RecoveryInfo {
+                snapshot_lsn: recovery.snapshot_lsn.0,
+                records_replayed: recovery.replayed,
+                skipped_snapshots: recovery.skipped_snapshots as u64,
+                duration_ms: recovery.duration.as_millis() as u64,
+            }
+        }),
+    })
 }
 
 /// Every metric in the Prometheus text exposition format.
@@ -188,7 +328,7 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
 
 /// The effective configuration after every source was merged; secrets show as `******`.
 #[utoipa::path(get, path = "/actuator/configprops", tag = "actuator",
-    responses((status = 200, description = "Effective configuration", body = Object), (status = 500, body = ErrorBody)))]
+    responses((status = 200, description = "Effective configuration", body = crate::AppConfig), (status = 500, body = ErrorBody)))]
 pub async fn configprops(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::to_value(state.config()).unwrap_or_else(|e| json!({ "error": e.to_string() })))
 }

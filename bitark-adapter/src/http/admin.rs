@@ -35,7 +35,7 @@ pub struct SnapshotTaken {
 }
 
 /// Takes a snapshot now (writes go on meanwhile); recovery starts from it from now on.
-#[utoipa::path(post, path = "/admin/snapshot", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(post, path = "/admin/snapshot", tag = "admin", security((), ("bearer" = [])),
     responses(
         (status = 200, body = SnapshotTaken),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
@@ -87,7 +87,7 @@ pub struct Digest {
 }
 
 /// Digest of the whole read state (like Redis `DEBUG DIGEST`).
-#[utoipa::path(get, path = "/admin/digest", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/admin/digest", tag = "admin", security((), ("bearer" = [])),
     responses((status = 200, body = Digest), (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
 pub async fn digest(State(state): State<AppState>) -> Result<Json<Digest>, ApiError> {
     let node = state.node()?.clone();
@@ -144,7 +144,7 @@ impl From<RoleError> for ApiError {
 /// durably before the first write of it; from then on any node of a lower epoch that
 /// contacts this one is refused and stops taking writes. The other slaves follow it once
 /// told to (`POST /admin/demote` on each, with this node's URL).
-#[utoipa::path(post, path = "/admin/promote", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(post, path = "/admin/promote", tag = "admin", security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Master of a new epoch", body = RoleChanged),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
@@ -162,7 +162,7 @@ pub async fn promote(State(state): State<AppState>) -> Result<Json<RoleChanged>,
 /// that the new master never had are cut from its log (kept under `diverged/` in the
 /// data directory); then it follows. On a slave: it follows `masterUrl` instead of its
 /// old master. The change survives a restart (`epoch.bin`).
-#[utoipa::path(post, path = "/admin/demote", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(post, path = "/admin/demote", tag = "admin", security((), ("bearer" = [])),
     request_body(content = DemoteRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Following the new master", body = RoleChanged),

@@ -200,7 +200,9 @@ impl utoipa::PartialSchema for FlexU64 {
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::Integer)
-                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::UInt64))),
+                    .format(Some(utoipa::openapi::SchemaFormat::Custom("uint64".into())))
+                    .minimum(Some(0.0))
+                    .maximum(Some(u64::MAX as f64)),
             )
             .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[0-9]{1,20}$")))
             .description(Some(
@@ -212,6 +214,25 @@ impl utoipa::PartialSchema for FlexU64 {
 }
 
 impl utoipa::ToSchema for FlexU64 {}
+
+/// How the OpenAPI document spells an id in a path or query: a decimal string, so every
+/// generated client passes ids above 2^53 exactly. The handlers parse it with
+/// [`parse_id`], which takes exactly this and refuses values above the u64 maximum.
+pub struct IdString;
+
+impl utoipa::PartialSchema for IdString {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::Custom("uint64".into())))
+            .pattern(Some("^[0-9]{1,20}$"))
+            .description(Some("An unsigned 64-bit id, 0..=18446744073709551615, in decimal"))
+            .examples(["9223372036854775813"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for IdString {}
 
 #[cfg(test)]
 mod tests {

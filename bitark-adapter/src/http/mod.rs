@@ -16,7 +16,7 @@ use crate::config::AppConfig;
 use crate::openapi;
 use crate::server::MAX_HEAD_BYTES;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, Method, Uri};
+use axum::http::{header, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,6 +30,7 @@ use error::ApiError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// The replication side a node runs.
 #[derive(Clone, Default)]
@@ -169,17 +170,39 @@ impl AppState {
     }
 }
 
+/// Which routes a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routes {
+    /// Every route (one listener).
+    All,
+    /// The API, `/openapi.json` and `/internal/*`: the public port when
+    /// `management.server.port` is set.
+    Api,
+    /// `/actuator/*` and `/admin/*`: the management port.
+    Management,
+}
+
 /// Every route of the service.
 pub fn router(state: AppState) -> Router {
+    router_of(state, Routes::All)
+}
+
+/// The routes `which` names.
+pub fn router_of(state: AppState, which: Routes) -> Router {
     // Room for a full batch of ids written as 20-digit strings, plus JSON punctuation.
     let body_limit = state.config().limits.max_batch.saturating_mul(24).saturating_add(4096);
-    Router::new()
-        .merge(reads::router())
-        .merge(replication::internal_router(state.clone()))
-        .merge(actuator::router())
-        .merge(admin::router(state.clone()))
-        .merge(replication::actuator_router())
-        .route("/openapi.json", get(openapi_document))
+    let mut router = Router::new();
+    if which != Routes::Management {
+        router = router
+            .merge(reads::router())
+            .merge(replication::internal_router(state.clone()))
+            .route("/openapi.json", get(openapi_document));
+    }
+    if which != Routes::Api {
+        router =
+            router.merge(actuator::router()).merge(admin::router(state.clone())).merge(replication::actuator_router());
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -218,18 +241,46 @@ async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::MethodNotAllowed(method.to_string())
 }
 
+/// The header that carries a request's id, taken from the client or made up, and echoed.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The client's request id when it is one we can log and echo (1 to 128 visible ASCII
+/// characters), or a new random one.
+fn request_id(request: &Request) -> HeaderValue {
+    let given = request.headers().get(REQUEST_ID).filter(|v| {
+        let bytes = v.as_bytes();
+        (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+    });
+    given.cloned().unwrap_or_else(|| {
+        let id = format!("{:016x}", rand::random::<u64>());
+        HeaderValue::from_str(&id).expect("hex is a header value")
+    })
+}
+
 /// Refuses oversized heads, then times every request and counts it by route template,
-/// method and status.
+/// method and status. Every line logged while it is served carries its request id,
+/// which the answer echoes in `X-Request-Id`.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     // MatchedPath is an Arc<str> inside: cloning it does not copy the template.
     let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
+    let id = request_id(&request);
+    let span = tracing::info_span!("request", id = id.to_str().unwrap_or(""), %method);
     let started = Instant::now();
-    let response = match oversized(&request) {
+    let mut response = match oversized(&request) {
         Some(refusal) => refusal.into_response(),
-        None => next.run(request).await,
+        None => next.run(request).instrument(span.clone()).await,
     };
+    response.headers_mut().insert(REQUEST_ID, id);
     let route = route.as_ref().map(MatchedPath::as_str).unwrap_or("unmatched");
+    span.in_scope(|| {
+        tracing::debug!(
+            route,
+            status = response.status().as_u16(),
+            us = started.elapsed().as_micros() as u64,
+            "answered"
+        )
+    });
     state
         .metrics()
         .http_requests

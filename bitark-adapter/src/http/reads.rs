@@ -1,7 +1,7 @@
 //! The public read-status API, `/api/v1/users/{userId}/...`.
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, FlexU64, QueryParams, UserId, UserMsg};
+use super::extract::{ApiJson, FlexU64, IdString, QueryParams, UserId, UserMsg};
 use super::AppState;
 use axum::extract::{OriginalUri, State};
 use axum::http::Uri;
@@ -48,6 +48,7 @@ pub struct ReadStatus {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MarkManyRequest {
     /// Message ids to mark read (at most `limits.max-batch`).
+    #[schema(min_items = 1)]
     pub msg_ids: Option<Vec<FlexU64>>,
     /// First id of the range, inclusive.
     pub from: Option<FlexU64>,
@@ -60,12 +61,13 @@ pub struct MarkManyRequest {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CheckRequest {
     /// At most `limits.max-batch` ids.
+    #[schema(min_items = 1)]
     pub msg_ids: Vec<FlexU64>,
 }
 
 /// Read flags in the order of the request's `msgIds`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CheckResponse {
+pub struct CheckResult {
     pub read: Vec<bool>,
     /// The LSN this node had applied when it answered.
     pub lsn: u64,
@@ -86,7 +88,7 @@ pub struct UnreadCount {
 pub struct ConsistencyQuery {
     /// Wait (up to `reads.min-lsn-wait`) until this LSN is applied; 503 `lsn_not_reached`
     /// otherwise, or, on a slave with `reads.on-lag: redirect`, 307 to the master.
-    #[param(rename = "minLsn")]
+    #[param(rename = "minLsn", value_type = Option<IdString>)]
     pub min_lsn: Option<u64>,
     /// A write's `token` (`"<epoch>:<lsn>"`): as `minLsn`, and 409 `write_lost` when this
     /// node's epoch history shows that write was lost in a failover.
@@ -124,11 +126,13 @@ pub enum AckParam {
 #[allow(dead_code)]
 pub struct RangeQuery {
     /// First message id, inclusive.
+    #[param(value_type = IdString)]
     pub from: u64,
     /// Last message id, inclusive; the range spans at most `limits.max-range` ids.
+    #[param(value_type = IdString)]
     pub to: u64,
     /// Wait (up to `reads.min-lsn-wait`) until this LSN is applied.
-    #[param(rename = "minLsn")]
+    #[param(rename = "minLsn", value_type = Option<IdString>)]
     pub min_lsn: Option<u64>,
     /// A write's `token` (`"<epoch>:<lsn>"`); see the other reads.
     #[param(pattern = "^[0-9]+:[0-9]+$", example = "1:42")]
@@ -246,7 +250,7 @@ async fn write(
 /// Mark one message read.
 #[utoipa::path(
     put, path = "/api/v1/users/{userId}/reads/{msgId}", tag = "reads",
-    params(("userId" = u64, Path, description = "User id, 0..=2^64-1"), ("msgId" = u64, Path, description = "Message id, 0..=2^64-1"), AckQuery),
+    params(("userId" = IdString, Path, description = "User id"), ("msgId" = IdString, Path, description = "Message id"), AckQuery),
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
@@ -269,7 +273,7 @@ pub async fn mark_read(
 /// Mark one message unread.
 #[utoipa::path(
     delete, path = "/api/v1/users/{userId}/reads/{msgId}", tag = "reads",
-    params(("userId" = u64, Path, description = "User id"), ("msgId" = u64, Path, description = "Message id"), AckQuery),
+    params(("userId" = IdString, Path, description = "User id"), ("msgId" = IdString, Path, description = "Message id"), AckQuery),
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
@@ -292,7 +296,7 @@ pub async fn mark_unread(
 /// Has the user read this message?
 #[utoipa::path(
     get, path = "/api/v1/users/{userId}/reads/{msgId}", tag = "reads",
-    params(("userId" = u64, Path, description = "User id"), ("msgId" = u64, Path, description = "Message id"), ConsistencyQuery),
+    params(("userId" = IdString, Path, description = "User id"), ("msgId" = IdString, Path, description = "Message id"), ConsistencyQuery),
     responses(
         (status = 200, description = "Read flag and the applied LSN", body = ReadStatus),
         (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`; `Location` is the same request on the master", body = ErrorBody),
@@ -314,7 +318,7 @@ pub async fn is_read(
 /// Mark many messages read: a list, or everything in an inclusive range. All or nothing.
 #[utoipa::path(
     post, path = "/api/v1/users/{userId}/reads", tag = "reads",
-    params(("userId" = u64, Path, description = "User id"), AckQuery),
+    params(("userId" = IdString, Path, description = "User id"), AckQuery),
     request_body(content = MarkManyRequest, content_type = "application/json",
         description = "`{\"msgIds\": [..]}` or `{\"from\": a, \"to\": b}`"),
     responses(
@@ -357,10 +361,10 @@ pub async fn mark_many(
 /// Which of these messages has the user read?
 #[utoipa::path(
     post, path = "/api/v1/users/{userId}/reads/check", tag = "reads",
-    params(("userId" = u64, Path, description = "User id"), ConsistencyQuery),
+    params(("userId" = IdString, Path, description = "User id"), ConsistencyQuery),
     request_body(content = CheckRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Flags in request order", body = CheckResponse),
+        (status = 200, description = "Flags in request order", body = CheckResult),
         (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`", body = ErrorBody),
         (status = 400, description = "Malformed body, id, minLsn or token", body = ErrorBody),
         (status = 409, description = "`write_lost`: the write `token` names was lost in a failover", body = ErrorBody),
@@ -376,17 +380,17 @@ pub async fn check(
     UserId(user): UserId,
     query: QueryParams,
     ApiJson(body): ApiJson<CheckRequest>,
-) -> Result<Json<CheckResponse>, ApiError> {
+) -> Result<Json<CheckResult>, ApiError> {
     let (node, lsn) = consistent_node(&state, &query, &uri).await?;
     node.validate_batch_len(body.msg_ids.len())?;
     let ids: Vec<u64> = body.msg_ids.into_iter().map(|id| id.0).collect();
-    Ok(Json(CheckResponse { read: node.check(user, &ids), lsn: lsn.0 }))
+    Ok(Json(CheckResult { read: node.check(user, &ids), lsn: lsn.0 }))
 }
 
 /// How many messages in `from..=to` has the user not read?
 #[utoipa::path(
     get, path = "/api/v1/users/{userId}/unread-count", tag = "reads",
-    params(("userId" = u64, Path, description = "User id"), RangeQuery),
+    params(("userId" = IdString, Path, description = "User id"), RangeQuery),
     responses(
         (status = 200, description = "Unread count", body = UnreadCount),
         (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`", body = ErrorBody),

@@ -286,7 +286,7 @@ async fn reconnect(State(state): State<AppState>) -> Result<StatusCode, ApiError
 
 /// Role, LSNs, the flags in force and, on a master, every slave's state and lag.
 #[utoipa::path(get, path = "/actuator/replication", tag = "actuator",
-    responses((status = 200, description = "Replication state", body = Object), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "Replication state", body = ReplicationStatus), (status = 503, body = ErrorBody)))]
 pub async fn replication_status(State(state): State<AppState>) -> Result<Json<ReplicationStatus>, ApiError> {
     let node = state.node_if_open().ok_or(ApiError::Starting)?;
     let config = state.config();

@@ -26,7 +26,7 @@ pub mod proxy;
 pub mod workload;
 
 use bitark_adapter::http::admin::{Digest, SnapshotTaken};
-use bitark_adapter::http::reads::{CheckResponse, LsnResponse};
+use bitark_adapter::http::reads::{CheckResult, LsnResponse};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -175,7 +175,12 @@ fn read_stderr(stderr: ChildStderr, log: &Mutex<StderrLog>) {
         let text = String::from_utf8_lossy(&line).trim_end().to_owned();
         let mut log = log.lock().unwrap();
         if log.addr.is_none() {
-            let addr = text.split("listening on http://").nth(1).and_then(|rest| rest.split_whitespace().next());
+            // The address ends at the first character no address has (a space in text
+            // logs, a quote in JSON ones).
+            let addr = text
+                .split("listening on http://")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !(c.is_ascii_alphanumeric() || ".:[]".contains(c))).next());
             log.addr = addr.and_then(|addr| addr.parse().ok());
         }
         log.lines.push(text);
@@ -397,7 +402,7 @@ impl Api {
     /// Read flags of `msgs`, in their order.
     pub async fn check(&self, user: u64, msgs: &[u64]) -> Result<Vec<bool>, CallError> {
         let (path, body) = (format!("/api/v1/users/{user}/reads/check"), json!({ "msgIds": msgs }));
-        self.call::<CheckResponse>(Method::POST, &path, Some(body)).await.map(|answer| answer.read)
+        self.call::<CheckResult>(Method::POST, &path, Some(body)).await.map(|answer| answer.read)
     }
 
     pub async fn digest(&self) -> Result<Digest, CallError> {

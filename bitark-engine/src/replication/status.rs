@@ -4,7 +4,7 @@ use bitark_common::replication::Features;
 use serde::Serialize;
 
 /// Where a slave stands, as its master sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SlaveState {
     /// Registered; the master is checking that the slave answers at the URL it gave
@@ -88,7 +88,7 @@ impl SlaveState {
 }
 
 /// One slave in the master's view.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SlaveStatus {
     pub id: String,
@@ -126,7 +126,7 @@ pub struct SlaveStatus {
 }
 
 /// The replication state of this node.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicationStatus {
     pub role: &'static str,
@@ -167,7 +167,7 @@ pub struct ReplicationStatus {
 }
 
 /// A slave's view of its full sync.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FullSyncProgress {
     /// `queued`, `downloading`, `installing`.
