@@ -26,7 +26,7 @@ use utoipa::{Modify, OpenApi};
         actuator::configprops, replication::replication_status, admin::snapshot, admin::digest,
         admin::promote, admin::demote,
     ),
-    components(schemas(error::ErrorBody, extract::IdString)),
+    components(schemas(error::ErrorBody, extract::IdString, reads::MarkIds, reads::MarkRange)),
     servers((url = "http://127.0.0.1:8080", description = "A node on the embedded defaults")),
     modifiers(&BearerAuth),
     tags(
@@ -52,25 +52,25 @@ impl Modify for BearerAuth {
 /// The document as pretty-printed JSON with a trailing newline.
 pub fn document() -> String {
     let mut value = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
-    drop_duration_defaults(&mut value);
+    drop_object_defaults(&mut value);
     let mut text = serde_json::to_string_pretty(&value).expect("the OpenAPI document serializes");
     text.push('\n');
     text
 }
 
-/// A configuration default that is a duration comes out of `Default` as
-/// `{"secs", "nanos"}`, not as the `"1s"` the configuration takes and answers: such
-/// defaults are left out (each description names the default).
-fn drop_duration_defaults(value: &mut serde_json::Value) {
+/// Configuration defaults that are objects are left out (each description names the
+/// default): a whole section's default repeats its properties' own, and a duration comes
+/// out of `Default` as `{"secs", "nanos"}`, not as the `"1s"` the configuration takes and
+/// answers. Generators (openapi-python-client) also refuse a default on an object.
+fn drop_object_defaults(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
-            let is_duration = |v: &serde_json::Value| v.get("secs").is_some() && v.get("nanos").is_some();
-            if map.get("default").is_some_and(is_duration) {
+            if map.get("default").is_some_and(serde_json::Value::is_object) {
                 map.remove("default");
             }
-            map.values_mut().for_each(drop_duration_defaults);
+            map.values_mut().for_each(drop_object_defaults);
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_duration_defaults),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_object_defaults),
         _ => {}
     }
 }

@@ -67,6 +67,11 @@ pub struct Metrics {
     pub memory_resident_bytes: IntGauge,
     /// `bitark_memory_limit_bytes`: `limits.max-memory` (0 when off).
     pub memory_limit_bytes: IntGauge,
+    /// `bitark_disk_free_bytes`: free space of the data directory's file system, as of
+    /// the last scrape.
+    pub disk_free_bytes: IntGauge,
+    /// `bitark_disk_total_bytes`: size of that file system.
+    pub disk_total_bytes: IntGauge,
     /// `bitark_writes_rejected_total{reason}`: writes refused before logging.
     pub writes_rejected: IntCounterVec,
     /// `bitark_replication_feature{feature}`: 1 for each replication flag in force.
@@ -260,6 +265,14 @@ impl Metrics {
                     Opts::new("bitark_wal_failures_total", "Write-ahead log failures by kind"),
                     &["kind"],
                 )?,
+            )?,
+            disk_free_bytes: reg(
+                r,
+                IntGauge::new("bitark_disk_free_bytes", "Free space of the data directory's file system")?,
+            )?,
+            disk_total_bytes: reg(
+                r,
+                IntGauge::new("bitark_disk_total_bytes", "Size of the data directory's file system")?,
             )?,
             memory_resident_bytes: reg(
                 r,

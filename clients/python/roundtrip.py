@@ -7,7 +7,7 @@ import sys
 
 from bitark_client import Client
 from bitark_client.api.reads import check, is_read, mark_many, mark_read, mark_unread, unread_count
-from bitark_client.models import CheckRequest, CheckResult, ErrorBody, LsnResponse, MarkManyRequest, ReadStatus, UnreadCount
+from bitark_client.models import CheckRequest, CheckResult, ErrorBody, LsnResponse, MarkIds, MarkRange, ReadStatus, UnreadCount
 
 BIG = str(2**63 + 5)
 USER = str(2**64 - 1)
@@ -27,8 +27,11 @@ def main(base):
     status = expect("is-read", is_read.sync(USER, BIG, client=client, token=written.token), ReadStatus)
     assert status.read, status
 
-    batch = MarkManyRequest(msg_ids=[1, "2", BIG, str(2**64 - 1)])
+    batch = MarkIds(msg_ids=[1, "2", BIG, str(2**64 - 1)])
     expect("batch mark", mark_many.sync(USER, client=client, body=batch), LsnResponse)
+    expect("range mark", mark_many.sync(USER, client=client, body=MarkRange(from_="100", to=104)), LsnResponse)
+    in_range = expect("is-read in the range", is_read.sync(USER, "102", client=client), ReadStatus)
+    assert in_range.read, in_range
     flags = expect("check", check.sync(USER, client=client, body=CheckRequest(msg_ids=[BIG, "3", 2])), CheckResult)
     assert flags.read == [True, False, True], flags
 

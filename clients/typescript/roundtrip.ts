@@ -30,6 +30,10 @@ async function main(base: string): Promise<void> {
 
   const batch = await markMany({ path: { userId: USER }, body: { msgIds: [1, '2', BIG, USER] } });
   if (!batch.data) fail('batch mark', batch.error);
+  const range = await markMany({ path: { userId: USER }, body: { from: '100', to: 104 } });
+  if (!range.data) fail('range mark', range.error);
+  const inRange = await isRead({ path: { userId: USER, msgId: '102' } });
+  if (inRange.data?.read !== true) fail('is-read in the range', inRange.data ?? inRange.error);
   const flags = await check({ path: { userId: USER }, body: { msgIds: [BIG, '3', 2] } });
   if (JSON.stringify(flags.data?.read) !== '[true,false,true]') fail('check', flags.data ?? flags.error);
 

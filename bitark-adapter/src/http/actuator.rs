@@ -323,6 +323,10 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
 #[utoipa::path(get, path = "/actuator/prometheus", tag = "actuator",
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
+    if let Ok((free, total)) = bitark_infra::process::disk_space(&state.config().node.data_dir) {
+        state.metrics().disk_free_bytes.set(free as i64);
+        state.metrics().disk_total_bytes.set(total as i64);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics().render())
 }
 

@@ -124,6 +124,7 @@ pub struct RoleChanged {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DemoteRequest {
     /// Base URL of the new master, e.g. `http://10.0.0.2:8080`.
+    #[schema(pattern = "^https?://[^ ]+$", max_length = 2048, min_length = 9)]
     pub master_url: String,
 }
 

@@ -43,17 +43,49 @@ pub struct ReadStatus {
     pub lsn: u64,
 }
 
-/// Mark many: either `msgIds`, or an inclusive range `from`..`to`.
-#[derive(Debug, Deserialize, ToSchema)]
+/// Mark many: either `msgIds` ([`MarkIds`]), or an inclusive range `from`..`to`
+/// ([`MarkRange`]); the document says exactly that (one of the two).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MarkManyRequest {
     /// Message ids to mark read (at most `limits.max-batch`).
-    #[schema(min_items = 1)]
     pub msg_ids: Option<Vec<FlexU64>>,
     /// First id of the range, inclusive.
     pub from: Option<FlexU64>,
     /// Last id of the range, inclusive (the range spans at most `limits.max-range` ids).
     pub to: Option<FlexU64>,
+}
+
+impl utoipa::PartialSchema for MarkManyRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name("MarkIds"))
+            .item(utoipa::openapi::Ref::from_schema_name("MarkRange"))
+            .description(Some("Mark many: either `msgIds`, or an inclusive range `from`..`to`."))
+            .into()
+    }
+}
+
+impl ToSchema for MarkManyRequest {}
+
+/// Mark these message ids read.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)] // the document's view of [`MarkManyRequest`]
+pub struct MarkIds {
+    /// At most `limits.max-batch` ids.
+    #[schema(min_items = 1)]
+    msg_ids: Vec<FlexU64>,
+}
+
+/// Mark every message id from `from` to `to`, both included.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // the document's view of [`MarkManyRequest`]
+pub struct MarkRange {
+    from: FlexU64,
+    /// At least `from`; the range spans at most `limits.max-range` ids.
+    to: FlexU64,
 }
 
 /// Message ids to check.
