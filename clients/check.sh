@@ -18,6 +18,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Only this script's settings apply to the node, not the caller's BITARK_* variables.
+for var in $(compgen -e); do
+  [[ $var == BITARK_* ]] && unset "$var"
+done
 # A node on a free port; a short minLsn wait so lsn_not_reached answers quickly.
 BITARK_READS__MIN_LSN_WAIT=200ms "$bin" --data-dir "$work/data" --port 0 2>"$work/node.log" &
 pid=$!

@@ -108,13 +108,9 @@ async fn a_node_without_the_newest_ack_all_write_is_not_elected_until_one_that_h
     for msg in 10..20 {
         acked.push(mark(master_node, 6, msg, "?ack=all").await.expect("an ack=all write"));
     }
-    // The master publishes the newest such write in etcd.
-    let range = format!("{}/v3/kv/range", cluster.etcd.url());
-    let http = reqwest::Client::new();
+    // The master publishes the newest such write in etcd ("/bitark-test/acked").
     wait_until(ELECT_WITHIN, "the acknowledged floor in etcd", async || {
-        let key = serde_json::json!({ "key": "L2JpdGFyay10ZXN0L2Fja2Vk" }); // "/bitark-test/acked"
-        let answer: serde_json::Value = http.post(&range).json(&key).send().await.unwrap().json().await.unwrap();
-        answer["kvs"].as_array().is_some_and(|kvs| !kvs.is_empty())
+        cluster.etcd.value("L2JpdGFyay10ZXN0L2Fja2Vk").await.is_some()
     })
     .await;
 
@@ -296,27 +292,14 @@ async fn turning_failover_off_keeps_the_current_master_in_static_mode() {
 #[ignore]
 async fn failover_times_over_ten_kills() {
     let Some(mut cluster) = Failover::start(3, |_, b| b).await else { return };
-    let etcd_range = format!("{}/v3/kv/range", cluster.etcd.url());
     // "/bitark-test/leader" in base64, as the JSON gateway takes keys.
     let leader_key = "L2JpdGFyay10ZXN0L2xlYWRlcg==";
-    let http = reqwest::Client::new();
     let (mut detections, mut failovers) = (Vec::new(), Vec::new());
     for round in 0..10 {
         let old = cluster.master(ELECT_WITHIN, None).await;
         write_some(&cluster.nodes[old], 9, round * 10..round * 10 + 10).await;
         converged(&cluster.nodes.iter().collect::<Vec<_>>()).await;
-        let leader_value = async || -> String {
-            let answer: serde_json::Value = http
-                .post(&etcd_range)
-                .json(&serde_json::json!({ "key": leader_key }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            answer["kvs"][0]["value"].as_str().unwrap_or("").to_string()
-        };
+        let leader_value = async || cluster.etcd.value(leader_key).await.unwrap_or_default();
         let before = leader_value().await;
         cluster.nodes[old].sigkill();
         let killed = Instant::now();

@@ -10,7 +10,7 @@
 //!   or label therefore fails here.
 //!
 //! Without `prometheus` the live test is skipped, loudly, unless
-//! `BITARK_TESTS_REQUIRE_PROMETHEUS` is set (as `.ci/run` does).
+//! `TESTS_REQUIRE_PROMETHEUS` is set (as `.ci/run` does).
 
 mod support;
 
@@ -29,7 +29,7 @@ use tempfile::TempDir;
 
 /// Set (as `.ci/run` does) to fail, rather than skip, the live test when Prometheus is
 /// not installed.
-const REQUIRE: &str = "BITARK_TESTS_REQUIRE_PROMETHEUS";
+const REQUIRE: &str = "TESTS_REQUIRE_PROMETHEUS";
 
 /// Families that only have series on a node under failover (they count etcd calls):
 /// without etcd, no node of the test runs failover and their panels stay empty.

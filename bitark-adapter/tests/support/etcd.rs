@@ -26,7 +26,7 @@ fn binary() -> String {
 
 /// Set (as `.ci/run` does) to fail, rather than skip, the tests that need etcd when it
 /// is not installed.
-pub const REQUIRE: &str = "BITARK_TESTS_REQUIRE_ETCD";
+pub const REQUIRE: &str = "TESTS_REQUIRE_ETCD";
 
 /// Whether etcd can be run here. Without it a test that needs it is skipped, loudly,
 /// unless [`REQUIRE`] is set.
@@ -60,6 +60,22 @@ impl Etcd {
 
     pub fn addr(&self) -> std::net::SocketAddr {
         ([127, 0, 0, 1], self.client_port).into()
+    }
+
+    /// The value of `key` as etcd's JSON gateway answers it (base64), or `None` when the
+    /// key does not exist. `key_base64` is the key itself in base64, as the gateway takes
+    /// keys.
+    pub async fn value(&self, key_base64: &str) -> Option<String> {
+        let answer: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/v3/kv/range", self.url()))
+            .json(&serde_json::json!({ "key": key_base64 }))
+            .send()
+            .await
+            .expect("etcd answers")
+            .json()
+            .await
+            .expect("a JSON answer");
+        answer["kvs"][0]["value"].as_str().map(str::to_string)
     }
 
     /// Kills the member (SIGKILL); its data stays.
