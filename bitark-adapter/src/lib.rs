@@ -19,6 +19,7 @@ pub mod config;
 pub mod http;
 pub mod openapi;
 pub mod roles;
+pub mod rollout;
 pub mod server;
 
 pub use config::AppConfig;

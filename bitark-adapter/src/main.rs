@@ -39,6 +39,25 @@ enum Command {
     Openapi,
     /// Print the effective configuration (secrets masked) and exit.
     Config,
+    /// Move a running cluster to another replication stage, node by node, without a
+    /// restart: slaves first when raising, the master first when lowering.
+    Rollout {
+        /// The master's base URL, e.g. http://10.0.0.1:8080.
+        #[arg(long)]
+        cluster: String,
+        /// The stage to reach: 0, 1, 2, 2.5, 3, 4, 5, 6 or 7.
+        #[arg(long)]
+        to_stage: f64,
+        /// The nodes' admin token (security.admin-token), when they have one.
+        #[arg(long, env = "BITARK_ADMIN_TOKEN")]
+        token: Option<String>,
+        /// Pause after each converged step.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        step_pause: std::time::Duration,
+        /// Longest a step may take to converge before the rollout stops.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        step_timeout: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +68,9 @@ fn main() -> ExitCode {
     if let Some(Command::Openapi) = cli.command {
         print!("{}", bitark_adapter::openapi::document());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Rollout { cluster, to_stage, token, step_pause, step_timeout }) = cli.command {
+        return rollout(bitark_adapter::rollout::Plan { cluster, to_stage, token, step_pause, step_timeout });
     }
     let sources = Sources {
         config_file: cli.config,
@@ -89,6 +111,23 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("bitark: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn rollout(plan: bitark_adapter::rollout::Plan) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bitark: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bitark_adapter::rollout::run(plan, |line| println!("{line}"))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bitark rollout: stopped: {e}");
             ExitCode::FAILURE
         }
     }

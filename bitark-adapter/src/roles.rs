@@ -16,6 +16,7 @@ use bitark_common::replication::Features;
 use bitark_common::{Epoch, Lsn};
 use bitark_engine::coordination::{Coordinator, RoleSwitch};
 use bitark_engine::modules::{self, Host};
+use bitark_engine::node::LiveFeatures;
 use bitark_engine::replication::Follower;
 use bitark_engine::{Node, RoleError};
 use bitark_infra::replication::ReplicationClient;
@@ -35,6 +36,8 @@ pub fn start(state: &AppState, node: &Node, config: &AppConfig, local_addr: Sock
     let self_url =
         if replication.self_url.is_empty() { format!("http://{local_addr}") } else { replication.self_url.clone() };
     state.set_wiring(client.clone(), self_url);
+    // Always: fencing may be turned on while the node runs.
+    tokio::spawn(watch_epochs(state.clone(), client));
     if !features.any() {
         return;
     }
@@ -44,9 +47,6 @@ pub fn start(state: &AppState, node: &Node, config: &AppConfig, local_addr: Sock
         start_slave(state, node);
     } else {
         start_master(state, node);
-    }
-    if features.fencing {
-        tokio::spawn(watch_epochs(state.clone(), client));
     }
 }
 
@@ -91,7 +91,7 @@ impl RoleSwitch for Elected {
 
 fn start_slave(state: &AppState, node: &Node) {
     let (client, self_url) = state.wiring();
-    let features = node.config().replication.effective_features();
+    let features = node.features();
     tracing::info!(master = %node.role().master_url, %self_url, features = ?features.enabled(), "following the master");
     let follower = Follower::start(node.clone(), self_url, client, state.metrics().clone());
     let modules = modules::start(&Host::Slave(&follower), &features);
@@ -101,7 +101,7 @@ fn start_slave(state: &AppState, node: &Node) {
 
 fn start_master(state: &AppState, node: &Node) {
     let (client, _) = state.wiring();
-    let features = node.config().replication.effective_features();
+    let features = node.features();
     if let Some(hub) = node.start_master_hub(client) {
         let slaves = node.config().replication.slaves.len();
         tracing::info!(features = ?features.enabled(), static_slaves = slaves, epoch = %node.epoch(), "replicating to slaves");
@@ -109,6 +109,43 @@ fn start_master(state: &AppState, node: &Node) {
         tracing::info!(?modules, "replication modules started");
         state.set_replication(Replication::Master(hub));
     }
+}
+
+/// Changes the replication flags of the running node (`PUT /admin/replication/features`)
+/// and restarts its replication side under them: a master's slaves are asked to
+/// register again, a slave registers again as a new session, and each link
+/// renegotiates the flags both sides have. Lasts until the next restart.
+pub async fn change_features(state: &AppState, features: Features) -> Result<LiveFeatures, RoleError> {
+    let _changing = state.lock_role_change().await;
+    let node = state.node().map_err(|e| RoleError::Busy(e.to_string()))?.clone();
+    if node.is_replacing() {
+        return Err(RoleError::Busy("a full sync is replacing this node's state; change its flags afterwards".into()));
+    }
+    let before = node.features();
+    let changing = node.clone();
+    let live = tokio::task::spawn_blocking(move || changing.set_features(features))
+        .await
+        .map_err(|e| RoleError::Busy(format!("the flag change stopped: {e}")))?
+        .map_err(RoleError::WrongRole)?;
+    if before == features {
+        return Ok(live);
+    }
+    // In place: the hub or follower keeps its session, so nothing in flight is refused;
+    // each link renegotiates at its next registration, asked for at once.
+    if features.fencing && !before.fencing {
+        state.wiring().0.set_epoch(node.epoch().0);
+    }
+    match state.current_replication() {
+        Replication::Master(hub) if features.any() => hub.set_features(features),
+        Replication::Master(_) => {
+            state.set_replication(Replication::None);
+            node.stop_master_hub();
+        }
+        Replication::Slave(follower) => follower.set_features(features),
+        Replication::None if features.any() && !node.is_slave() => start_master(state, &node),
+        Replication::None => {}
+    }
+    Ok(live)
 }
 
 /// Makes this slave master in a new epoch (`POST /admin/promote`).

@@ -76,15 +76,20 @@ pub static MODULES: &[&dyn Module] = &[
     &crate::replication::gc::CLUSTER_GC,
 ];
 
-/// Starts every module of `host`'s role that `features` turn on, and answers their names.
+/// Starts every module of `host`'s role, and answers the names of those `features` turn
+/// on. Each one checks the flags in force (the host's, or each link's) at every tick, so
+/// flags changed while the node runs take effect without a restart; a module whose flag
+/// is off does nothing.
 pub fn start(host: &Host<'_>, features: &Features) -> Vec<&'static str> {
     let role = host.role();
-    let mut started = Vec::new();
-    for module in MODULES.iter().filter(|m| m.role() == role && m.enabled(features)) {
+    let mut enabled = Vec::new();
+    for module in MODULES.iter().filter(|m| m.role() == role) {
         module.start(host);
-        started.push(module.name());
+        if module.enabled(features) {
+            enabled.push(module.name());
+        }
     }
-    started
+    enabled
 }
 
 #[cfg(test)]

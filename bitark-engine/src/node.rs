@@ -5,7 +5,7 @@
 //! never write the same log.
 
 use crate::apply::StoreApplier;
-use crate::config::{AckMode, EngineConfig, Role};
+use crate::config::{AckMode, EngineConfig, ReplicationConfig, Role};
 use crate::error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, SnapshotError, WriteError};
 use crate::limits::{admit_marks, MemoryGuard};
 use crate::recovery::{load_snapshot, recover, RecoveryReport};
@@ -15,6 +15,7 @@ use crate::replication::MasterHub;
 use crate::snapshotter::{Request, Snapshotter};
 use crate::state::{Retention, State};
 use crate::store::{ReadStore, StoreDigest};
+use bitark_common::replication::Features;
 use bitark_common::{Command, Epoch, Lsn, Record};
 use bitark_infra::epoch::{read_epoch_state, write_epoch_state, EpochState};
 use bitark_infra::fsutil::create_dir_durable;
@@ -29,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use tokio::sync::{oneshot, watch};
 
 /// Name of the lock file in the data directory.
@@ -56,8 +57,21 @@ pub(crate) struct Inner {
     /// The highest LSN this master answered a `semi` or `all` write at: a failover must
     /// not elect a node without it.
     acked: AtomicU64,
+    /// The replication flags in force: the configured ones until an operator changes
+    /// them while the node runs ([`Node::set_features`]).
+    features: RwLock<LiveFeatures>,
     /// Held for the life of the node: the OS lock on `<data-dir>/LOCK`.
     _lock: File,
+}
+
+/// The replication flags in force, and whether (and when) they were changed at runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveFeatures {
+    pub features: Features,
+    /// True when they differ from the configuration's, until the next restart.
+    pub overridden: bool,
+    /// When they last changed at runtime.
+    pub changed_at: Option<SystemTime>,
 }
 
 /// A node's current role and, for a slave, its master.
@@ -155,6 +169,7 @@ impl Node {
             .name("snapshotter".into())
             .spawn(move || snapshotter.run(snapshot_rx))
             .map_err(|e| StorageError::io(&data_dir, e))?;
+        let configured_features = config.replication.effective_features();
         Ok(Node {
             inner: Arc::new(Inner {
                 config,
@@ -166,6 +181,11 @@ impl Node {
                 recovery: report,
                 role: RwLock::new(role),
                 acked: AtomicU64::new(0),
+                features: RwLock::new(LiveFeatures {
+                    features: configured_features,
+                    overridden: false,
+                    changed_at: None,
+                }),
                 _lock: lock,
             }),
         })
@@ -299,7 +319,7 @@ impl Node {
     /// it and `replication.ack`; `async` unless `ack-modes` is on.
     pub fn ack_mode(&self, requested: Option<AckMode>) -> AckMode {
         let replication = &self.inner.config.replication;
-        if !replication.effective_features().ack_modes {
+        if !self.features().ack_modes {
             return AckMode::Async;
         }
         requested.map_or(replication.ack, |r| r.max(replication.ack))
@@ -396,7 +416,71 @@ impl Node {
 
     /// Whether this node keeps and checks epochs (`replication.features.fencing`).
     pub fn fencing(&self) -> bool {
-        self.inner.config.replication.effective_features().fencing
+        self.features().fencing
+    }
+
+    /// The replication flags in force now.
+    pub fn features(&self) -> Features {
+        self.live_features().features
+    }
+
+    /// The flags in force, whether they are the configuration's, and when they changed.
+    pub fn live_features(&self) -> LiveFeatures {
+        *self.inner.features.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The `replication` configuration with the flags in force: what a hub or a
+    /// follower starts from.
+    pub fn replication_config(&self) -> ReplicationConfig {
+        ReplicationConfig { stage: 0.0, features: self.features(), ..self.inner.config.replication.clone() }
+    }
+
+    /// Changes the replication flags of the running node (until its next restart). The
+    /// caller restarts the replication side, whose links renegotiate. Refuses a set out
+    /// of rollout order, a change of `failover` (it needs a restart), and an ack mode
+    /// the new set cannot serve. Under fencing newly on, writes `epoch.bin` first.
+    pub fn set_features(&self, features: Features) -> Result<LiveFeatures, String> {
+        let violations = features.rollout_violations();
+        if let Some((flag, missing)) = violations.first() {
+            return Err(format!("`{flag}` needs `{missing}` (rollout order: {})", Features::NAMES.join(", ")));
+        }
+        let config = &self.inner.config;
+        let current = self.features();
+        if features.failover != current.failover {
+            return Err("`failover` changes only with the configuration and a restart".into());
+        }
+        if config.replication.ack != AckMode::Async && !features.ack_modes {
+            return Err(format!(
+                "replication.ack is `{}`, which needs `ack-modes`; change the configuration first",
+                config.replication.ack.as_str()
+            ));
+        }
+        if self.is_slave() && !features.notify {
+            return Err("a slave needs replication on (`notify`)".into());
+        }
+        if features.fencing && !current.fencing {
+            let data_dir = &config.node.data_dir;
+            if read_epoch_state(data_dir).map_err(|e| e.to_string())?.is_none() {
+                let state = self.epochs();
+                let state = EpochState {
+                    master_id: if self.is_slave() { String::new() } else { config.node.id.clone() },
+                    ..state
+                };
+                write_epoch_state(data_dir, &state).map_err(|e| e.to_string())?;
+                *self.inner.state.epochs.lock().unwrap_or_else(PoisonError::into_inner) = state;
+            }
+        }
+        let live = LiveFeatures {
+            features,
+            overridden: features != config.replication.effective_features(),
+            changed_at: Some(SystemTime::now()),
+        };
+        *self.inner.features.write().unwrap_or_else(PoisonError::into_inner) = live;
+        for (name, on) in Features::NAMES.iter().zip(features.flags()) {
+            self.inner.state.metrics.replication_feature.with_label_values(&[name]).set(on as i64);
+        }
+        tracing::warn!(features = ?features.enabled(), overridden = live.overridden, "replication flags changed at runtime");
+        Ok(live)
     }
 
     /// Under fencing: the epoch a record at `lsn` must carry, as this node's history
@@ -441,7 +525,7 @@ impl Node {
     /// the hub from now on.
     pub fn start_master_hub(&self, client: ReplicationClient) -> Option<MasterHub> {
         let config = &self.inner.config;
-        if self.is_slave() || !config.replication.effective_features().any() {
+        if self.is_slave() || !self.features().any() {
             return None;
         }
         if self.fencing() {
@@ -449,7 +533,7 @@ impl Node {
         }
         let hub = MasterHub::new(HubParts {
             node_id: config.node.id.clone(),
-            config: config.replication.clone(),
+            config: self.replication_config(),
             wal_dir: config.node.data_dir.join("wal"),
             client,
             metrics: self.inner.state.metrics.clone(),

@@ -127,8 +127,7 @@ fn replication_component(state: &AppState) -> Component {
     let Some(node) = state.node_if_open() else {
         return Component::new("UNKNOWN", json!({ "reason": "recovering" }));
     };
-    let features = node.config().replication.effective_features();
-    if !features.any() {
+    if !node.features().any() {
         return Component::new("UP", json!({ "role": "standalone" }));
     }
     let epoch = node.epochs().history.current().0;

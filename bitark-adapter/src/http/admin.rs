@@ -9,6 +9,7 @@ use axum::http::HeaderMap;
 use axum::middleware;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bitark_common::replication::Features;
 use bitark_engine::{RoleError, SnapshotError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -19,6 +20,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/digest", get(digest))
         .route("/admin/promote", post(promote))
         .route("/admin/demote", post(demote))
+        .route("/admin/replication/features", axum::routing::put(change_features))
         .route_layer(middleware::from_fn_with_state((state, Guard::Admin), auth::require))
 }
 
@@ -185,4 +187,91 @@ pub async fn demote(
     crate::roles::demote(&state, &url).await?;
     let node = state.node()?;
     Ok(Json(RoleChanged { role: "slave".into(), epoch: node.epoch().0, start_lsn: None, master_url: Some(url) }))
+}
+
+/// The replication flags to run with from now on: a roadmap `stage` (every flag up to
+/// it), flags by name, or both (the flags are added to the stage's).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesChange {
+    /// `"0"`, `"1"`, `"2"`, `"2.5"`, `"3"` … `"7"` (a number is taken too).
+    #[schema(value_type = Option<String>, example = "3")]
+    pub stage: Option<serde_json::Value>,
+    /// Flags by name (`notify`, `progress`, …); those left out are off.
+    pub features: Option<Features>,
+}
+
+/// The flags in force after the change.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FeaturesChanged {
+    pub features: Features,
+    /// The highest roadmap stage whose flags are all on.
+    pub stage: f64,
+    /// True when they differ from the configuration's.
+    pub overridden: bool,
+    pub message: String,
+}
+
+/// Changes the replication flags of this running node, for operators without access to
+/// its configuration: links renegotiate (a master asks its slaves to register again; a
+/// slave registers again), and requests in flight finish under the old flags. The change
+/// lasts until the next restart unless the configuration says the same;
+/// `/actuator/replication` shows `featuresOverridden` meanwhile. `failover` changes only
+/// with a restart.
+#[utoipa::path(put, path = "/admin/replication/features", tag = "admin", security((), ("bearer" = [])),
+    request_body(content = FeaturesChange, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The flags in force now", body = FeaturesChanged),
+        (status = 400, description = "`invalid_features`: no such stage, nothing asked, or flags out of rollout order", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 409, description = "`wrong_role`: the node cannot run these flags (a slave without `notify`, `failover` changed, `replication.ack` needs `ack-modes`)", body = ErrorBody),
+        (status = 415, description = "Body is not application/json", body = ErrorBody),
+        (status = 503, description = "Starting, or a full sync is replacing the state", body = ErrorBody),
+    ))]
+pub async fn change_features(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<FeaturesChange>,
+) -> Result<Json<FeaturesChanged>, ApiError> {
+    let invalid = |message: String| ApiError::bad_request("invalid_features", message);
+    let stage = match &body.stage {
+        None => None,
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        Some(serde_json::Value::String(s)) => {
+            Some(s.trim().parse::<f64>().map_err(|_| invalid(format!("`stage`: `{s}` is not a number")))?)
+        }
+        Some(other) => return Err(invalid(format!("`stage`: {other} is not a stage"))),
+    };
+    let from_stage = match stage {
+        Some(stage) => Some(Features::up_to_stage(stage).ok_or_else(|| {
+            let stages: Vec<String> = Features::STAGES.iter().map(|(s, _)| s.to_string()).collect();
+            invalid(format!("`stage`: {stage} is not a stage; use one of {}", stages.join(", ")))
+        })?),
+        None => None,
+    };
+    let features = match (from_stage, body.features) {
+        (None, None) => return Err(invalid("give `stage`, `features` or both".into())),
+        (Some(a), Some(b)) => a.union(b),
+        (Some(a), None) => a,
+        (None, Some(b)) => b,
+    };
+    // Failover is not a stage: a stage asked for keeps it as it is.
+    let current = state.node()?.features();
+    let features =
+        Features { failover: features.failover || (body.features.is_none() && current.failover), ..features };
+    if let Some((flag, missing)) = features.rollout_violations().first() {
+        return Err(invalid(format!("`{flag}` needs `{missing}` (rollout order: {})", Features::NAMES.join(", "))));
+    }
+    let live = crate::roles::change_features(&state, features).await?;
+    let message = if live.overridden {
+        "in force until the next restart, unless the configuration says the same"
+    } else {
+        "the configuration's flags"
+    };
+    Ok(Json(FeaturesChanged {
+        features: live.features,
+        stage: live.features.stage(),
+        overridden: live.overridden,
+        message: message.into(),
+    }))
 }

@@ -108,6 +108,11 @@ impl AppState {
         std::mem::replace(&mut *self.inner.replication.write().unwrap_or_else(PoisonError::into_inner), replication)
     }
 
+    /// The replication side the node runs now.
+    pub fn current_replication(&self) -> Replication {
+        self.inner.replication.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     pub fn hub(&self) -> Option<MasterHub> {
         match &*self.inner.replication.read().unwrap_or_else(PoisonError::into_inner) {
             Replication::Master(hub) => Some(hub.clone()),

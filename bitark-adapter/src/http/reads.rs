@@ -248,8 +248,7 @@ async fn write(
             let mode = AckMode::parse(text).ok_or_else(|| {
                 ApiError::bad_request("invalid_query", format!("`ack`: `{text}` is not one of async, semi, all"))
             })?;
-            let features = node.config().replication.effective_features();
-            if mode != AckMode::Async && !features.ack_modes {
+            if mode != AckMode::Async && !node.features().ack_modes {
                 return Err(ApiError::bad_request(
                     "ack_modes_off",
                     format!("`ack={text}` needs replication.features.ack-modes (stage 7) on this node"),

@@ -195,7 +195,7 @@ async fn status(State(state): State<AppState>) -> Result<Json<NodeStatus>, ApiEr
         node_id: config.node.id.clone(),
         role: if node.is_slave() { "slave" } else { "master" }.into(),
         applied_lsn: node.applied_lsn().0,
-        features: config.replication.effective_features(),
+        features: node.features(),
         session: follower.as_ref().map(|f| f.session().to_string()).unwrap_or_default(),
         master_session: follower.as_ref().map(Follower::master_session).unwrap_or_default(),
     }))
@@ -295,6 +295,7 @@ pub async fn replication_status(State(state): State<AppState>) -> Result<Json<Re
     let view = follower.map(Follower::master_view).unwrap_or_default();
     let epochs = node.epochs();
     let master_url = Some(node.master_url()).filter(|u| !u.is_empty() && (node.is_slave() || node.is_fenced()));
+    let live = node.live_features();
     Ok(Json(ReplicationStatus {
         role: if node.is_slave() { "slave" } else { "master" },
         node_id: config.node.id.clone(),
@@ -305,7 +306,9 @@ pub async fn replication_status(State(state): State<AppState>) -> Result<Json<Re
         master_url,
         durable_lsn: node.durable_lsn().0,
         applied_lsn: node.applied_lsn().0,
-        features: config.replication.effective_features(),
+        features: live.features,
+        features_overridden: live.overridden,
+        features_changed_at: live.changed_at.map(|t| humantime::format_rfc3339_millis(t).to_string()),
         slaves: state.hub().map(|h| h.slaves()).unwrap_or_default(),
         registered: follower.map(|f| f.is_registered()),
         state_at_master: view.state,

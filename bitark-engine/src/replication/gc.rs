@@ -60,7 +60,7 @@ fn exceeded(hub: &HubInner, lag: &Lag) -> Option<String> {
 }
 
 fn bounded(hub: &HubInner) -> bool {
-    hub.features.cluster_gc && hub.config.gc_mode == GcMode::Bounded
+    hub.features().cluster_gc && hub.config.gc_mode == GcMode::Bounded
 }
 
 /// Stage 6 on the master: the WAL floor follows the slaves that hold it.
@@ -79,7 +79,7 @@ pub(crate) static CLUSTER_GC: FlagModule = FlagModule {
 /// back the slaves that hold the WAL need it; asks for a collection when that moved.
 fn evaluate(hub: &HubInner) {
     let state = &hub.state;
-    if !hub.features.cluster_gc {
+    if !hub.features().cluster_gc {
         state.retention.set_cluster(None);
         return;
     }

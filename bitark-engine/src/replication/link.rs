@@ -19,12 +19,21 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
 use tokio::sync::{watch, Notify};
 
+impl HubInner {
+    /// The master's own flags now.
+    pub fn features(&self) -> Features {
+        *self.features.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A master's replication state, shared by the hub and every sender task.
 pub(crate) struct HubInner {
     pub node_id: String,
     /// Random per process start; lets slaves notice that the master forgot them.
     pub session: String,
-    pub features: Features,
+    /// The master's own flags; each link runs those it shares with its slave. Changed
+    /// while the hub runs by [`crate::replication::MasterHub::set_features`].
+    pub features: std::sync::RwLock<Features>,
     pub config: ReplicationConfig,
     pub wal_dir: PathBuf,
     pub client: ReplicationClient,

@@ -93,7 +93,7 @@ impl MasterHub {
             inner: Arc::new(HubInner {
                 node_id: parts.node_id,
                 session,
-                features,
+                features: std::sync::RwLock::new(features),
                 config: parts.config,
                 wal_dir: parts.wal_dir,
                 client: parts.client,
@@ -160,7 +160,7 @@ impl MasterHub {
         if hub.stopped.load(Ordering::Acquire) {
             return Err(RegisterError::Stopped);
         }
-        let features = hub.features.common(request.features);
+        let features = hub.features().common(request.features);
         let applied = Lsn(request.applied_lsn);
         let durable = hub.durable_lsn();
         let mut slaves = hub.slaves.write().unwrap_or_else(PoisonError::into_inner);
@@ -366,7 +366,21 @@ impl MasterHub {
 
     /// The flags this master runs with.
     pub fn features(&self) -> Features {
-        self.inner.features
+        self.inner.features()
+    }
+
+    /// Runs with `features` from now on: every slave is asked to register again, and its
+    /// link then runs the flags both sides have. Batches in flight finish as they are.
+    pub fn set_features(&self, features: Features) {
+        *self.inner.features.write().unwrap_or_else(PoisonError::into_inner) = features;
+        for url in self.slaves().into_iter().map(|s| s.url) {
+            let client = self.inner.client.clone();
+            self.inner.runtime.spawn(async move {
+                if let Err(e) = client.reconnect(&url).await {
+                    tracing::warn!(%url, error = %e, "cannot ask a slave to register again after a flag change");
+                }
+            });
+        }
     }
 
     /// The session of this master process.

@@ -29,7 +29,7 @@ use bitark_infra::Metrics;
 use rand::Rng;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -105,7 +105,8 @@ pub struct Follower {
 struct FollowerInner {
     node: Node,
     config: ReplicationConfig,
-    features: Features,
+    /// This slave's own flags; changed while it runs by [`Follower::set_features`].
+    features: RwLock<Features>,
     self_url: String,
     /// The master followed: the configured one, or the one a step-down named.
     master_url: String,
@@ -147,7 +148,7 @@ impl Follower {
     /// the master (and, under `reliable`, keeping the progress file) on the current
     /// runtime.
     pub fn start(node: Node, self_url: String, client: ReplicationClient, metrics: Metrics) -> Follower {
-        let config = node.config().replication.clone();
+        let config = node.replication_config();
         let features = config.effective_features();
         let data_dir = node.config().node.data_dir.clone();
         let applied = node.applied_lsn();
@@ -184,7 +185,7 @@ impl Follower {
             inner: Arc::new(FollowerInner {
                 node,
                 config,
-                features,
+                features: RwLock::new(features),
                 self_url,
                 master_url,
                 session: Mutex::new(new_session()),
@@ -325,7 +326,7 @@ impl Follower {
     /// for `replication.dead-after`.
     pub fn master_unreachable(&self) -> Option<Duration> {
         let silent = self.master_last_seen();
-        (self.inner.features.heartbeat && silent >= self.inner.config.dead_after).then_some(silent)
+        (self.features().heartbeat && silent >= self.inner.config.dead_after).then_some(silent)
     }
 
     /// Checks that a batch comes from the master this slave follows, before anything of
@@ -394,7 +395,17 @@ impl Follower {
 
     /// The flags this slave runs with.
     pub fn features(&self) -> Features {
-        self.inner.features
+        *self.inner.features.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs with `features` from now on and registers again at once, in the same
+    /// session, so the master renegotiates the link without losing a batch in flight.
+    pub fn set_features(&self, features: Features) {
+        *self.inner.features.write().unwrap_or_else(PoisonError::into_inner) = features;
+        if features.fencing {
+            self.inner.client.set_epoch(self.inner.node.epoch().0);
+        }
+        self.register_now();
     }
 
     /// The session of this slave process.
@@ -408,12 +419,12 @@ impl Follower {
 
     /// The LSN last written to `slave-progress.bin`, under `reliable`.
     pub fn progress_lsn(&self) -> Option<u64> {
-        self.inner.features.reliable.then(|| self.inner.progress.load(Ordering::Acquire))
+        self.features().reliable.then(|| self.inner.progress.load(Ordering::Acquire))
     }
 
     /// Writes the progress file one last time (shutdown).
     pub fn flush_progress(&self) {
-        if self.inner.features.reliable {
+        if self.features().reliable {
             self.write_progress_now();
         }
     }
@@ -427,7 +438,7 @@ impl Follower {
                 slave_id: inner.node.config().node.id.clone(),
                 url: inner.self_url.clone(),
                 applied_lsn: applied.0,
-                features: inner.features,
+                features: self.features(),
                 session: self.session(),
             };
             match inner.client.register(&inner.master_url, &request).await {
@@ -467,7 +478,7 @@ impl Follower {
                     let (code, message) = refused.error_body();
                     // Ahead of the master under fencing: records of an epoch the master
                     // ended earlier. Ask where it ended, cut, and register again from there.
-                    if code.as_deref() == Some("diverged") && inner.features.fencing {
+                    if code.as_deref() == Some("diverged") && self.features().fencing {
                         match self.adopt_from_epochs().await {
                             Ok(true) => {
                                 first = false;
@@ -512,7 +523,7 @@ impl Follower {
         let inner = &self.inner;
         *inner.session.lock().unwrap_or_else(PoisonError::into_inner) = new_session();
         *inner.master.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        if inner.features.reliable {
+        if self.features().reliable {
             let this = self.clone();
             let _ = tokio::task::spawn_blocking(move || this.write_progress_now()).await;
         }
@@ -539,7 +550,8 @@ impl Follower {
     /// whether the log was cut (the position to register from changed).
     async fn adopt(&self, answer: &RegisterResponse) -> Result<bool, crate::error::RoleError> {
         let inner = &self.inner;
-        let Some(history) = answer.history.clone().filter(|_| inner.features.fencing && answer.features.fencing) else {
+        let Some(history) = answer.history.clone().filter(|_| self.features().fencing && answer.features.fencing)
+        else {
             return Ok(false);
         };
         let node = inner.node.clone();
@@ -570,7 +582,9 @@ impl Follower {
 
     async fn progress_loop(self) {
         while self.pause(self.inner.config.progress_flush).await {
-            if self.inner.node.applied_lsn().0 > self.inner.progress.load(Ordering::Acquire) {
+            // Under `reliable` only, which may be turned on and off while the node runs.
+            if self.features().reliable && self.inner.node.applied_lsn().0 > self.inner.progress.load(Ordering::Acquire)
+            {
                 let this = self.clone();
                 let _ = tokio::task::spawn_blocking(move || this.write_progress_now()).await;
             }

@@ -144,8 +144,13 @@ pub struct ReplicationStatus {
     pub master_url: Option<String>,
     pub durable_lsn: u64,
     pub applied_lsn: u64,
-    /// The flags this node is configured with.
+    /// The flags in force on this node.
     pub features: Features,
+    /// True when they were changed at runtime (`PUT /admin/replication/features`) and
+    /// differ from the configuration's, until the next restart.
+    pub features_overridden: bool,
+    /// When the flags last changed at runtime (RFC 3339), if they did.
+    pub features_changed_at: Option<String>,
     /// Master: the slaves it knows.
     pub slaves: Vec<SlaveStatus>,
     /// Slave: whether its master has accepted its registration.

@@ -1,0 +1,190 @@
+//! `bitark rollout`: moves a running cluster to another roadmap stage, node by node,
+//! through `PUT /admin/replication/features`, with no restart.
+//!
+//! The slaves come from the master's `/actuator/replication`. Raising, each step goes to
+//! the slaves first and then to the master; lowering, to the master first: a link always
+//! runs the flags both of its ends have, so traffic keeps flowing at every step. After
+//! each step the master must show every slave ALIVE at the step's flags; a step that does
+//! not converge in time aborts the rollout, saying where it stopped.
+
+use bitark_common::replication::Features;
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+/// What to roll, and how.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The master's base URL.
+    pub cluster: String,
+    pub to_stage: f64,
+    /// The admin token, when the nodes have one.
+    pub token: Option<String>,
+    /// Pause after each converged step.
+    pub step_pause: Duration,
+    /// Longest a step may take to converge.
+    pub step_timeout: Duration,
+}
+
+/// Why a rollout stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("{0} is not a stage; use one of {1}")]
+    NoSuchStage(f64, String),
+    #[error("{url}: {message}")]
+    Node { url: String, message: String },
+    #[error("stage {stage} did not converge within {timeout:?}: {detail}")]
+    NotConverged { stage: f64, timeout: Duration, detail: String },
+}
+
+/// The stages from `from` to `to`, both included, in the order they are taken.
+pub fn steps(from: f64, to: f64) -> Vec<f64> {
+    let stages: Vec<f64> = Features::STAGES.iter().map(|(s, _)| *s).collect();
+    let mut out: Vec<f64> = if to >= from {
+        stages.into_iter().filter(|s| *s > from && *s <= to).collect()
+    } else {
+        stages.into_iter().rev().filter(|s| *s < from && *s >= to).collect()
+    };
+    out.dedup();
+    out
+}
+
+struct Cluster {
+    http: reqwest::Client,
+    plan: Plan,
+}
+
+impl Cluster {
+    fn node_error(url: &str, message: impl ToString) -> RolloutError {
+        RolloutError::Node { url: url.to_string(), message: message.to_string() }
+    }
+
+    async fn status(&self, url: &str) -> Result<Value, RolloutError> {
+        let response =
+            self.http.get(format!("{url}/actuator/replication")).send().await.map_err(|e| Self::node_error(url, e))?;
+        if !response.status().is_success() {
+            return Err(Self::node_error(url, format!("/actuator/replication answered {}", response.status())));
+        }
+        response.json().await.map_err(|e| Self::node_error(url, e))
+    }
+
+    async fn set_stage(&self, url: &str, stage: f64) -> Result<Value, RolloutError> {
+        let mut request =
+            self.http.put(format!("{url}/admin/replication/features")).json(&json!({ "stage": stage.to_string() }));
+        if let Some(token) = &self.plan.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| Self::node_error(url, e))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(Self::node_error(url, format!("refused ({status}): {}", body["message"])));
+        }
+        Ok(body)
+    }
+
+    /// Why the cluster is not yet at `stage` on every node and link, or `None`.
+    async fn unconverged(&self, slaves: &[String], stage: f64) -> Result<Option<String>, RolloutError> {
+        let want = serde_json::to_value(stage_features(stage)).expect("flags serialize");
+        let master = self.status(&self.plan.cluster).await?;
+        let mut why = String::new();
+        if master["features"] != want {
+            let _ = write!(why, "master runs {}; ", master["features"]);
+        }
+        for url in slaves {
+            let status = self.status(url).await?;
+            if status["features"] != want {
+                let _ = write!(why, "{url} runs {}; ", status["features"]);
+            }
+            let link = master["slaves"].as_array().and_then(|links| links.iter().find(|l| l["url"] == url.as_str()));
+            match link {
+                Some(link) if link["state"] == "ALIVE" && link["features"] == want => {}
+                Some(link) => {
+                    let _ = write!(why, "link to {url} is {} at {}; ", link["state"], link["features"]);
+                }
+                None => {
+                    let _ = write!(why, "the master does not list {url}; ");
+                }
+            }
+        }
+        Ok((!why.is_empty()).then_some(why))
+    }
+}
+
+/// The flags of `stage` (failover is never part of a stage).
+fn stage_features(stage: f64) -> Features {
+    Features::up_to_stage(stage).unwrap_or_default()
+}
+
+/// Runs the rollout, printing each step with `say`.
+pub async fn run(plan: Plan, mut say: impl FnMut(&str)) -> Result<(), RolloutError> {
+    if Features::up_to_stage(plan.to_stage).is_none() {
+        let stages: Vec<String> = Features::STAGES.iter().map(|(s, _)| s.to_string()).collect();
+        return Err(RolloutError::NoSuchStage(plan.to_stage, stages.join(", ")));
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| Cluster::node_error(&plan.cluster, e))?;
+    let cluster = Cluster { http, plan: Plan { cluster: plan.cluster.trim_end_matches('/').to_string(), ..plan } };
+    let plan = &cluster.plan;
+    let master = cluster.status(&plan.cluster).await?;
+    if master["role"] != "master" {
+        return Err(Cluster::node_error(&plan.cluster, "is not a master; point --cluster at the master"));
+    }
+    let from = serde_json::from_value::<Features>(master["features"].clone())
+        .map_err(|e| Cluster::node_error(&plan.cluster, format!("unreadable flags: {e}")))?
+        .stage();
+    let slaves: Vec<String> = master["slaves"]
+        .as_array()
+        .map(|links| links.iter().filter_map(|l| l["url"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    say(&format!(
+        "cluster at stage {from} (master {}, {} slaves); rolling to stage {}",
+        plan.cluster,
+        slaves.len(),
+        plan.to_stage
+    ));
+    let raising = plan.to_stage > from;
+    for stage in steps(from, plan.to_stage) {
+        let mut order: Vec<&str> = slaves.iter().map(String::as_str).collect();
+        if raising {
+            order.push(&plan.cluster);
+        } else {
+            order.insert(0, &plan.cluster);
+        }
+        for url in &order {
+            cluster.set_stage(url, stage).await?;
+            say(&format!("  stage {stage}: {url} set"));
+        }
+        let started = Instant::now();
+        loop {
+            match cluster.unconverged(&slaves, stage).await? {
+                None => break,
+                Some(detail) if started.elapsed() >= plan.step_timeout => {
+                    return Err(RolloutError::NotConverged { stage, timeout: plan.step_timeout, detail });
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        say(&format!("stage {stage}: every node and link converged in {:?}", started.elapsed()));
+        if stage != plan.to_stage {
+            tokio::time::sleep(plan.step_pause).await;
+        }
+    }
+    say(&format!("cluster at stage {}", plan.to_stage));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollout_takes_every_stage_between_in_order_either_way() {
+        assert_eq!(steps(1.0, 3.0), vec![2.0, 2.5, 3.0]);
+        assert_eq!(steps(7.0, 5.0), vec![6.0, 5.0]);
+        assert_eq!(steps(3.0, 3.0), Vec::<f64>::new());
+        assert_eq!(steps(0.0, 1.0), vec![1.0]);
+    }
+}
