@@ -11,19 +11,8 @@ rounds=${2:-2}
 base=${BENCH_PORT:-18900}
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
 cargo build --release --quiet --bin bitark
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+source bench/cluster.sh
 export BITARK_SECURITY__CLUSTER_TOKEN=bench-cluster-token BITARK_REPLICATION__STAGE=7
-
-start() { # name port env...
-  local name=$1 port=$2; shift 2
-  env BITARK_LOG=warn BITARK_NODE__ID="$name" "$@" ./target/release/bitark --port "$port" --data-dir "$work/$name" 2>"$work/$name.log" &
-  pids+=($!)
-  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/actuator/health/readiness" >/dev/null && return; sleep 0.1; done
-  echo "$name did not start" >&2; cat "$work/$name.log" >&2; exit 1
-}
 M=$base; S1=$((base + 1)); S2=$((base + 2))
 start master $M
 start slave-1 $S1 BITARK_NODE__ROLE=slave BITARK_REPLICATION__MASTER_URL=http://127.0.0.1:$M

@@ -13,20 +13,9 @@ catchup=${2:-1000000}
 base=${BENCH_PORT:-18800}
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
 cargo build --release --quiet --bin bitark
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
+source bench/cluster.sh
 # Replicating nodes refuse to start without a cluster token.
 export BITARK_SECURITY__CLUSTER_TOKEN=bench-cluster-token
-
-start() { # name port env...
-  local name=$1 port=$2; shift 2
-  env BITARK_LOG=warn BITARK_NODE__ID="$name" "$@" ./target/release/bitark --port "$port" --data-dir "$work/$name" 2>"$work/$name.log" &
-  pids+=($!)
-  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/actuator/health/readiness" >/dev/null && return; sleep 0.1; done
-  echo "$name did not start" >&2; cat "$work/$name.log" >&2; exit 1
-}
 stop_all() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; wait 2>/dev/null || true; pids=(); }
 applied() { curl -s "http://127.0.0.1:$1/admin/digest" | python3 -c 'import json,sys; print(json.load(sys.stdin)["appliedLsn"])'; }
 mark() { wrk -t2 -c64 -d"${secs}s" --latency -s bench/wrk/mark.lua "http://127.0.0.1:$1" | grep '^RESULT'; }

@@ -122,6 +122,14 @@ pub async fn change_features(state: &AppState, features: Features) -> Result<Liv
         return Err(RoleError::Busy("a full sync is replacing this node's state; change its flags afterwards".into()));
     }
     let before = node.features();
+    let security = &state.config().security;
+    if features.any() && security.cluster_token.expose().is_none() && !security.allow_insecure_cluster {
+        return Err(RoleError::WrongRole(
+            "replication needs security.cluster-token (set in the configuration, with a restart), so that no one \
+             else can register as a slave or send log records"
+                .into(),
+        ));
+    }
     let changing = node.clone();
     let live = tokio::task::spawn_blocking(move || changing.set_features(features))
         .await
@@ -157,6 +165,14 @@ pub async fn promote(state: &AppState) -> Result<(Epoch, Lsn), RoleError> {
 /// Under failover only the election changes roles: a hand-made master would hold no
 /// lease.
 fn refuse_under_failover(state: &AppState) -> Result<(), RoleError> {
+    let node = state.node().map_err(|e| RoleError::Busy(e.to_string()))?;
+    if node.fencing() && !state.config().replication.effective_features().fencing {
+        return Err(RoleError::WrongRole(
+            "fencing is on only until the next restart (PUT /admin/replication/features): a role changed now would \
+             not survive one; turn fencing on in the configuration first"
+                .into(),
+        ));
+    }
     if state.config().replication.effective_features().failover {
         return Err(RoleError::WrongRole(
             "replication.features.failover is on: etcd elects the master; stop the master (or turn failover off) \

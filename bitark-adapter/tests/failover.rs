@@ -136,6 +136,56 @@ async fn a_node_without_the_newest_ack_all_write_is_not_elected_until_one_that_h
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_cut_off_from_etcd_acknowledges_no_semi_write_a_new_master_could_lack() {
+    let slow_dead = |_, b: NodeBuilder| {
+        b.env("BITARK_REPLICATION__ACK", "semi")
+            .env("BITARK_REPLICATION__ACK_TIMEOUT", "2s")
+            .env("BITARK_REPLICATION__DEAD_AFTER", "5s")
+    };
+    let Some(cluster) = Failover::start(3, slow_dead).await else { return };
+    let m = cluster.master(ELECT_WITHIN, None).await;
+    let (a, b) = match others(&cluster, m)[..] {
+        [a, b] => (a, b),
+        _ => unreachable!(),
+    };
+    let writers = Writers::start(&cluster, "");
+    writers.wait_for(m, 0, 50).await;
+
+    // {master, a} | {b, etcd}: the master and `a` still replicate (semi is met by `a`),
+    // but neither reaches etcd, and `b` gets nothing more; `b` alone can be elected.
+    cluster.to_etcd[m].set_mode(Mode::Cut);
+    cluster.to_etcd[a].set_mode(Mode::Cut);
+    cluster.inbound[b].set_mode(Mode::Cut);
+    let url = format!("{}/api/v1/users/5/reads/1", cluster.nodes[m].url());
+    wait_until(ELECT_WITHIN, "the cut-off master to stop answering", async || {
+        call(Method::PUT, &url, None).await.1["error"] == "leader_lease_lapsed"
+    })
+    .await;
+    let lone = &cluster.nodes[b];
+    wait_until(ELECT_WITHIN, "`b` to be elected or to refuse to be", async || {
+        let leading = lone.api().replication_status().await.is_ok_and(|s| s["coordination"]["leading"] == true);
+        leading || lone.stderr_text().contains("not campaigning")
+    })
+    .await;
+
+    for proxy in cluster.to_etcd.iter().chain(&cluster.inbound) {
+        proxy.set_mode(Mode::Pass);
+    }
+    let master = cluster.master(ELECT_WITHIN, None).await;
+    let before = writers.taken().iter().filter(|t| t.node == master).count();
+    writers.wait_for(master, 0, before + 20).await;
+    let taken = writers.stop().await;
+    converged(&cluster.nodes.iter().collect::<Vec<_>>()).await;
+    assert_one_writer_per_epoch(&taken);
+    // Every write answered OK under `semi` survived, whoever won.
+    let master = cluster.master(ELECT_WITHIN, None).await;
+    for t in &taken {
+        let (status, body) = read_with_token(&cluster.nodes[master], &t.acked).await;
+        assert_eq!((status, body["read"].as_bool()), (StatusCode::OK, Some(true)), "{t:?} lost: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_async_acks_the_writes_lost_are_exactly_those_no_slave_had_and_their_tokens_say_so() {
     let Some(mut cluster) = Failover::start(3, |_, b| b).await else { return };
     let old = cluster.master(ELECT_WITHIN, None).await;

@@ -5,8 +5,8 @@
 //!   durable LSN), refreshed every quarter of the lease TTL, attached to the node's
 //!   lease: a node that stops renewing drops out.
 //! - `<prefix>/leader`: the master's [`Leader`] record, attached to the master's lease.
-//! - `<prefix>/acked`: the newest write a master answered under `semi`/`all` (published
-//!   each tick): a node that does not hold it does not campaign.
+//! - `<prefix>/acked`: the newest write a master answers under `semi`/`all`, recorded
+//!   before the answer goes out: a node that does not hold it does not campaign.
 //! - `<prefix>/epoch`: the epoch counter. A campaign is one transaction: the leader key
 //!   must be absent and the counter unchanged since it was read; it sets both. Two
 //!   masters can therefore never share an epoch.
@@ -20,7 +20,7 @@
 
 use crate::config::{CoordinationConfig, Role};
 use crate::node::Node;
-use bitark_common::Epoch;
+use bitark_common::{Epoch, Lsn};
 use bitark_infra::etcd::{Etcd, EtcdError, Expect, KeyValue, Lease};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 pub struct Member {
     pub node_id: String,
     pub url: String,
-    /// The current epoch of the node's history: the epoch of its newest records.
+    /// The epoch of the newest record the node holds.
     pub epoch: u64,
     pub durable_lsn: u64,
     /// False while the node cannot be master (a full sync is replacing its state).
@@ -73,7 +73,7 @@ impl AckedFloor {
 pub struct CoordinationStatus {
     /// The master etcd names, if any.
     pub leader: Option<Leader>,
-    /// True while this node holds the leader lease.
+    /// True while this node holds the leader lease and may take writes under it.
     pub leading: bool,
     /// True while the last etcd call answered.
     pub etcd_reachable: bool,
@@ -197,14 +197,28 @@ impl Coordinator {
                 changes = self.etcd.watch_prefix(&keys.leader).await.ok();
             }
             let wait = tokio::time::sleep(self.tick());
-            match changes.as_mut() {
-                Some(rx) => {
-                    tokio::select! {
-                        _ = wait => {}
-                        _ = rx.recv() => {}
+            tokio::pin!(wait);
+            loop {
+                let changed = async {
+                    match changes.as_mut() {
+                        Some(rx) => {
+                            rx.recv().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = &mut wait => break,
+                    _ = changed => break,
+                    // A semi/all write waits for its floor: record it now, between steps.
+                    _ = self.node.floor_wanted() => {
+                        if let (Some(epoch), Some(lease)) = (at.leading, at.lease) {
+                            if let Err(e) = self.publish_floor(&keys, &mut at, epoch, lease.id).await {
+                                tracing::warn!(error = %e, "cannot record the acknowledged floor in etcd");
+                            }
+                        }
                     }
                 }
-                None => wait.await,
             }
         }
     }
@@ -212,9 +226,12 @@ impl Coordinator {
     fn report(&self, at: &Standing, error: Option<&EtcdError>) {
         let metrics = &self.node.metrics();
         metrics.coordination_etcd_up.set(i64::from(at.etcd_up));
-        metrics.coordination_leader.set(i64::from(at.leading.is_some()));
+        // Leading only while the lease holds: a master cut off from etcd still thinks it
+        // holds the key, but takes no writes.
+        let leading = at.leading.is_some() && !self.node.lease_lapsed();
+        metrics.coordination_leader.set(i64::from(leading));
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-        status.leading = at.leading.is_some();
+        status.leading = leading;
         status.etcd_reachable = at.etcd_up;
         status.renewed_at = at.renewed_at;
         status.lease_ttl_seconds = at.lease.map_or(0, |l| l.ttl.as_secs());
@@ -285,7 +302,7 @@ impl Coordinator {
         self.set_leader(Some(leader.clone()));
         if leader.node_id == self.node.config().node.id {
             if let Some(epoch) = at.leading.filter(|_| leader_kv.lease == lease.id) {
-                self.publish_floor(keys, at, epoch).await?;
+                self.publish_floor(keys, at, epoch, lease.id).await?;
             }
             if leader_kv.lease != lease.id {
                 // Left by this node's previous process, which is gone (this one holds the
@@ -319,15 +336,23 @@ impl Coordinator {
         Ok(())
     }
 
-    /// As master: publishes the newest `semi`/`all` write answered, when it moved.
-    async fn publish_floor(&self, keys: &Keys, at: &mut Standing, epoch: u64) -> Result<(), EtcdError> {
+    /// As master: records the newest `semi`/`all` write about to be answered, when it
+    /// moved, only while this node's lease still holds the leader key (a slow put of a
+    /// deposed master cannot lower the floor a newer master set).
+    async fn publish_floor(&self, keys: &Keys, at: &mut Standing, epoch: u64, lease: i64) -> Result<(), EtcdError> {
         let lsn = self.node.acked_lsn().0;
-        if lsn <= at.published_floor {
-            return Ok(());
+        if lsn > at.published_floor {
+            let floor = serde_json::to_vec(&AckedFloor { epoch, lsn }).expect("a floor serializes");
+            let held = self
+                .etcd
+                .swap(&[Expect::Lease(keys.leader.clone(), lease)], vec![(keys.acked.clone(), floor, 0)])
+                .await?;
+            if !held {
+                return Ok(());
+            }
+            at.published_floor = lsn;
         }
-        let floor = AckedFloor { epoch, lsn };
-        self.etcd.put(&keys.acked, serde_json::to_vec(&floor).expect("a floor serializes"), 0).await?;
-        at.published_floor = lsn;
+        self.node.floor_recorded(Lsn(at.published_floor));
         Ok(())
     }
 
@@ -336,7 +361,9 @@ impl Coordinator {
         Member {
             node_id: node.config().node.id.clone(),
             url: self.self_url.clone(),
-            epoch: node.epochs().history.current().0,
+            // The epoch of the newest record this node holds, not the newest epoch of a
+            // history adopted from a master it has not caught up with.
+            epoch: node.epochs().history.epoch_at(node.durable_lsn()).map_or(0, |e| e.0),
             durable_lsn: node.durable_lsn().0,
             eligible: !node.is_replacing(),
         }

@@ -54,9 +54,14 @@ pub(crate) struct Inner {
     /// What the node is now and whom it follows: the configured role at first, then
     /// what promotions and step-downs (stage 7) made of it. Read on every write.
     pub(crate) role: RwLock<RoleState>,
-    /// The highest LSN this master answered a `semi` or `all` write at: a failover must
-    /// not elect a node without it.
+    /// Under failover, the highest LSN of a `semi` or `all` write about to be answered:
+    /// the coordination records it in etcd (`<prefix>/acked`) before the answer, and a
+    /// node without it is never elected.
     acked: AtomicU64,
+    /// The highest such LSN recorded in etcd; the writes wait for it.
+    floor_recorded: tokio::sync::watch::Sender<u64>,
+    /// Wakes the coordination when `acked` moved past what is recorded.
+    floor_wanted: tokio::sync::Notify,
     /// The replication flags in force: the configured ones until an operator changes
     /// them while the node runs ([`Node::set_features`]).
     features: RwLock<LiveFeatures>,
@@ -181,6 +186,8 @@ impl Node {
                 recovery: report,
                 role: RwLock::new(role),
                 acked: AtomicU64::new(0),
+                floor_recorded: tokio::sync::watch::channel(0).0,
+                floor_wanted: tokio::sync::Notify::new(),
                 features: RwLock::new(LiveFeatures {
                     features: configured_features,
                     overridden: false,
@@ -294,10 +301,8 @@ impl Node {
         }
         let lsn = self.write(command).await?;
         match hub.wait_for_acks(lsn, mode).await {
-            Ok(_) => {
-                self.inner.acked.fetch_max(lsn.0, Ordering::AcqRel);
-                Ok(lsn)
-            }
+            Ok(_) if self.inner.config.failover() => self.record_floor(lsn, mode).await.map(|()| lsn),
+            Ok(_) => Ok(lsn),
             Err(AckShortfall::TimedOut(count)) => Err(WriteError::ReplicationTimeout {
                 lsn: lsn.0,
                 epoch: self.epoch().0,
@@ -310,9 +315,46 @@ impl Node {
         }
     }
 
-    /// The highest LSN this node answered a `semi` or `all` write at, as master.
+    /// Under failover: before a `semi`/`all` write at `lsn` is answered, the coordination
+    /// records it in etcd as the floor no new master may lack, and the lease must still
+    /// hold. Otherwise the write (durable here and on the slaves that confirmed it) is not
+    /// acknowledged.
+    async fn record_floor(&self, lsn: Lsn, mode: AckMode) -> Result<(), WriteError> {
+        self.inner.acked.fetch_max(lsn.0, Ordering::AcqRel);
+        self.inner.floor_wanted.notify_one();
+        let mut recorded = self.inner.floor_recorded.subscribe();
+        let timeout = self.inner.config.replication.ack_timeout;
+        let waited = tokio::time::timeout(timeout, recorded.wait_for(|floor| *floor >= lsn.0)).await;
+        if !matches!(waited, Ok(Ok(_))) || self.lease_lapsed() {
+            self.inner.state.metrics.writes_rejected.with_label_values(&["lease-lapsed"]).inc();
+            return Err(WriteError::LeaseLapsed(format!(
+                "LSN {lsn} is durable here and on the slaves ack={} needed, but this master could not record it in \
+                 etcd as acknowledged within {} ms (or its leader lease lapsed); this write was not acknowledged",
+                mode.as_str(),
+                timeout.as_millis()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Under failover: the highest LSN of a `semi`/`all` write waiting to be recorded in
+    /// etcd (or recorded).
     pub fn acked_lsn(&self) -> Lsn {
         Lsn(self.inner.acked.load(Ordering::Acquire))
+    }
+
+    /// Resolves when a `semi`/`all` write waits for its floor to be recorded.
+    pub async fn floor_wanted(&self) {
+        self.inner.floor_wanted.notified().await;
+    }
+
+    /// The coordination recorded the floor up to `lsn` in etcd.
+    pub fn floor_recorded(&self, lsn: Lsn) {
+        self.inner.floor_recorded.send_if_modified(|floor| {
+            let moved = lsn.0 > *floor;
+            *floor = (*floor).max(lsn.0);
+            moved
+        });
     }
 
     /// The acknowledgement mode of a write that asks for `requested`: the stricter of

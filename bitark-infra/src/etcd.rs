@@ -60,6 +60,8 @@ pub enum Expect {
     Absent(String),
     /// The key was last changed at this revision.
     ModRevision(String, i64),
+    /// The key exists and is attached to this lease.
+    Lease(String, i64),
 }
 
 /// A client of one etcd cluster (any of its endpoints).
@@ -194,6 +196,13 @@ impl Etcd {
                     key: key.as_bytes().to_vec(),
                     range_end: Vec::new(),
                     target_union: Some(pb::compare::TargetUnion::Version(0)),
+                },
+                Expect::Lease(key, lease) => pb::Compare {
+                    result: pb::compare::CompareResult::Equal as i32,
+                    target: pb::compare::CompareTarget::Lease as i32,
+                    key: key.as_bytes().to_vec(),
+                    range_end: Vec::new(),
+                    target_union: Some(pb::compare::TargetUnion::Lease(*lease)),
                 },
                 Expect::ModRevision(key, revision) => pb::Compare {
                     result: pb::compare::CompareResult::Equal as i32,
