@@ -10,22 +10,12 @@ mod support;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::cluster::{replication_status, wait_for_convergence, wait_state, Cluster, Role, CLUSTER_TOKEN};
+use support::cluster::{quick, replication_status, wait_for_convergence, wait_state, Cluster, Role, CLUSTER_TOKEN};
 use support::epochs::{call, converged, mark, read_with_token};
 use support::proxy::Mode;
-use support::{counter, wait_until, Node, NodeBuilder};
+use support::{counter, wait_until, Node};
 
 const CONVERGE: Duration = Duration::from_secs(30);
-
-/// Fast registration, retries and DEAD detection, so each scenario takes seconds.
-fn quick(builder: NodeBuilder) -> NodeBuilder {
-    builder
-        .env("BITARK_REPLICATION__REGISTER_INTERVAL", "100ms")
-        .env("BITARK_REPLICATION__RETRY__INITIAL_BACKOFF", "20ms")
-        .env("BITARK_REPLICATION__RETRY__MAX_BACKOFF", "200ms")
-        .env("BITARK_REPLICATION__HEARTBEAT_INTERVAL", "100ms")
-        .env("BITARK_REPLICATION__DEAD_AFTER", "1s")
-}
 
 async fn promote(node: &Node) -> Value {
     let (status, body, _) = call(Method::POST, &format!("{}/admin/promote", node.url()), None).await;

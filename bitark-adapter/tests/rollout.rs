@@ -10,19 +10,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::cluster::{replication_status, wait_for_convergence, Cluster};
-use support::{wait_until, NodeBuilder};
+use support::cluster::{quick, replication_status, wait_for_convergence, Cluster};
+use support::wait_until;
 
 const CONVERGE: Duration = Duration::from_secs(30);
-
-fn quick(builder: NodeBuilder) -> NodeBuilder {
-    builder
-        .env("BITARK_REPLICATION__REGISTER_INTERVAL", "100ms")
-        .env("BITARK_REPLICATION__RETRY__INITIAL_BACKOFF", "20ms")
-        .env("BITARK_REPLICATION__RETRY__MAX_BACKOFF", "200ms")
-        .env("BITARK_REPLICATION__HEARTBEAT_INTERVAL", "100ms")
-        .env("BITARK_REPLICATION__DEAD_AFTER", "1s")
-}
 
 /// The flags of a stage, as `/actuator/replication` shows them.
 fn flags_of(stage: f64) -> Value {

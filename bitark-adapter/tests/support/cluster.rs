@@ -45,6 +45,16 @@ pub const CONVERGE_WITHIN: Duration = Duration::from_secs(30);
 /// sets another.
 pub const CLUSTER_TOKEN: &str = "test-cluster-token";
 
+/// Fast registration, retries and DEAD detection, so that each scenario takes seconds.
+pub fn quick(builder: NodeBuilder) -> NodeBuilder {
+    builder
+        .env("BITARK_REPLICATION__REGISTER_INTERVAL", "100ms")
+        .env("BITARK_REPLICATION__RETRY__INITIAL_BACKOFF", "20ms")
+        .env("BITARK_REPLICATION__RETRY__MAX_BACKOFF", "200ms")
+        .env("BITARK_REPLICATION__HEARTBEAT_INTERVAL", "100ms")
+        .env("BITARK_REPLICATION__DEAD_AFTER", "1s")
+}
+
 /// The id of `slaves[index]`.
 pub fn slave_id(index: usize) -> String {
     format!("slave-{}", index + 1)

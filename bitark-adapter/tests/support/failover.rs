@@ -10,7 +10,7 @@
 //! peers that would reach it. Every node starts as a slave of nobody: the election
 //! names the master. `nodes[i]` is `node-{i + 1}`.
 
-use super::cluster::CLUSTER_TOKEN;
+use super::cluster::{quick, CLUSTER_TOKEN};
 use super::epochs::{mark, Acked};
 use super::etcd::Etcd;
 use super::proxy::{Mode, Proxy};
@@ -38,7 +38,7 @@ pub struct Failover {
 
 /// Fast registration, retries and DEAD detection, and the failover settings.
 fn configure(builder: NodeBuilder, index: usize, inbound: &Proxy, to_etcd: &Proxy) -> NodeBuilder {
-    builder
+    quick(builder)
         .env("BITARK_NODE__ID", node_id(index))
         .env("BITARK_NODE__ROLE", "slave")
         .env("BITARK_SECURITY__CLUSTER_TOKEN", CLUSTER_TOKEN)
@@ -47,11 +47,6 @@ fn configure(builder: NodeBuilder, index: usize, inbound: &Proxy, to_etcd: &Prox
         .env("BITARK_REPLICATION__SELF_URL", inbound.url())
         .env("BITARK_COORDINATION__ETCD__ENDPOINTS", format!("[\"{}\"]", to_etcd.url()))
         .env("BITARK_COORDINATION__ETCD__PREFIX", "/bitark-test")
-        .env("BITARK_REPLICATION__REGISTER_INTERVAL", "100ms")
-        .env("BITARK_REPLICATION__RETRY__INITIAL_BACKOFF", "20ms")
-        .env("BITARK_REPLICATION__RETRY__MAX_BACKOFF", "200ms")
-        .env("BITARK_REPLICATION__HEARTBEAT_INTERVAL", "100ms")
-        .env("BITARK_REPLICATION__DEAD_AFTER", "1s")
 }
 
 impl Failover {
