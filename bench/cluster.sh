@@ -1,6 +1,9 @@
-# Sourced by the cluster benchmarks: release nodes on loopback in a temporary directory,
-# killed on exit. Defines `work`, `pids` and `start NAME PORT [VAR=value ...]`, which
-# starts a node and waits until it is ready.
+# Sourced by the cluster benchmarks: checks for wrk, builds the release binary, and runs
+# release nodes on loopback in a temporary directory, killed on exit. Defines `work`,
+# `pids` and `start NAME PORT [VAR=value ...]`, which starts a node and waits until it is
+# ready.
+command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
+cargo build --release --quiet --bin bitark
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -11,8 +11,6 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 catchup=${2:-1000000}
 base=${BENCH_PORT:-18800}
-command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
-cargo build --release --quiet --bin bitark
 source bench/cluster.sh
 # Replicating nodes refuse to start without a cluster token.
 export BITARK_SECURITY__CLUSTER_TOKEN=bench-cluster-token

@@ -10,8 +10,6 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 rounds=${2:-2}
 base=${BENCH_PORT:-18950}
-command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
-cargo build --release --quiet --bin bitark
 source bench/cluster.sh
 export BITARK_SECURITY__CLUSTER_TOKEN=bench-cluster-token BITARK_REPLICATION__STAGE=7
 M=$base; S1=$((base + 1)); S2=$((base + 2))
