@@ -301,6 +301,54 @@ impl AppConfig {
         self.node.role == bitark_engine::Role::Slave || self.replication.effective_features().any()
     }
 
+    /// Whether the dotted `key` takes effect on a refresh (`POST /actuator/refresh`,
+    /// SIGHUP) without a restart: `logging.level` and the engine's reloadable keys
+    /// ([`EngineConfig::RELOADABLE`]). `application.yml` marks each such key
+    /// `(reloadable)`.
+    pub fn is_reloadable(key: &str) -> bool {
+        key == "logging.level" || EngineConfig::is_reloadable(key)
+    }
+
+    /// This configuration with the reloadable keys of `new`: what runs after a refresh.
+    pub fn with_reloaded(&self, new: &AppConfig) -> AppConfig {
+        let engine = self.engine().with_reloaded(&new.engine());
+        AppConfig {
+            snapshot: engine.snapshot,
+            limits: engine.limits,
+            reads: engine.reads,
+            replication: engine.replication,
+            logging: LoggingConfig { level: new.logging.level.clone(), ..self.logging.clone() },
+            ..self.clone()
+        }
+    }
+
+    /// Every key whose value differs between `self` and `other`, in dotted form (secrets
+    /// compared by value but never shown).
+    pub fn differences(&self, other: &AppConfig) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        flatten("", &serde_json::to_value(self).unwrap_or_default(), &mut a);
+        flatten("", &serde_json::to_value(other).unwrap_or_default(), &mut b);
+        let b: std::collections::BTreeMap<String, serde_json::Value> = b.into_iter().collect();
+        let mut out: Vec<_> = a
+            .into_iter()
+            .filter(|(key, _)| !key.starts_with("security.") || !key.ends_with("-token"))
+            .filter_map(|(key, from)| {
+                let to = b.get(&key).cloned().unwrap_or(serde_json::Value::Null);
+                (from != to).then_some((key, from, to))
+            })
+            .collect();
+        for (key, mine, theirs) in [
+            ("security.admin-token", &self.security.admin_token, &other.security.admin_token),
+            ("security.cluster-token", &self.security.cluster_token, &other.security.cluster_token),
+        ] {
+            if mine != theirs {
+                out.push((key.to_string(), serde_json::to_value(mine).unwrap_or_default(), "(changed)".into()));
+            }
+        }
+        out.sort_by(|x, y| x.0.cmp(&y.0));
+        out
+    }
+
     /// The sections the engine consumes.
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
@@ -312,6 +360,19 @@ impl AppConfig {
             replication: self.replication.clone(),
             coordination: self.coordination.clone(),
         }
+    }
+}
+
+/// The leaves of `value` as (dotted key, value); a list is one leaf.
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map {
+                let dotted = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                flatten(&dotted, inner, out);
+            }
+        }
+        leaf => out.push((prefix.to_string(), leaf.clone())),
     }
 }
 
@@ -447,6 +508,84 @@ mod tests {
         fs::write(dir.path().join("application.yml"), "").unwrap();
         let err = load_in(dir.path(), Sources { profile: Some("qa".into()), ..Sources::default() }).unwrap_err();
         assert!(err.to_string().contains("application-qa.yml"), "{err}");
+    }
+
+    /// Every leaf key of `application.yml` with whether its comment says `(reloadable)`.
+    fn documented_keys() -> Vec<(String, bool)> {
+        let mut stack: Vec<(usize, String)> = Vec::new();
+        let (mut out, mut previous) = (Vec::new(), "");
+        for line in EMBEDDED_DEFAULTS.lines() {
+            let trimmed = line.trim_start();
+            let indent = line.len() - trimmed.len();
+            if let Some((key, value)) = trimmed.split_once(':').filter(|_| !trimmed.starts_with('#')) {
+                while stack.last().is_some_and(|(i, _)| *i >= indent) {
+                    stack.pop();
+                }
+                let dotted = stack.iter().map(|(_, k)| k.as_str()).chain([key]).collect::<Vec<_>>().join(".");
+                if value.trim().is_empty() {
+                    stack.push((indent, key.to_string()));
+                } else {
+                    let marked = previous.trim_start().starts_with('#') && previous.contains("(reloadable)");
+                    out.push((dotted, marked));
+                }
+            }
+            previous = line;
+        }
+        out
+    }
+
+    #[test]
+    fn application_yml_marks_exactly_the_reloadable_keys() {
+        let keys = documented_keys();
+        assert!(keys.len() > 70, "{keys:?}");
+        let wrong: Vec<_> = keys.iter().filter(|(key, marked)| *marked != AppConfig::is_reloadable(key)).collect();
+        assert!(
+            wrong.is_empty(),
+            "marked (reloadable) in application.yml but not reloadable, or the reverse: {wrong:?}"
+        );
+        // The documented keys are the configuration's keys.
+        let mut flattened = Vec::new();
+        flatten("", &serde_json::to_value(AppConfig::default()).unwrap(), &mut flattened);
+        let mut documented: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+        let mut actual: Vec<&str> = flattened.iter().map(|(k, _)| k.as_str()).collect();
+        documented.sort_unstable();
+        actual.sort_unstable();
+        assert_eq!(documented, actual);
+    }
+
+    #[test]
+    fn a_refresh_takes_exactly_the_reloadable_keys() {
+        let running = AppConfig::default();
+        let mut new = AppConfig::default();
+        new.server.port = 9999;
+        new.node.id = "other".into();
+        new.wal.queue_capacity = 7;
+        new.snapshot.keep = 5;
+        new.limits.max_batch = 3;
+        new.reads.min_lsn_wait = Duration::from_millis(5);
+        new.replication.stage = 3.0;
+        new.replication.features.failover = true;
+        new.replication.master_url = "http://x:1".into();
+        new.replication.buffer.max_records = 9;
+        new.replication.retry.max_backoff = Duration::from_secs(9);
+        new.replication.full_sync.chunk_size = bytesize::ByteSize::mib(1);
+        new.replication.max_lag.records = 4;
+        new.replication.ack_timeout = Duration::from_secs(1);
+        new.replication.request_timeout = Duration::from_secs(1);
+        new.coordination.lease_ttl = Duration::from_secs(4);
+        new.security.admin_token = Secret::new("s3cret");
+        new.logging.level = "debug".into();
+        new.logging.format = LogFormat::Json;
+        let changed: Vec<String> = running.differences(&new).into_iter().map(|(k, _, _)| k).collect();
+        assert_eq!(changed.len(), 19, "{changed:?}");
+        let next = running.with_reloaded(&new);
+        let left: Vec<String> = next.differences(&new).into_iter().map(|(k, _, _)| k).collect();
+        let restart: Vec<String> = changed.iter().filter(|k| !AppConfig::is_reloadable(k)).cloned().collect();
+        assert_eq!(left, restart, "what a refresh leaves behind is exactly what needs a restart");
+        assert!(restart.contains(&"replication.features.failover".to_string()), "{restart:?}");
+        assert!(restart.contains(&"security.admin-token".to_string()), "{restart:?}");
+        let shown = serde_json::to_string(&running.differences(&new)).unwrap();
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 pub mod config;
 pub mod http;
 pub mod openapi;
+pub mod refresh;
 pub mod roles;
 pub mod rollout;
 pub mod server;
@@ -50,16 +51,26 @@ pub enum RunError {
 /// in-flight requests finish (up to `server.shutdown-timeout`), queued writes are made
 /// durable, and the function returns.
 ///
+/// With a `reloader`, `POST /actuator/refresh` and SIGHUP re-read the configuration
+/// sources and put the reloadable keys in force.
+///
 /// With a `management` listener (`management.server.port`), `/actuator/*` and `/admin/*`
 /// are served there and no longer on `listener`.
 pub async fn run(
     listener: TcpListener,
     management: Option<TcpListener>,
     config: AppConfig,
+    reloader: Option<refresh::Reloader>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
+    for outcome in ["applied", "unchanged", "refused"] {
+        metrics.config_refreshes.with_label_values(&[outcome]);
+    }
     let state = http::AppState::new(config.clone(), metrics.clone());
+    if let Some(reloader) = reloader {
+        state.set_reloader(reloader);
+    }
     let local_addr = listener.local_addr()?;
     warn_about_exposure(&config, local_addr);
     let (stop_server, stopped) = tokio::sync::watch::channel(false);
@@ -137,6 +148,9 @@ pub async fn run(
     );
     roles::start(&state, &node, &config, local_addr, &metrics);
     state.set_node(node.clone());
+    if state.reloader().is_some() {
+        tokio::spawn(refresh_on_hangup(state.clone()));
+    }
 
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
@@ -153,6 +167,27 @@ pub async fn run(
     .await?;
     tracing::info!("stopped; the write-ahead log is durable");
     Ok(())
+}
+
+/// SIGHUP re-reads the configuration, as `POST /actuator/refresh` does; the outcome is
+/// logged.
+async fn refresh_on_hangup(state: http::AppState) {
+    #[cfg(unix)]
+    {
+        let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; refresh with POST /actuator/refresh");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: refreshing the configuration");
+            let _ = refresh::refresh(&state).await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
 }
 
 /// `server.max-connections`, lowered to what the open-files limit leaves for the node's

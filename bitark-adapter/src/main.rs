@@ -1,6 +1,7 @@
 //! `bitark`: the read-status server.
 
 use bitark_adapter::config::{AppConfig, LogFormat, LoggingConfig, Sources};
+use bitark_adapter::refresh::{Reloader, SetLogLevel};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
@@ -90,7 +91,7 @@ fn main() -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
-    init_logging(&config.logging);
+    let set_log_level = init_logging(&config.logging);
     // Connections, log segments and snapshots all take descriptors: use what is allowed.
     match bitark_infra::process::raise_open_files_limit() {
         Ok((before, (soft, hard))) if before < soft => {
@@ -106,7 +107,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let reloader = bitark_adapter::refresh::Reloader::new(sources, set_log_level);
+    match runtime.block_on(serve(config, reloader)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -133,18 +135,37 @@ fn rollout(plan: bitark_adapter::rollout::Plan) -> ExitCode {
     }
 }
 
-/// `logging.level` (or `BITARK_LOG`) and `logging.format`, to stderr.
-fn init_logging(logging: &LoggingConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BITARK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&logging.level));
+/// `logging.level` (or `BITARK_LOG`) and `logging.format`, to stderr. Answers what
+/// changes the levels of the running process, unless `BITARK_LOG` pins them.
+fn init_logging(logging: &LoggingConfig) -> Option<SetLogLevel> {
+    let pinned = tracing_subscriber::EnvFilter::try_from_env("BITARK_LOG").ok();
+    let by_config = pinned.is_none();
+    let filter = pinned.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&logging.level));
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
-    match logging.format {
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    fn setter<S: 'static>(handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>) -> SetLogLevel {
+        Box::new(move |level: &str| {
+            let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        })
     }
+    let set = match logging.format {
+        LogFormat::Json => {
+            let builder = builder.json().with_current_span(true).with_span_list(false).with_filter_reloading();
+            let set = setter(builder.reload_handle());
+            builder.init();
+            set
+        }
+        LogFormat::Text => {
+            let builder = builder.with_ansi(std::io::stderr().is_terminal()).with_filter_reloading();
+            let set = setter(builder.reload_handle());
+            builder.init();
+            set
+        }
+    };
+    by_config.then_some(set)
 }
 
-async fn serve(config: AppConfig) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(config: AppConfig, reloader: Reloader) -> Result<(), Box<dyn std::error::Error>> {
     let addr = SocketAddr::new(config.server.bind, config.server.port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!(
@@ -165,7 +186,7 @@ async fn serve(config: AppConfig) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => None,
     };
-    bitark_adapter::run(listener, management, config, shutdown_signal()).await?;
+    bitark_adapter::run(listener, management, config, Some(reloader), shutdown_signal()).await?;
     Ok(())
 }
 

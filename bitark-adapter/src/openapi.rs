@@ -24,7 +24,7 @@ use utoipa::{Modify, OpenApi};
         reads::mark_read, reads::mark_unread, reads::is_read, reads::mark_many, reads::check, reads::unread_count,
         actuator::health, actuator::liveness, actuator::readiness, actuator::info, actuator::prometheus,
         actuator::configprops, replication::replication_status, admin::snapshot, admin::digest,
-        admin::promote, admin::demote, admin::change_features,
+        admin::promote, admin::demote, admin::change_features, admin::refresh,
     ),
     components(schemas(error::ErrorBody, extract::IdString, reads::MarkIds, reads::MarkRange)),
     servers((url = "http://127.0.0.1:8080", description = "A node on the embedded defaults")),

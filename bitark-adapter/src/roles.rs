@@ -122,7 +122,8 @@ pub async fn change_features(state: &AppState, features: Features) -> Result<Liv
         return Err(RoleError::Busy("a full sync is replacing this node's state; change its flags afterwards".into()));
     }
     let before = node.features();
-    let security = &state.config().security;
+    let config = state.config();
+    let security = &config.security;
     if features.any() && security.cluster_token.expose().is_none() && !security.allow_insecure_cluster {
         return Err(RoleError::WrongRole(
             "replication needs security.cluster-token (set in the configuration, with a restart), so that no one \

@@ -1,6 +1,7 @@
 //! The one path by which log records change the read state, shared by start-up replay
 //! and by the group-commit writer (and, later, by replication apply).
 
+use crate::config::LiveConfig;
 use crate::snapshotter::Request;
 use crate::state::State;
 use crate::store::ReadStore;
@@ -20,7 +21,8 @@ pub(crate) fn apply_records<'a>(store: &ReadStore, records: impl IntoIterator<It
 /// LSN, and nudges the snapshotter once enough records have accumulated.
 pub(crate) struct StoreApplier {
     pub state: Arc<State>,
-    pub every_records: u64,
+    /// `snapshot.every-records` is read per batch: it is reloadable.
+    pub config: LiveConfig,
 }
 
 impl Applier for StoreApplier {
@@ -33,7 +35,8 @@ impl Applier for StoreApplier {
             hub.on_commit(records);
         }
         let since = self.state.since_snapshot.fetch_add(records.len() as u64, Ordering::Relaxed) + records.len() as u64;
-        if self.every_records > 0 && since >= self.every_records {
+        let every = self.config.load().snapshot.every_records;
+        if every > 0 && since >= every {
             // When the channel is full a nudge is pending already: never block the writer.
             let _ = self.state.snapshots.try_send(Request::Nudge);
         }

@@ -6,7 +6,31 @@
 use bitark_common::replication::Features;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The engine configuration in force, shared by a node and every module it runs. Its
+/// reloadable keys ([`EngineConfig::RELOADABLE`]) change while the node runs
+/// ([`crate::Node::reconfigure`]); readers load it where they use it.
+pub type LiveConfig = Arc<arc_swap::ArcSwap<EngineConfig>>;
+
+/// The `replication` section of a [`LiveConfig`] as loaded now: what the hub and the
+/// follower read where they use a value.
+pub(crate) struct ReplicationNow(arc_swap::Guard<Arc<EngineConfig>>);
+
+impl ReplicationNow {
+    pub(crate) fn of(config: &LiveConfig) -> ReplicationNow {
+        ReplicationNow(config.load())
+    }
+}
+
+impl std::ops::Deref for ReplicationNow {
+    type Target = ReplicationConfig;
+
+    fn deref(&self) -> &ReplicationConfig {
+        &self.0.replication
+    }
+}
 
 /// What this node does in a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -573,6 +597,72 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// The keys that take effect while the node runs (a key ending in `.` stands for
+    /// every key under it). Every other key of the engine's sections needs a restart.
+    /// `replication.features.failover` is the one flag that does.
+    pub const RELOADABLE: &'static [&'static str] = &[
+        "snapshot.",
+        "limits.",
+        "reads.",
+        "replication.stage",
+        "replication.features.",
+        "replication.buffer.",
+        "replication.batch-max-records",
+        "replication.retry.",
+        "replication.register-interval",
+        "replication.progress-flush",
+        "replication.max-slaves",
+        "replication.forget-after",
+        "replication.heartbeat-interval",
+        "replication.dead-after",
+        "replication.full-sync.",
+        "replication.gc-mode",
+        "replication.max-lag.",
+        "replication.ack",
+        "replication.min-acks",
+        "replication.ack-timeout",
+        "replication.ack-wait-for-replicas",
+    ];
+
+    /// The keys under a reloadable prefix that still need a restart.
+    pub const RESTART_ONLY: &'static [&'static str] = &["replication.features.failover"];
+
+    /// Whether the dotted `key` takes effect without a restart.
+    pub fn is_reloadable(key: &str) -> bool {
+        !Self::RESTART_ONLY.contains(&key)
+            && Self::RELOADABLE.iter().any(|r| if r.ends_with('.') { key.starts_with(r) } else { key == *r })
+    }
+
+    /// This configuration with the reloadable keys of `new`: what a node runs after a
+    /// refresh. Everything else (identity, storage, the log, coordination, whom a slave
+    /// follows) stays as it started.
+    pub fn with_reloaded(&self, new: &EngineConfig) -> EngineConfig {
+        let mut out = self.clone();
+        out.snapshot = new.snapshot.clone();
+        out.limits = new.limits.clone();
+        out.reads = new.reads.clone();
+        let (r, n) = (&mut out.replication, &new.replication);
+        r.stage = n.stage;
+        r.features = Features { failover: r.features.failover, ..n.features };
+        r.buffer = n.buffer.clone();
+        r.batch_max_records = n.batch_max_records;
+        r.retry = n.retry.clone();
+        r.register_interval = n.register_interval;
+        r.progress_flush = n.progress_flush;
+        r.max_slaves = n.max_slaves;
+        r.forget_after = n.forget_after;
+        r.heartbeat_interval = n.heartbeat_interval;
+        r.dead_after = n.dead_after;
+        r.full_sync = n.full_sync.clone();
+        r.gc_mode = n.gc_mode;
+        r.max_lag = n.max_lag.clone();
+        r.ack = n.ack;
+        r.min_acks = n.min_acks;
+        r.ack_timeout = n.ack_timeout;
+        r.ack_wait_for_replicas = n.ack_wait_for_replicas;
+        out
+    }
+
     /// Whether roles come from the etcd election (`replication.features.failover`).
     pub fn failover(&self) -> bool {
         self.replication.effective_features().failover

@@ -24,8 +24,8 @@ pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 /// `limits.max-memory`: refuses writes that add marks while the process is above it.
 pub(crate) struct MemoryGuard {
-    /// Bytes; 0 when off.
-    limit: u64,
+    /// Bytes; 0 when off. Changed by a refresh.
+    limit: AtomicU64,
     /// Last sample of the resident size. Atomic: written by the sampler, read per write.
     resident: AtomicU64,
     metrics: Metrics,
@@ -36,7 +36,7 @@ impl MemoryGuard {
     /// dropped.
     pub fn start(limit: u64, metrics: Metrics) -> std::io::Result<Arc<MemoryGuard>> {
         metrics.memory_limit_bytes.set(limit as i64);
-        let guard = Arc::new(MemoryGuard { limit, resident: AtomicU64::new(0), metrics });
+        let guard = Arc::new(MemoryGuard { limit: AtomicU64::new(limit), resident: AtomicU64::new(0), metrics });
         guard.sample();
         let weak: Weak<MemoryGuard> = Arc::downgrade(&guard);
         std::thread::Builder::new().name("memory-guard".into()).spawn(move || loop {
@@ -58,19 +58,26 @@ impl MemoryGuard {
 
     /// Refuses `command` when it adds marks and the process is above the limit.
     pub fn admit(&self, command: &Command) -> Result<(), WriteError> {
-        if self.limit == 0 || matches!(command, Command::MarkUnread { .. }) {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit == 0 || matches!(command, Command::MarkUnread { .. }) {
             return Ok(());
         }
         let resident = self.resident.load(Ordering::Relaxed);
-        if resident <= self.limit {
+        if resident <= limit {
             return Ok(());
         }
         Err(WriteError::MemoryLimit(format!(
             "the node uses {} of memory, above limits.max-memory ({}); writes that add marks are refused until \
              memory is freed (reads and unmarks still work)",
             bytesize::ByteSize::b(resident),
-            bytesize::ByteSize::b(self.limit)
+            bytesize::ByteSize::b(limit)
         )))
+    }
+
+    /// Takes `limit` bytes (0: off) from now on.
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
+        self.metrics.memory_limit_bytes.set(limit as i64);
     }
 }
 

@@ -5,7 +5,7 @@
 //! never write the same log.
 
 use crate::apply::StoreApplier;
-use crate::config::{AckMode, EngineConfig, ReplicationConfig, Role};
+use crate::config::{AckMode, EngineConfig, LiveConfig, Role};
 use crate::error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, SnapshotError, WriteError};
 use crate::limits::{admit_marks, MemoryGuard};
 use crate::recovery::{load_snapshot, recover, RecoveryReport};
@@ -43,7 +43,8 @@ pub struct Node {
 }
 
 pub(crate) struct Inner {
-    pub(crate) config: EngineConfig,
+    /// The configuration in force: reloadable keys change while the node runs.
+    pub(crate) config: LiveConfig,
     pub(crate) state: Arc<State>,
     pub(crate) wal: WalHandle,
     snapshots: SyncSender<Request>,
@@ -149,7 +150,8 @@ impl Node {
         }
         let epoch = epochs.history.current();
         *state.epochs.lock().unwrap_or_else(PoisonError::into_inner) = epochs.clone();
-        let applier = StoreApplier { state: state.clone(), every_records: config.snapshot.every_records };
+        let live: LiveConfig = Arc::new(arc_swap::ArcSwap::from_pointee(config.clone()));
+        let applier = StoreApplier { state: state.clone(), config: live.clone() };
         let wal = GroupCommit::start(&wal_dir, &config.wal, report.applied.next(), epoch, applier, metrics.clone())?;
         if fencing && role.role == Role::Master && epochs.highest() > epoch {
             // A newer master exists and nobody knows where: never write in this epoch again.
@@ -162,7 +164,7 @@ impl Node {
         let last = newest_snapshot_info(&snapshot_dir, report.snapshot_lsn);
         let snapshotter = Snapshotter {
             state: state.clone(),
-            config: config.snapshot.clone(),
+            config: live.clone(),
             wal: wal.clone(),
             wal_dir,
             snapshot_dir,
@@ -177,7 +179,7 @@ impl Node {
         let configured_features = config.replication.effective_features();
         Ok(Node {
             inner: Arc::new(Inner {
-                config,
+                config: live,
                 state,
                 wal,
                 snapshots,
@@ -199,8 +201,8 @@ impl Node {
     }
 
     /// The configuration the node was opened with.
-    pub fn config(&self) -> &EngineConfig {
-        &self.inner.config
+    pub fn config(&self) -> Arc<EngineConfig> {
+        self.inner.config.load_full()
     }
 
     /// The node's metrics.
@@ -224,7 +226,7 @@ impl Node {
 
     /// Checks a `from..=to` range against `limits.max-range`.
     pub fn validate_range(&self, from: u64, to: u64) -> Result<(), InvalidCommand> {
-        let max = self.inner.config.limits.max_range;
+        let max = self.inner.config.load().limits.max_range;
         if from > to {
             Err(InvalidCommand::InvertedRange { from, to })
         } else if to - from >= max {
@@ -236,7 +238,7 @@ impl Node {
 
     /// Checks a batch size against `limits.max-batch`.
     pub fn validate_batch_len(&self, len: usize) -> Result<(), InvalidCommand> {
-        let max = self.inner.config.limits.max_batch;
+        let max = self.inner.config.load().limits.max_batch;
         if len == 0 {
             Err(InvalidCommand::EmptyBatch)
         } else if len > max {
@@ -257,10 +259,9 @@ impl Node {
         }
         self.validate(&command)?;
         let metrics = &self.inner.state.metrics;
-        let admitted =
-            self.inner.memory.admit(&command).and_then(|()| {
-                admit_marks(&self.inner.state.store, self.inner.config.limits.max_marks_per_user, &command)
-            });
+        let admitted = self.inner.memory.admit(&command).and_then(|()| {
+            admit_marks(&self.inner.state.store, self.inner.config.load().limits.max_marks_per_user, &command)
+        });
         if let Err(e) = admitted {
             let reason = if matches!(e, WriteError::MemoryLimit(_)) { "memory-limit" } else { "mark-limit" };
             metrics.writes_rejected.with_label_values(&[reason]).inc();
@@ -287,7 +288,7 @@ impl Node {
             return self.write(command).await;
         }
         let hub = self.inner.state.hub();
-        let required = if mode == AckMode::Semi { self.inner.config.replication.min_acks } else { 1 };
+        let required = if mode == AckMode::Semi { self.inner.config.load().replication.min_acks } else { 1 };
         let not_enough = |alive| WriteError::NotEnoughReplicas { ack: mode, alive, required };
         let Some(hub) = hub.filter(|_| !self.is_slave()) else {
             if self.is_slave() {
@@ -301,7 +302,7 @@ impl Node {
         }
         let lsn = self.write(command).await?;
         match hub.wait_for_acks(lsn, mode).await {
-            Ok(_) if self.inner.config.failover() => self.record_floor(lsn, mode).await.map(|()| lsn),
+            Ok(_) if self.inner.config.load().failover() => self.record_floor(lsn, mode).await.map(|()| lsn),
             Ok(_) => Ok(lsn),
             Err(AckShortfall::TimedOut(count)) => Err(WriteError::ReplicationTimeout {
                 lsn: lsn.0,
@@ -309,7 +310,7 @@ impl Node {
                 ack: mode,
                 acked: count.acked,
                 required: count.required,
-                timeout_ms: self.inner.config.replication.ack_timeout.as_millis() as u64,
+                timeout_ms: self.inner.config.load().replication.ack_timeout.as_millis() as u64,
             }),
             Err(AckShortfall::NotEnoughReplicas { alive, .. }) => Err(not_enough(alive)),
         }
@@ -323,7 +324,7 @@ impl Node {
         self.inner.acked.fetch_max(lsn.0, Ordering::AcqRel);
         self.inner.floor_wanted.notify_one();
         let mut recorded = self.inner.floor_recorded.subscribe();
-        let timeout = self.inner.config.replication.ack_timeout;
+        let timeout = self.inner.config.load().replication.ack_timeout;
         let waited = tokio::time::timeout(timeout, recorded.wait_for(|floor| *floor >= lsn.0)).await;
         if !matches!(waited, Ok(Ok(_))) || self.lease_lapsed() {
             self.inner.state.metrics.writes_rejected.with_label_values(&["lease-lapsed"]).inc();
@@ -360,7 +361,7 @@ impl Node {
     /// The acknowledgement mode of a write that asks for `requested`: the stricter of
     /// it and `replication.ack`; `async` unless `ack-modes` is on.
     pub fn ack_mode(&self, requested: Option<AckMode>) -> AckMode {
-        let replication = &self.inner.config.replication;
+        let replication = &self.inner.config.load().replication;
         if !self.features().ack_modes {
             return AckMode::Async;
         }
@@ -471,10 +472,40 @@ impl Node {
         *self.inner.features.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The `replication` configuration with the flags in force: what a hub or a
-    /// follower starts from.
-    pub fn replication_config(&self) -> ReplicationConfig {
-        ReplicationConfig { stage: 0.0, features: self.features(), ..self.inner.config.replication.clone() }
+    /// Whether [`Node::set_features`] would take `features` with `ack` as
+    /// `replication.ack`; changes nothing.
+    pub fn check_features(&self, features: Features, ack: AckMode) -> Result<(), String> {
+        if let Some((flag, missing)) = features.rollout_violations().first() {
+            return Err(format!("`{flag}` needs `{missing}` (rollout order: {})", Features::NAMES.join(", ")));
+        }
+        if features.failover != self.features().failover {
+            return Err("`failover` changes only with the configuration and a restart".into());
+        }
+        if ack != AckMode::Async && !features.ack_modes {
+            return Err(format!(
+                "replication.ack is `{}`, which needs `ack-modes`; change the configuration first",
+                ack.as_str()
+            ));
+        }
+        if self.is_slave() && !features.notify {
+            return Err("a slave needs replication on (`notify`)".into());
+        }
+        Ok(())
+    }
+
+    /// Takes the reloadable keys of `new` ([`EngineConfig::RELOADABLE`]) from now on;
+    /// every other key stays as the node started. The hub or follower, the snapshotter,
+    /// the memory guard and the write path read the new values where they use them. The
+    /// flags in force change only through [`Node::set_features`]; the configured flags
+    /// stored here decide whether those in force are an override. Answers the
+    /// configuration now in force.
+    pub fn reconfigure(&self, new: &EngineConfig) -> Arc<EngineConfig> {
+        let next = Arc::new(self.inner.config.load().with_reloaded(new));
+        self.inner.memory.set_limit(next.limits.max_memory.as_u64());
+        self.inner.config.store(next.clone());
+        let mut live = self.inner.features.write().unwrap_or_else(PoisonError::into_inner);
+        live.overridden = live.features != next.replication.effective_features();
+        next
     }
 
     /// Changes the replication flags of the running node (until its next restart). The
@@ -482,24 +513,9 @@ impl Node {
     /// of rollout order, a change of `failover` (it needs a restart), and an ack mode
     /// the new set cannot serve. Under fencing newly on, writes `epoch.bin` first.
     pub fn set_features(&self, features: Features) -> Result<LiveFeatures, String> {
-        let violations = features.rollout_violations();
-        if let Some((flag, missing)) = violations.first() {
-            return Err(format!("`{flag}` needs `{missing}` (rollout order: {})", Features::NAMES.join(", ")));
-        }
-        let config = &self.inner.config;
+        let config = self.inner.config.load();
+        self.check_features(features, config.replication.ack)?;
         let current = self.features();
-        if features.failover != current.failover {
-            return Err("`failover` changes only with the configuration and a restart".into());
-        }
-        if config.replication.ack != AckMode::Async && !features.ack_modes {
-            return Err(format!(
-                "replication.ack is `{}`, which needs `ack-modes`; change the configuration first",
-                config.replication.ack.as_str()
-            ));
-        }
-        if self.is_slave() && !features.notify {
-            return Err("a slave needs replication on (`notify`)".into());
-        }
         if features.fencing && !current.fencing {
             let data_dir = &config.node.data_dir;
             if read_epoch_state(data_dir).map_err(|e| e.to_string())?.is_none() {
@@ -556,7 +572,7 @@ impl Node {
         if *current == state {
             return Ok(());
         }
-        write_epoch_state(&self.inner.config.node.data_dir, &state)?;
+        write_epoch_state(&self.inner.config.load().node.data_dir, &state)?;
         self.inner.state.metrics.replication_epoch.set(state.highest().0 as i64);
         *current = state;
         Ok(())
@@ -566,7 +582,7 @@ impl Node {
     /// replication on) on the current tokio runtime: every durable batch is handed to
     /// the hub from now on.
     pub fn start_master_hub(&self, client: ReplicationClient) -> Option<MasterHub> {
-        let config = &self.inner.config;
+        let config = self.inner.config.load();
         if self.is_slave() || !self.features().any() {
             return None;
         }
@@ -575,7 +591,8 @@ impl Node {
         }
         let hub = MasterHub::new(HubParts {
             node_id: config.node.id.clone(),
-            config: self.replication_config(),
+            config: self.inner.config.clone(),
+            features: self.features(),
             wal_dir: config.node.data_dir.join("wal"),
             client,
             metrics: self.inner.state.metrics.clone(),
@@ -633,7 +650,7 @@ impl Node {
     /// Waits until the applied LSN reaches `min`, at most `reads.min-lsn-wait`.
     pub async fn wait_applied(&self, min: Lsn) -> Result<Lsn, ConsistencyError> {
         let mut rx = self.inner.state.applied.subscribe();
-        let wait = self.inner.config.reads.min_lsn_wait;
+        let wait = self.inner.config.load().reads.min_lsn_wait;
         let waiting = &self.inner.state.metrics.reads_waiting_for_lsn;
         waiting.inc();
         let reached = tokio::time::timeout(wait, rx.wait_for(|applied| *applied >= min)).await;
@@ -650,7 +667,7 @@ impl Node {
 
     /// Waits, at most `reads.min-lsn-wait`, until this node knows `epoch`.
     pub async fn wait_epoch(&self, epoch: Epoch) {
-        let deadline = Instant::now() + self.inner.config.reads.min_lsn_wait;
+        let deadline = Instant::now() + self.inner.config.load().reads.min_lsn_wait;
         let mut applied = self.inner.state.applied.subscribe();
         while self.epoch() < epoch && Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -700,7 +717,7 @@ impl Node {
         // Waits for a snapshot of the old state being written, and keeps new ones out.
         let _replacing = state.replacing.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.installing.store(true, std::sync::atomic::Ordering::Release);
-        let data_dir = self.inner.config.node.data_dir.clone();
+        let data_dir = self.inner.config.load().node.data_dir.clone();
         let work = Box::new(move || {
             commit_install(&data_dir, lsn)?;
             // A test stops the node here, between the commit point and the swap.
@@ -710,7 +727,7 @@ impl Node {
         self.inner.wal.reset(lsn.next(), work)?;
         let swapped = started.elapsed();
         state.store.clear();
-        let installed = self.inner.config.node.data_dir.join("snapshots").join(snapshot_name(lsn));
+        let installed = self.inner.config.load().node.data_dir.join("snapshots").join(snapshot_name(lsn));
         load_snapshot(&state.store, &installed)?;
         let loaded = started.elapsed();
         state.since_snapshot.store(0, std::sync::atomic::Ordering::Relaxed);

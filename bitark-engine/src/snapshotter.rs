@@ -16,7 +16,7 @@
 //! wholly below the oldest kept snapshot are purged. Keeping the log back to the older
 //! snapshot is what lets recovery fall back to it.
 
-use crate::config::SnapshotConfig;
+use crate::config::LiveConfig;
 use crate::error::SnapshotError;
 use crate::state::State;
 use bitark_common::{Epoch, Lsn};
@@ -46,7 +46,8 @@ pub(crate) enum Request {
 
 pub(crate) struct Snapshotter {
     pub state: Arc<State>,
-    pub config: SnapshotConfig,
+    /// Read at every decision: `snapshot.*` is reloadable.
+    pub config: LiveConfig,
     pub wal: WalHandle,
     pub wal_dir: PathBuf,
     pub snapshot_dir: PathBuf,
@@ -58,16 +59,14 @@ pub(crate) struct Snapshotter {
 
 impl Snapshotter {
     pub fn run(mut self, rx: Receiver<Request>) {
-        let tick = if self.config.every.is_zero() {
-            Duration::from_secs(60)
-        } else {
-            self.config.every.min(Duration::from_secs(1))
-        };
         loop {
+            let policy = self.config.load().snapshot.clone();
+            let tick =
+                if policy.every.is_zero() { Duration::from_secs(60) } else { policy.every.min(Duration::from_secs(1)) };
             match rx.recv_timeout(tick) {
                 Ok(Request::Nudge) => {
                     let since = self.state.since_snapshot.load(Ordering::Relaxed);
-                    if self.config.every_records > 0 && since >= self.config.every_records {
+                    if policy.every_records > 0 && since >= policy.every_records {
                         self.take_logged();
                     }
                 }
@@ -85,7 +84,7 @@ impl Snapshotter {
                 }
                 Ok(Request::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {
-                    let due = !self.config.every.is_zero() && self.last_at.elapsed() >= self.config.every;
+                    let due = !policy.every.is_zero() && self.last_at.elapsed() >= policy.every;
                     if due && self.state.applied_lsn() > self.last_lsn() {
                         self.take_logged();
                     }
@@ -188,7 +187,7 @@ impl Snapshotter {
     /// slaves, the WAL after them, and the WAL live slaves still need.
     fn collect_garbage(&self) -> Result<(), StorageError> {
         let retention = &self.state.retention;
-        remove_old_snapshots(&self.snapshot_dir, self.config.keep, &retention.pinned_snapshots())?;
+        remove_old_snapshots(&self.snapshot_dir, self.config.load().snapshot.keep, &retention.pinned_snapshots())?;
         let oldest = list_snapshots(&self.snapshot_dir)?.first().map(|(lsn, _)| *lsn).unwrap_or(Lsn::ZERO);
         let horizon = retention.wal_floor().map_or(oldest, |floor| floor.min(oldest));
         let deleted = purge_to(&self.wal_dir, horizon)?;

@@ -76,6 +76,12 @@ pub struct Metrics {
     pub writes_rejected: IntCounterVec,
     /// `bitark_replication_feature{feature}`: 1 for each replication flag in force.
     pub replication_feature: IntGaugeVec,
+    /// `bitark_config_refreshes_total{outcome="applied|unchanged|refused"}`: configuration
+    /// refreshes (`POST /actuator/refresh`, SIGHUP).
+    pub config_refreshes: IntCounterVec,
+    /// `bitark_config_last_refresh_timestamp_seconds`: when a refresh last changed the
+    /// configuration in force (0: never since start).
+    pub config_last_refresh: IntGauge,
     /// `bitark_replication_slave_state{slave,state}`: 1 for the state a slave is in.
     pub replication_slave_state: IntGaugeVec,
     /// `bitark_replication_slave_ack_lsn{slave}`
@@ -294,6 +300,20 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new("bitark_replication_feature", "1 for each replication flag in force"),
                     &["feature"],
+                )?,
+            )?,
+            config_refreshes: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("bitark_config_refreshes_total", "Configuration refreshes by outcome"),
+                    &["outcome"],
+                )?,
+            )?,
+            config_last_refresh: reg(
+                r,
+                IntGauge::new(
+                    "bitark_config_last_refresh_timestamp_seconds",
+                    "Unix time a refresh last changed the configuration in force",
                 )?,
             )?,
             replication_slave_state: reg(

@@ -333,5 +333,5 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/actuator/configprops", tag = "actuator",
     responses((status = 200, description = "Effective configuration", body = crate::AppConfig), (status = 500, body = ErrorBody)))]
 pub async fn configprops(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::to_value(state.config()).unwrap_or_else(|e| json!({ "error": e.to_string() })))
+    Json(serde_json::to_value(&**state.config()).unwrap_or_else(|e| json!({ "error": e.to_string() })))
 }

@@ -21,6 +21,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/promote", post(promote))
         .route("/admin/demote", post(demote))
         .route("/admin/replication/features", axum::routing::put(change_features))
+        .route("/actuator/refresh", post(refresh))
         .route_layer(middleware::from_fn_with_state((state, Guard::Admin), auth::require))
 }
 
@@ -195,11 +196,28 @@ pub async fn demote(
 #[serde(deny_unknown_fields)]
 pub struct FeaturesChange {
     /// `"0"`, `"1"`, `"2"`, `"2.5"`, `"3"` … `"7"` (a number is taken too).
-    #[schema(value_type = Option<String>, example = "3")]
+    #[schema(value_type = Option<StageName>)]
     pub stage: Option<serde_json::Value>,
     /// Flags by name (`notify`, `progress`, …); those left out are off.
     pub features: Option<Features>,
 }
+
+/// A roadmap stage this build has, as a string.
+pub struct StageName;
+
+impl utoipa::PartialSchema for StageName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let names: Vec<String> = Features::STAGES.iter().map(|(stage, _)| stage.to_string()).collect();
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(names))
+            .description(Some("A roadmap stage: every replication flag up to it"))
+            .examples([serde_json::json!("3")])
+            .into()
+    }
+}
+
+impl ToSchema for StageName {}
 
 /// The flags in force after the change.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -274,4 +292,35 @@ pub async fn change_features(
         overridden: live.overridden,
         message: message.into(),
     }))
+}
+
+impl From<crate::refresh::RefreshError> for ApiError {
+    fn from(e: crate::refresh::RefreshError) -> Self {
+        use crate::refresh::RefreshError;
+        let message = e.to_string();
+        match e {
+            RefreshError::Invalid(problems) => ApiError::InvalidConfig(problems),
+            RefreshError::Refused(_) => ApiError::conflict("wrong_role", message),
+            RefreshError::Unavailable => ApiError::conflict("refresh_unavailable", message),
+            RefreshError::Busy(_) => ApiError::Busy(message),
+        }
+    }
+}
+
+/// Re-reads every configuration source (as SIGHUP does) and puts the reloadable keys in
+/// force at once; keys marked `(reloadable)` in `application.yml` are the replication
+/// flags, ack mode and timeouts, buffers, limits, reads, the log level and the snapshot
+/// policy. The answer lists every changed key, what took effect and what needs a
+/// restart (those keep their running values). An invalid configuration is refused as a
+/// whole with every problem named, and nothing changes. Behind `security.admin-token`.
+#[utoipa::path(post, path = "/actuator/refresh", tag = "actuator", security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "What changed, what took effect, what needs a restart", body = crate::refresh::RefreshReport),
+        (status = 400, description = "`invalid_config`: the new configuration is invalid (`problems` names each); nothing changed", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 409, description = "`wrong_role`: the node cannot run the new replication flags now; nothing changed", body = ErrorBody),
+        (status = 503, description = "Starting, shutting down, or a full sync is replacing the state", body = ErrorBody),
+    ))]
+pub async fn refresh(State(state): State<AppState>) -> Result<Json<crate::refresh::RefreshReport>, ApiError> {
+    Ok(Json(crate::refresh::refresh(&state).await?))
 }

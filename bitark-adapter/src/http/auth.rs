@@ -17,13 +17,15 @@ pub enum Guard {
 }
 
 impl Guard {
-    /// The configured token, when one is set.
-    fn expected(self, state: &AppState) -> Option<&str> {
-        let security = &state.config().security;
-        match self {
+    /// Whether `headers` carry the configured token; `None` when none is set.
+    fn presented(self, state: &AppState, headers: &HeaderMap) -> Option<bool> {
+        let config = state.config();
+        let security = &config.security;
+        let expected = match self {
             Guard::Admin => security.admin_token.expose(),
             Guard::Cluster => security.cluster_token.expose(),
-        }
+        }?;
+        Some(bearer_matches(headers, expected))
     }
 }
 
@@ -46,7 +48,7 @@ pub fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
 /// Whether a request presented the token of `guard` (false when none is configured:
 /// nothing was proven).
 pub fn is_authenticated(state: &AppState, guard: Guard, headers: &HeaderMap) -> bool {
-    guard.expected(state).is_some_and(|expected| bearer_matches(headers, expected))
+    guard.presented(state, headers) == Some(true)
 }
 
 /// Middleware: refuses requests without the token `guard` requires, when it is set.
@@ -55,10 +57,8 @@ pub async fn require(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = guard.expected(&state) {
-        if !bearer_matches(request.headers(), expected) {
-            return Err(ApiError::Unauthorized);
-        }
+    if guard.presented(&state, request.headers()) == Some(false) {
+        return Err(ApiError::Unauthorized);
     }
     Ok(next.run(request).await)
 }

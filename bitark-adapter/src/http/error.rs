@@ -46,6 +46,10 @@ pub struct ErrorBody {
     /// With `write_lost`: the token asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// With `invalid_config`: every problem of the configuration refused, each naming
+    /// its key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<String>>,
 }
 
 /// An error answered to an HTTP client.
@@ -69,6 +73,10 @@ pub enum ApiError {
     /// 431: request headers larger than the server reads.
     #[error("{0}")]
     HeadersTooLarge(String),
+    /// 400 `invalid_config`: a refresh found the new configuration invalid; nothing
+    /// changed.
+    #[error("the new configuration is refused and the running one stays: {}", .0.join("; "))]
+    InvalidConfig(Vec<String>),
     /// 401: a protected endpoint called without the right bearer token.
     #[error("a valid bearer token is required")]
     Unauthorized,
@@ -173,6 +181,7 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::InvalidConfig(_) => (StatusCode::BAD_REQUEST, "invalid_config"),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
             ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
@@ -298,6 +307,7 @@ impl ApiError {
             acked: None,
             required: None,
             token: None,
+            problems: None,
         };
         match self {
             ApiError::NotMaster { master_url, .. } => body.master_url = Some(master_url.clone()),
@@ -314,6 +324,7 @@ impl ApiError {
                 (body.ack, body.required) = (Some(*ack), Some(*required))
             }
             ApiError::WriteLost { token, .. } => body.token = Some(token.clone()),
+            ApiError::InvalidConfig(problems) => body.problems = Some(problems.clone()),
             ApiError::ReadFromMaster { master_url, .. } => body.master_url = Some(master_url.clone()),
             _ => {}
         }

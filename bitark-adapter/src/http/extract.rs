@@ -140,6 +140,14 @@ impl FromRequest<AppState> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        // The API's bound follows `limits.max-batch` as it is now (reloadable);
+        // `/internal/*` has its router's own.
+        let req = if req.uri().path().starts_with("/internal/") {
+            req
+        } else {
+            let limit = super::api_body_limit(state.config().limits.max_batch);
+            req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit)))
+        };
         // The deadline is set here, as the body is about to be read: only requests that
         // have one to read pay for a timer.
         let req = DeadlineBody::wrap(req, state.config().server.request_timeout);
@@ -154,6 +162,12 @@ impl FromRequest<AppState> for RawBody {
             while let Some(error) = source {
                 if let Some(BodyTimeout(timeout)) = error.downcast_ref::<BodyTimeout>() {
                     return ApiError::RequestTimeout(*timeout);
+                }
+                if error.is::<http_body_util::LengthLimitError>() {
+                    return ApiError::TooLarge {
+                        code: "body_too_large",
+                        message: "the request body exceeds the size limit (room for limits.max-batch ids)".into(),
+                    };
                 }
                 source = error.source();
             }

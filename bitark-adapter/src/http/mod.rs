@@ -48,7 +48,11 @@ pub struct AppState {
 }
 
 struct Inner {
-    config: AppConfig,
+    /// The configuration in force: its reloadable keys change on a refresh.
+    config: arc_swap::ArcSwap<AppConfig>,
+    /// Re-reads the configuration sources (`POST /actuator/refresh`, SIGHUP); set when
+    /// the node knows its sources.
+    reloader: OnceLock<Arc<crate::refresh::Reloader>>,
     metrics: Metrics,
     /// Set once recovery finished; until then the API answers 503 `starting`. A
     /// `OnceLock` because it is written exactly once and read on every request.
@@ -72,7 +76,8 @@ impl AppState {
     pub fn new(config: AppConfig, metrics: Metrics) -> Self {
         AppState {
             inner: Arc::new(Inner {
-                config,
+                config: arc_swap::ArcSwap::from_pointee(config),
+                reloader: OnceLock::new(),
                 metrics,
                 node: OnceLock::new(),
                 stopping: AtomicBool::new(false),
@@ -162,8 +167,24 @@ impl AppState {
         self.inner.stopping.store(true, Ordering::Release);
     }
 
-    pub fn config(&self) -> &AppConfig {
-        &self.inner.config
+    /// The configuration in force now.
+    pub fn config(&self) -> arc_swap::Guard<Arc<AppConfig>> {
+        self.inner.config.load()
+    }
+
+    /// Puts `config` in force (after a refresh applied it to the node).
+    pub(crate) fn set_config(&self, config: AppConfig) {
+        self.inner.config.store(Arc::new(config));
+    }
+
+    /// Sets what re-reads the configuration sources (once, at start-up).
+    pub fn set_reloader(&self, reloader: crate::refresh::Reloader) {
+        let _ = self.inner.reloader.set(Arc::new(reloader));
+    }
+
+    /// What re-reads the configuration sources, when the node knows them.
+    pub fn reloader(&self) -> Option<Arc<crate::refresh::Reloader>> {
+        self.inner.reloader.get().cloned()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -194,8 +215,6 @@ pub fn router(state: AppState) -> Router {
 
 /// The routes `which` names.
 pub fn router_of(state: AppState, which: Routes) -> Router {
-    // Room for a full batch of ids written as 20-digit strings, plus JSON punctuation.
-    let body_limit = state.config().limits.max_batch.saturating_mul(24).saturating_add(4096);
     let mut router = Router::new();
     if which != Routes::Management {
         router = router
@@ -210,9 +229,17 @@ pub fn router_of(state: AppState, which: Routes) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
+        // The API's bodies are bounded by `limits.max-batch` as it is now (see
+        // [`extract::RawBody`]); `/internal/*` sets its own bound.
+        .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// The largest API request body: room for `limits.max-batch` ids written as 20-digit
+/// strings, plus JSON punctuation.
+pub(crate) fn api_body_limit(max_batch: usize) -> usize {
+    max_batch.saturating_mul(24).saturating_add(4096)
 }
 
 /// Why a request head is refused before routing: a target longer than

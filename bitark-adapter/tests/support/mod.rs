@@ -72,6 +72,8 @@ pub struct NodeBuilder {
     /// `None`: a fresh temporary directory, deleted with the [`Node`].
     data_dir: Option<PathBuf>,
     env: Vec<(String, String)>,
+    /// Variables the process must not have (the harness sets `BITARK_LOG`).
+    unset: Vec<String>,
     args: Vec<String>,
     /// Soft and hard `RLIMIT_NOFILE` of the process, when set.
     open_files: Option<(u64, u64)>,
@@ -93,6 +95,13 @@ impl NodeBuilder {
     /// Sets an environment variable, e.g. `("BITARK_WAL__SEGMENT_SIZE", "64KiB")`.
     pub fn env(mut self, key: &str, value: impl ToString) -> Self {
         self.env.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Starts the process without the variable `key`, e.g. `BITARK_LOG`, which the
+    /// harness otherwise sets to `info`.
+    pub fn without_env(mut self, key: &str) -> Self {
+        self.unset.push(key.to_owned());
         self
     }
 
@@ -143,6 +152,9 @@ fn launch(builder: &NodeBuilder, data_dir: &Path) -> (Child, Arc<Mutex<StderrLog
         command.env_remove(key);
     }
     command.current_dir(data_dir).env("BITARK_LOG", "info").envs(builder.env.iter().map(|(k, v)| (k, v)));
+    for key in &builder.unset {
+        command.env_remove(key);
+    }
     command.arg("--port").arg("0").arg("--data-dir").arg(data_dir).args(&builder.args);
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     if let Some((soft, hard)) = builder.open_files {
@@ -308,6 +320,11 @@ impl Node {
 
     pub fn sigcont(&mut self) {
         self.signal(libc::SIGCONT);
+    }
+
+    /// Asks the process to re-read its configuration.
+    pub fn sighup(&mut self) {
+        self.signal(libc::SIGHUP);
     }
 
     fn signal(&mut self, signal: libc::c_int) {

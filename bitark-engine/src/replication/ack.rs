@@ -53,7 +53,7 @@ impl MasterHub {
     pub fn admit_ack(&self, mode: AckMode) -> Result<(), AckShortfall> {
         let required = required_alive(&self.inner, mode);
         let alive = self.alive_slaves();
-        if alive < required && !self.inner.config.ack_wait_for_replicas {
+        if alive < required && !self.inner.config().ack_wait_for_replicas {
             return Err(AckShortfall::NotEnoughReplicas { alive, required });
         }
         Ok(())
@@ -64,7 +64,7 @@ impl MasterHub {
     pub async fn wait_for_acks(&self, lsn: Lsn, mode: AckMode) -> Result<AckCount, AckShortfall> {
         let hub = &self.inner;
         let started = Instant::now();
-        let deadline = started + hub.config.ack_timeout;
+        let deadline = started + hub.config().ack_timeout;
         let mut acks = hub.acks.subscribe();
         let result = loop {
             let count = count(hub, lsn, mode);
@@ -91,7 +91,7 @@ impl MasterHub {
 fn required_alive(hub: &HubInner, mode: AckMode) -> usize {
     match mode {
         AckMode::Async => 0,
-        AckMode::Semi => hub.config.min_acks,
+        AckMode::Semi => hub.config().min_acks,
         AckMode::All => 1,
     }
 }
@@ -114,7 +114,7 @@ fn count(hub: &HubInner, lsn: Lsn, mode: AckMode) -> AckCount {
     }
     let required = match mode {
         AckMode::Async => 0,
-        AckMode::Semi => hub.config.min_acks,
+        AckMode::Semi => hub.config().min_acks,
         AckMode::All => (acked + pending).max(1),
     };
     AckCount { acked, required }

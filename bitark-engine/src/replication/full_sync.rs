@@ -143,7 +143,7 @@ pub(crate) async fn current_snapshot(
         }
     };
     if let Some(id) = pin {
-        hub.state.retention.pin(id, lsn, Instant::now() + hub.config.full_sync.pin_timeout);
+        hub.state.retention.pin(id, lsn, Instant::now() + hub.config().full_sync.pin_timeout);
     }
     let cached = {
         let transfers = hub.full_sync.lock();
@@ -191,7 +191,7 @@ pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Resu
         }
         let position = transfers.queue.iter().position(|s| *s == request.slave_id).unwrap_or(0) as u64 + 1;
         let busy = transfers.running.len() + transfers.starting.len();
-        let free = busy < hub.config.full_sync.max_concurrent;
+        let free = busy < hub.config().full_sync.max_concurrent;
         // A second ask while its transfer is being prepared (a retry after a timeout)
         // waits for that one.
         if transfers.starting.contains_key(&request.slave_id) || !(free && position == 1) {
@@ -257,8 +257,8 @@ fn granted(hub: &HubInner, id: u64, snapshot: SnapshotRef) -> FullSyncAnswer {
     let offer = TransferOffer {
         id,
         snapshot,
-        chunk_size: hub.config.full_sync.chunk_size.as_u64(),
-        max_bytes_per_second: hub.config.full_sync.max_bytes_per_second.as_u64(),
+        chunk_size: hub.config().full_sync.chunk_size.as_u64(),
+        max_bytes_per_second: hub.config().full_sync.max_bytes_per_second.as_u64(),
     };
     FullSyncAnswer { transfer: Some(offer), queue_position: None }
 }
@@ -271,7 +271,7 @@ pub(crate) async fn chunk(
     session: &str,
     offset: u64,
 ) -> Result<(Vec<u8>, u32), FullSyncError> {
-    let chunk_size = hub.config.full_sync.chunk_size.as_u64();
+    let chunk_size = hub.config().full_sync.chunk_size.as_u64();
     let (path, size, not_before) = {
         let mut transfers = hub.full_sync.lock();
         let t = transfers.running.get_mut(&id).filter(|t| t.session == session);
@@ -282,7 +282,7 @@ pub(crate) async fn chunk(
         }
         // Bandwidth cap: the chunk at `offset` goes once the transfer's rate allows the
         // bytes before it.
-        let rate = hub.config.full_sync.max_bytes_per_second.as_u64();
+        let rate = hub.config().full_sync.max_bytes_per_second.as_u64();
         let first = *t.first_offset.get_or_insert(offset);
         let ahead = offset.saturating_sub(first) as f64;
         let not_before = (rate > 0).then(|| t.started + Duration::from_secs_f64(ahead / rate as f64));
@@ -313,7 +313,7 @@ pub(crate) async fn chunk(
         let mut transfers = hub.full_sync.lock();
         let Some(t) = transfers.running.get_mut(&id) else { return Err(FullSyncError::UnknownTransfer(id)) };
         t.last_progress = Instant::now();
-        hub.state.retention.pin(id, Lsn(t.snapshot.lsn), Instant::now() + hub.config.full_sync.pin_timeout);
+        hub.state.retention.pin(id, Lsn(t.snapshot.lsn), Instant::now() + hub.config().full_sync.pin_timeout);
         t.slave.clone()
     };
     hub.metrics.full_sync_bytes.inc_by(bytes.len() as u64);
@@ -338,7 +338,7 @@ pub(crate) fn progressed(hub: &HubInner, link: &SlaveLink, applied: Lsn) {
     t.catching_up_to = Some(durable);
     t.last_progress = Instant::now();
     drop(transfers);
-    hub.state.retention.pin(id, applied, Instant::now() + hub.config.full_sync.pin_timeout);
+    hub.state.retention.pin(id, applied, Instant::now() + hub.config().full_sync.pin_timeout);
     let mut s = link.lock();
     s.last_ack = s.last_ack.max(applied);
     s.next_send = applied.next();
@@ -367,7 +367,7 @@ pub(crate) static TRANSFER_LEASES: FlagModule = FlagModule {
 /// loses it; the pin of a slave being caught up follows its acknowledgements; waiting
 /// slaves that left the cluster leave the queue.
 fn tick(hub: &HubInner) {
-    let pin_timeout = hub.config.full_sync.pin_timeout;
+    let pin_timeout = hub.config().full_sync.pin_timeout;
     let slaves = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).clone();
     let mut transfers = hub.full_sync.lock();
     // A slave that went DEAD, or left, gives its place up; it asks again when it is back.
@@ -430,8 +430,8 @@ pub(crate) fn end_transfers_of(hub: &HubInner, slave: &str, outcome: &str) {
 /// forgotten), keeping each one's pin for a short grace so that the slave's next process
 /// can resume the same snapshot.
 pub(crate) fn end_transfers_of_gone(hub: &HubInner, slave: &str) {
-    let grace = hub.config.register_interval.saturating_mul(3).max(Duration::from_secs(30));
-    end_transfers(hub, slave, "failed", Some(grace.min(hub.config.full_sync.pin_timeout)));
+    let grace = hub.config().register_interval.saturating_mul(3).max(Duration::from_secs(30));
+    end_transfers(hub, slave, "failed", Some(grace.min(hub.config().full_sync.pin_timeout)));
 }
 
 fn end_transfers(hub: &HubInner, slave: &str, outcome: &str, grace: Option<Duration>) {
@@ -461,7 +461,7 @@ pub enum PullAnswer {
 /// `pull(fromLsn)`: the next records, or the snapshot to full-sync from.
 pub(crate) async fn pull(hub: &Arc<HubInner>, from: Lsn) -> Result<PullAnswer, FullSyncError> {
     let mut cursor = WalCursor::new(&hub.wal_dir, from);
-    let (max, up_to) = (hub.config.batch_max_records, hub.durable_lsn());
+    let (max, up_to) = (hub.config().batch_max_records, hub.durable_lsn());
     let read = tokio::task::spawn_blocking(move || cursor.read(max, 4 << 20, up_to))
         .await
         .map_err(|e| FullSyncError::Storage(e.to_string()))?

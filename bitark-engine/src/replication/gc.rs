@@ -42,7 +42,7 @@ fn lag_of(hub: &HubInner, last_ack: Lsn, behind_since: Option<std::time::Instant
 
 /// The first `max-lag` limit `lag` exceeds, described.
 fn exceeded(hub: &HubInner, lag: &Lag) -> Option<String> {
-    let max = &hub.config.max_lag;
+    let max = &hub.config().max_lag;
     if max.records > 0 && lag.records > max.records {
         return Some(format!("{} records behind, over replication.max-lag.records ({})", lag.records, max.records));
     }
@@ -60,7 +60,7 @@ fn exceeded(hub: &HubInner, lag: &Lag) -> Option<String> {
 }
 
 fn bounded(hub: &HubInner) -> bool {
-    hub.features().cluster_gc && hub.config.gc_mode == GcMode::Bounded
+    hub.features().cluster_gc && hub.config().gc_mode == GcMode::Bounded
 }
 
 /// Stage 6 on the master: the WAL floor follows the slaves that hold it.
@@ -122,7 +122,7 @@ pub(crate) fn fill_headroom(hub: &HubInner, status: &mut SlaveStatus) {
     if !bounded(hub) || !status.state.holds_wal() {
         return;
     }
-    let max = &hub.config.max_lag;
+    let max = &hub.config().max_lag;
     let (rate, record_bytes) = {
         let bytes = hub.bytes.lock().unwrap_or_else(PoisonError::into_inner);
         (bytes.rate(), bytes.record_bytes())

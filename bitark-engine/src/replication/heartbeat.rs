@@ -72,7 +72,7 @@ impl MasterHub {
 
 /// Marks slaves DEAD once silent for `dead-after`, and keeps their heartbeat age current.
 fn mark_silent_slaves_dead(hub: &HubInner) {
-    let dead_after = hub.config.dead_after;
+    let dead_after = hub.config().dead_after;
     let links: Vec<_> = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
     for link in links {
         let mut s = link.lock();
@@ -119,8 +119,8 @@ pub(crate) static HEARTBEATS: FlagModule = FlagModule {
 
 /// A slave's heartbeats, while its master uses stage 4 with it.
 async fn slave_loop(follower: Follower) {
-    let interval = follower.config().heartbeat_interval;
     loop {
+        let interval = follower.config().heartbeat_interval;
         // Jitter, so that slaves started together do not beat together.
         let jitter = rand::thread_rng().gen_range(0.8..1.2);
         if !follower.pause(interval.mul_f64(jitter)).await {

@@ -5,7 +5,7 @@
 //! (`verify.rs`) all work on these types and on nothing of each other.
 
 use super::status::{SlaveState, SlaveStatus};
-use crate::config::ReplicationConfig;
+use crate::config::{LiveConfig, ReplicationNow};
 use crate::state::State;
 use bitark_common::replication::Features;
 use bitark_common::{Lsn, Record};
@@ -24,6 +24,12 @@ impl HubInner {
     pub fn features(&self) -> Features {
         *self.features.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// The `replication` section in force now (its reloadable keys change while the
+    /// hub runs).
+    pub fn config(&self) -> ReplicationNow {
+        ReplicationNow::of(&self.config)
+    }
 }
 
 /// A master's replication state, shared by the hub and every sender task.
@@ -34,7 +40,8 @@ pub(crate) struct HubInner {
     /// The master's own flags; each link runs those it shares with its slave. Changed
     /// while the hub runs by [`crate::replication::MasterHub::set_features`].
     pub features: std::sync::RwLock<Features>,
-    pub config: ReplicationConfig,
+    /// The node's configuration in force; read through [`HubInner::config`].
+    pub config: LiveConfig,
     pub wal_dir: PathBuf,
     pub client: ReplicationClient,
     pub metrics: Metrics,

@@ -17,7 +17,7 @@ use super::full_sync::{FullSyncError, PullAnswer};
 use super::link::{refresh_metrics, status_of, ByteIndex, HubInner, LinkState, SlaveLink};
 use super::status::{SlaveState, SlaveStatus};
 use super::{sender, verify};
-use crate::config::ReplicationConfig;
+use crate::config::LiveConfig;
 use crate::state::State;
 use bitark_common::replication::{Features, FullSyncAnswer, FullSyncRequest, RegisterRequest, RegisterResponse};
 use bitark_common::{Lsn, Record};
@@ -73,7 +73,8 @@ pub struct MasterHub {
 /// What a master hub is made of.
 pub(crate) struct HubParts {
     pub node_id: String,
-    pub config: ReplicationConfig,
+    pub config: LiveConfig,
+    pub features: Features,
     pub wal_dir: PathBuf,
     pub client: ReplicationClient,
     pub metrics: Metrics,
@@ -86,7 +87,7 @@ pub(crate) struct HubParts {
 impl MasterHub {
     /// A hub for a master; senders and checks run on `parts.runtime`.
     pub(crate) fn new(parts: HubParts) -> MasterHub {
-        let features = parts.config.effective_features();
+        let features = parts.features;
         let session = format!("{:016x}", rand::random::<u64>());
         let start = *parts.durable.borrow();
         let hub = MasterHub {
@@ -120,7 +121,7 @@ impl MasterHub {
     /// Asks each statically configured slave that is not following this master to
     /// register now (slaves come in only by registering themselves).
     pub(crate) fn contact_static_slaves(&self) {
-        for url in self.inner.config.slaves.clone() {
+        for url in self.inner.config().slaves.clone() {
             let hub = Arc::downgrade(&self.inner);
             self.inner.runtime.spawn(async move {
                 loop {
@@ -135,7 +136,7 @@ impl MasterHub {
                             Err(e) => tracing::debug!(%url, error = %e, "listed slave not reachable yet"),
                         }
                     }
-                    let wait = hub.config.register_interval;
+                    let wait = hub.config().register_interval;
                     drop(hub);
                     tokio::time::sleep(wait).await;
                 }
@@ -188,7 +189,7 @@ impl MasterHub {
                 master_lsn: durable.0,
             };
             tracing::error!(slave = %request.slave_id, slave_lsn = %applied, master_lsn = %durable, "slave is ahead of this master: DIVERGED");
-            if !slaves.contains_key(&request.slave_id) && slaves.len() >= hub.config.max_slaves {
+            if !slaves.contains_key(&request.slave_id) && slaves.len() >= hub.config().max_slaves {
                 return Err(error);
             }
             // Shown (and kept out of replication) until the slave comes back as a new process.
@@ -220,10 +221,10 @@ impl MasterHub {
             existing => {
                 if existing.is_some() {
                     tracing::info!(slave = %request.slave_id, %applied, "slave restarted or moved; following its new process from its own position");
-                } else if slaves.len() >= hub.config.max_slaves {
+                } else if slaves.len() >= hub.config().max_slaves {
                     return Err(RegisterError::TooManySlaves {
                         slave: request.slave_id.clone(),
-                        max: hub.config.max_slaves,
+                        max: hub.config().max_slaves,
                     });
                 } else {
                     tracing::info!(slave = %request.slave_id, url = %request.url, %applied, features = ?features.enabled(), "slave registered; verifying its URL");
@@ -295,7 +296,7 @@ impl MasterHub {
             hub.committed.store(last.lsn.0, Ordering::Release);
         }
         let slaves = hub.slaves.read().unwrap_or_else(PoisonError::into_inner);
-        let limits = &hub.config.buffer;
+        let limits = &hub.config().buffer;
         let committed = Instant::now();
         self.make_room(&slaves, bytes * slaves.len(), committed);
         for link in slaves.values() {
@@ -321,7 +322,7 @@ impl MasterHub {
     /// first, never a healthy slave that happens to be filled next.
     fn make_room(&self, slaves: &HashMap<String, Arc<SlaveLink>>, incoming: usize, now: Instant) {
         let hub = &self.inner;
-        let max = hub.config.buffer.total_max_bytes.as_u64() as usize;
+        let max = hub.config().buffer.total_max_bytes.as_u64() as usize;
         while hub.buffered.load(Ordering::Relaxed) + incoming > max {
             let largest = slaves.values().max_by_key(|link| link.lock().buffer_bytes);
             let Some(link) = largest.filter(|link| link.lock().buffer_bytes > 0) else { return };
@@ -454,7 +455,7 @@ pub(crate) fn every_tick(hub: &MasterHub, work: fn(&HubInner)) {
         loop {
             let Some(hub) = weak.upgrade() else { return };
             work(&hub);
-            let tick = (hub.config.heartbeat_interval / 4).max(Duration::from_millis(20));
+            let tick = (hub.config().heartbeat_interval / 4).max(Duration::from_millis(20));
             drop(hub);
             tokio::time::sleep(tick).await;
         }
@@ -464,7 +465,7 @@ pub(crate) fn every_tick(hub: &MasterHub, work: fn(&HubInner)) {
 async fn forget_silent_slaves(hub: std::sync::Weak<HubInner>) {
     loop {
         let Some(inner) = hub.upgrade() else { return };
-        let forget_after = inner.config.forget_after;
+        let forget_after = inner.config().forget_after;
         {
             let mut slaves = inner.slaves.write().unwrap_or_else(PoisonError::into_inner);
             let silent: Vec<String> = slaves

@@ -86,7 +86,7 @@ fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
         return Step::Wait;
     }
     if s.buffer.front().is_some_and(|q| q.record.lsn == s.next_send) {
-        return Step::Send(take_batch(&s, hub.config.batch_max_records, durable));
+        return Step::Send(take_batch(&s, hub.config().batch_max_records, durable));
     }
     if s.behind_since.is_none() {
         s.behind_since = Some(Instant::now());
@@ -94,14 +94,16 @@ fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
     if s.features.bounded_buffer {
         // Close enough to the live end: queue new commits again while the WAL fills
         // the distance.
-        if s.state() == SlaveState::Slow && durable.0 - s.next_send.0 < (hub.config.buffer.max_records / 2) as u64 {
+        if s.state() == SlaveState::Slow && durable.0 - s.next_send.0 < (hub.config().buffer.max_records / 2) as u64 {
             s.set_state(SlaveState::Alive);
         }
         return Step::CatchUp(s.next_send);
     }
     match s.buffer.front() {
         // This stage cannot resend what the slave missed: send on, the slave reports the gap.
-        Some(front) if front.record.lsn <= durable => Step::Send(take_batch(&s, hub.config.batch_max_records, durable)),
+        Some(front) if front.record.lsn <= durable => {
+            Step::Send(take_batch(&s, hub.config().batch_max_records, durable))
+        }
         Some(_) => {
             hold_for_durable(hub);
             Step::Wait
@@ -144,7 +146,7 @@ async fn catch_up(
         _ => WalCursor::new(&hub.wal_dir, from),
     };
     let up_to = hub.durable_lsn();
-    let max = hub.config.batch_max_records;
+    let max = hub.config().batch_max_records;
     let (reader, read) = tokio::task::spawn_blocking(move || {
         let read = reader.read(max, BATCH_BYTES, up_to);
         (reader, read)
@@ -293,7 +295,7 @@ fn recovered(s: &mut LinkState, link: &SlaveLink) {
 
 /// Exponential backoff with equal jitter: half of the delay fixed, half random.
 fn backoff(hub: &HubInner, retries: u64) -> Duration {
-    let retry = &hub.config.retry;
+    let retry = &hub.config().retry;
     let exp = retry.initial_backoff.saturating_mul(1u32 << retries.min(20).saturating_sub(1) as u32);
     let capped = exp.min(retry.max_backoff);
     let half = capped / 2;

@@ -16,7 +16,7 @@
 //! (NEEDS_FULL_SYNC, DIVERGED) reports itself not ready.
 
 use super::status::FullSyncProgress;
-use crate::config::{ReplicationConfig, Role};
+use crate::config::{ReplicationNow, Role};
 use crate::error::ReplicateError;
 use crate::modules::{FlagModule, Host};
 use crate::node::Node;
@@ -104,7 +104,6 @@ pub struct Follower {
 
 struct FollowerInner {
     node: Node,
-    config: ReplicationConfig,
     /// This slave's own flags; changed while it runs by [`Follower::set_features`].
     features: RwLock<Features>,
     self_url: String,
@@ -148,8 +147,7 @@ impl Follower {
     /// the master (and, under `reliable`, keeping the progress file) on the current
     /// runtime.
     pub fn start(node: Node, self_url: String, client: ReplicationClient, metrics: Metrics) -> Follower {
-        let config = node.replication_config();
-        let features = config.effective_features();
+        let features = node.features();
         let data_dir = node.config().node.data_dir.clone();
         let applied = node.applied_lsn();
         let resume_from = if features.reliable {
@@ -184,7 +182,6 @@ impl Follower {
         let follower = Follower {
             inner: Arc::new(FollowerInner {
                 node,
-                config,
                 features: RwLock::new(features),
                 self_url,
                 master_url,
@@ -238,8 +235,10 @@ impl Follower {
         !self.is_stopped()
     }
 
-    pub(crate) fn config(&self) -> &ReplicationConfig {
-        &self.inner.config
+    /// The `replication` section in force now (its reloadable keys change while the
+    /// follower runs).
+    pub(crate) fn config(&self) -> ReplicationNow {
+        ReplicationNow::of(&self.inner.node.inner.config)
     }
 
     pub(crate) fn node(&self) -> &Node {
@@ -326,7 +325,7 @@ impl Follower {
     /// for `replication.dead-after`.
     pub fn master_unreachable(&self) -> Option<Duration> {
         let silent = self.master_last_seen();
-        (self.features().heartbeat && silent >= self.inner.config.dead_after).then_some(silent)
+        (self.features().heartbeat && silent >= self.config().dead_after).then_some(silent)
     }
 
     /// Checks that a batch comes from the master this slave follows, before anything of
@@ -456,7 +455,7 @@ impl Follower {
                         Err(e) => {
                             tracing::error!(master = %answer.master_id, error = %e, "not following this master");
                             inner.registered.store(false, Ordering::Release);
-                            if !self.pause(inner.config.register_interval).await {
+                            if !self.pause(ReplicationNow::of(&inner.node.inner.config).register_interval).await {
                                 return;
                             }
                             continue;
@@ -507,7 +506,9 @@ impl Follower {
             }
             // Jittered, so that slaves that lost their master together do not come back
             // together.
-            let wait = inner.config.register_interval.mul_f64(rand::thread_rng().gen_range(0.8..1.2));
+            let wait = ReplicationNow::of(&inner.node.inner.config)
+                .register_interval
+                .mul_f64(rand::thread_rng().gen_range(0.8..1.2));
             let stopping = inner.stopping.notified();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -581,7 +582,7 @@ impl Follower {
     }
 
     async fn progress_loop(self) {
-        while self.pause(self.inner.config.progress_flush).await {
+        while self.pause(self.config().progress_flush).await {
             // Under `reliable` only, which may be turned on and off while the node runs.
             if self.features().reliable && self.inner.node.applied_lsn().0 > self.inner.progress.load(Ordering::Acquire)
             {
