@@ -858,3 +858,29 @@ async fn a_slave_behind_the_retained_wal_is_left_needing_a_full_sync() {
     assert_eq!(answer["state"], "NEEDS_FULL_SYNC", "{answer}");
     assert!(answer["reason"].as_str().unwrap_or("").contains("full sync"), "{answer}");
 }
+
+/// A slave registered at stage 1 gets the records committed while the master is still
+/// checking its URL: stages 1 and 2 could not send them later, and it would be GAP.
+#[tokio::test]
+async fn at_stage_1_the_records_committed_while_a_new_slave_is_verified_reach_it() {
+    let cluster = Cluster::start_with(1, "1", |role, _, builder| {
+        let builder = quick(builder);
+        match role {
+            // The check of the slave's URL waits a while before its first try.
+            Role::Master => builder.env("FAILPOINTS", "replication::before-verify=sleep(2000)"),
+            Role::Slave => builder,
+        }
+    })
+    .await;
+    wait_until(CONVERGE, "the slave registered and being verified", async || {
+        slave_entry(&cluster.master, 0).await.is_some_and(|link| link["state"] == "VERIFYING")
+    })
+    .await;
+    let msgs: Vec<u64> = (1..=20).collect();
+    for msg in &msgs {
+        cluster.master.api().mark_read(3, *msg).await.expect("a write on the master");
+    }
+    cluster.wait_for_convergence(CONVERGE).await;
+    assert_eq!(slave_entry(&cluster.master, 0).await.unwrap()["state"], "ALIVE");
+    assert!(cluster.slaves[0].api().check(3, &msgs).await.unwrap().iter().all(|read| *read));
+}

@@ -301,7 +301,9 @@ impl MasterHub {
         self.make_room(&slaves, bytes * slaves.len(), committed);
         for link in slaves.values() {
             let mut s = link.lock();
-            if !s.verified || matches!(s.state(), SlaveState::Slow) || s.state().is_stuck() {
+            // A slave being verified gets the records committed meanwhile, sent once it
+            // is verified: at stages 1 and 2 nothing could send them later.
+            if !(s.verified || s.verifying) || matches!(s.state(), SlaveState::Slow) || s.state().is_stuck() {
                 continue;
             }
             let overflows = s.buffer.len() + records.len() > limits.max_records
