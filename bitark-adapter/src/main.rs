@@ -58,6 +58,11 @@ enum Command {
         /// Longest a step may take to converge before the rollout stops.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         step_timeout: std::time::Duration,
+        /// The nodes' management.server.port, when they have one: /actuator and /admin
+        /// are reached on it, on the host of each slave's URL (--cluster is then the
+        /// master's management URL).
+        #[arg(long)]
+        management_port: Option<u16>,
     },
 }
 
@@ -70,8 +75,11 @@ fn main() -> ExitCode {
         print!("{}", bitark_adapter::openapi::document());
         return ExitCode::SUCCESS;
     }
-    if let Some(Command::Rollout { cluster, to_stage, token, step_pause, step_timeout }) = cli.command {
-        return rollout(bitark_adapter::rollout::Plan { cluster, to_stage, token, step_pause, step_timeout });
+    if let Some(Command::Rollout { cluster, to_stage, token, step_pause, step_timeout, management_port }) = cli.command
+    {
+        let plan =
+            bitark_adapter::rollout::Plan { cluster, to_stage, token, step_pause, step_timeout, management_port };
+        return rollout(plan);
     }
     let sources = Sources {
         config_file: cli.config,

@@ -24,6 +24,19 @@ pub struct Plan {
     pub step_pause: Duration,
     /// Longest a step may take to converge.
     pub step_timeout: Duration,
+    /// When the nodes serve `/actuator` and `/admin` on a port of their own
+    /// (`management.server.port`): that port, on the host of each slave's URL. `cluster`
+    /// is then the master's management URL.
+    pub management_port: Option<u16>,
+}
+
+/// Where `/actuator` and `/admin` of the node at `url` are: `url` itself, or the same
+/// host on `management_port`.
+pub fn management_url(url: &str, management_port: Option<u16>) -> Result<String, String> {
+    let Some(port) = management_port else { return Ok(url.to_string()) };
+    let mut parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    parsed.set_port(Some(port)).map_err(|()| format!("`{url}` cannot take a port"))?;
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
 
 /// Why a rollout stopped.
@@ -84,15 +97,15 @@ impl Cluster {
     }
 
     /// Why the cluster is not yet at `stage` on every node and link, or `None`.
-    async fn unconverged(&self, slaves: &[String], stage: f64) -> Result<Option<String>, RolloutError> {
+    async fn unconverged(&self, slaves: &[(String, String)], stage: f64) -> Result<Option<String>, RolloutError> {
         let want = serde_json::to_value(stage_features(stage)).expect("flags serialize");
         let master = self.status(&self.plan.cluster).await?;
         let mut why = String::new();
         if master["features"] != want {
             let _ = write!(why, "master runs {}; ", master["features"]);
         }
-        for url in slaves {
-            let status = self.status(url).await?;
+        for (url, admin) in slaves {
+            let status = self.status(admin).await?;
             if status["features"] != want {
                 let _ = write!(why, "{url} runs {}; ", status["features"]);
             }
@@ -135,10 +148,11 @@ pub async fn run(plan: Plan, mut say: impl FnMut(&str)) -> Result<(), RolloutErr
     let from = serde_json::from_value::<Features>(master["features"].clone())
         .map_err(|e| Cluster::node_error(&plan.cluster, format!("unreadable flags: {e}")))?
         .stage();
-    let slaves: Vec<String> = master["slaves"]
-        .as_array()
-        .map(|links| links.iter().filter_map(|l| l["url"].as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
+    let mut slaves: Vec<(String, String)> = Vec::new();
+    for url in master["slaves"].as_array().into_iter().flatten().filter_map(|l| l["url"].as_str()) {
+        let admin = management_url(url, plan.management_port).map_err(|e| Cluster::node_error(url, e))?;
+        slaves.push((url.to_string(), admin));
+    }
     say(&format!(
         "cluster at stage {from} (master {}, {} slaves); rolling to stage {}",
         plan.cluster,
@@ -147,7 +161,7 @@ pub async fn run(plan: Plan, mut say: impl FnMut(&str)) -> Result<(), RolloutErr
     ));
     let raising = plan.to_stage > from;
     for stage in steps(from, plan.to_stage) {
-        let mut order: Vec<&str> = slaves.iter().map(String::as_str).collect();
+        let mut order: Vec<&str> = slaves.iter().map(|(_, admin)| admin.as_str()).collect();
         if raising {
             order.push(&plan.cluster);
         } else {
@@ -186,5 +200,13 @@ mod tests {
         assert_eq!(steps(7.0, 5.0), vec![6.0, 5.0]);
         assert_eq!(steps(3.0, 3.0), Vec::<f64>::new());
         assert_eq!(steps(0.0, 1.0), vec![1.0]);
+    }
+
+    #[test]
+    fn the_management_port_replaces_the_port_of_each_slave_url() {
+        assert_eq!(management_url("http://10.0.0.2:8080", None).unwrap(), "http://10.0.0.2:8080");
+        assert_eq!(management_url("http://10.0.0.2:8080", Some(9090)).unwrap(), "http://10.0.0.2:9090");
+        assert_eq!(management_url("https://node-3.internal/", Some(9090)).unwrap(), "https://node-3.internal:9090");
+        assert!(management_url("not a url", Some(9090)).is_err());
     }
 }
