@@ -15,6 +15,7 @@
 //!
 //! [`ApiError`]: http::error::ApiError
 
+pub mod backups;
 pub mod config;
 pub mod http;
 pub mod openapi;

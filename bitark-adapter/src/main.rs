@@ -36,6 +36,42 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Take an online base backup of a running node into a target (a directory,
+    /// file://, or s3://bucket/prefix), or check the backups of a target.
+    #[command(args_conflicts_with_subcommands = true)]
+    Backup {
+        #[command(subcommand)]
+        action: Option<BackupAction>,
+        /// The node's base URL (its management URL when it has one).
+        #[arg(long)]
+        from: Option<String>,
+        /// Where the backup goes: a path, file://path, or s3://bucket/prefix.
+        #[arg(long)]
+        to: Option<String>,
+        /// The node's admin token (security.admin-token), when it has one.
+        #[arg(long, env = "BITARK_ADMIN_TOKEN")]
+        token: Option<String>,
+        /// Begin from a snapshot taken now, not the node's newest (a shorter log to
+        /// replay on restore, but no earlier point to restore to).
+        #[arg(long)]
+        fresh_snapshot: bool,
+    },
+    /// Build a data directory from a backup, up to a recovery target; then start
+    /// `bitark --data-dir D` as usual.
+    Restore {
+        /// The backup target.
+        #[arg(long)]
+        from: String,
+        /// The backup to restore; default the newest full backup that reaches the target.
+        #[arg(long)]
+        backup: Option<String>,
+        /// Stop after this LSN (point-in-time recovery); default the backup's end.
+        #[arg(long)]
+        to_lsn: Option<u64>,
+        /// The new, empty data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
     /// Print the OpenAPI document and exit.
     Openapi,
     /// Print the effective configuration (secrets masked) and exit.
@@ -66,6 +102,18 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum BackupAction {
+    /// Check every checksum of one backup (or of every backup) and that its WAL chain
+    /// has no gap.
+    Verify {
+        /// The backup target.
+        target: String,
+        /// One backup's id; default every backup of the target.
+        id: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     // Named fault points answer the FAILPOINTS variable in test builds; in a release
     // build they do not exist and this does nothing.
@@ -80,6 +128,24 @@ fn main() -> ExitCode {
         let plan =
             bitark_adapter::rollout::Plan { cluster, to_stage, token, step_pause, step_timeout, management_port };
         return rollout(plan);
+    }
+    match cli.command {
+        Some(Command::Backup { action: Some(BackupAction::Verify { target, id }), .. }) => {
+            return offline("backup verify", bitark_adapter::backups::verify(&target, id.as_deref(), say));
+        }
+        Some(Command::Backup { action: None, from, to, token, fresh_snapshot }) => {
+            let (Some(from), Some(to)) = (from, to) else {
+                eprintln!("bitark backup: give --from <node URL> and --to <target>");
+                return ExitCode::from(2);
+            };
+            let plan = bitark_adapter::backups::BackupPlan { from, to, token, fresh: fresh_snapshot };
+            return offline("backup", async move { bitark_adapter::backups::backup(plan, say).await.map(|_| ()) });
+        }
+        Some(Command::Restore { from, backup, to_lsn, data_dir }) => {
+            let plan = bitark_adapter::backups::RestorePlan { from, backup, to_lsn, data_dir };
+            return offline("restore", async move { bitark_adapter::backups::restore(plan, say).await.map(|_| ()) });
+        }
+        _ => {}
     }
     let sources = Sources {
         config_file: cli.config,
@@ -121,6 +187,28 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("bitark: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn say(line: &str) {
+    println!("{line}");
+}
+
+/// Runs a command that needs no server of its own to the end.
+fn offline(name: &str, work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bitark {name}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bitark {name}: {e}");
             ExitCode::FAILURE
         }
     }

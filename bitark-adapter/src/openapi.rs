@@ -3,7 +3,7 @@
 //! `openapi/openapi.json` in the repository is this document byte for byte (a test
 //! checks it); regenerate it with `cargo run -p bitark-adapter --bin bitark -- openapi > openapi/openapi.json`.
 
-use crate::http::{actuator, admin, error, extract, reads, replication};
+use crate::http::{actuator, admin, backup, error, extract, reads, replication};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -25,6 +25,7 @@ use utoipa::{Modify, OpenApi};
         actuator::health, actuator::liveness, actuator::readiness, actuator::info, actuator::prometheus,
         actuator::configprops, replication::replication_status, admin::snapshot, admin::digest,
         admin::promote, admin::demote, admin::change_features, admin::refresh,
+        backup::begin, backup::snapshot, backup::wal, backup::end,
     ),
     components(schemas(error::ErrorBody, extract::IdString, reads::MarkIds, reads::MarkRange)),
     servers((url = "http://127.0.0.1:8080", description = "A node on the embedded defaults")),

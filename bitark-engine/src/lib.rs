@@ -18,9 +18,11 @@
 //!   list the adapter starts from the configuration.
 //! - [`node`]: [`Node`], the handle the adapter uses: open, write, read, wait for an
 //!   LSN, digest, snapshot, shut down.
+//! - [`backup`]: the node's side of an online base backup.
 //! - [`error`]: open, write, validation and consistency errors.
 
 mod apply;
+pub mod backup;
 pub mod config;
 pub mod coordination;
 pub mod error;

@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     /// The replication flags in force: the configured ones until an operator changes
     /// them while the node runs ([`Node::set_features`]).
     features: RwLock<LiveFeatures>,
+    /// The online backups this node serves.
+    pub(crate) backups: crate::backup::Backups,
     /// Held for the life of the node: the OS lock on `<data-dir>/LOCK`.
     _lock: File,
 }
@@ -195,6 +197,7 @@ impl Node {
                     overridden: false,
                     changed_at: None,
                 }),
+                backups: Default::default(),
                 _lock: lock,
             }),
         })

@@ -24,6 +24,7 @@
 //! `snapshot::before-rename`. `return(enospc)` makes the WAL points fail
 //! with `ENOSPC`.
 
+pub mod backup;
 pub mod config;
 pub mod epoch;
 pub mod error;

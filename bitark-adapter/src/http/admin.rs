@@ -22,6 +22,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/demote", post(demote))
         .route("/admin/replication/features", axum::routing::put(change_features))
         .route("/actuator/refresh", post(refresh))
+        .route("/admin/backup", post(super::backup::begin))
+        .route("/admin/backup/{id}/snapshot", get(super::backup::snapshot))
+        .route("/admin/backup/{id}/wal", get(super::backup::wal))
+        .route("/admin/backup/{id}", axum::routing::delete(super::backup::end))
         .route_layer(middleware::from_fn_with_state((state, Guard::Admin), auth::require))
 }
 
@@ -60,7 +64,7 @@ pub async fn snapshot(State(state): State<AppState>, headers: HeaderMap) -> Resu
 
 /// A failed snapshot as an answer. File names and paths go only to a caller that
 /// presented the admin token; every failure is logged in full.
-fn snapshot_error(e: SnapshotError, authenticated: bool) -> ApiError {
+pub(crate) fn snapshot_error(e: SnapshotError, authenticated: bool) -> ApiError {
     tracing::error!(error = %e, "snapshot requested through /admin/snapshot failed");
     match e {
         SnapshotError::Busy | SnapshotError::ShuttingDown => ApiError::Busy(e.to_string()),

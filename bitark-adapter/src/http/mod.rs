@@ -7,6 +7,7 @@
 pub mod actuator;
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod error;
 pub mod extract;
 pub mod reads;

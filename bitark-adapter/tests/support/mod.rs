@@ -23,6 +23,7 @@ pub mod etcd;
 pub mod failover;
 pub mod fake_master;
 pub mod proxy;
+pub mod s3;
 pub mod workload;
 
 use bitark_adapter::http::admin::{Digest, SnapshotTaken};
