@@ -29,6 +29,8 @@ pub struct BackupPlan {
     pub token: Option<String>,
     /// Begin from a snapshot taken now rather than the node's newest.
     pub fresh: bool,
+    /// Store only the log since the end of the newest backup in the target.
+    pub incremental: bool,
 }
 
 /// What `bitark restore` is asked.
@@ -65,10 +67,12 @@ pub async fn backup(plan: BackupPlan, mut say: impl FnMut(&str)) -> Result<Manif
     }
     let started: crate::http::backup::BackupStarted = answer.json().await.map_err(|e| node_call(&base, e))?;
     let created = SystemTime::now();
+    // Sorts by time; the random part keeps two backups of the same millisecond apart.
     let id = format!(
-        "{}-{:020}",
-        humantime::format_rfc3339_seconds(created).to_string().replace([':', '-'], ""),
-        started.end_lsn
+        "{}-{:020}-{:04x}",
+        humantime::format_rfc3339_millis(created).to_string().replace([':', '-'], ""),
+        started.end_lsn,
+        rand::random::<u16>()
     );
     let dir = Manifest::dir(&id);
     say(&format!(
@@ -76,27 +80,49 @@ pub async fn backup(plan: BackupPlan, mut say: impl FnMut(&str)) -> Result<Manif
         started.node_id, started.snapshot_lsn, started.snapshot_size, started.end_lsn
     ));
 
-    // The snapshot, range by range, each range checked against the node's crc32.
-    let mut upload = target.upload(&format!("{dir}/{}", started.snapshot_file)).await.map_err(|e| e.to_string())?;
-    let mut offset = 0;
-    while offset < started.snapshot_size {
-        let url = format!("{base}/admin/backup/{}/snapshot?offset={offset}&len={SNAPSHOT_READ}", started.id);
-        let answer = call(http.get(&url)).send().await.map_err(|e| node_call(&url, e))?;
-        if !answer.status().is_success() {
-            return Err(format!("{url}: {} {}", answer.status(), answer.text().await.unwrap_or_default()));
+    // An incremental backup continues the newest backup of the target; a full one
+    // starts from the snapshot, range by range, each range checked against its crc32.
+    let parent = if plan.incremental {
+        let (complete, _) = catalogue(&target).await?;
+        let parent = complete.last().cloned().ok_or_else(|| {
+            format!("{} holds no backup for an incremental one to continue; take a full backup first", target.url)
+        })?;
+        if parent.end_lsn > started.end_lsn {
+            return Err(format!(
+                "the node's log ends at LSN {}, before the end of backup {} (LSN {}): it is not the node that backup \
+                 came from",
+                started.end_lsn, parent.id, parent.end_lsn
+            ));
         }
-        let crc = answer.headers().get("x-bitark-crc32").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let bytes = answer.bytes().await.map_err(|e| node_call(&url, e))?;
-        if bytes.is_empty() || crc != Some(format!("{:08x}", crc32fast::hash(&bytes))) {
-            return Err(format!("{url}: the snapshot range arrived damaged or empty"));
+        Some(parent)
+    } else {
+        None
+    };
+    let mut files = Vec::new();
+    if parent.is_none() {
+        let mut upload = target.upload(&format!("{dir}/{}", started.snapshot_file)).await.map_err(|e| e.to_string())?;
+        let mut offset = 0;
+        while offset < started.snapshot_size {
+            let url = format!("{base}/admin/backup/{}/snapshot?offset={offset}&len={SNAPSHOT_READ}", started.id);
+            let answer = call(http.get(&url)).send().await.map_err(|e| node_call(&url, e))?;
+            if !answer.status().is_success() {
+                return Err(format!("{url}: {} {}", answer.status(), answer.text().await.unwrap_or_default()));
+            }
+            let crc = answer.headers().get("x-bitark-crc32").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let bytes = answer.bytes().await.map_err(|e| node_call(&url, e))?;
+            if bytes.is_empty() || crc != Some(format!("{:08x}", crc32fast::hash(&bytes))) {
+                return Err(format!("{url}: the snapshot range arrived damaged or empty"));
+            }
+            upload.write(&bytes).await.map_err(|e| e.to_string())?;
+            offset += bytes.len() as u64;
         }
-        upload.write(&bytes).await.map_err(|e| e.to_string())?;
-        offset += bytes.len() as u64;
+        files.push(upload.finish().await.map_err(|e| e.to_string())?);
     }
-    let mut files = vec![upload.finish().await.map_err(|e| e.to_string())?];
 
-    // The log after the snapshot, up to the backup's end, in files of about 64 MiB.
-    let mut next = Lsn(started.snapshot_lsn + 1);
+    // The log after the snapshot (or the parent's end), up to the backup's end, in
+    // files of about 64 MiB.
+    let start_lsn = parent.as_ref().map_or(started.snapshot_lsn, |p| p.end_lsn);
+    let mut next = Lsn(start_lsn + 1);
     let mut pending: Vec<u8> = Vec::new();
     let mut pending_first = next;
     while next.0 <= started.end_lsn {
@@ -124,13 +150,13 @@ pub async fn backup(plan: BackupPlan, mut say: impl FnMut(&str)) -> Result<Manif
     let mut manifest = Manifest {
         format: MANIFEST_FORMAT,
         id: id.clone(),
-        kind: "full".into(),
-        parent: None,
+        kind: if parent.is_some() { "incremental" } else { "full" }.into(),
+        parent: parent.map(|p| p.id),
         node_id: started.node_id,
         epoch: started.epoch,
-        start_lsn: started.snapshot_lsn,
+        start_lsn,
         end_lsn: started.end_lsn,
-        created: humantime::format_rfc3339_seconds(created).to_string(),
+        created: humantime::format_rfc3339_millis(created).to_string(),
         files,
         crc32: 0,
     };
@@ -221,6 +247,64 @@ async fn check_backup(target: &Target, manifest: &Manifest) -> Result<Vec<Record
     Ok(records)
 }
 
+/// The archived WAL files of `target` (`wal/`), in log order, with their first LSNs.
+async fn archive_files(target: &Target) -> Result<Vec<(u64, String)>, String> {
+    let mut files: Vec<(u64, String)> = target
+        .list("wal")
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter_map(|(path, _)| {
+            let first = path.rsplit('/').next()?.strip_suffix(".wal")?.parse().ok()?;
+            Some((first, path))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Records of the archive from `next` on, no gap, up to `to` (or as far as it goes).
+async fn archived_records(target: &Target, mut next: Lsn, to: Option<u64>) -> Result<Vec<Record>, String> {
+    let mut out = Vec::new();
+    for (first, path) in archive_files(target).await? {
+        if to.is_some_and(|to| next.0 > to) || first > next.0 {
+            break;
+        }
+        let bytes = target.get(&path).await.map_err(|e| format!("{path}: {e}"))?;
+        let records = decode_records(&bytes).map_err(|(at, why)| format!("{path}: record at byte {at}: {why}"))?;
+        for record in records {
+            if record.lsn < next || to.is_some_and(|to| record.lsn.0 > to) {
+                continue;
+            }
+            if record.lsn != next {
+                return Err(format!(
+                    "{path}: LSN {} follows where LSN {next} was due: the archive has a gap",
+                    record.lsn
+                ));
+            }
+            next = next.next();
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+/// The LSN ranges the archive holds without a gap.
+async fn archive_ranges(target: &Target) -> Result<Vec<(u64, u64)>, String> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for (_, path) in archive_files(target).await? {
+        let bytes = target.get(&path).await.map_err(|e| format!("{path}: {e}"))?;
+        let records = decode_records(&bytes).map_err(|(at, why)| format!("{path}: record at byte {at}: {why}"))?;
+        let (Some(first), Some(last)) = (records.first(), records.last()) else { continue };
+        check_continues(&records, first.lsn).map_err(|e| format!("{path}: {e}"))?;
+        match ranges.last_mut() {
+            Some((_, end)) if first.lsn.0 <= *end + 1 => *end = (*end).max(last.lsn.0),
+            _ => ranges.push((first.lsn.0, last.lsn.0)),
+        }
+    }
+    Ok(ranges)
+}
+
 /// `bitark backup verify`: checks one backup, or every backup of the target.
 pub async fn verify(target: &str, id: Option<&str>, mut say: impl FnMut(&str)) -> Result<(), String> {
     let target = Target::open(target).map_err(|e| e.to_string())?;
@@ -250,7 +334,23 @@ pub async fn verify(target: &str, id: Option<&str>, mut say: impl FnMut(&str)) -
         ));
     }
     for id in partial {
-        say(&format!("{id}: no manifest (a backup cut short); `bitark backup prune` removes it"));
+        say(&format!("{id}: no manifest (a backup cut short); it can be deleted"));
+    }
+    if id.is_none() {
+        let ranges = archive_ranges(&target).await?;
+        let oldest = complete.iter().filter(|m| m.kind == "full").map(|m| m.end_lsn).min();
+        for pair in ranges.windows(2) {
+            if oldest.is_some_and(|oldest| pair[1].0 > oldest) {
+                return Err(format!(
+                    "the archive (wal/) has a gap: LSN {} to {} are missing",
+                    pair[0].1 + 1,
+                    pair[1].0 - 1
+                ));
+            }
+        }
+        if let (Some(first), Some(last)) = (ranges.first(), ranges.last()) {
+            say(&format!("wal/: ok (LSN {}..={})", first.0, last.1));
+        }
     }
     Ok(())
 }
@@ -280,21 +380,37 @@ pub async fn restore(plan: RestorePlan, mut say: impl FnMut(&str)) -> Result<Lsn
                 None => format!("{} holds no complete backup", target.url),
             })?,
     };
-    let to = plan.to_lsn.unwrap_or(manifest.end_lsn);
-    if to < manifest.start_lsn {
+    if let Some(to) = plan.to_lsn.filter(|to| *to < manifest.start_lsn) {
         return Err(format!(
             "backup {} starts at LSN {}, after the recovery target LSN {to}",
             manifest.id, manifest.start_lsn
         ));
     }
-    if to > manifest.end_lsn {
+    // Everything is checked before anything is written: the backup, then the archived
+    // log past its end.
+    let mut records = check_backup(&target, manifest).await?;
+    // Then each incremental backup that continues it, then the archive.
+    let mut end = manifest.end_lsn;
+    let mut last_id = manifest.id.clone();
+    while plan.to_lsn.is_none_or(|to| to > end) {
+        let next = complete.iter().find(|m| m.kind == "incremental" && m.parent.as_deref() == Some(last_id.as_str()));
+        let Some(next) = next else { break };
+        records.extend(check_backup(&target, next).await?);
+        (end, last_id) = (next.end_lsn, next.id.clone());
+        say(&format!("continued by incremental backup {} (to LSN {end})", next.id));
+    }
+    records.retain(|r| plan.to_lsn.is_none_or(|to| r.lsn.0 <= to));
+    if plan.to_lsn.is_none_or(|to| to > end) {
+        records.extend(archived_records(&target, Lsn(end + 1), plan.to_lsn).await?);
+    }
+    let reached = records.last().map_or(manifest.start_lsn, |r| r.lsn.0).max(manifest.start_lsn);
+    let to = plan.to_lsn.unwrap_or(reached);
+    if to > reached {
         return Err(format!(
-            "backup {} holds records up to LSN {}; the recovery target LSN {to} is past it",
-            manifest.id, manifest.end_lsn
+            "backup {} and the archive hold records up to LSN {reached}; the recovery target LSN {to} is past it",
+            manifest.id
         ));
     }
-    // Everything is checked before anything is written.
-    let records = check_backup(&target, manifest).await?;
     let snapshot = manifest.snapshot().ok_or_else(|| format!("backup {} holds no snapshot", manifest.id))?;
     let snapshots = dir.join("snapshots");
     let wal = dir.join("wal");
@@ -332,4 +448,96 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let mut file = std::fs::File::create(path).map_err(fail)?;
     file.write_all(bytes).map_err(fail)?;
     file.sync_all().map_err(fail)
+}
+
+/// What `bitark backup prune` is asked.
+#[derive(Clone, Debug)]
+pub struct PrunePlan {
+    pub target: String,
+    /// Full backups kept, newest first (at least 1).
+    pub keep_full: usize,
+    /// Archived WAL younger than this is kept even when no kept backup needs it.
+    pub keep_wal: Duration,
+    /// Say what would go, delete nothing.
+    pub dry_run: bool,
+}
+
+/// A directory without a manifest this long after its newest file is a backup that was
+/// cut short, not one still being written.
+const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
+
+/// `bitark backup prune`: deletes the full backups past the newest `keep_full`, the
+/// incremental ones that continue them, backups cut short, and archived WAL that no
+/// kept backup needs and that is older than `keep_wal`. Nothing a kept backup needs to
+/// be restored goes.
+pub async fn prune(plan: PrunePlan, mut say: impl FnMut(&str)) -> Result<(), String> {
+    if plan.keep_full == 0 {
+        return Err("--keep-full must be at least 1: a target with no full backup restores nothing".into());
+    }
+    let target = Target::open(&plan.target).map_err(|e| e.to_string())?;
+    let (complete, partial) = catalogue(&target).await?;
+    let fulls: Vec<&Manifest> = complete.iter().filter(|m| m.kind == "full").collect();
+    let kept: Vec<&str> = fulls.iter().rev().take(plan.keep_full).map(|m| m.id.as_str()).collect();
+    let Some(oldest_kept) = fulls.get(fulls.len().saturating_sub(plan.keep_full)).copied() else {
+        say("no full backup: nothing to prune");
+        return Ok(());
+    };
+    // The full backups not kept, and the incremental ones that continue no kept backup.
+    let doomed: Vec<&Manifest> = complete
+        .iter()
+        .filter(|m| !kept.contains(&m.id.as_str()))
+        .filter(|m| m.kind == "full" || m.end_lsn <= oldest_kept.end_lsn)
+        .collect();
+    let now = SystemTime::now();
+    let listing = target.list_dated("base").await.map_err(|e| e.to_string())?;
+    let mut deletions: Vec<String> = Vec::new();
+    for manifest in &doomed {
+        let dir = format!("{}/", Manifest::dir(&manifest.id));
+        // The manifest first: a backup deleted part way is then one cut short.
+        deletions.push(format!("{dir}{MANIFEST}"));
+        deletions.extend(
+            listing.iter().map(|(p, _, _)| p).filter(|p| p.starts_with(&dir) && !p.ends_with(MANIFEST)).cloned(),
+        );
+        say(&format!("backup {}: deleted (LSN {}..={})", manifest.id, manifest.start_lsn, manifest.end_lsn));
+    }
+    for id in &partial {
+        let dir = format!("{}/", Manifest::dir(id));
+        let files: Vec<_> = listing.iter().filter(|(p, _, _)| p.starts_with(&dir)).collect();
+        let newest = files.iter().map(|(_, _, at)| *at).max().unwrap_or(now);
+        if now.duration_since(newest).unwrap_or_default() >= ABANDONED_AFTER {
+            deletions.extend(files.iter().map(|(p, _, _)| p.clone()));
+            say(&format!("{id}: deleted (a backup cut short)"));
+        }
+    }
+    // Archived WAL wholly before the oldest kept backup's snapshot, and old enough.
+    let archive = target.list_dated("wal").await.map_err(|e| e.to_string())?;
+    let firsts: Vec<Option<u64>> =
+        archive.iter().map(|(p, _, _)| p.rsplit('/').next()?.strip_suffix(".wal")?.parse().ok()).collect();
+    let mut wal_deleted = 0;
+    for (i, (path, _, at)) in archive.iter().enumerate() {
+        let next_first = firsts.get(i + 1).copied().flatten();
+        let before_kept = next_first.is_some_and(|next| next <= oldest_kept.start_lsn + 1);
+        let old = now.duration_since(*at).unwrap_or_default() >= plan.keep_wal;
+        if before_kept && old {
+            deletions.push(path.clone());
+            wal_deleted += 1;
+        }
+    }
+    if wal_deleted > 0 {
+        say(&format!("wal/: {wal_deleted} archived segments before LSN {} deleted", oldest_kept.start_lsn + 1));
+    }
+    if plan.dry_run {
+        say(&format!("dry run: {} files would be deleted", deletions.len()));
+        return Ok(());
+    }
+    for path in &deletions {
+        target.delete(path).await.map_err(|e| e.to_string())?;
+    }
+    say(&format!(
+        "{} files deleted; {} full backups kept, the oldest from LSN {}",
+        deletions.len(),
+        plan.keep_full.min(fulls.len()),
+        oldest_kept.start_lsn
+    ));
+    Ok(())
 }

@@ -14,7 +14,8 @@
 //! [`AppConfig::problems`] then lists every invalid value at once.
 
 use bitark_engine::{
-    CoordinationConfig, EngineConfig, LimitsConfig, NodeConfig, ReadsConfig, ReplicationConfig, SnapshotConfig,
+    BackupConfig, CoordinationConfig, EngineConfig, LimitsConfig, NodeConfig, ReadsConfig, ReplicationConfig,
+    SnapshotConfig,
 };
 use bitark_infra::WalConfig;
 use figment::providers::{Env, Format, Serialized, Yaml};
@@ -40,6 +41,7 @@ pub struct AppConfig {
     pub reads: ReadsConfig,
     pub replication: ReplicationConfig,
     pub coordination: CoordinationConfig,
+    pub backup: BackupConfig,
     pub security: SecurityConfig,
     pub management: ManagementConfig,
     pub logging: LoggingConfig,
@@ -359,6 +361,7 @@ impl AppConfig {
             reads: self.reads.clone(),
             replication: self.replication.clone(),
             coordination: self.coordination.clone(),
+            backup: self.backup.clone(),
         }
     }
 }

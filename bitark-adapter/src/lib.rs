@@ -148,6 +148,7 @@ pub async fn run(
         "ready: serving reads and writes"
     );
     roles::start(&state, &node, &config, local_addr, &metrics);
+    bitark_engine::archive::start(&node);
     state.set_node(node.clone());
     if state.reloader().is_some() {
         tokio::spawn(refresh_on_hangup(state.clone()));

@@ -55,6 +55,9 @@ enum Command {
         /// replay on restore, but no earlier point to restore to).
         #[arg(long)]
         fresh_snapshot: bool,
+        /// Store only the log since the end of the newest backup in the target.
+        #[arg(long, conflicts_with = "fresh_snapshot")]
+        incremental: bool,
     },
     /// Build a data directory from a backup, up to a recovery target; then start
     /// `bitark --data-dir D` as usual.
@@ -112,6 +115,22 @@ enum BackupAction {
         /// One backup's id; default every backup of the target.
         id: Option<String>,
     },
+    /// Delete the full backups past the newest --keep-full (with the incremental ones
+    /// that continue them), backups cut short, and archived WAL no kept backup needs
+    /// and older than --keep-wal.
+    Prune {
+        /// The backup target.
+        target: String,
+        /// Full backups kept, newest first.
+        #[arg(long, default_value_t = 4)]
+        keep_full: usize,
+        /// Archived WAL younger than this is kept in any case.
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        keep_wal: std::time::Duration,
+        /// Say what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -133,12 +152,18 @@ fn main() -> ExitCode {
         Some(Command::Backup { action: Some(BackupAction::Verify { target, id }), .. }) => {
             return offline("backup verify", bitark_adapter::backups::verify(&target, id.as_deref(), say));
         }
-        Some(Command::Backup { action: None, from, to, token, fresh_snapshot }) => {
+        Some(Command::Backup {
+            action: Some(BackupAction::Prune { target, keep_full, keep_wal, dry_run }), ..
+        }) => {
+            let plan = bitark_adapter::backups::PrunePlan { target, keep_full, keep_wal, dry_run };
+            return offline("backup prune", bitark_adapter::backups::prune(plan, say));
+        }
+        Some(Command::Backup { action: None, from, to, token, fresh_snapshot, incremental }) => {
             let (Some(from), Some(to)) = (from, to) else {
                 eprintln!("bitark backup: give --from <node URL> and --to <target>");
                 return ExitCode::from(2);
             };
-            let plan = bitark_adapter::backups::BackupPlan { from, to, token, fresh: fresh_snapshot };
+            let plan = bitark_adapter::backups::BackupPlan { from, to, token, fresh: fresh_snapshot, incremental };
             return offline("backup", async move { bitark_adapter::backups::backup(plan, say).await.map(|_| ()) });
         }
         Some(Command::Restore { from, backup, to_lsn, data_dir }) => {

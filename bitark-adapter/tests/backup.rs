@@ -327,3 +327,115 @@ async fn a_node_killed_mid_backup_leaves_nothing_verify_accepts() {
     let (_, restored) = store.restore(&[]);
     assert!(restored.unwrap_err().contains("holds no complete backup"));
 }
+
+/// Continuous archiving to S3 through a link that goes down for a while: writes go on,
+/// the lag shows and grows, GC keeps what the archive has not taken, and once the link
+/// is back everything is archived and a restore reaches a point past the base backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_catches_up_after_an_outage_and_nothing_is_lost() {
+    use support::metric;
+    use support::proxy::{Mode, Proxy};
+    let Some(Store::S3(s3)) = Store::s3().await else { return };
+    let link = Proxy::start().await;
+    link.set_upstream(s3.addr());
+    let mut builder = Node::builder()
+        .env("BITARK_BACKUP__ARCHIVE__TARGET", format!("s3://{}/cluster-a", s3.bucket))
+        .env("BITARK_BACKUP__ARCHIVE__INTERVAL", "100ms")
+        .env("BITARK_WAL__SEGMENT_SIZE", "64KiB")
+        .env("BITARK_SNAPSHOT__EVERY_RECORDS", "300")
+        .env("BITARK_SNAPSHOT__KEEP", "1");
+    for (key, value) in s3.env() {
+        let value = if key == "AWS_ENDPOINT_URL" { link.url() } else { value };
+        builder = builder.env(key, value);
+    }
+    let node = builder.start().await;
+    let store = Store::S3(s3);
+    let api = node.api();
+    let mut msg = 0;
+    let mut write = async |count: u64| {
+        for _ in 0..count {
+            msg += 1;
+            api.mark_read(msg % 50, msg).await.expect("a write");
+        }
+    };
+    write(4000).await;
+    store.backup(&node).await;
+    let pending = async || metric(&node, "bitark_backup_archive_pending_segments", &[]).await.unwrap_or(-1.0);
+    wait_until(Duration::from_secs(30), "the archive caught up", async || pending().await == 0.0).await;
+    let archived = metric(&node, "bitark_backup_archived_segments_total", &[]).await.unwrap();
+    assert!(archived >= 1.0, "segments were archived");
+
+    // The archive is cut off: writes go on, the lag grows and GC keeps the segments.
+    link.set_mode(Mode::Cut);
+    write(4000).await;
+    wait_until(Duration::from_secs(30), "the lag to show", async || pending().await >= 2.0).await;
+    assert!(metric(&node, "bitark_backup_archive_failures_total", &[]).await.unwrap() >= 1.0);
+    let waiting = pending().await as usize;
+    let on_disk = std::fs::read_dir(node.data_dir().join("wal")).unwrap().filter_map(Result::ok);
+    let on_disk = on_disk.filter(|f| f.file_name().to_string_lossy().ends_with(".wal")).count();
+    assert!(on_disk > waiting, "the {waiting} segments the archive lacks are kept ({on_disk} on disk)");
+
+    // Back: everything is archived, and the point noted is restorable from it.
+    link.set_mode(Mode::Pass);
+    let noted = digest(&node).await;
+    write(4000).await; // seals the segment holding the noted point
+    wait_until(Duration::from_secs(60), "the archive caught up again", async || pending().await == 0.0).await;
+    store.verify(None).expect("the backup and the archive verify");
+    let at = noted.0.to_string();
+    let (dir, said) = store.restore(&["--to-lsn", &at]);
+    said.expect("a restore past the base backup, from the archive");
+    assert_eq!(digest(&start_on(dir.path()).await).await, noted, "the state at the noted point");
+}
+
+/// A full backup, then incremental ones holding only the log since: a restore goes
+/// through the chain; prune keeps the newest full backups and what continues them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_backups_continue_the_chain_and_prune_keeps_what_restores() {
+    let store = Store::local();
+    let node = Node::builder().start().await;
+    let api = node.api();
+    let bitark_ok = |args: &[&str]| {
+        let out = store.bitark(args);
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{args:?}:\n{said}\n{}", String::from_utf8_lossy(&out.stderr));
+        said
+    };
+    let url = store.url();
+    let (from, to) = (node.url(), url.as_str());
+    let incremental = async |first: u64| {
+        for msg in first..first + 20 {
+            api.mark_read(7, msg).await.unwrap();
+        }
+        bitark_ok(&["backup", "--from", &from, "--to", to, "--incremental"])
+    };
+    // Without a backup to continue, an incremental one is refused.
+    let out = store.bitark(&["backup", "--from", &from, "--to", to, "--incremental"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("take a full backup first"));
+
+    api.mark_read(7, 1).await.unwrap();
+    node.api().snapshot().await.unwrap();
+    let first_full = store.backup(&node).await;
+    incremental(100).await;
+    let second_full = store.backup(&node).await;
+    let said = incremental(200).await;
+    assert!(said.contains("complete"), "{said}");
+    let noted = digest(&node).await;
+    incremental(300).await;
+    store.verify(None).expect("every backup verifies");
+
+    // The newest full backup and the incremental ones after it reach the noted point.
+    let at = noted.0.to_string();
+    let (dir, said) = store.restore(&["--to-lsn", &at]);
+    assert!(said.expect("restore through the chain").contains("continued by incremental backup"));
+    assert_eq!(digest(&start_on(dir.path()).await).await, noted);
+
+    // Prune to one full backup: the older full one and its incremental go.
+    let said = bitark_ok(&["backup", "prune", to, "--keep-full", "1", "--keep-wal", "0s"]);
+    assert!(said.contains(&format!("backup {}: deleted", first_full["id"].as_str().unwrap())), "{said}");
+    assert!(!said.contains(second_full["id"].as_str().unwrap()), "{said}");
+    let verified = store.verify(None).expect("what is left verifies");
+    assert!(!verified.contains(first_full["id"].as_str().unwrap()), "{verified}");
+    let (dir, said) = store.restore(&[]);
+    said.expect("what is left restores");
+    assert_eq!(digest(&start_on(dir.path()).await).await, digest(&node).await);
+}

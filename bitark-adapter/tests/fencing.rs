@@ -83,8 +83,14 @@ async fn a_manual_promotion_fences_the_cut_off_master_which_steps_down_cuts_its_
     let body: Value = stale.json().await.unwrap();
     assert_eq!((body["error"].as_str(), body["epoch"].as_u64()), (Some("stale_epoch"), Some(2)), "{body}");
 
-    // The cut heals: the old master's next send meets epoch 2, it stops taking writes
-    // and steps down.
+    // The old master has marked both slaves DEAD, so it sends them nothing more: once
+    // the cut heals it learns of epoch 2, and of its master, from probing them.
+    wait_until(CONVERGE, "the old master to mark its slaves DEAD", async || {
+        let status = replication_status(old).await;
+        status["slaves"].as_array().is_some_and(|links| links.iter().all(|l| l["state"] == "DEAD"))
+    })
+    .await;
+    // The cut heals: it stops taking writes and steps down.
     for proxy in [&cluster.master_proxy, &cluster.proxies[0], &cluster.proxies[1]] {
         proxy.set_mode(Mode::Pass);
     }

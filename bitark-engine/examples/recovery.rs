@@ -19,9 +19,11 @@ fn main() {
     let users = args.first().copied().unwrap_or(2_500_000);
     let per_user = args.get(1).copied().unwrap_or(20);
     let tail = args.get(2).copied().unwrap_or(1_000_000);
+    // RECOVERY_DATA_DIR keeps the data directory (bench/backup.sh backs it up).
     let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = std::env::var_os("RECOVERY_DATA_DIR").map_or_else(|| dir.path().to_path_buf(), Into::into);
     let mut config = EngineConfig::default();
-    config.node.data_dir = dir.path().to_path_buf();
+    config.node.data_dir = data_dir;
     config.wal.fsync = FsyncPolicy::Never;
     config.snapshot.every_records = 0;
     config.snapshot.every = std::time::Duration::ZERO;

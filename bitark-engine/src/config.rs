@@ -584,6 +584,38 @@ impl CoordinationConfig {
     }
 }
 
+/// `backup.*`: continuous archiving of the WAL.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct BackupConfig {
+    pub archive: ArchiveConfig,
+}
+
+/// `backup.archive.*`: each sealed WAL segment is uploaded to a backup target, so that
+/// a restore can replay the log past the newest base backup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// The target (a path, `file://path`, or `s3://bucket/prefix`); empty turns archiving
+    /// off. Default empty.
+    pub target: String,
+    /// How often the node looks for sealed segments, and waits before it tries a failed
+    /// upload again. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
+    pub interval: Duration,
+    /// Sealed segments kept for the archive while it cannot take them; past it the
+    /// oldest are given up (and counted) so the disk does not fill. `0` keeps them all.
+    /// Default `0`.
+    pub max_pending: usize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig { target: String::new(), interval: Duration::from_secs(1), max_pending: 0 }
+    }
+}
+
 /// Everything the engine needs to open a node.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EngineConfig {
@@ -594,6 +626,7 @@ pub struct EngineConfig {
     pub reads: ReadsConfig,
     pub replication: ReplicationConfig,
     pub coordination: CoordinationConfig,
+    pub backup: BackupConfig,
 }
 
 impl EngineConfig {
@@ -695,6 +728,15 @@ impl EngineConfig {
         }
         if self.limits.max_range == 0 {
             out.push("limits.max-range: must be at least 1".into());
+        }
+        let archive = &self.backup.archive;
+        let target = archive.target.as_str();
+        let scheme_ok = !target.contains("://") || target.starts_with("file://") || target.starts_with("s3://");
+        if !scheme_ok || target == "s3://" || target.starts_with("s3:///") {
+            out.push(format!("backup.archive.target: `{target}` is not a path, file:// or s3://bucket/prefix URL"));
+        }
+        if archive.interval.is_zero() {
+            out.push("backup.archive.interval: must be greater than zero".into());
         }
         out
     }

@@ -22,6 +22,7 @@
 //! - [`error`]: open, write, validation and consistency errors.
 
 mod apply;
+pub mod archive;
 pub mod backup;
 pub mod config;
 pub mod coordination;
@@ -37,8 +38,8 @@ mod state;
 pub mod store;
 
 pub use config::{
-    AckMode, CoordinationConfig, EngineConfig, EtcdConfig, FullSyncConfig, GcMode, LimitsConfig, MaxLag, NodeConfig,
-    OnLag, ReadsConfig, ReplicationConfig, Role, SnapshotConfig,
+    AckMode, ArchiveConfig, BackupConfig, CoordinationConfig, EngineConfig, EtcdConfig, FullSyncConfig, GcMode,
+    LimitsConfig, MaxLag, NodeConfig, OnLag, ReadsConfig, ReplicationConfig, Role, SnapshotConfig,
 };
 pub use error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, RoleError, SnapshotError, WriteError};
 pub use node::Node;

@@ -86,6 +86,8 @@ struct RetentionInner {
     pins: HashMap<u64, (Lsn, Instant)>,
     /// The last LSN the slowest slave that holds the WAL has acknowledged.
     cluster: Option<Lsn>,
+    /// The last LSN of the WAL the archive holds (`backup.archive`): what follows is kept.
+    archive: Option<Lsn>,
 }
 
 impl Retention {
@@ -118,12 +120,17 @@ impl Retention {
         self.lock().cluster = lsn;
     }
 
+    /// What the archive needs kept: WAL after `lsn`; `None` for nothing.
+    pub fn set_archive(&self, lsn: Option<Lsn>) {
+        self.lock().archive = lsn;
+    }
+
     /// The highest LSN the WAL may be purged to, as far as others are concerned.
     pub fn wal_floor(&self) -> Option<Lsn> {
         let now = Instant::now();
         let inner = self.lock();
         let pinned = inner.pins.values().filter(|(_, until)| *until > now).map(|(lsn, _)| *lsn);
-        pinned.chain(inner.cluster).min()
+        pinned.chain(inner.cluster).chain(inner.archive).min()
     }
 
     /// LSNs of the snapshots a transfer still holds.

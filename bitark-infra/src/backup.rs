@@ -142,6 +142,19 @@ impl Target {
         Ok(out)
     }
 
+    /// Every object under `prefix` with its size and when it was last written, sorted
+    /// by path.
+    pub async fn list_dated(&self, prefix: &str) -> Result<Vec<(String, u64, std::time::SystemTime)>, TargetError> {
+        let at = ObjectPath::from(prefix);
+        let found: Vec<_> = self.store.list(Some(&at)).try_collect().await.map_err(|e| self.error(prefix, e))?;
+        let mut out: Vec<_> = found
+            .into_iter()
+            .map(|m| (m.location.to_string(), m.size, std::time::SystemTime::from(m.last_modified)))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Removes the object at `path`.
     pub async fn delete(&self, path: &str) -> Result<(), TargetError> {
         self.store.delete(&ObjectPath::from(path)).await.map_err(|e| self.error(path, e))
@@ -164,7 +177,7 @@ impl Target {
                 }));
             }
         }
-        out.sort_by_key(|m| m.as_ref().map(|m| (m.end_lsn, m.id.clone())).unwrap_or_default());
+        out.sort_by_key(|m| m.as_ref().map(|m| (m.end_lsn, m.created.clone(), m.id.clone())).unwrap_or_default());
         Ok(out)
     }
 }

@@ -76,6 +76,19 @@ pub struct Metrics {
     pub writes_rejected: IntCounterVec,
     /// `bitark_replication_feature{feature}`: 1 for each replication flag in force.
     pub replication_feature: IntGaugeVec,
+    /// `bitark_backup_archive_pending_segments`: sealed WAL segments not archived yet.
+    pub archive_pending_segments: IntGauge,
+    /// `bitark_backup_archive_pending_bytes`: their bytes.
+    pub archive_pending_bytes: IntGauge,
+    /// `bitark_backup_archived_segments_total`
+    pub archived_segments: IntCounter,
+    /// `bitark_backup_archive_failures_total`: uploads that failed (and are retried).
+    pub archive_failures: IntCounter,
+    /// `bitark_backup_archive_given_up_segments_total`: segments past
+    /// `backup.archive.max-pending`, never archived: the archive has a gap.
+    pub archive_given_up: IntCounter,
+    /// `bitark_backup_archive_last_success_timestamp_seconds`
+    pub archive_last_success: IntGauge,
     /// `bitark_config_refreshes_total{outcome="applied|unchanged|refused"}`: configuration
     /// refreshes (`POST /actuator/refresh`, SIGHUP).
     pub config_refreshes: IntCounterVec,
@@ -300,6 +313,36 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new("bitark_replication_feature", "1 for each replication flag in force"),
                     &["feature"],
+                )?,
+            )?,
+            archive_pending_segments: reg(
+                r,
+                IntGauge::new("bitark_backup_archive_pending_segments", "Sealed WAL segments not archived yet")?,
+            )?,
+            archive_pending_bytes: reg(
+                r,
+                IntGauge::new("bitark_backup_archive_pending_bytes", "Bytes of sealed WAL segments not archived yet")?,
+            )?,
+            archived_segments: reg(
+                r,
+                IntCounter::new("bitark_backup_archived_segments_total", "WAL segments uploaded to the archive")?,
+            )?,
+            archive_failures: reg(
+                r,
+                IntCounter::new("bitark_backup_archive_failures_total", "WAL segment uploads that failed")?,
+            )?,
+            archive_given_up: reg(
+                r,
+                IntCounter::new(
+                    "bitark_backup_archive_given_up_segments_total",
+                    "WAL segments past backup.archive.max-pending that were never archived",
+                )?,
+            )?,
+            archive_last_success: reg(
+                r,
+                IntGauge::new(
+                    "bitark_backup_archive_last_success_timestamp_seconds",
+                    "Unix time of the last segment archived",
                 )?,
             )?,
             config_refreshes: reg(

@@ -56,6 +56,10 @@ impl S3 {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// The environment a `bitark` process needs to reach it.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![

@@ -93,6 +93,42 @@ fn mark_silent_slaves_dead(hub: &HubInner) {
     }
 }
 
+/// Every `dead-after`, each DEAD slave is asked where it stands: a master cut off from
+/// its slaves learns from the first that answers again whether a newer epoch began
+/// meanwhile (the answer carries it), and from one that is master of it now where to
+/// follow, rather than only once a slave contacts it.
+fn probe_dead_slaves(hub: &MasterHub) {
+    let weak = std::sync::Arc::downgrade(&hub.inner);
+    hub.inner.runtime.spawn(async move {
+        loop {
+            let Some(hub) = weak.upgrade() else { return };
+            if hub.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            let wait = hub.config().dead_after;
+            let links: Vec<_> = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+            let dead: Vec<String> = links
+                .iter()
+                .filter_map(|link| {
+                    let s = link.lock();
+                    (s.state() == SlaveState::Dead).then(|| s.url.clone())
+                })
+                .collect();
+            let client = hub.client.clone();
+            drop(hub);
+            for url in dead {
+                // A former slave that is master of a newer epoch now: follow it.
+                if let Ok((status, Some(epoch))) = client.status_and_epoch(&url).await {
+                    if status.role == "master" {
+                        client.note_master(epoch, &url);
+                    }
+                }
+            }
+            tokio::time::sleep(wait).await;
+        }
+    });
+}
+
 /// Stage 4 on the master: slaves silent for `dead-after` are DEAD.
 pub(crate) static DEAD_DETECTION: FlagModule = FlagModule {
     name: "dead-detection",
@@ -101,6 +137,7 @@ pub(crate) static DEAD_DETECTION: FlagModule = FlagModule {
     start: |host| {
         if let Host::Master(hub) = host {
             every_tick(hub, mark_silent_slaves_dead);
+            probe_dead_slaves(hub);
         }
     },
 };

@@ -289,6 +289,33 @@ impl ReplicationClient {
     }
 
     /// Where a node stands.
+    /// [`ReplicationClient::status`], with the epoch the node answered in (its
+    /// `x-bitark-epoch`, under fencing).
+    pub async fn status_and_epoch(&self, url: &str) -> Result<(NodeStatus, Option<u64>), TransportError> {
+        let response = self
+            .request(reqwest::Method::GET, format!("{}/internal/replication/status", trim(url)))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let epoch = response.headers().get(EPOCH_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        Ok((self.json_or_refused(response).await?, epoch))
+    }
+
+    /// Notes that the node at `url` is master in `epoch`: when that epoch is newer than
+    /// this node's, it is where that epoch's writes go.
+    pub fn note_master(&self, epoch: u64, url: &str) {
+        if epoch <= self.epochs.own.load(Ordering::Acquire) {
+            return;
+        }
+        self.epochs.seen.send_if_modified(|current| {
+            let take = epoch > current.epoch || (epoch == current.epoch && current.master_url.is_none());
+            if take {
+                *current = SeenEpoch { epoch, master_url: Some(url.to_string()) };
+            }
+            take
+        });
+    }
+
     pub async fn status(&self, url: &str) -> Result<NodeStatus, TransportError> {
         let response = self
             .request(reqwest::Method::GET, format!("{}/internal/replication/status", trim(url)))
