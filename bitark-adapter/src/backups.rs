@@ -80,87 +80,93 @@ pub async fn backup(plan: BackupPlan, mut say: impl FnMut(&str)) -> Result<Manif
         started.node_id, started.snapshot_lsn, started.snapshot_size, started.end_lsn
     ));
 
-    // An incremental backup continues the newest backup of the target; a full one
-    // starts from the snapshot, range by range, each range checked against its crc32.
-    let parent = if plan.incremental {
-        let (complete, _) = catalogue(&target).await?;
-        let parent = complete.last().cloned().ok_or_else(|| {
-            format!("{} holds no backup for an incremental one to continue; take a full backup first", target.url)
-        })?;
-        if parent.end_lsn > started.end_lsn {
-            return Err(format!(
-                "the node's log ends at LSN {}, before the end of backup {} (LSN {}): it is not the node that backup \
-                 came from",
-                started.end_lsn, parent.id, parent.end_lsn
-            ));
+    // Whatever happens, the node stops keeping the snapshot and log for this backup.
+    let copied: Result<Manifest, String> = async {
+        // An incremental backup continues the newest backup of the target; a full one
+        // starts from the snapshot, range by range, each range checked against its crc32.
+        let parent = if plan.incremental {
+            let (complete, _) = catalogue(&target).await?;
+            let parent = complete.last().cloned().ok_or_else(|| {
+                format!("{} holds no backup for an incremental one to continue; take a full backup first", target.url)
+            })?;
+            if parent.end_lsn > started.end_lsn {
+                return Err(format!(
+                    "the node's log ends at LSN {}, before the end of backup {} (LSN {}): it is not the node that backup \
+                     came from",
+                    started.end_lsn, parent.id, parent.end_lsn
+                ));
+            }
+            Some(parent)
+        } else {
+            None
+        };
+        let mut files = Vec::new();
+        if parent.is_none() {
+            let mut upload = target.upload(&format!("{dir}/{}", started.snapshot_file)).await.map_err(|e| e.to_string())?;
+            let mut offset = 0;
+            while offset < started.snapshot_size {
+                let url = format!("{base}/admin/backup/{}/snapshot?offset={offset}&len={SNAPSHOT_READ}", started.id);
+                let answer = call(http.get(&url)).send().await.map_err(|e| node_call(&url, e))?;
+                if !answer.status().is_success() {
+                    return Err(format!("{url}: {} {}", answer.status(), answer.text().await.unwrap_or_default()));
+                }
+                let crc = answer.headers().get("x-bitark-crc32").and_then(|v| v.to_str().ok()).map(str::to_string);
+                let bytes = answer.bytes().await.map_err(|e| node_call(&url, e))?;
+                if bytes.is_empty() || crc != Some(format!("{:08x}", crc32fast::hash(&bytes))) {
+                    return Err(format!("{url}: the snapshot range arrived damaged or empty"));
+                }
+                upload.write(&bytes).await.map_err(|e| e.to_string())?;
+                offset += bytes.len() as u64;
+            }
+            files.push(upload.finish().await.map_err(|e| e.to_string())?);
         }
-        Some(parent)
-    } else {
-        None
-    };
-    let mut files = Vec::new();
-    if parent.is_none() {
-        let mut upload = target.upload(&format!("{dir}/{}", started.snapshot_file)).await.map_err(|e| e.to_string())?;
-        let mut offset = 0;
-        while offset < started.snapshot_size {
-            let url = format!("{base}/admin/backup/{}/snapshot?offset={offset}&len={SNAPSHOT_READ}", started.id);
+
+        // The log after the snapshot (or the parent's end), up to the backup's end, in
+        // files of about 64 MiB.
+        let start_lsn = parent.as_ref().map_or(started.snapshot_lsn, |p| p.end_lsn);
+        let mut next = Lsn(start_lsn + 1);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut pending_first = next;
+        while next.0 <= started.end_lsn {
+            let url = format!("{base}/admin/backup/{}/wal?from={}", started.id, next.0);
             let answer = call(http.get(&url)).send().await.map_err(|e| node_call(&url, e))?;
             if !answer.status().is_success() {
                 return Err(format!("{url}: {} {}", answer.status(), answer.text().await.unwrap_or_default()));
             }
-            let crc = answer.headers().get("x-bitark-crc32").and_then(|v| v.to_str().ok()).map(str::to_string);
             let bytes = answer.bytes().await.map_err(|e| node_call(&url, e))?;
-            if bytes.is_empty() || crc != Some(format!("{:08x}", crc32fast::hash(&bytes))) {
-                return Err(format!("{url}: the snapshot range arrived damaged or empty"));
+            let records = decode_records(&bytes).map_err(|(at, why)| format!("{url}: record at byte {at}: {why}"))?;
+            let Some(last) = records.last() else {
+                return Err(format!("{url}: the node sent no record, but the backup ends at LSN {}", started.end_lsn));
+            };
+            check_continues(&records, next).map_err(|e| format!("{url}: {e}"))?;
+            next = last.lsn.next();
+            pending.extend_from_slice(&bytes);
+            if pending.len() >= WAL_FILE_BYTES || next.0 > started.end_lsn {
+                let path = format!("{dir}/wal/{}", wal_file_name(pending_first));
+                files.push(put_entry(&target, &path, std::mem::take(&mut pending)).await?);
+                pending_first = next;
             }
-            upload.write(&bytes).await.map_err(|e| e.to_string())?;
-            offset += bytes.len() as u64;
         }
-        files.push(upload.finish().await.map_err(|e| e.to_string())?);
-    }
 
-    // The log after the snapshot (or the parent's end), up to the backup's end, in
-    // files of about 64 MiB.
-    let start_lsn = parent.as_ref().map_or(started.snapshot_lsn, |p| p.end_lsn);
-    let mut next = Lsn(start_lsn + 1);
-    let mut pending: Vec<u8> = Vec::new();
-    let mut pending_first = next;
-    while next.0 <= started.end_lsn {
-        let url = format!("{base}/admin/backup/{}/wal?from={}", started.id, next.0);
-        let answer = call(http.get(&url)).send().await.map_err(|e| node_call(&url, e))?;
-        if !answer.status().is_success() {
-            return Err(format!("{url}: {} {}", answer.status(), answer.text().await.unwrap_or_default()));
-        }
-        let bytes = answer.bytes().await.map_err(|e| node_call(&url, e))?;
-        let records = decode_records(&bytes).map_err(|(at, why)| format!("{url}: record at byte {at}: {why}"))?;
-        let Some(last) = records.last() else {
-            return Err(format!("{url}: the node sent no record, but the backup ends at LSN {}", started.end_lsn));
+        let mut manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            id: id.clone(),
+            kind: if parent.is_some() { "incremental" } else { "full" }.into(),
+            parent: parent.map(|p| p.id),
+            node_id: started.node_id,
+            epoch: started.epoch,
+            start_lsn,
+            end_lsn: started.end_lsn,
+            created: humantime::format_rfc3339_millis(created).to_string(),
+            files,
+            crc32: 0,
         };
-        check_continues(&records, next).map_err(|e| format!("{url}: {e}"))?;
-        next = last.lsn.next();
-        pending.extend_from_slice(&bytes);
-        if pending.len() >= WAL_FILE_BYTES || next.0 > started.end_lsn {
-            let path = format!("{dir}/wal/{}", wal_file_name(pending_first));
-            files.push(put_entry(&target, &path, std::mem::take(&mut pending)).await?);
-            pending_first = next;
-        }
+        manifest.seal();
+        Ok(manifest)
     }
+    .await;
     let _ = call(http.delete(format!("{base}/admin/backup/{}", started.id))).send().await;
-
-    let mut manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        id: id.clone(),
-        kind: if parent.is_some() { "incremental" } else { "full" }.into(),
-        parent: parent.map(|p| p.id),
-        node_id: started.node_id,
-        epoch: started.epoch,
-        start_lsn,
-        end_lsn: started.end_lsn,
-        created: humantime::format_rfc3339_millis(created).to_string(),
-        files,
-        crc32: 0,
-    };
-    manifest.seal();
+    let manifest = copied?;
     let text = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
     target.put(&format!("{dir}/{MANIFEST}"), text).await.map_err(|e| e.to_string())?;
     let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();

@@ -25,7 +25,7 @@ use utoipa::{Modify, OpenApi};
         actuator::health, actuator::liveness, actuator::readiness, actuator::info, actuator::prometheus,
         actuator::configprops, replication::replication_status, admin::snapshot, admin::digest,
         admin::promote, admin::demote, admin::change_features, admin::refresh,
-        backup::begin, backup::snapshot, backup::wal, backup::end,
+        backup::begin_backup, backup::backup_snapshot, backup::backup_wal, backup::end_backup,
     ),
     components(schemas(error::ErrorBody, extract::IdString, reads::MarkIds, reads::MarkRange)),
     servers((url = "http://127.0.0.1:8080", description = "A node on the embedded defaults")),
@@ -73,5 +73,25 @@ fn drop_object_defaults(value: &mut serde_json::Value) {
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(drop_object_defaults),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_operation_has_its_own_id() {
+        // Generators name functions and types after operation ids: two alike make
+        // clients that do not compile.
+        let document: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let mut ids: Vec<&str> = document["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values().filter_map(|op| op["operationId"].as_str()))
+            .collect();
+        let all = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), all, "operation ids repeat: {ids:?}");
     }
 }

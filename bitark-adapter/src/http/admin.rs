@@ -22,10 +22,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/demote", post(demote))
         .route("/admin/replication/features", axum::routing::put(change_features))
         .route("/actuator/refresh", post(refresh))
-        .route("/admin/backup", post(super::backup::begin))
-        .route("/admin/backup/{id}/snapshot", get(super::backup::snapshot))
-        .route("/admin/backup/{id}/wal", get(super::backup::wal))
-        .route("/admin/backup/{id}", axum::routing::delete(super::backup::end))
+        .route("/admin/backup", post(super::backup::begin_backup))
+        .route("/admin/backup/{id}/snapshot", get(super::backup::backup_snapshot))
+        .route("/admin/backup/{id}/wal", get(super::backup::backup_wal))
+        .route("/admin/backup/{id}", axum::routing::delete(super::backup::end_backup))
         .route_layer(middleware::from_fn_with_state((state, Guard::Admin), auth::require))
 }
 

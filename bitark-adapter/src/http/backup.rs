@@ -79,7 +79,7 @@ impl From<BackupError> for ApiError {
         (status = 503, description = "Starting, or a snapshot request is already queued", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`: no space for the snapshot", body = ErrorBody),
     ))]
-pub async fn begin(State(state): State<AppState>, query: QueryParams) -> Result<Json<BackupStarted>, ApiError> {
+pub async fn begin_backup(State(state): State<AppState>, query: QueryParams) -> Result<Json<BackupStarted>, ApiError> {
     let fresh = match query.text("fresh") {
         None | Some("false") => false,
         Some("true") => true,
@@ -108,7 +108,7 @@ fn backup_id(raw: &str) -> Result<u64, ApiError> {
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such backup runs", body = ErrorBody),
     ))]
-pub async fn snapshot(
+pub async fn backup_snapshot(
     State(state): State<AppState>,
     Path(id): Path<String>,
     query: QueryParams,
@@ -121,11 +121,18 @@ pub async fn snapshot(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     let crc = format!("{:08x}", crc32fast::hash(&bytes));
-    let mut response = bytes.into_response();
+    Ok(octet_stream(bytes, Some((CRC_HEADER, HeaderValue::from_str(&crc).expect("hex is a header value")))))
+}
+
+/// `body` as `application/octet-stream`, with `extra` as one more header.
+fn octet_stream(body: Vec<u8>, extra: Option<(HeaderName, HeaderValue)>) -> Response {
+    let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    headers.insert(CRC_HEADER, HeaderValue::from_str(&crc).expect("hex is a header value"));
-    Ok(response)
+    if let Some((name, value)) = extra {
+        headers.insert(name, value);
+    }
+    response
 }
 
 /// The backup's WAL records from `from`, encoded back to back as in the node's log, no
@@ -143,7 +150,7 @@ pub async fn snapshot(
         (status = 404, description = "No such backup runs", body = ErrorBody),
         (status = 409, description = "`wal_purged`: the log the backup needs is gone", body = ErrorBody),
     ))]
-pub async fn wal(
+pub async fn backup_wal(
     State(state): State<AppState>,
     Path(id): Path<String>,
     query: QueryParams,
@@ -155,13 +162,8 @@ pub async fn wal(
     for record in &records {
         record.encode_into(&mut body);
     }
-    let mut response = body.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    if let Some(last) = records.last() {
-        headers.insert(LAST_LSN_HEADER, HeaderValue::from(last.lsn.0));
-    }
-    Ok(response)
+    let last = records.last().map(|r| (LAST_LSN_HEADER, HeaderValue::from(r.lsn.0)));
+    Ok(octet_stream(body, last))
 }
 
 /// Ends the backup: the node no longer keeps its snapshot and log for it.
@@ -172,7 +174,7 @@ pub async fn wal(
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such backup runs", body = ErrorBody),
     ))]
-pub async fn end(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn end_backup(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     state.node()?.end_backup(backup_id(&id)?)?;
     Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }
