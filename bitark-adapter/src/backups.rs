@@ -39,9 +39,29 @@ pub struct RestorePlan {
     pub from: String,
     /// A backup id; default the newest full backup that reaches the target.
     pub backup: Option<String>,
-    /// Stop after this LSN; default the end of what the target holds.
-    pub to_lsn: Option<u64>,
+    pub target: RecoveryTarget,
     pub data_dir: PathBuf,
+}
+
+/// Where a restore stops replaying the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// Everything the target holds.
+    End,
+    /// Up to and including this LSN.
+    Lsn(u64),
+    /// Every record committed at or before this time (microseconds since the Unix
+    /// epoch), up to the first one committed after it.
+    Time(u64),
+}
+
+impl RecoveryTarget {
+    fn lsn(self) -> Option<u64> {
+        match self {
+            RecoveryTarget::Lsn(lsn) => Some(lsn),
+            _ => None,
+        }
+    }
 }
 
 fn node_call(what: &str, e: impl std::fmt::Display) -> String {
@@ -101,6 +121,7 @@ pub async fn backup(plan: BackupPlan, mut say: impl FnMut(&str)) -> Result<Manif
             None
         };
         let mut files = Vec::new();
+        let mut snapshot_created = None;
         if parent.is_none() {
             let mut upload = target.upload(&format!("{dir}/{}", started.snapshot_file)).await.map_err(|e| e.to_string())?;
             let mut offset = 0;
@@ -114,6 +135,12 @@ pub async fn backup(plan: BackupPlan, mut say: impl FnMut(&str)) -> Result<Manif
                 let bytes = answer.bytes().await.map_err(|e| node_call(&url, e))?;
                 if bytes.is_empty() || crc != Some(format!("{:08x}", crc32fast::hash(&bytes))) {
                     return Err(format!("{url}: the snapshot range arrived damaged or empty"));
+                }
+                if offset == 0 {
+                    let ms = bitark_infra::snapshot::header_created_ms(&bytes)
+                        .ok_or_else(|| format!("{url}: the snapshot does not start with an intact header"))?;
+                    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+                    snapshot_created = Some(humantime::format_rfc3339_millis(at).to_string());
                 }
                 upload.write(&bytes).await.map_err(|e| e.to_string())?;
                 offset += bytes.len() as u64;
@@ -158,6 +185,7 @@ pub async fn backup(plan: BackupPlan, mut say: impl FnMut(&str)) -> Result<Manif
             start_lsn,
             end_lsn: started.end_lsn,
             created: humantime::format_rfc3339_millis(created).to_string(),
+            snapshot_created,
             files,
             crc32: 0,
         };
@@ -217,30 +245,57 @@ async fn catalogue(target: &Target) -> Result<(Vec<Manifest>, Vec<String>), Stri
     Ok((complete, partial))
 }
 
+/// Checks the size and crc32 of the file `entry`, streaming it through `sink` piece by
+/// piece (nothing of it is held).
+async fn check_streamed(
+    target: &Target,
+    entry: &FileEntry,
+    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<(), String> {
+    let mut crc = crc32fast::Hasher::new();
+    let size = target
+        .get_each(&entry.path, |piece| {
+            crc.update(piece);
+            sink(piece)
+        })
+        .await
+        .map_err(|e| format!("{}: {e}", entry.path))?;
+    check_entry(entry, size, crc.finalize())
+}
+
+fn check_entry(entry: &FileEntry, size: u64, crc: u32) -> Result<(), String> {
+    if size != entry.size {
+        return Err(format!("{}: {size} bytes where the manifest says {}", entry.path, entry.size));
+    }
+    if crc != entry.crc32 {
+        return Err(format!(
+            "{}: crc32 {crc:08x} where the manifest says {:08x}: the file is damaged",
+            entry.path, entry.crc32
+        ));
+    }
+    Ok(())
+}
+
 /// Reads and checks every file of `manifest`: size, crc32, records that decode, and a
-/// WAL chain from its start to its end with no gap. Answers the records.
-async fn check_backup(target: &Target, manifest: &Manifest) -> Result<Vec<Record>, String> {
+/// WAL chain from its start to its end with no gap. Answers the records. The snapshot is
+/// streamed, never held; `with_snapshot: false` leaves it to the caller.
+async fn check_backup(target: &Target, manifest: &Manifest, with_snapshot: bool) -> Result<Vec<Record>, String> {
     let mut records = Vec::new();
     let mut next = Lsn(manifest.start_lsn + 1);
     for file in &manifest.files {
+        if !file.path.ends_with(".wal") {
+            if with_snapshot {
+                check_streamed(target, file, |_| Ok(())).await?;
+            }
+            continue;
+        }
         let bytes = target.get(&file.path).await.map_err(|e| format!("{}: {e}", file.path))?;
-        if bytes.len() as u64 != file.size {
-            return Err(format!("{}: {} bytes where the manifest says {}", file.path, bytes.len(), file.size));
-        }
-        let crc = crc32fast::hash(&bytes);
-        if crc != file.crc32 {
-            return Err(format!(
-                "{}: crc32 {crc:08x} where the manifest says {:08x}: the file is damaged",
-                file.path, file.crc32
-            ));
-        }
-        if file.path.ends_with(".wal") {
-            let decoded =
-                decode_records(&bytes).map_err(|(at, why)| format!("{}: record at byte {at}: {why}", file.path))?;
-            check_continues(&decoded, next).map_err(|e| format!("{}: {e}", file.path))?;
-            next = decoded.last().map_or(next, |r| r.lsn.next());
-            records.extend(decoded);
-        }
+        check_entry(file, bytes.len() as u64, crc32fast::hash(&bytes))?;
+        let decoded =
+            decode_records(&bytes).map_err(|(at, why)| format!("{}: record at byte {at}: {why}", file.path))?;
+        check_continues(&decoded, next).map_err(|e| format!("{}: {e}", file.path))?;
+        next = decoded.last().map_or(next, |r| r.lsn.next());
+        records.extend(decoded);
     }
     if next.0 != manifest.end_lsn + 1 {
         return Err(format!(
@@ -329,7 +384,7 @@ pub async fn verify(target: &str, id: Option<&str>, mut say: impl FnMut(&str)) -
         return Err(format!("{} holds no complete backup", target.url));
     }
     for manifest in chosen {
-        let records = check_backup(&target, manifest).await?;
+        let records = check_backup(&target, manifest, true).await?;
         say(&format!(
             "{}: ok ({} files, LSN {}..={}, {} records after the snapshot)",
             manifest.id,
@@ -370,68 +425,152 @@ pub async fn restore(plan: RestorePlan, mut say: impl FnMut(&str)) -> Result<Lsn
         return Err(format!("{}: not empty; restore into a new data directory", dir.display()));
     }
     let (complete, _) = catalogue(&target).await?;
-    let manifest = match &plan.backup {
-        Some(id) => {
+    let to_lsn = plan.target.lsn();
+    let manifest = match (&plan.backup, plan.target) {
+        (Some(id), _) => {
             complete.iter().find(|m| &m.id == id).ok_or_else(|| format!("{} holds no backup {id}", target.url))?
         }
-        None => complete
+        (None, RecoveryTarget::Time(at)) => complete
             .iter()
             .rev()
-            .find(|m| m.kind == "full" && plan.to_lsn.is_none_or(|lsn| m.start_lsn <= lsn && lsn <= m.end_lsn))
-            .or_else(|| {
-                complete.iter().rev().find(|m| m.kind == "full" && plan.to_lsn.is_none_or(|lsn| m.start_lsn <= lsn))
-            })
-            .ok_or_else(|| match plan.to_lsn {
+            .find(|m| m.kind == "full" && snapshot_micros(m).is_some_and(|taken| taken <= at))
+            .ok_or_else(|| {
+                format!(
+                    "{} holds no full backup whose snapshot was taken at or before {}",
+                    target.url,
+                    format_micros(at)
+                )
+            })?,
+        (None, _) => complete
+            .iter()
+            .rev()
+            .find(|m| m.kind == "full" && to_lsn.is_none_or(|lsn| m.start_lsn <= lsn && lsn <= m.end_lsn))
+            .or_else(|| complete.iter().rev().find(|m| m.kind == "full" && to_lsn.is_none_or(|lsn| m.start_lsn <= lsn)))
+            .ok_or_else(|| match to_lsn {
                 Some(lsn) => format!("{} holds no full backup that starts at or before LSN {lsn}", target.url),
                 None => format!("{} holds no complete backup", target.url),
             })?,
     };
-    if let Some(to) = plan.to_lsn.filter(|to| *to < manifest.start_lsn) {
+    if manifest.kind != "full" {
+        return Err(format!("{} is an incremental backup; restore the full backup it continues", manifest.id));
+    }
+    if let Some(to) = to_lsn.filter(|to| *to < manifest.start_lsn) {
         return Err(format!(
             "backup {} starts at LSN {}, after the recovery target LSN {to}",
             manifest.id, manifest.start_lsn
         ));
     }
-    // Everything is checked before anything is written: the backup, then the archived
-    // log past its end.
-    let mut records = check_backup(&target, manifest).await?;
-    // Then each incremental backup that continues it, then the archive.
+    if let RecoveryTarget::Time(at) = plan.target {
+        match snapshot_micros(manifest) {
+            Some(taken) if taken <= at => {}
+            Some(taken) => {
+                return Err(format!(
+                    "the snapshot of backup {} was taken at {}, after the recovery target {}",
+                    manifest.id,
+                    format_micros(taken),
+                    format_micros(at)
+                ))
+            }
+            None => return Err(format!("backup {} does not say when its snapshot was taken", manifest.id)),
+        }
+    }
+    // Everything is checked before anything is written: the backup's log, each
+    // incremental backup that continues it, then the archived log past their end.
+    let past_target = |records: &[Record]| match plan.target {
+        RecoveryTarget::End => false,
+        RecoveryTarget::Lsn(to) => records.last().is_some_and(|r| r.lsn.0 >= to),
+        RecoveryTarget::Time(at) => records.last().is_some_and(|r| r.time > at),
+    };
+    let mut records = check_backup(&target, manifest, false).await?;
     let mut end = manifest.end_lsn;
     let mut last_id = manifest.id.clone();
-    while plan.to_lsn.is_none_or(|to| to > end) {
+    while !past_target(&records) {
         let next = complete.iter().find(|m| m.kind == "incremental" && m.parent.as_deref() == Some(last_id.as_str()));
         let Some(next) = next else { break };
-        records.extend(check_backup(&target, next).await?);
+        records.extend(check_backup(&target, next, false).await?);
         (end, last_id) = (next.end_lsn, next.id.clone());
         say(&format!("continued by incremental backup {} (to LSN {end})", next.id));
     }
-    records.retain(|r| plan.to_lsn.is_none_or(|to| r.lsn.0 <= to));
-    if plan.to_lsn.is_none_or(|to| to > end) {
-        records.extend(archived_records(&target, Lsn(end + 1), plan.to_lsn).await?);
+    if !past_target(&records) {
+        records.extend(archived_records(&target, Lsn(end + 1), to_lsn).await?);
     }
-    let reached = records.last().map_or(manifest.start_lsn, |r| r.lsn.0).max(manifest.start_lsn);
-    let to = plan.to_lsn.unwrap_or(reached);
-    if to > reached {
-        return Err(format!(
-            "backup {} and the archive hold records up to LSN {reached}; the recovery target LSN {to} is past it",
-            manifest.id
-        ));
-    }
+    let held = records.last().map_or(manifest.start_lsn, |r| r.lsn.0).max(manifest.start_lsn);
+    let cut = match plan.target {
+        RecoveryTarget::End => records.len(),
+        RecoveryTarget::Lsn(to) => {
+            if to > held {
+                return Err(format!(
+                    "backup {} and the archive hold records up to LSN {held}; the recovery target LSN {to} is past it",
+                    manifest.id
+                ));
+            }
+            records.partition_point(|r| r.lsn.0 <= to)
+        }
+        RecoveryTarget::Time(at) => {
+            let cut = records.iter().position(|r| r.time == 0 || r.time > at).unwrap_or(records.len());
+            if let Some(undated) = records.get(cut).filter(|r| r.time == 0) {
+                return Err(format!(
+                    "the record at LSN {} carries no commit time (record format 1); restore to an LSN instead",
+                    undated.lsn
+                ));
+            }
+            cut
+        }
+    };
+    records.truncate(cut);
+    let to = records.last().map_or(manifest.start_lsn, |r| r.lsn.0);
+
     let snapshot = manifest.snapshot().ok_or_else(|| format!("backup {} holds no snapshot", manifest.id))?;
+    let written = write_data_dir(&target, dir, snapshot, &records).await;
+    if let Err(e) = written {
+        // Nothing half-restored stays behind: the directory was empty.
+        for sub in ["snapshots", "wal"] {
+            let _ = std::fs::remove_dir_all(dir.join(sub));
+        }
+        return Err(e);
+    }
+    say(&format!(
+        "restored backup {} into {}: snapshot at LSN {}, {} records replayed from the log, ends at LSN {to}",
+        manifest.id,
+        dir.display(),
+        manifest.start_lsn,
+        records.len()
+    ));
+    if let RecoveryTarget::Time(at) = plan.target {
+        match records.last() {
+            Some(last) => say(&format!("the last record restored was committed at {}", format_micros(last.time))),
+            None => say("no record after the snapshot was committed before the recovery target"),
+        }
+        if to == held && !records.is_empty() {
+            say(&format!(
+                "no record held is later than {}: what the node wrote after its last archived record is not in the \
+                 target",
+                format_micros(at)
+            ));
+        }
+    }
+    Ok(Lsn(to))
+}
+
+/// Streams the snapshot of the backup into `dir/snapshots` (checking its crc32 and its
+/// contents) and writes `records` as the log after it, every file synced.
+async fn write_data_dir(target: &Target, dir: &Path, snapshot: &FileEntry, records: &[Record]) -> Result<(), String> {
     let snapshots = dir.join("snapshots");
     let wal = dir.join("wal");
     for sub in [&snapshots, &wal] {
         std::fs::create_dir_all(sub).map_err(|e| format!("{}: {e}", sub.display()))?;
     }
     let name = snapshot.path.rsplit('/').next().unwrap_or_default().to_string();
-    let bytes = target.get(&snapshot.path).await.map_err(|e| e.to_string())?;
-    write_synced(&snapshots.join(&name), &bytes)?;
-    bitark_infra::snapshot::read_snapshot(&snapshots.join(&name), |_, _, _| Ok(()))
-        .map_err(|e| format!("{}: {e}", snapshot.path))?;
-    let kept: Vec<&Record> = records.iter().filter(|r| r.lsn.0 <= to).collect();
-    if let Some(first) = kept.first() {
+    let path = snapshots.join(&name);
+    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut out = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&path).map_err(fail)?);
+    check_streamed(target, snapshot, |piece| out.write_all(piece)).await?;
+    let file = out.into_inner().map_err(|e| fail(e.into_error()))?;
+    file.sync_all().map_err(fail)?;
+    bitark_infra::snapshot::read_snapshot(&path, |_, _, _| Ok(())).map_err(|e| format!("{}: {e}", snapshot.path))?;
+    if let Some(first) = records.first() {
         let mut body = Vec::new();
-        for record in &kept {
+        for record in records {
             record.encode_into(&mut body);
         }
         write_synced(&wal.join(wal_file_name(first.lsn)), &body)?;
@@ -439,14 +578,44 @@ pub async fn restore(plan: RestorePlan, mut say: impl FnMut(&str)) -> Result<Lsn
     for sub in [&snapshots, &wal, dir] {
         bitark_infra::fsutil::fsync_dir(sub).map_err(|e| e.to_string())?;
     }
-    say(&format!(
-        "restored backup {} into {}: snapshot at LSN {}, {} records replayed from the log, ends at LSN {to}",
-        manifest.id,
-        dir.display(),
-        manifest.start_lsn,
-        kept.len()
-    ));
-    Ok(Lsn(to))
+    Ok(())
+}
+
+/// When the snapshot of `manifest` was taken, in microseconds since the Unix epoch.
+fn snapshot_micros(manifest: &Manifest) -> Option<u64> {
+    let at = humantime::parse_rfc3339(manifest.snapshot_created.as_deref()?).ok()?;
+    at.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_micros() as u64)
+}
+
+fn format_micros(micros: u64) -> String {
+    humantime::format_rfc3339_micros(SystemTime::UNIX_EPOCH + Duration::from_micros(micros)).to_string()
+}
+
+/// Parses an RFC 3339 time (`2026-12-02T10:00:00Z`, `2026-12-02T11:00:00.250+01:00`)
+/// into microseconds since the Unix epoch.
+pub fn parse_time(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not an RFC 3339 time such as 2026-12-02T10:00:00Z or 2026-12-02T11:00:00+01:00");
+    let (local, offset_secs): (&str, i64) = if let Some(rest) = text.strip_suffix(['Z', 'z']) {
+        (rest, 0)
+    } else {
+        let split = text.len().checked_sub(6).filter(|&at| text.is_char_boundary(at)).ok_or_else(bad)?;
+        let (rest, zone) = text.split_at(split);
+        let sign = match zone.as_bytes()[0] {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return Err(bad()),
+        };
+        let (hours, minutes) = zone[1..].split_once(':').ok_or_else(bad)?;
+        let hours: i64 = hours.parse().map_err(|_| bad())?;
+        let minutes: i64 = minutes.parse().map_err(|_| bad())?;
+        if hours > 23 || minutes > 59 {
+            return Err(bad());
+        }
+        (rest, sign * (hours * 3600 + minutes * 60))
+    };
+    let at = humantime::parse_rfc3339(&format!("{local}Z")).map_err(|_| bad())?;
+    let micros = at.duration_since(SystemTime::UNIX_EPOCH).map_err(|_| bad())?.as_micros() as i64;
+    u64::try_from(micros - offset_secs * 1_000_000).map_err(|_| bad())
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -497,6 +666,7 @@ pub async fn prune(plan: PrunePlan, mut say: impl FnMut(&str)) -> Result<(), Str
     let now = SystemTime::now();
     let listing = target.list_dated("base").await.map_err(|e| e.to_string())?;
     let mut deletions: Vec<String> = Vec::new();
+    let deleted = if plan.dry_run { "would be deleted" } else { "deleted" };
     for manifest in &doomed {
         let dir = format!("{}/", Manifest::dir(&manifest.id));
         // The manifest first: a backup deleted part way is then one cut short.
@@ -504,7 +674,7 @@ pub async fn prune(plan: PrunePlan, mut say: impl FnMut(&str)) -> Result<(), Str
         deletions.extend(
             listing.iter().map(|(p, _, _)| p).filter(|p| p.starts_with(&dir) && !p.ends_with(MANIFEST)).cloned(),
         );
-        say(&format!("backup {}: deleted (LSN {}..={})", manifest.id, manifest.start_lsn, manifest.end_lsn));
+        say(&format!("backup {}: {deleted} (LSN {}..={})", manifest.id, manifest.start_lsn, manifest.end_lsn));
     }
     for id in &partial {
         let dir = format!("{}/", Manifest::dir(id));
@@ -512,7 +682,7 @@ pub async fn prune(plan: PrunePlan, mut say: impl FnMut(&str)) -> Result<(), Str
         let newest = files.iter().map(|(_, _, at)| *at).max().unwrap_or(now);
         if now.duration_since(newest).unwrap_or_default() >= ABANDONED_AFTER {
             deletions.extend(files.iter().map(|(p, _, _)| p.clone()));
-            say(&format!("{id}: deleted (a backup cut short)"));
+            say(&format!("{id}: {deleted} (a backup cut short)"));
         }
     }
     // Archived WAL wholly before the oldest kept backup's snapshot, and old enough.
@@ -530,7 +700,7 @@ pub async fn prune(plan: PrunePlan, mut say: impl FnMut(&str)) -> Result<(), Str
         }
     }
     if wal_deleted > 0 {
-        say(&format!("wal/: {wal_deleted} archived segments before LSN {} deleted", oldest_kept.start_lsn + 1));
+        say(&format!("wal/: {wal_deleted} archived segments before LSN {} {deleted}", oldest_kept.start_lsn + 1));
     }
     if plan.dry_run {
         say(&format!("dry run: {} files would be deleted", deletions.len()));
@@ -546,4 +716,22 @@ pub async fn prune(plan: PrunePlan, mut say: impl FnMut(&str)) -> Result<(), Str
         oldest_kept.start_lsn
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn recovery_times_are_rfc_3339_with_any_offset() {
+        let utc = parse_time("2026-12-02T10:00:00Z").unwrap();
+        assert_eq!(utc, 1_796_205_600_000_000);
+        assert_eq!(parse_time("2026-12-02T11:00:00+01:00").unwrap(), utc);
+        assert_eq!(parse_time("2026-12-02T04:30:00-05:30").unwrap(), utc);
+        assert_eq!(parse_time("2026-12-02T10:00:00.000250Z").unwrap(), utc + 250);
+        for bad in ["yesterday", "2026-12-02", "2026-12-02T10:00:00+1", "2026-12-02T10:00:00+25:00", "", "Z"] {
+            let err = parse_time(bad).unwrap_err();
+            assert!(err.contains("RFC 3339"), "{bad}: {err}");
+        }
+    }
 }

@@ -68,9 +68,14 @@ enum Command {
         /// The backup to restore; default the newest full backup that reaches the target.
         #[arg(long)]
         backup: Option<String>,
-        /// Stop after this LSN (point-in-time recovery); default the backup's end.
-        #[arg(long)]
+        /// Stop after this LSN (point-in-time recovery); default the end of what the
+        /// target holds. A batch is one record: its LSN is the smallest unit.
+        #[arg(long, conflicts_with = "to_time")]
         to_lsn: Option<u64>,
+        /// Stop after the last record committed at or before this RFC 3339 time
+        /// (2026-12-02T10:00:00Z, 2026-12-02T11:00:00.5+01:00).
+        #[arg(long, value_parser = bitark_adapter::backups::parse_time)]
+        to_time: Option<u64>,
         /// The new, empty data directory.
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
@@ -119,14 +124,15 @@ enum BackupAction {
     /// that continue them), backups cut short, and archived WAL no kept backup needs
     /// and older than --keep-wal.
     Prune {
-        /// The backup target.
-        target: String,
-        /// Full backups kept, newest first.
-        #[arg(long, default_value_t = 4)]
-        keep_full: usize,
-        /// Archived WAL younger than this is kept in any case.
-        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
-        keep_wal: std::time::Duration,
+        /// The backup target; default backup.archive.target of the configuration.
+        target: Option<String>,
+        /// Full backups kept, newest first; default backup.retention.keep-full.
+        #[arg(long)]
+        keep_full: Option<usize>,
+        /// Archived WAL younger than this is kept in any case; default
+        /// backup.retention.keep-wal.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        keep_wal: Option<std::time::Duration>,
         /// Say what would be deleted; delete nothing.
         #[arg(long)]
         dry_run: bool,
@@ -152,12 +158,6 @@ fn main() -> ExitCode {
         Some(Command::Backup { action: Some(BackupAction::Verify { target, id }), .. }) => {
             return offline("backup verify", bitark_adapter::backups::verify(&target, id.as_deref(), say));
         }
-        Some(Command::Backup {
-            action: Some(BackupAction::Prune { target, keep_full, keep_wal, dry_run }), ..
-        }) => {
-            let plan = bitark_adapter::backups::PrunePlan { target, keep_full, keep_wal, dry_run };
-            return offline("backup prune", bitark_adapter::backups::prune(plan, say));
-        }
         Some(Command::Backup { action: None, from, to, token, fresh_snapshot, incremental }) => {
             let (Some(from), Some(to)) = (from, to) else {
                 eprintln!("bitark backup: give --from <node URL> and --to <target>");
@@ -166,8 +166,14 @@ fn main() -> ExitCode {
             let plan = bitark_adapter::backups::BackupPlan { from, to, token, fresh: fresh_snapshot, incremental };
             return offline("backup", async move { bitark_adapter::backups::backup(plan, say).await.map(|_| ()) });
         }
-        Some(Command::Restore { from, backup, to_lsn, data_dir }) => {
-            let plan = bitark_adapter::backups::RestorePlan { from, backup, to_lsn, data_dir };
+        Some(Command::Restore { from, backup, to_lsn, to_time, data_dir }) => {
+            use bitark_adapter::backups::RecoveryTarget;
+            let target = match (to_lsn, to_time) {
+                (Some(lsn), _) => RecoveryTarget::Lsn(lsn),
+                (None, Some(at)) => RecoveryTarget::Time(at),
+                (None, None) => RecoveryTarget::End,
+            };
+            let plan = bitark_adapter::backups::RestorePlan { from, backup, target, data_dir };
             return offline("restore", async move { bitark_adapter::backups::restore(plan, say).await.map(|_| ()) });
         }
         _ => {}
@@ -186,6 +192,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Backup {
+        action: Some(BackupAction::Prune { target, keep_full, keep_wal, dry_run }), ..
+    }) = cli.command
+    {
+        let retention = &config.backup.retention;
+        let Some(target) = target.or_else(|| Some(config.backup.archive.target.clone()).filter(|t| !t.is_empty()))
+        else {
+            eprintln!("bitark backup prune: give the target (backup.archive.target is not set)");
+            return ExitCode::from(2);
+        };
+        let plan = bitark_adapter::backups::PrunePlan {
+            target,
+            keep_full: keep_full.unwrap_or(retention.keep_full),
+            keep_wal: keep_wal.unwrap_or(retention.keep_wal),
+            dry_run,
+        };
+        return offline("backup prune", bitark_adapter::backups::prune(plan, say));
+    }
     if let Some(Command::Config) = cli.command {
         println!("{}", serde_json::to_string_pretty(&config).unwrap_or_default());
         return ExitCode::SUCCESS;

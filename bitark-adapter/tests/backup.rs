@@ -183,7 +183,7 @@ async fn backup_under_load_restores_the_state_at_its_end(store: Store) {
     assert_eq!(digest(&restored).await.0, end);
 }
 
-async fn restore_to_an_lsn_gives_the_state_noted_at_it(store: Store) {
+async fn restore_to_an_lsn_or_a_time_gives_the_state_noted_at_it(store: Store) {
     let node = Node::builder().start().await;
     let api = node.api();
     for msg in 1..=30 {
@@ -193,6 +193,7 @@ async fn restore_to_an_lsn_gives_the_state_noted_at_it(store: Store) {
     api.mark_batch(2, &[5, 6, 7]).await.unwrap();
     api.mark_range(3, 100, 140).await.unwrap();
     let noted = digest(&node).await;
+    let noted_time = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
     // More writes, unmarks of what the noted state holds among them.
     for msg in 1..=10 {
         api.mark_unread(1, msg).await.unwrap();
@@ -209,6 +210,14 @@ async fn restore_to_an_lsn_gives_the_state_noted_at_it(store: Store) {
     assert_eq!(digest(&restored).await, noted, "the state at the noted LSN");
     drop(restored);
 
+    let (dir, said) = store.restore(&["--to-time", &noted_time]);
+    let said = said.expect("restore to the noted time");
+    assert!(said.contains(&format!("ends at LSN {at}")), "{said}");
+    assert!(said.contains("the last record restored was committed at"), "{said}");
+    let restored = start_on(dir.path()).await;
+    assert_eq!(digest(&restored).await, noted, "the state at the noted time");
+    drop(restored);
+
     let (dir, said) = store.restore(&[]);
     said.expect("restore to the end");
     assert_eq!(digest(&start_on(dir.path()).await).await, last, "the state at the backup's end");
@@ -219,6 +228,11 @@ async fn restore_to_an_lsn_gives_the_state_noted_at_it(store: Store) {
     assert!(said.unwrap_err().contains("past it"), "a target past the backup's end is refused");
     let (_, said) = store.restore(&["--to-lsn", "3"]);
     assert!(said.unwrap_err().contains("no full backup that starts at or before LSN 3"));
+    let (_, said) = store.restore(&["--to-time", "2020-01-01T00:00:00+01:00"]);
+    let said = said.unwrap_err();
+    assert!(said.contains("no full backup whose snapshot was taken at or before 2019-12-31T23:00:00"), "{said}");
+    let (_, said) = store.restore(&["--to-time", "last tuesday"]);
+    assert!(said.unwrap_err().contains("not an RFC 3339 time"), "a malformed time is named");
 }
 
 async fn a_flipped_byte_in_any_backup_file_is_found_and_refused(store: Store) {
@@ -265,14 +279,14 @@ async fn s3_backup_under_load_restores_the_state_at_its_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_restore_to_an_lsn_gives_the_state_noted_at_it() {
-    restore_to_an_lsn_gives_the_state_noted_at_it(Store::local()).await;
+async fn local_restore_to_an_lsn_or_a_time_gives_the_state_noted_at_it() {
+    restore_to_an_lsn_or_a_time_gives_the_state_noted_at_it(Store::local()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_restore_to_an_lsn_gives_the_state_noted_at_it() {
+async fn s3_restore_to_an_lsn_or_a_time_gives_the_state_noted_at_it() {
     if let Some(store) = Store::s3().await {
-        restore_to_an_lsn_gives_the_state_noted_at_it(store).await;
+        restore_to_an_lsn_or_a_time_gives_the_state_noted_at_it(store).await;
     }
 }
 
@@ -428,6 +442,19 @@ async fn incremental_backups_continue_the_chain_and_prune_keeps_what_restores() 
     let (dir, said) = store.restore(&["--to-lsn", &at]);
     assert!(said.expect("restore through the chain").contains("continued by incremental backup"));
     assert_eq!(digest(&start_on(dir.path()).await).await, noted);
+
+    // The retention of the configuration, tried first: a dry run deletes nothing.
+    let config = tempfile::NamedTempFile::new().expect("a configuration file");
+    std::fs::write(
+        config.path(),
+        format!("backup:\n  archive:\n    target: {to}\n  retention:\n    keep-full: 1\n    keep-wal: 0s\n"),
+    )
+    .expect("write the configuration");
+    let said = bitark_ok(&["--config", config.path().to_str().unwrap(), "backup", "prune", "--dry-run"]);
+    let first_id = first_full["id"].as_str().unwrap();
+    assert!(said.contains(&format!("backup {first_id}: would be deleted")), "{said}");
+    assert!(said.contains("dry run:") && said.contains("files would be deleted"), "{said}");
+    assert!(store.verify(None).expect("a dry run deletes nothing").contains(first_id));
 
     // Prune to one full backup: the older full one and its incremental go.
     let said = bitark_ok(&["backup", "prune", to, "--keep-full", "1", "--keep-wal", "0s"]);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::{wait_until, Api, CallError, Node, PROCESS_TIMEOUT};
 
 /// Encoded size of a single mark-read record: 24 header + 16 payload + 4 crc.
-const SINGLE_MARK_RECORD: u64 = 44;
+const SINGLE_MARK_RECORD: u64 = 52;
 /// Most ids in one `POST .../reads/check`.
 const CHECK_CHUNK: usize = 500;
 

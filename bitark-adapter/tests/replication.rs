@@ -670,7 +670,8 @@ async fn replication_needs_the_cluster_token() {
     let url = format!("{}/internal/replication/register", master.url());
     let response = request(Method::POST, &url, Some(register)).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "registration without the token");
-    let batch = Record { epoch: Epoch::INITIAL, lsn: Lsn(1), command: Command::MarkRead { user: 1, msg: 1 } }.encode();
+    let batch =
+        Record { epoch: Epoch::INITIAL, lsn: Lsn(1), time: 0, command: Command::MarkRead { user: 1, msg: 1 } }.encode();
     let response = reqwest::Client::new()
         .post(format!("{}/internal/replication/append", trusted[0].url()))
         .header(header::CONTENT_TYPE, WAL_CONTENT_TYPE)
@@ -729,8 +730,12 @@ async fn append_as(slave: &Node, id: &str, session: &str, content_type: &str, bo
 async fn a_damaged_replication_batch_is_refused_and_nothing_of_it_is_applied() {
     let master = FakeMaster::start().await;
     let slave = slave_of_fake_master(&master).await;
-    let record =
-        |lsn, msg| Record { epoch: Epoch::INITIAL, lsn: Lsn(lsn), command: Command::MarkRead { user: 7, msg } };
+    let record = |lsn, msg| Record {
+        epoch: Epoch::INITIAL,
+        lsn: Lsn(lsn),
+        time: 0,
+        command: Command::MarkRead { user: 7, msg },
+    };
     let mut batch = record(1, 1).encode();
     let first_len = batch.len();
     batch.extend(record(2, 2).encode());

@@ -101,7 +101,8 @@ async fn a_slave_takes_batches_only_from_its_master_and_stays_identical_to_it() 
     let next = Lsn(applied_lsn(slave).await + 1);
     // A well-formed record at exactly the LSN the slave expects next.
     let forged =
-        Record { epoch: Epoch::INITIAL, lsn: next, command: Command::MarkRead { user: 666, msg: 666 } }.encode();
+        Record { epoch: Epoch::INITIAL, lsn: next, time: 0, command: Command::MarkRead { user: 666, msg: 666 } }
+            .encode();
     let cases = [
         ("intruder", "0123456789abcdef", status.session.as_str(), "wrong_master"),
         ("master", "0123456789abcdef", status.session.as_str(), "wrong_master"),
@@ -294,7 +295,7 @@ async fn one_slow_slave_overflows_its_own_buffer_not_a_healthy_one() {
     wait_state(&cluster.master, 0, "ALIVE").await;
     wait_state(&cluster.master, 1, "ALIVE").await;
     cluster.slaves[1].sigstop();
-    // ~44 bytes a record: the frozen slave's buffer passes the total cap many times.
+    // ~52 bytes a record: the frozen slave's buffer passes the total cap many times.
     write_many(&cluster.master, 1, 0..4000).await;
     wait_state(&cluster.master, 1, "GAP").await;
     support::cluster::wait_for_convergence(&cluster.master, &cluster.slaves[..1], CONVERGE_WITHIN).await;

@@ -4,15 +4,20 @@
 //! offset  size  field
 //!      0     4  length   total bytes of the record, this field and the crc included
 //!      4     2  magic    0xB17A
-//!      6     1  version  1
+//!      6     1  version  2
 //!      7     1  type     command type (see `Command`)
 //!      8     8  epoch
 //!     16     8  lsn
-//!     24     n  payload
-//!   24+n     4  crc32    over bytes 4 .. 24+n (everything but length and crc)
+//!     24     8  time     commit time, microseconds since the Unix epoch
+//!     32     n  payload
+//!   32+n     4  crc32    over bytes 4 .. 32+n (everything but length and crc)
 //! ```
 //! All integers are little endian. The length is also covered indirectly: a wrong
 //! length moves the crc and the check fails.
+//!
+//! Version 1 records (written before commit times existed) have no `time` field: the
+//! payload starts at offset 24. They are still read, with `time` 0 ("unknown"), and
+//! written again as version 2 wherever a node re-encodes them.
 
 use crate::command::Command;
 use crate::error::CodecError;
@@ -20,20 +25,30 @@ use crate::ids::{Epoch, Lsn};
 
 /// Record magic, the first two bytes after the length.
 pub const MAGIC: u16 = 0xB17A;
-/// The record format version this build writes and reads.
-pub const VERSION: u8 = 1;
-/// Bytes before the payload.
-pub const HEADER_LEN: usize = 24;
+/// The record format version this build writes.
+pub const VERSION: u8 = 2;
+/// The oldest record format version this build reads.
+pub const VERSION_1: u8 = 1;
+/// Bytes before the payload in the version this build writes.
+pub const HEADER_LEN: usize = 32;
+/// Bytes before the payload in a version 1 record.
+pub const HEADER_LEN_V1: usize = 24;
+/// The shortest record of any readable version.
+pub const MIN_RECORD_LEN: usize = HEADER_LEN_V1 + TRAILER_LEN;
 /// Bytes of the trailing checksum.
 pub const TRAILER_LEN: usize = 4;
 /// Largest record accepted when reading; anything longer is treated as damage.
 pub const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
 
-/// One WAL record: a command stamped with its LSN and the epoch of its writer.
+/// One WAL record: a command stamped with its LSN, the epoch of its writer and the time
+/// the master committed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub epoch: Epoch,
     pub lsn: Lsn,
+    /// Commit time on the master, microseconds since the Unix epoch; 0 when unknown (a
+    /// version 1 record). Slaves keep the master's time.
+    pub time: u64,
     pub command: Command,
 }
 
@@ -54,6 +69,7 @@ impl Record {
         out.push(self.command.type_byte());
         out.extend_from_slice(&self.epoch.0.to_le_bytes());
         out.extend_from_slice(&self.lsn.0.to_le_bytes());
+        out.extend_from_slice(&self.time.to_le_bytes());
         self.command.encode_payload(out);
         let crc = crc32fast::hash(&out[start + 4..]);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -77,7 +93,7 @@ impl Record {
         }
         let len = u32::from_le_bytes(buf[0..4].try_into().expect("slice of 4"));
         let len_usize = len as usize;
-        if !(HEADER_LEN + TRAILER_LEN..=MAX_RECORD_LEN).contains(&len_usize) {
+        if !(MIN_RECORD_LEN..=MAX_RECORD_LEN).contains(&len_usize) {
             return Err(CodecError::BadLength(len));
         }
         if buf.len() >= 6 {
@@ -96,14 +112,23 @@ impl Record {
             return Err(CodecError::BadChecksum { stored, computed });
         }
         let version = buf[6];
-        if version != VERSION {
-            return Err(CodecError::BadVersion(version));
+        let header_len = match version {
+            VERSION => HEADER_LEN,
+            VERSION_1 => HEADER_LEN_V1,
+            other => return Err(CodecError::BadVersion(other)),
+        };
+        if len_usize < header_len + TRAILER_LEN {
+            return Err(CodecError::BadLength(len));
         }
         let type_byte = buf[7];
         let epoch = Epoch(u64::from_le_bytes(buf[8..16].try_into().expect("slice of 8")));
         let lsn = Lsn(u64::from_le_bytes(buf[16..24].try_into().expect("slice of 8")));
-        let command = Command::decode_payload(type_byte, &buf[HEADER_LEN..len_usize - TRAILER_LEN])?;
-        Ok((Record { epoch, lsn, command }, len_usize))
+        let time = match version {
+            VERSION => u64::from_le_bytes(buf[24..32].try_into().expect("slice of 8")),
+            _ => 0,
+        };
+        let command = Command::decode_payload(type_byte, &buf[header_len..len_usize - TRAILER_LEN])?;
+        Ok((Record { epoch, lsn, time, command }, len_usize))
     }
 }
 
@@ -116,6 +141,7 @@ mod tests {
         Record {
             epoch: Epoch(3),
             lsn: Lsn(42),
+            time: 1_796_000_000_123_456,
             command: Command::MarkBatch { user: u64::MAX, msgs: vec![0, 1 << 63 | 5, 7] },
         }
     }
@@ -130,7 +156,7 @@ mod tests {
             Command::MarkRange { user: 7, from: 10, to: u64::MAX },
         ];
         for (i, command) in commands.into_iter().enumerate() {
-            let rec = Record { epoch: Epoch(1), lsn: Lsn(i as u64 + 1), command };
+            let rec = Record { epoch: Epoch(1), lsn: Lsn(i as u64 + 1), time: i as u64, command };
             let bytes = rec.encode();
             assert_eq!(bytes.len(), rec.encoded_len());
             assert_eq!(Record::decode(&bytes).unwrap(), (rec, bytes.len()));
@@ -163,6 +189,44 @@ mod tests {
         }
     }
 
+    /// A version 1 record as this build's predecessors wrote it.
+    fn encode_v1(rec: &Record) -> Vec<u8> {
+        let mut payload = Vec::new();
+        rec.command.encode_payload(&mut payload);
+        let len = HEADER_LEN_V1 + payload.len() + TRAILER_LEN;
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.extend_from_slice(&MAGIC.to_le_bytes());
+        out.push(VERSION_1);
+        out.push(rec.command.type_byte());
+        out.extend_from_slice(&rec.epoch.0.to_le_bytes());
+        out.extend_from_slice(&rec.lsn.0.to_le_bytes());
+        out.extend_from_slice(&payload);
+        let crc = crc32fast::hash(&out[4..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn version_1_records_are_read_with_an_unknown_time() {
+        let rec = Record { time: 0, ..sample() };
+        let v1 = encode_v1(&rec);
+        assert_eq!(v1.len(), rec.encoded_len() - 8);
+        assert_eq!(Record::decode(&v1).unwrap(), (rec.clone(), v1.len()));
+        let mut small = encode_v1(&Record { command: Command::MarkRead { user: 1, msg: 2 }, ..rec });
+        small.extend_from_slice(&sample().encode());
+        let (first, used) = Record::decode(&small).unwrap();
+        assert_eq!(first.command, Command::MarkRead { user: 1, msg: 2 });
+        assert_eq!(Record::decode(&small[used..]).unwrap().0, sample());
+    }
+
+    #[test]
+    fn the_commit_time_is_covered_by_the_checksum() {
+        let mut bytes = sample().encode();
+        bytes[26] ^= 0x10;
+        assert!(matches!(Record::decode(&bytes), Err(CodecError::BadChecksum { .. })));
+    }
+
     #[test]
     fn inverted_range_is_rejected() {
         let mut payload = Vec::new();
@@ -179,7 +243,7 @@ mod tests {
 
         #[test]
         fn batches_round_trip(user: u64, lsn: u64, msgs in proptest::collection::vec(any::<u64>(), 0..50)) {
-            let rec = Record { epoch: Epoch(1), lsn: Lsn(lsn), command: Command::MarkBatch { user, msgs } };
+            let rec = Record { epoch: Epoch(1), lsn: Lsn(lsn), time: lsn ^ user, command: Command::MarkBatch { user, msgs } };
             let bytes = rec.encode();
             prop_assert_eq!(Record::decode(&bytes).unwrap(), (rec, bytes.len()));
         }

@@ -584,11 +584,32 @@ impl CoordinationConfig {
     }
 }
 
-/// `backup.*`: continuous archiving of the WAL.
+/// `backup.*`: continuous archiving of the WAL, and what `bitark backup prune` keeps.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct BackupConfig {
     pub archive: ArchiveConfig,
+    pub retention: RetentionConfig,
+}
+
+/// `backup.retention.*`: what `bitark backup prune` keeps when its flags do not say.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Full backups kept, newest first, with the incremental backups and archived WAL
+    /// they need. Default `4`.
+    pub keep_full: usize,
+    /// Archived WAL younger than this is kept even when no kept backup needs it.
+    /// Default `30d`.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
+    pub keep_wal: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { keep_full: 4, keep_wal: Duration::from_secs(30 * 86_400) }
+    }
 }
 
 /// `backup.archive.*`: each sealed WAL segment is uploaded to a backup target, so that

@@ -220,7 +220,7 @@ fn a_replicated_record_is_checked_as_the_api_checks_a_command() {
     config.limits.max_range = 10;
     let rt = runtime();
     let node = open(&config);
-    let record = |lsn, command| Record { epoch: Epoch::INITIAL, lsn: Lsn(lsn), command };
+    let record = |lsn, command| Record { epoch: Epoch::INITIAL, lsn: Lsn(lsn), time: 0, command };
     let fine = record(1, Command::MarkRead { user: 1, msg: 1 });
     for bad in [
         record(2, Command::MarkBatch { user: 1, msgs: vec![1, 2, 3, 4] }),
@@ -286,11 +286,11 @@ fn corruption_before_the_tail_stops_opening_with_file_and_offset() {
     drop(node);
     let segment = list_segments(&dir.path().join("wal")).unwrap().remove(0).path;
     let mut bytes = std::fs::read(&segment).unwrap();
-    bytes[44 * 5 + 30] ^= 0xFF; // inside record 6 (each is 44 bytes)
+    bytes[52 * 5 + 30] ^= 0xFF; // inside record 6 (each is 52 bytes)
     std::fs::write(&segment, bytes).unwrap();
     let err =
         Node::open(config.clone(), Metrics::standalone()).err().expect("corruption must stop start-up").to_string();
-    assert!(err.contains(&segment.display().to_string()) && err.contains("offset 220"), "{err}");
+    assert!(err.contains(&segment.display().to_string()) && err.contains("offset 260"), "{err}");
 }
 
 #[test]

@@ -238,6 +238,11 @@ pub struct Manifest {
     pub end_lsn: u64,
     /// RFC 3339, UTC.
     pub created: String,
+    /// When the snapshot of a full backup was taken (RFC 3339, UTC): every record it
+    /// holds was committed before then. A restore to a time starts from a backup whose
+    /// snapshot is older than the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_created: Option<String>,
     /// The snapshot first (a full backup), then the WAL files in log order.
     pub files: Vec<FileEntry>,
     /// The crc32 of this manifest written with this field 0 ([`Manifest::seal`]).

@@ -232,6 +232,13 @@ fn writeback(file: &File, offset: u64, len: u64, flags: u32) {
     let _ = (file, offset, flags);
 }
 
+/// When the snapshot whose first bytes are `head` was taken (Unix milliseconds), or
+/// `None` when `head` is not an intact snapshot header.
+pub fn header_created_ms(head: &[u8]) -> Option<u64> {
+    let h = head.get(..HEADER_LEN)?;
+    (&h[0..8] == MAGIC && crc32fast::hash(&h[0..60]) == u32_at(h, 60)).then(|| u64_at(h, 48))
+}
+
 fn encode_header(lsn: Lsn, epoch: Epoch, users: u64, marks: u64, created: u64, body_crc: u32) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(MAGIC);

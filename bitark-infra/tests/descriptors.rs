@@ -43,7 +43,7 @@ fn writes_and_a_rotation_need_no_new_file_descriptor() {
     }
     assert_eq!(File::open("/dev/null").unwrap_err().raw_os_error(), Some(libc::EMFILE));
 
-    // 100-id batches are 844 bytes: 300 of them span four 64 KiB segments.
+    // 100-id batches are 852 bytes: 300 of them span four 64 KiB segments.
     for msg in 1..300 {
         assert_eq!(write(msg), Ok(Lsn(msg + 1)), "write {msg} with no descriptor left");
     }

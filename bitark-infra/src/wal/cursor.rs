@@ -138,9 +138,7 @@ fn next_record(input: &mut impl Read, path: &Path) -> Result<Option<(Record, usi
         return Ok(None);
     }
     let len = u32::from_le_bytes(len_bytes) as usize;
-    if !(bitark_common::record::HEADER_LEN + bitark_common::record::TRAILER_LEN..=bitark_common::record::MAX_RECORD_LEN)
-        .contains(&len)
-    {
+    if !(bitark_common::record::MIN_RECORD_LEN..=bitark_common::record::MAX_RECORD_LEN).contains(&len) {
         return Ok(None);
     }
     let mut buf = vec![0u8; len];
@@ -172,7 +170,8 @@ mod tests {
     fn write_segment(dir: &Path, lsns: std::ops::RangeInclusive<u64>, zero_tail: usize) {
         let mut f = File::create(dir.join(segment_name(Lsn(*lsns.start())))).unwrap();
         for lsn in lsns {
-            let r = Record { epoch: Epoch(1), lsn: Lsn(lsn), command: Command::MarkRead { user: 1, msg: lsn } };
+            let r =
+                Record { epoch: Epoch(1), lsn: Lsn(lsn), time: 0, command: Command::MarkRead { user: 1, msg: lsn } };
             f.write_all(&r.encode()).unwrap();
         }
         f.write_all(&vec![0u8; zero_tail]).unwrap();
@@ -205,7 +204,7 @@ mod tests {
         let mut cursor = WalCursor::new(dir.path(), Lsn(1));
         assert_eq!(lsns(cursor.read(10, usize::MAX, Lsn(100)).unwrap()), vec![1, 2]);
         let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join(segment_name(Lsn(1)))).unwrap();
-        let r = Record { epoch: Epoch(1), lsn: Lsn(3), command: Command::MarkRead { user: 1, msg: 3 } };
+        let r = Record { epoch: Epoch(1), lsn: Lsn(3), time: 0, command: Command::MarkRead { user: 1, msg: 3 } };
         f.write_all(&r.encode()).unwrap();
         assert_eq!(lsns(cursor.read(10, usize::MAX, Lsn(100)).unwrap()), vec![3]);
     }

@@ -145,7 +145,7 @@ mod tests {
     use std::io::Write;
 
     fn record(lsn: u64) -> Record {
-        Record { epoch: Epoch(1), lsn: Lsn(lsn), command: Command::MarkRead { user: lsn, msg: lsn * 10 } }
+        Record { epoch: Epoch(1), lsn: Lsn(lsn), time: 0, command: Command::MarkRead { user: lsn, msg: lsn * 10 } }
     }
 
     /// Writes segments holding the given LSN ranges; returns their paths.

@@ -88,7 +88,7 @@ mod tests {
     fn segment(dir: &Path, lsns: std::ops::RangeInclusive<u64>) {
         let mut bytes = Vec::new();
         for lsn in lsns.clone() {
-            Record { epoch: Epoch(1), lsn: Lsn(lsn), command: Command::MarkRead { user: lsn, msg: lsn } }
+            Record { epoch: Epoch(1), lsn: Lsn(lsn), time: 0, command: Command::MarkRead { user: lsn, msg: lsn } }
                 .encode_into(&mut bytes);
         }
         fs::write(dir.join(crate::wal::segment::segment_name(Lsn(*lsns.start()))), bytes).unwrap();

@@ -406,6 +406,7 @@ impl GroupCommit {
             last_sync: Instant::now(),
             dirty: false,
             pending_durable: Lsn(next_lsn.0 - 1),
+            last_time: 0,
             buf: Vec::with_capacity(1 << 20),
         };
         let guard = CrashGuard(shared.clone(), writer.metrics.clone());
@@ -462,6 +463,9 @@ struct Writer<A> {
     dirty: bool,
     /// Last LSN written; becomes the durable LSN at the next fsync.
     pending_durable: Lsn,
+    /// The commit time of the last batch this writer stamped, so that a clock stepping
+    /// back never makes a later batch look older.
+    last_time: u64,
     buf: Vec<u8>,
 }
 
@@ -618,11 +622,12 @@ impl<A: Applier> Writer<A> {
             return;
         }
         let first = self.next_lsn;
+        let time = self.commit_time();
         let mut records = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         self.buf.clear();
         for (i, p) in batch.drain(..).enumerate() {
-            let record = Record { epoch: self.epoch, lsn: Lsn(first.0 + i as u64), command: p.command };
+            let record = Record { epoch: self.epoch, lsn: Lsn(first.0 + i as u64), time, command: p.command };
             record.encode_into(&mut self.buf);
             records.push(record);
             replies.push(p.reply);
@@ -643,6 +648,16 @@ impl<A: Applier> Writer<A> {
                 None => Ok(record.lsn),
             });
         }
+    }
+
+    /// The commit time of a new batch: now, in microseconds since the Unix epoch, and
+    /// never before the previous batch's.
+    fn commit_time(&mut self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.last_time = self.last_time.max(now);
+        self.last_time
     }
 
     /// Logs records that already carry their LSNs, skipping those the log holds.
