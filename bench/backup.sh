@@ -32,8 +32,8 @@ now() { date +%s.%N; }
 rate() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f MB/s", b / s / 1e6 }'; }
 
 echo "building the data directory: $users users x $per_user marks, then $tail_records tail records"
-RECOVERY_DATA_DIR="$work/data" cargo run --release --quiet -p bitark-engine --example recovery -- \
-  "$users" "$per_user" "$tail_records" | head -1
+RECOVERY_DATA_DIR="$work/data" RECOVERY_BUILD_ONLY=1 cargo run --release --quiet -p bitark-engine --example recovery -- \
+  "$users" "$per_user" "$tail_records"
 BITARK_LOG=warn ./target/release/bitark --port "$port" --data-dir "$work/data" &
 pids+=($!)
 wait_ready "$port"

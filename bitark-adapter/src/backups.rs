@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime};
 
 /// Bytes asked for in one read of the node's snapshot.
 const SNAPSHOT_READ: u64 = 8 << 20;
+/// Snapshot reads in flight at once.
+const SNAPSHOT_READS_AHEAD: usize = 3;
 
 /// What `bitark backup` is asked.
 #[derive(Clone, Debug)]
@@ -124,18 +126,38 @@ pub async fn backup(plan: BackupPlan, mut say: impl FnMut(&str)) -> Result<Manif
         let mut snapshot_created = None;
         if parent.is_none() {
             let mut upload = target.upload(&format!("{dir}/{}", started.snapshot_file)).await.map_err(|e| e.to_string())?;
-            let mut offset = 0;
-            while offset < started.snapshot_size {
-                let url = format!("{base}/admin/backup/{}/snapshot?offset={offset}&len={SNAPSHOT_READ}", started.id);
-                let answer = call(http.get(&url)).send().await.map_err(|e| node_call(&url, e))?;
-                if !answer.status().is_success() {
-                    return Err(format!("{url}: {} {}", answer.status(), answer.text().await.unwrap_or_default()));
+            // Up to SNAPSHOT_READS_AHEAD ranges are on their way while one is stored, so
+            // the node's disk, the network and the target's writes overlap.
+            let mut ranges = (0..started.snapshot_size).step_by(SNAPSHOT_READ as usize);
+            let mut in_flight = std::collections::VecDeque::new();
+            loop {
+                while in_flight.len() < SNAPSHOT_READS_AHEAD {
+                    let Some(offset) = ranges.next() else { break };
+                    let url = format!("{base}/admin/backup/{}/snapshot?offset={offset}&len={SNAPSHOT_READ}", started.id);
+                    let want = SNAPSHOT_READ.min(started.snapshot_size - offset) as usize;
+                    let request = call(http.get(&url));
+                    in_flight.push_back(tokio::spawn(async move {
+                        let answer = request.send().await.map_err(|e| node_call(&url, e))?;
+                        if !answer.status().is_success() {
+                            return Err(format!("{url}: {} {}", answer.status(), answer.text().await.unwrap_or_default()));
+                        }
+                        let crc = answer.headers().get("x-bitark-crc32").and_then(|v| v.to_str().ok()).map(str::to_string);
+                        let bytes = answer.bytes().await.map_err(|e| node_call(&url, e))?;
+                        if bytes.len() != want || crc != Some(format!("{:08x}", crc32fast::hash(&bytes))) {
+                            return Err(format!("{url}: the snapshot range arrived damaged or cut short"));
+                        }
+                        Ok((offset, url, bytes))
+                    }));
                 }
-                let crc = answer.headers().get("x-bitark-crc32").and_then(|v| v.to_str().ok()).map(str::to_string);
-                let bytes = answer.bytes().await.map_err(|e| node_call(&url, e))?;
-                if bytes.is_empty() || crc != Some(format!("{:08x}", crc32fast::hash(&bytes))) {
-                    return Err(format!("{url}: the snapshot range arrived damaged or empty"));
-                }
+                let Some(fetch) = in_flight.pop_front() else { break };
+                let fetched = fetch.await.map_err(|e| format!("a snapshot read failed: {e}")).and_then(|r| r);
+                let (offset, url, bytes) = match fetched {
+                    Ok(fetched) => fetched,
+                    Err(e) => {
+                        in_flight.iter().for_each(|f| f.abort());
+                        return Err(e);
+                    }
+                };
                 if offset == 0 {
                     let ms = bitark_infra::snapshot::header_created_ms(&bytes)
                         .ok_or_else(|| format!("{url}: the snapshot does not start with an intact header"))?;
@@ -143,7 +165,6 @@ pub async fn backup(plan: BackupPlan, mut say: impl FnMut(&str)) -> Result<Manif
                     snapshot_created = Some(humantime::format_rfc3339_millis(at).to_string());
                 }
                 upload.write(&bytes).await.map_err(|e| e.to_string())?;
-                offset += bytes.len() as u64;
             }
             files.push(upload.finish().await.map_err(|e| e.to_string())?);
         }
@@ -567,7 +588,7 @@ async fn write_data_dir(target: &Target, dir: &Path, snapshot: &FileEntry, recor
     check_streamed(target, snapshot, |piece| out.write_all(piece)).await?;
     let file = out.into_inner().map_err(|e| fail(e.into_error()))?;
     file.sync_all().map_err(fail)?;
-    bitark_infra::snapshot::read_snapshot(&path, |_, _, _| Ok(())).map_err(|e| format!("{}: {e}", snapshot.path))?;
+    bitark_infra::snapshot::read_snapshot(&path, |_| Ok(())).map_err(|e| format!("{}: {e}", snapshot.path))?;
     if let Some(first) = records.first() {
         let mut body = Vec::new();
         for record in records {

@@ -713,7 +713,7 @@ impl Node {
             return Err(StorageError::io(downloaded, std::io::Error::other("this node is master now: no full sync")));
         }
         let started = Instant::now();
-        let info = read_snapshot(downloaded, |_, _, _| Ok(()))?;
+        let info = read_snapshot(downloaded, |_| Ok(()))?;
         let verified = started.elapsed();
         let lsn = info.lsn;
         let state = &self.inner.state;
@@ -868,5 +868,5 @@ fn newest_snapshot_info(dir: &Path, lsn: Lsn) -> Option<SnapshotInfo> {
         return None;
     }
     let (_, path) = list_snapshots(dir).ok()?.into_iter().find(|(l, _)| *l == lsn)?;
-    read_snapshot(&path, |_, _, _| Ok(())).ok()
+    read_snapshot(&path, |_| Ok(())).ok()
 }

@@ -270,12 +270,50 @@ fn varint_len(value: u64) -> usize {
     bits.div_ceil(7)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push(value as u8 | 0x80);
         value >>= 7;
     }
     out.push(value as u8);
+}
+
+/// The varint at the front of `bytes` and its length, or `None` when `bytes` ends
+/// inside it or it does not fit in 64 bits: for bytes not known to be well formed.
+pub(crate) fn read_varint_checked(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        let part = u64::from(byte & 0x7f);
+        if i == 9 && part > 1 {
+            return None;
+        }
+        value |= part << (7 * i);
+        if byte < 0x80 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Checks that `body` is a well-formed packed body, as one read from a file must be
+/// before the store takes it: 1 to [`PACKED_MAX`] varints of strictly ascending ids.
+/// Answers the number of ids.
+pub(crate) fn check_packed(body: &[u8]) -> Result<u64, String> {
+    let (mut pos, mut count, mut last) = (0, 0u64, 0u64);
+    while pos < body.len() {
+        let (gap, len) = read_varint_checked(&body[pos..]).ok_or("a packed set ends inside an id")?;
+        if count > 0 && gap == 0 {
+            return Err("a packed set repeats an id".into());
+        }
+        last = last.checked_add(gap).ok_or("a packed set's ids run past 2^64")?;
+        pos += len;
+        count += 1;
+    }
+    match count {
+        0 => Err("an empty set".into()),
+        n if n > PACKED_MAX => Err(format!("a packed set of {n} ids, more than the {PACKED_MAX} it may hold")),
+        n => Ok(n),
+    }
 }
 
 /// Reads the varint at `pos`, returning its value and the offset just past it.
@@ -348,6 +386,14 @@ impl<'a> SetView<'a> {
         match self.form {
             Form::Packed(body) => packed_len(body),
             Form::Roaring(set) => set.len(),
+        }
+    }
+
+    /// The packed body (key stripped), when the set is in packed form.
+    pub(crate) fn packed_body(&self) -> Option<&'a [u8]> {
+        match self.form {
+            Form::Packed(body) => Some(body),
+            Form::Roaring(_) => None,
         }
     }
 
@@ -632,5 +678,21 @@ mod tests {
             let back = RoaringTreemap::deserialize_from(&out[1..]).unwrap();
             assert_eq!(back.iter().collect::<Vec<_>>(), *ids);
         }
+    }
+
+    #[test]
+    fn packed_bodies_read_from_a_file_are_checked() {
+        let entry = encode(&KEY, &[0, 5, 1 << 40, u64::MAX]);
+        assert_eq!(check_packed(entry_body(&entry)), Ok(4));
+        assert_eq!(check_packed(&[]), Err("an empty set".into()));
+        assert_eq!(check_packed(&[0x85]), Err("a packed set ends inside an id".into()));
+        assert_eq!(check_packed(&[3, 0]), Err("a packed set repeats an id".into()));
+        // Ten bytes whose value needs 65 bits.
+        let too_wide = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x03];
+        assert_eq!(check_packed(&too_wide), Err("a packed set ends inside an id".into()));
+        let overflow = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x01];
+        assert_eq!(check_packed(&overflow), Err("a packed set's ids run past 2^64".into()));
+        let many = encode(&KEY, &(0..=PACKED_MAX).collect::<Vec<_>>());
+        assert!(check_packed(entry_body(&many)).unwrap_err().contains("more than the 128"));
     }
 }

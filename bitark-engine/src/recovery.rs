@@ -10,7 +10,7 @@ use crate::store::ReadStore;
 use bitark_common::Lsn;
 use bitark_infra::fsutil::remove_durable;
 use bitark_infra::fullsync::complete_install;
-use bitark_infra::snapshot::{list_snapshots, read_snapshot};
+use bitark_infra::snapshot::{list_snapshots, read_snapshot, Chunk, SnapshotPart};
 use bitark_infra::wal::{remove_all, replay};
 use bitark_infra::StorageError;
 use roaring::RoaringTreemap;
@@ -95,62 +95,84 @@ fn remove_legacy_checkpoint(data_dir: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Entries handed to a decoding worker at a time.
+/// Format-1 entries handed to a decoding worker at a time.
 const CHUNK: usize = 2048;
 
-/// Loads one snapshot. The calling thread reads and checksums the file; worker threads
-/// decode the roaring sets and insert them (the store is sharded, so they rarely
-/// contend). Any damage, found by either side, fails the whole load.
+/// What a loading worker is given.
+enum Work {
+    /// A format-2 chunk: entries of one shard, as the store holds them.
+    Shard(Chunk),
+    /// Format-1 entries: portable roaring sets to decode.
+    Portable(PortableRun),
+}
+
+/// Loads one snapshot. The calling thread reads the file and checks every chunk's
+/// checksum; worker threads put the entries into the store. In format 2 each worker owns
+/// the shards `shard % workers == its index`, so no two workers touch the same table
+/// and each table is sized once; format-1 sets are decoded by whichever worker is next.
+/// Any damage, found by either side, fails the whole load, naming the file and offset.
 pub(crate) fn load_snapshot(store: &ReadStore, path: &Path) -> Result<(), StorageError> {
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
     std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for _ in 0..workers {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(4);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Work>(4);
             senders.push(tx);
-            handles.push(scope.spawn(move || -> Result<(), String> {
-                for chunk in rx {
-                    chunk.insert_into(store)?;
+            handles.push(scope.spawn(move || -> Result<(), (u64, String)> {
+                for work in rx {
+                    match work {
+                        Work::Shard(chunk) => store.load_chunk(&chunk).map_err(|e| (chunk.offset, e))?,
+                        Work::Portable(run) => run.insert_into(store).map_err(|e| (0, e))?,
+                    }
                 }
                 Ok(())
             }));
         }
-        let mut chunk = Chunk::default();
+        let mut run = PortableRun::default();
         let mut next = 0;
-        let read = read_snapshot(path, |user, marks, bytes| {
-            chunk.push(user, marks, bytes);
-            if chunk.len() == CHUNK {
-                // A worker that stopped has failed; its error is collected below.
-                let _ = senders[next % workers].send(std::mem::take(&mut chunk));
-                next += 1;
+        // A worker that stopped has failed; its error is collected below.
+        let read = read_snapshot(path, |part| {
+            match part {
+                SnapshotPart::Chunk(chunk) => {
+                    let _ = senders[chunk.shard as usize % workers].send(Work::Shard(chunk));
+                }
+                SnapshotPart::User { user, marks, portable } => {
+                    run.push(user, marks, portable);
+                    if run.len() == CHUNK {
+                        let _ = senders[next % workers].send(Work::Portable(std::mem::take(&mut run)));
+                        next += 1;
+                    }
+                }
             }
             Ok(())
         });
-        let _ = senders[next % workers].send(chunk);
+        if run.len() > 0 {
+            let _ = senders[next % workers].send(Work::Portable(run));
+        }
         drop(senders);
         let mut worker_error = None;
         for handle in handles {
-            if let Err(e) = handle.join().unwrap_or_else(|_| Err("snapshot worker panicked".into())) {
+            if let Err(e) = handle.join().unwrap_or_else(|_| Err((0, "snapshot worker panicked".into()))) {
                 worker_error.get_or_insert(e);
             }
         }
         read?;
         match worker_error {
-            Some(reason) => Err(StorageError::corruption(path, 0, reason)),
+            Some((offset, reason)) => Err(StorageError::corruption(path, offset, reason)),
             None => Ok(()),
         }
     })
 }
 
-/// A run of snapshot entries: users, their mark counts, and their sets back to back.
+/// A run of format-1 entries: users, their mark counts, and their sets back to back.
 #[derive(Default)]
-struct Chunk {
+struct PortableRun {
     entries: Vec<(u64, u64, usize)>,
     bytes: Vec<u8>,
 }
 
-impl Chunk {
+impl PortableRun {
     fn len(&self) -> usize {
         self.entries.len()
     }

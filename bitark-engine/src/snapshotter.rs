@@ -146,18 +146,12 @@ impl Snapshotter {
             SnapshotWriter::create(&self.snapshot_dir, lsn, self.state.history().epoch_at(lsn).unwrap_or(self.epoch))?;
         // Users are encoded under their shard's read lock, a few at a time (see
         // `ReadStore::walk_shard`); the disk writes come after each shard, with no lock.
-        let mut bytes = Vec::new();
-        let mut entries = Vec::new();
+        let mut chunks = Vec::new();
         for shard in 0..store.shard_count() {
-            bytes.clear();
-            entries.clear();
-            store.walk_shard(shard, |user, set| {
-                let start = bytes.len();
-                set.serialize_portable(&mut bytes);
-                entries.push((user, set.len(), start..bytes.len()));
-            });
-            for (user, marks, range) in entries.drain(..) {
-                if let Err(e) = writer.add_user(user, marks, &bytes[range]) {
+            chunks.clear();
+            let shard_users = store.encode_shard(shard, &mut chunks);
+            for chunk in &chunks {
+                if let Err(e) = writer.add_chunk(shard as u32, chunk.users, chunk.marks, shard_users, &chunk.body) {
                     writer.abandon();
                     return Err(e.into());
                 }

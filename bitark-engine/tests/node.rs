@@ -5,7 +5,7 @@
 
 use bitark_common::{Command, Epoch, Lsn, Record};
 use bitark_engine::{EngineConfig, Node, ReplicateError, WriteError};
-use bitark_infra::snapshot::list_snapshots;
+use bitark_infra::snapshot::{list_snapshots, SnapshotWriter};
 use bitark_infra::wal::list_segments;
 use bitark_infra::{FsyncPolicy, Metrics};
 use std::path::Path;
@@ -130,6 +130,51 @@ fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
     assert_eq!(node.recovery().snapshot_lsn, Lsn(1000));
     assert_eq!(node.recovery().replayed, 1100);
     assert_eq!(node.digest(), before);
+    node.shutdown();
+}
+
+#[test]
+fn a_snapshot_in_format_1_of_earlier_versions_still_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let rt = runtime();
+    let node = open(&config);
+    let commands = workload(2000);
+    let last = write_all(&rt, &node, commands.clone());
+    let before = node.digest();
+    node.shutdown();
+    drop(node);
+
+    // The same state as an earlier version wrote it: per-user portable roaring sets.
+    let store = bitark_engine::ReadStore::new();
+    commands.iter().for_each(|c| store.apply(c));
+    let snapshots = dir.path().join("snapshots");
+    let mut writer = SnapshotWriter::create_v1(&snapshots, last, Epoch(1)).unwrap();
+    for shard in 0..store.shard_count() {
+        store.walk_shard(shard, |user, set| {
+            let mut portable = Vec::new();
+            set.serialize_portable(&mut portable);
+            writer.add_user(user, set.len(), &portable).unwrap();
+        });
+    }
+    assert_eq!(writer.finish().unwrap().version, 1);
+    // Without the log, the state can only come from that snapshot.
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    std::fs::create_dir(dir.path().join("wal")).unwrap();
+
+    let node = open(&config);
+    assert_eq!((node.recovery().snapshot_lsn, node.recovery().replayed), (last, 0));
+    assert_eq!(node.digest(), before);
+    // The next snapshot is written in the current format and recovers too.
+    write_all(&rt, &node, vec![Command::MarkRead { user: 3, msg: 999_999 }]);
+    let info = rt.block_on(node.snapshot_now()).unwrap();
+    assert_eq!(info.version, bitark_infra::snapshot::FORMAT_VERSION);
+    let after = node.digest();
+    node.shutdown();
+    drop(node);
+    let node = open(&config);
+    assert_eq!(node.recovery().snapshot_lsn, info.lsn);
+    assert_eq!(node.digest(), after);
     node.shutdown();
 }
 

@@ -11,8 +11,9 @@
 //! - [`wal`]: segmented write-ahead log: segment naming and listing, the group-commit
 //!   writer thread, the recovery scan and garbage collection (`purge_to`).
 //! - [`fullsync`]: a slave's full-sync download and the install that replaces its state.
-//! - [`snapshot`]: snapshot files (header, per-user portable roaring sets, checksummed
-//!   trailer) written temp → fsync → rename → fsync dir.
+//! - [`snapshot`]: snapshot files (checksummed header, then chunks of one store shard
+//!   each with their own crc32; format 1, per-user portable roaring sets, is still read)
+//!   written temp → fsync → rename → fsync dir.
 //! - [`replication`]: the HTTP replication transport and the slave's progress file.
 //! - [`process`]: the process's resident memory and open-files limit.
 //! - [`metrics`]: every Prometheus family BitArk exports, registered on an injected

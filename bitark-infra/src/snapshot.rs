@@ -1,23 +1,41 @@
 //! Snapshot files.
 //!
-//! A snapshot holds every user's set in the portable roaring serialization (the 64-bit
-//! `RoaringTreemap` form), so other tools can read it. Files live in
-//! `<data-dir>/snapshots/` named `snapshot-<lsn, 20 digits>.snap`.
+//! Files live in `<data-dir>/snapshots/` named `snapshot-<lsn, 20 digits>.snap`.
 //!
 //! ```text
 //! header, 64 bytes, little endian
 //!    0  8  magic "BITARKSN"
-//!    8  4  format version (1)
+//!    8  4  format version (2; 1 is still read)
 //!   12  4  reserved, zero
 //!   16  8  lsn      every record at or below it is reflected
 //!   24  8  epoch
 //!   32  8  users
 //!   40  8  marks
 //!   48  8  created, Unix milliseconds
-//!   56  4  crc32 of the body
+//!   56  4  format 2: crc32 of every chunk's crc in order; format 1: crc32 of the body
 //!   60  4  crc32 of header bytes 0..60
-//! body: per user  user u64 | marks u64 | len u32 | len bytes of portable roaring
 //! ```
+//!
+//! **Format 2** (written): the body is a run of chunks, each holding entries of one store
+//! shard, so that a loader can hand whole chunks to threads that each own some shards:
+//!
+//! ```text
+//! chunk header, 32 bytes
+//!    0  4  shard        the store shard every entry of the chunk belongs to
+//!    4  4  users        entries in the chunk
+//!    8  8  marks        marks in the chunk's entries
+//!   16  8  shard users  users of the whole shard (so a loader sizes its table once)
+//!   24  4  len          bytes of the chunk body
+//!   28  4  crc32        of header bytes 0..28 and the body
+//! body: the entries, in the store's own encoding (see the engine's store)
+//! ```
+//! Chunk bodies are at most [`CHUNK_MAX`] bytes apart from one entry larger than that.
+//! What the body's entries mean is the store's business: this module checks that every
+//! chunk is whole and intact, and that the counts add up to the header's.
+//!
+//! **Format 1** (read only): per user `user u64 | marks u64 | len u32 | len bytes of the
+//! portable roaring serialization` (the 64-bit `RoaringTreemap` form).
+//!
 //! The file is written as `*.snap.tmp`, the header rewritten once the counts are known,
 //! fsynced, renamed into place and the directory fsynced: a crash leaves either no
 //! snapshot or a whole one.
@@ -30,14 +48,24 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"BITARKSN";
-const FORMAT_VERSION: u32 = 1;
+/// The snapshot format this build writes.
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format, per-user portable roaring sets; still read.
+pub const FORMAT_V1: u32 = 1;
 const HEADER_LEN: usize = 64;
 const ENTRY_HEADER_LEN: usize = 20;
+const CHUNK_HEADER_LEN: usize = 32;
+/// A writer starts a new chunk once its body reaches this many bytes.
+pub const CHUNK_MAX: usize = 1 << 20;
+/// Largest chunk body a reader accepts; a longer length is damage.
+const CHUNK_LIMIT: u64 = 1 << 31;
 
 /// What a finished or verified snapshot holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotInfo {
     pub path: PathBuf,
+    /// The file's format version.
+    pub version: u32,
     pub lsn: Lsn,
     pub epoch: Epoch,
     pub users: u64,
@@ -105,6 +133,7 @@ const WRITEBACK_EVERY: u64 = 1 << 20;
 /// page cache until its final fsync, which then floods the disk queue for seconds, and
 /// every group-commit fsync of the log waits behind it.
 pub struct SnapshotWriter {
+    version: u32,
     tmp: PathBuf,
     path: PathBuf,
     out: BufWriter<File>,
@@ -119,14 +148,26 @@ pub struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    /// Starts `snapshot-<lsn>.snap.tmp` in `dir`.
+    /// Starts `snapshot-<lsn>.snap.tmp` in `dir`, in the current format: fill it with
+    /// [`Self::add_chunk`].
     pub fn create(dir: &Path, lsn: Lsn, epoch: Epoch) -> Result<Self, StorageError> {
+        Self::create_version(dir, lsn, epoch, FORMAT_VERSION)
+    }
+
+    /// Starts a snapshot in format 1, as earlier versions wrote it: fill it with
+    /// [`Self::add_user`]. For tests and tools that need a file of that format.
+    pub fn create_v1(dir: &Path, lsn: Lsn, epoch: Epoch) -> Result<Self, StorageError> {
+        Self::create_version(dir, lsn, epoch, FORMAT_V1)
+    }
+
+    fn create_version(dir: &Path, lsn: Lsn, epoch: Epoch, version: u32) -> Result<Self, StorageError> {
         let path = dir.join(snapshot_name(lsn));
         let tmp = path.with_extension("snap.tmp");
         let file = File::create(&tmp).at(&tmp)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&[0u8; HEADER_LEN]).at(&tmp)?;
         Ok(SnapshotWriter {
+            version,
             tmp,
             path,
             out,
@@ -140,19 +181,50 @@ impl SnapshotWriter {
         })
     }
 
-    /// Appends one user's set, given in the portable roaring serialization.
+    /// Appends one chunk of `shard`'s entries (format 2): `users` entries holding `marks`
+    /// marks, out of `shard_users` in the whole shard.
+    pub fn add_chunk(
+        &mut self,
+        shard: u32,
+        users: u32,
+        marks: u64,
+        shard_users: u64,
+        body: &[u8],
+    ) -> Result<(), StorageError> {
+        assert_eq!(self.version, FORMAT_VERSION, "add_chunk writes format {FORMAT_VERSION}");
+        let mut head = [0u8; CHUNK_HEADER_LEN];
+        head[0..4].copy_from_slice(&shard.to_le_bytes());
+        head[4..8].copy_from_slice(&users.to_le_bytes());
+        head[8..16].copy_from_slice(&marks.to_le_bytes());
+        head[16..24].copy_from_slice(&shard_users.to_le_bytes());
+        head[24..28].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head[0..28]);
+        crc.update(body);
+        let crc = crc.finalize();
+        head[28..32].copy_from_slice(&crc.to_le_bytes());
+        self.crc.update(&crc.to_le_bytes());
+        self.append(&head, body, users as u64, marks)
+    }
+
+    /// Appends one user's set in the portable roaring serialization (format 1).
     pub fn add_user(&mut self, user: u64, marks: u64, portable: &[u8]) -> Result<(), StorageError> {
+        assert_eq!(self.version, FORMAT_V1, "add_user writes format {FORMAT_V1}");
         let mut head = [0u8; ENTRY_HEADER_LEN];
         head[0..8].copy_from_slice(&user.to_le_bytes());
         head[8..16].copy_from_slice(&marks.to_le_bytes());
         head[16..20].copy_from_slice(&(portable.len() as u32).to_le_bytes());
         self.crc.update(&head);
         self.crc.update(portable);
-        self.out.write_all(&head).at(&self.tmp)?;
-        self.out.write_all(portable).at(&self.tmp)?;
-        self.users += 1;
+        self.append(&head, portable, 1, marks)
+    }
+
+    fn append(&mut self, head: &[u8], body: &[u8], users: u64, marks: u64) -> Result<(), StorageError> {
+        self.out.write_all(head).at(&self.tmp)?;
+        self.out.write_all(body).at(&self.tmp)?;
+        self.users += users;
         self.marks += marks;
-        self.size += (ENTRY_HEADER_LEN + portable.len()) as u64;
+        self.size += (head.len() + body.len()) as u64;
         if self.size - self.written_back >= WRITEBACK_EVERY {
             self.out.flush().at(&self.tmp)?;
             let file = self.out.get_ref();
@@ -176,13 +248,13 @@ impl SnapshotWriter {
     }
 
     fn finish_inner(self) -> Result<SnapshotInfo, StorageError> {
-        let SnapshotWriter { tmp, path, out, crc, lsn, epoch, users, marks, size, .. } = self;
+        let SnapshotWriter { version, tmp, path, out, crc, lsn, epoch, users, marks, size, .. } = self;
         let mut file = out.into_inner().map_err(|e| StorageError::io(&tmp, e.into_error()))?;
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let header = encode_header(lsn, epoch, users, marks, created, crc.finalize());
+        let header = encode_header(version, lsn, epoch, users, marks, created, crc.finalize());
         file.seek(SeekFrom::Start(0)).at(&tmp)?;
         file.write_all(&header).at(&tmp)?;
         file.sync_all().at(&tmp)?;
@@ -193,7 +265,7 @@ impl SnapshotWriter {
         )));
         fs::rename(&tmp, &path).at(&path)?;
         fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
-        Ok(SnapshotInfo { path, lsn, epoch, users, marks, size })
+        Ok(SnapshotInfo { path, version, lsn, epoch, users, marks, size })
     }
 
     /// Drops an unfinished snapshot and its temp file.
@@ -239,10 +311,18 @@ pub fn header_created_ms(head: &[u8]) -> Option<u64> {
     (&h[0..8] == MAGIC && crc32fast::hash(&h[0..60]) == u32_at(h, 60)).then(|| u64_at(h, 48))
 }
 
-fn encode_header(lsn: Lsn, epoch: Epoch, users: u64, marks: u64, created: u64, body_crc: u32) -> [u8; HEADER_LEN] {
+fn encode_header(
+    version: u32,
+    lsn: Lsn,
+    epoch: Epoch,
+    users: u64,
+    marks: u64,
+    created: u64,
+    body_crc: u32,
+) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[16..24].copy_from_slice(&lsn.0.to_le_bytes());
     h[24..32].copy_from_slice(&epoch.0.to_le_bytes());
     h[32..40].copy_from_slice(&users.to_le_bytes());
@@ -262,13 +342,37 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("slice of 4"))
 }
 
-/// Reads and verifies a snapshot, handing each user's portable set to `load`.
+/// One piece of a snapshot handed to the loader of [`read_snapshot`].
+#[derive(Debug)]
+pub enum SnapshotPart<'a> {
+    /// Format 2: a whole chunk of one shard's entries, its checksum verified.
+    Chunk(Chunk),
+    /// Format 1: one user's set in the portable roaring serialization.
+    User { user: u64, marks: u64, portable: &'a [u8] },
+}
+
+/// A format-2 chunk: entries of one store shard, in the store's encoding.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    pub shard: u32,
+    pub users: u32,
+    pub marks: u64,
+    /// Users of the whole shard.
+    pub shard_users: u64,
+    /// Byte offset of the chunk header in the file, for error messages.
+    pub offset: u64,
+    pub body: Vec<u8>,
+}
+
+/// Reads and verifies a snapshot, handing it piece by piece to `load`.
 ///
-/// `load` sees entries before the body checksum is known to be right: on an error the
-/// caller must discard what it loaded. Every error names the file and byte offset.
+/// A format-2 chunk reaches `load` only once its own checksum is verified, but the file
+/// as a whole is known to be right only when this returns `Ok`: on an error the caller
+/// must discard what it loaded. An error of `load` is reported at the offset of the
+/// piece it was given. Every error names the file and byte offset.
 pub fn read_snapshot(
     path: &Path,
-    mut load: impl FnMut(u64, u64, &[u8]) -> Result<(), String>,
+    mut load: impl FnMut(SnapshotPart<'_>) -> Result<(), String>,
 ) -> Result<SnapshotInfo, StorageError> {
     let corrupt = |offset: u64, reason: String| StorageError::corruption(path, offset, reason);
     let file = File::open(path).at(path)?;
@@ -283,60 +387,138 @@ pub fn read_snapshot(
         return Err(corrupt(0, "header checksum mismatch".into()));
     }
     let version = u32_at(&h, 8);
-    if version != FORMAT_VERSION {
-        return Err(corrupt(8, format!("unsupported snapshot format version {version}")));
-    }
     let (lsn, epoch, users, marks) = (Lsn(u64_at(&h, 16)), Epoch(u64_at(&h, 24)), u64_at(&h, 32), u64_at(&h, 40));
-    let mut crc = crc32fast::Hasher::new();
-    let mut offset = HEADER_LEN as u64;
-    let mut seen_marks = 0u64;
-    let mut buf = Vec::new();
-    for _ in 0..users {
-        let mut head = [0u8; ENTRY_HEADER_LEN];
-        input.read_exact(&mut head).map_err(|_| corrupt(offset, "file ends inside an entry header".into()))?;
-        let len = u32_at(&head, 16) as u64;
-        if offset + ENTRY_HEADER_LEN as u64 + len > size {
-            return Err(corrupt(offset, format!("entry length {len} runs past the end of the file")));
-        }
-        buf.resize(len as usize, 0);
-        input.read_exact(&mut buf).map_err(|_| corrupt(offset, "file ends inside an entry".into()))?;
-        crc.update(&head);
-        crc.update(&buf);
-        let (user, user_marks) = (u64_at(&head, 0), u64_at(&head, 8));
-        load(user, user_marks, &buf).map_err(|reason| corrupt(offset, reason))?;
-        seen_marks += user_marks;
-        offset += ENTRY_HEADER_LEN as u64 + len;
-    }
-    if offset != size {
-        return Err(corrupt(offset, format!("{} unexpected bytes after the last entry", size - offset)));
-    }
-    if crc.finalize() != u32_at(&h, 56) {
+    let read = Body { input: &mut input, size, corrupt: &corrupt };
+    let (seen_users, seen_marks, crc) = match version {
+        FORMAT_VERSION => read.chunks(&mut load)?,
+        FORMAT_V1 => read.users(users, &mut load)?,
+        _ => return Err(corrupt(8, format!("unsupported snapshot format version {version}"))),
+    };
+    if crc != u32_at(&h, 56) {
         return Err(corrupt(HEADER_LEN as u64, "body checksum mismatch".into()));
+    }
+    if seen_users != users {
+        return Err(corrupt(32, format!("header says {users} users, the body holds {seen_users}")));
     }
     if seen_marks != marks {
         return Err(corrupt(40, format!("header says {marks} marks, entries hold {seen_marks}")));
     }
-    Ok(SnapshotInfo { path: path.to_path_buf(), lsn, epoch, users, marks, size })
+    Ok(SnapshotInfo { path: path.to_path_buf(), version, lsn, epoch, users, marks, size })
+}
+
+/// The body of a snapshot being read: answers users, marks and the body checksum.
+struct Body<'a, R, C> {
+    input: &'a mut R,
+    size: u64,
+    corrupt: &'a C,
+}
+
+impl<R: Read, C: Fn(u64, String) -> StorageError> Body<'_, R, C> {
+    fn chunks(
+        self,
+        load: &mut impl FnMut(SnapshotPart<'_>) -> Result<(), String>,
+    ) -> Result<(u64, u64, u32), StorageError> {
+        let corrupt = self.corrupt;
+        let (mut users, mut marks) = (0u64, 0u64);
+        let mut crcs = crc32fast::Hasher::new();
+        let mut offset = HEADER_LEN as u64;
+        while offset < self.size {
+            let mut head = [0u8; CHUNK_HEADER_LEN];
+            self.input.read_exact(&mut head).map_err(|_| corrupt(offset, "file ends inside a chunk header".into()))?;
+            let len = u32_at(&head, 24) as u64;
+            if offset + (CHUNK_HEADER_LEN as u64) + len > self.size || len > CHUNK_LIMIT {
+                return Err(corrupt(offset, format!("chunk length {len} runs past the end of the file")));
+            }
+            let mut body = vec![0u8; len as usize];
+            self.input.read_exact(&mut body).map_err(|_| corrupt(offset, "file ends inside a chunk".into()))?;
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&head[0..28]);
+            crc.update(&body);
+            let crc = crc.finalize();
+            if crc != u32_at(&head, 28) {
+                return Err(corrupt(offset, "chunk checksum mismatch".into()));
+            }
+            crcs.update(&crc.to_le_bytes());
+            let chunk = Chunk {
+                shard: u32_at(&head, 0),
+                users: u32_at(&head, 4),
+                marks: u64_at(&head, 8),
+                shard_users: u64_at(&head, 16),
+                offset,
+                body,
+            };
+            users += chunk.users as u64;
+            marks += chunk.marks;
+            load(SnapshotPart::Chunk(chunk)).map_err(|reason| corrupt(offset, reason))?;
+            offset += CHUNK_HEADER_LEN as u64 + len;
+        }
+        Ok((users, marks, crcs.finalize()))
+    }
+
+    fn users(
+        self,
+        users: u64,
+        load: &mut impl FnMut(SnapshotPart<'_>) -> Result<(), String>,
+    ) -> Result<(u64, u64, u32), StorageError> {
+        let corrupt = self.corrupt;
+        let mut crc = crc32fast::Hasher::new();
+        let mut offset = HEADER_LEN as u64;
+        let mut seen_marks = 0u64;
+        let mut buf = Vec::new();
+        for _ in 0..users {
+            let mut head = [0u8; ENTRY_HEADER_LEN];
+            self.input.read_exact(&mut head).map_err(|_| corrupt(offset, "file ends inside an entry header".into()))?;
+            let len = u32_at(&head, 16) as u64;
+            if offset + ENTRY_HEADER_LEN as u64 + len > self.size {
+                return Err(corrupt(offset, format!("entry length {len} runs past the end of the file")));
+            }
+            buf.resize(len as usize, 0);
+            self.input.read_exact(&mut buf).map_err(|_| corrupt(offset, "file ends inside an entry".into()))?;
+            crc.update(&head);
+            crc.update(&buf);
+            let (user, marks) = (u64_at(&head, 0), u64_at(&head, 8));
+            load(SnapshotPart::User { user, marks, portable: &buf }).map_err(|reason| corrupt(offset, reason))?;
+            seen_marks += marks;
+            offset += ENTRY_HEADER_LEN as u64 + len;
+        }
+        if offset != self.size {
+            return Err(corrupt(offset, format!("{} unexpected bytes after the last entry", self.size - offset)));
+        }
+        Ok((users, seen_marks, crc.finalize()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, lsn: u64, users: &[(u64, u64, &[u8])]) -> SnapshotInfo {
+    /// A format-2 snapshot of chunks `(shard, users, marks, body)`.
+    fn write(dir: &Path, lsn: u64, chunks: &[(u32, u32, u64, &[u8])]) -> SnapshotInfo {
         let mut w = SnapshotWriter::create(dir, Lsn(lsn), Epoch(2)).unwrap();
+        for (shard, users, marks, body) in chunks {
+            w.add_chunk(*shard, *users, *marks, *users as u64, body).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn write_v1(dir: &Path, lsn: u64, users: &[(u64, u64, &[u8])]) -> SnapshotInfo {
+        let mut w = SnapshotWriter::create_v1(dir, Lsn(lsn), Epoch(2)).unwrap();
         for (user, marks, bytes) in users {
             w.add_user(*user, *marks, bytes).unwrap();
         }
         w.finish().unwrap()
     }
 
-    type Entry = (u64, u64, Vec<u8>);
+    /// Every piece of a snapshot, as `(shard or user, count, bytes)`.
+    type Piece = (u64, u64, Vec<u8>);
 
-    fn read_all(path: &Path) -> Result<(SnapshotInfo, Vec<Entry>), StorageError> {
+    fn read_all(path: &Path) -> Result<(SnapshotInfo, Vec<Piece>), StorageError> {
         let mut got = Vec::new();
-        let info = read_snapshot(path, |u, m, b| {
-            got.push((u, m, b.to_vec()));
+        let info = read_snapshot(path, |part| {
+            got.push(match part {
+                SnapshotPart::Chunk(c) => (c.shard as u64, c.users as u64, c.body),
+                SnapshotPart::User { user, marks, portable } => (user, marks, portable.to_vec()),
+            });
             Ok(())
         })?;
         Ok((info, got))
@@ -345,38 +527,77 @@ mod tests {
     #[test]
     fn written_snapshot_reads_back_with_its_header() {
         let dir = tempfile::tempdir().unwrap();
-        let info = write(dir.path(), 77, &[(1, 2, b"ab"), (u64::MAX, 1, b"c")]);
+        let info = write(dir.path(), 77, &[(3, 2, 5, b"abcdef"), (9, 1, 1, b"c")]);
         assert_eq!(info.path, dir.path().join(snapshot_name(Lsn(77))));
+        let (read, chunks) = read_all(&info.path).unwrap();
+        assert_eq!(read, info);
+        assert_eq!((read.version, read.users, read.marks, read.epoch), (FORMAT_VERSION, 3, 6, Epoch(2)));
+        assert_eq!(chunks, vec![(3, 2, b"abcdef".to_vec()), (9, 1, b"c".to_vec())]);
+        assert!(!dir.path().join("snapshot-00000000000000000077.snap.tmp").exists());
+    }
+
+    #[test]
+    fn format_1_snapshots_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = write_v1(dir.path(), 77, &[(1, 2, b"ab"), (u64::MAX, 1, b"c")]);
         let (read, users) = read_all(&info.path).unwrap();
         assert_eq!(read, info);
-        assert_eq!((read.users, read.marks, read.epoch), (2, 3, Epoch(2)));
+        assert_eq!((read.version, read.users, read.marks), (FORMAT_V1, 2, 3));
         assert_eq!(users, vec![(1, 2, b"ab".to_vec()), (u64::MAX, 1, b"c".to_vec())]);
-        assert!(!dir.path().join("snapshot-00000000000000000077.snap.tmp").exists());
     }
 
     #[test]
     fn any_flipped_byte_is_reported_as_corruption() {
         let dir = tempfile::tempdir().unwrap();
-        let info = write(dir.path(), 5, &[(1, 2, b"abcd"), (2, 1, b"xyz")]);
-        let original = fs::read(&info.path).unwrap();
-        for at in 0..original.len() {
-            let mut bytes = original.clone();
-            bytes[at] ^= 0x40;
-            fs::write(&info.path, &bytes).unwrap();
-            match read_all(&info.path) {
-                Err(StorageError::Corruption { path, .. }) => assert_eq!(path, info.path),
-                other => panic!("flip at {at}: {other:?}"),
+        let v2 = write(dir.path(), 5, &[(1, 2, 3, b"abcd"), (2, 1, 1, b"xyz")]);
+        let v1 = write_v1(dir.path(), 6, &[(1, 2, b"abcd"), (2, 1, b"xyz")]);
+        for info in [v2, v1] {
+            let original = fs::read(&info.path).unwrap();
+            for at in 0..original.len() {
+                let mut bytes = original.clone();
+                bytes[at] ^= 0x40;
+                fs::write(&info.path, &bytes).unwrap();
+                match read_all(&info.path) {
+                    Err(StorageError::Corruption { path, .. }) => assert_eq!(path, info.path),
+                    other => panic!("format {}, flip at {at}: {other:?}", info.version),
+                }
             }
         }
     }
 
     #[test]
+    fn a_damaged_chunk_is_named_by_its_offset_and_not_handed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = write(dir.path(), 5, &[(1, 2, 3, b"abcd"), (2, 1, 1, b"xyz")]);
+        let mut bytes = fs::read(&info.path).unwrap();
+        let second = (HEADER_LEN + CHUNK_HEADER_LEN + 4) as u64;
+        bytes[second as usize + CHUNK_HEADER_LEN + 1] ^= 1;
+        fs::write(&info.path, &bytes).unwrap();
+        let mut handed = 0;
+        match read_snapshot(&info.path, |_| {
+            handed += 1;
+            Ok(())
+        }) {
+            Err(StorageError::Corruption { offset, reason, .. }) => {
+                assert_eq!((offset, reason.as_str()), (second, "chunk checksum mismatch"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(handed, 1, "only the intact first chunk reached the loader");
+    }
+
+    #[test]
     fn truncated_snapshot_is_corruption() {
         let dir = tempfile::tempdir().unwrap();
-        let info = write(dir.path(), 5, &[(1, 2, b"abcd")]);
+        let info = write(dir.path(), 5, &[(1, 2, 3, b"abcd"), (2, 1, 1, b"xyz")]);
         let len = fs::metadata(&info.path).unwrap().len();
-        fs::OpenOptions::new().write(true).open(&info.path).unwrap().set_len(len - 1).unwrap();
-        assert!(matches!(read_all(&info.path), Err(StorageError::Corruption { .. })));
+        // Cut inside the last chunk, and exactly at the boundary before it.
+        for cut in [1, 3 + CHUNK_HEADER_LEN as u64] {
+            let bytes = fs::read(&info.path).unwrap();
+            let copy = dir.path().join("cut.snap");
+            fs::write(&copy, &bytes[..(len - cut) as usize]).unwrap();
+            assert!(matches!(read_all(&copy), Err(StorageError::Corruption { .. })), "cut {cut}");
+        }
     }
 
     #[test]

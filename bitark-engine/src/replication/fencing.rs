@@ -232,7 +232,7 @@ impl Node {
         state.installing.store(false, Ordering::Release);
         result?;
         let newest = list_snapshots(&self.config().node.data_dir.join("snapshots"))?.pop();
-        let info = newest.and_then(|(_, path)| read_snapshot(&path, |_, _, _| Ok(())).ok());
+        let info = newest.and_then(|(_, path)| read_snapshot(&path, |_| Ok(())).ok());
         let _ = state.snapshots.try_send(Request::Replaced(info));
         let report = report.lock().unwrap_or_else(PoisonError::into_inner).clone();
         state.metrics.replication_truncated_records.inc_by(report.records);

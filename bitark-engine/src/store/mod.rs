@@ -14,6 +14,7 @@
 //!
 //! - [`keys`](self::keys): the id hashing that picks a user's shard and its entry key.
 //! - [`digest`](self::digest): the order-independent digest of the contents.
+//! - [`snapshot`](self::snapshot): a shard's entries as snapshot chunks, and back.
 //!
 //! # Whole-store walks
 //! Snapshots and the digest visit every user. The single writer thread applies every
@@ -31,6 +32,7 @@
 
 mod digest;
 mod keys;
+mod snapshot;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +45,7 @@ use roaring::RoaringTreemap;
 use self::digest::DigestSum;
 pub use self::digest::StoreDigest;
 use self::keys::{key_of_entry, table_hash, Slot, SHARDS};
+pub use self::snapshot::EncodedChunk;
 pub use crate::readset::SetView;
 use crate::readset::{self, Edit, NewForm, Outcome, PACKED_MAX};
 
@@ -232,9 +235,9 @@ impl ReadStore {
         shard.users = shard.users.wrapping_add_signed(delta.users);
         shard.marks = shard.marks + delta.added - delta.removed;
         match delta.users {
-            1 => self.users.fetch_add(1, Ordering::Relaxed),
-            -1 => self.users.fetch_sub(1, Ordering::Relaxed),
-            _ => 0,
+            0 => 0,
+            n if n > 0 => self.users.fetch_add(n as u64, Ordering::Relaxed),
+            n => self.users.fetch_sub(n.unsigned_abs(), Ordering::Relaxed),
         };
         if delta.added > 0 {
             self.marks.fetch_add(delta.added, Ordering::Relaxed);
