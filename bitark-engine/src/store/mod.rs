@@ -158,6 +158,12 @@ impl ReadStore {
         SHARDS
     }
 
+    /// The shard holding `user` (below [`Self::shard_count`]). Commands on users of
+    /// different shards touch disjoint state, so they may be applied in any order.
+    pub fn shard_of(&self, user: u64) -> usize {
+        Slot::of(user).shard
+    }
+
     /// Calls `f` for every user in `shard` (below [`Self::shard_count`]) that is there when
     /// the walk starts and still there when its turn comes, with its set as it is then.
     /// The lock is taken [`WALK_CHUNK`] users at a time: small (packed) sets are handed to
