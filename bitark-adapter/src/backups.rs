@@ -142,16 +142,23 @@ pub async fn backup(plan: BackupPlan, mut say: impl FnMut(&str)) -> Result<Manif
                             return Err(format!("{url}: {} {}", answer.status(), answer.text().await.unwrap_or_default()));
                         }
                         let crc = answer.headers().get("x-bitark-crc32").and_then(|v| v.to_str().ok()).map(str::to_string);
-                        let bytes = answer.bytes().await.map_err(|e| node_call(&url, e))?;
-                        if bytes.len() != want || crc != Some(format!("{:08x}", crc32fast::hash(&bytes))) {
+                        // The pieces as they arrive, uncopied: they go to the target as they are.
+                        let (mut pieces, mut got, mut hasher) = (Vec::new(), 0, crc32fast::Hasher::new());
+                        let mut answer = answer;
+                        while let Some(piece) = answer.chunk().await.map_err(|e| node_call(&url, e))? {
+                            hasher.update(&piece);
+                            got += piece.len();
+                            pieces.push(piece);
+                        }
+                        if got != want || crc != Some(format!("{:08x}", hasher.finalize())) {
                             return Err(format!("{url}: the snapshot range arrived damaged or cut short"));
                         }
-                        Ok((offset, url, bytes))
+                        Ok((offset, url, pieces))
                     }));
                 }
                 let Some(fetch) = in_flight.pop_front() else { break };
                 let fetched = fetch.await.map_err(|e| format!("a snapshot read failed: {e}")).and_then(|r| r);
-                let (offset, url, bytes) = match fetched {
+                let (offset, url, pieces) = match fetched {
                     Ok(fetched) => fetched,
                     Err(e) => {
                         in_flight.iter().for_each(|f| f.abort());
@@ -159,12 +166,15 @@ pub async fn backup(plan: BackupPlan, mut say: impl FnMut(&str)) -> Result<Manif
                     }
                 };
                 if offset == 0 {
-                    let ms = bitark_infra::snapshot::header_created_ms(&bytes)
+                    let head: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).take(64).collect();
+                    let ms = bitark_infra::snapshot::header_created_ms(&head)
                         .ok_or_else(|| format!("{url}: the snapshot does not start with an intact header"))?;
                     let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
                     snapshot_created = Some(humantime::format_rfc3339_millis(at).to_string());
                 }
-                upload.write(&bytes).await.map_err(|e| e.to_string())?;
+                for piece in pieces {
+                    upload.put(piece).await.map_err(|e| e.to_string())?;
+                }
             }
             files.push(upload.finish().await.map_err(|e| e.to_string())?);
         }

@@ -201,6 +201,15 @@ impl Upload {
         Ok(())
     }
 
+    /// Appends `bytes` without copying them.
+    pub async fn put(&mut self, bytes: Bytes) -> Result<(), TargetError> {
+        self.crc.update(&bytes);
+        self.size += bytes.len() as u64;
+        self.writer.wait_for_capacity(4).await.map_err(|e| self.target.error(&self.path, e))?;
+        self.writer.put(bytes);
+        Ok(())
+    }
+
     /// Completes the file and answers its entry for a manifest.
     pub async fn finish(self) -> Result<FileEntry, TargetError> {
         let Upload { writer, path, target, size, crc } = self;
