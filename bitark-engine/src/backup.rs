@@ -41,6 +41,10 @@ pub struct BackupSession {
 #[derive(Default)]
 pub(crate) struct Backups {
     sessions: Mutex<HashMap<u64, BackupSession>>,
+    /// Each backup's log cursor where its last read stopped, so that the next read
+    /// (which asks for the LSN after it) starts there instead of scanning its segment
+    /// from the start again.
+    cursors: Mutex<HashMap<u64, WalCursor>>,
 }
 
 /// Why a backup read failed.
@@ -133,13 +137,20 @@ impl Node {
             return Ok(Vec::new());
         }
         let wal_dir = self.config().node.data_dir.join("wal");
-        let read = tokio::task::spawn_blocking(move || {
+        let kept = self.inner.backups.cursors.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        let mut cursor = kept.filter(|c| c.next_lsn() == from).unwrap_or_else(|| WalCursor::new(&wal_dir, from));
+        let (cursor, read) = tokio::task::spawn_blocking(move || {
             // Tests stop the node here, in the middle of a backup.
             fail::fail_point!("backup::before-wal-read");
-            WalCursor::new(&wal_dir, from).read(usize::MAX, MAX_READ, session.end_lsn)
+            let read = cursor.read(usize::MAX, MAX_READ, session.end_lsn);
+            (cursor, read)
         })
         .await
-        .map_err(|e| StorageError::io("wal", std::io::Error::other(e.to_string())))??;
+        .map_err(|e| StorageError::io("wal", std::io::Error::other(e.to_string())))?;
+        let read = read?;
+        if self.inner.backups.sessions.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&id) {
+            self.inner.backups.cursors.lock().unwrap_or_else(PoisonError::into_inner).insert(id, cursor);
+        }
         match read {
             CursorRead::Records(records) => Ok(records),
             CursorRead::Purged { oldest } => Err(BackupError::Purged { needed: from.0, oldest: oldest.0 }),
@@ -148,6 +159,7 @@ impl Node {
 
     /// Ends the backup `id`: the snapshot and the log after it are no longer kept for it.
     pub fn end_backup(&self, id: u64) -> Result<(), BackupError> {
+        self.inner.backups.cursors.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
         let removed = self.inner.backups.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
         removed.ok_or(BackupError::Unknown(id))?;
         self.inner.state.retention.unpin(id);
