@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Replication benchmark of a release build on loopback (needs wrk: apt-get install wrk).
 # Usage: bench/replication.sh [seconds-per-phase] [catch-up-records]   (from the repository root)
-#   1. durable single marks on a master alone;
+#   1. durable single marks on a master alone, with the master's CPU time per write;
 #   2. on a fresh master with two stage-3 slaves: replication lag (commit on the master to
 #      the slave's acknowledgement) under a paced load of about half the master's
-#      capacity, then durable single marks at full load;
+#      capacity, then durable single marks at full load (and CPU time per write);
 #   3. catch-up rate of a slave stopped (SIGSTOP) while the master logs N records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,10 +17,21 @@ export BITARK_SECURITY__CLUSTER_TOKEN=bench-cluster-token
 stop_all() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; wait 2>/dev/null || true; pids=(); }
 applied() { curl -s "http://127.0.0.1:$1/admin/digest" | python3 -c 'import json,sys; print(json.load(sys.stdin)["appliedLsn"])'; }
 mark() { wrk -t2 -c64 -d"${secs}s" --latency -s bench/wrk/mark.lua "http://127.0.0.1:$1" | grep '^RESULT'; }
+# CPU time (user + system, from /proc) of process $1 in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# `mark` against port $1, adding the CPU time process $2 spent per acknowledged write.
+mark_cpu() {
+  local before after result
+  before=$(cpu_ticks "$2")
+  result=$(mark "$1")
+  after=$(cpu_ticks "$2")
+  local requests=${result#*requests=}; requests=${requests%% *}
+  echo "$result master_cpu_us_per_write=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$requests" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')"
+}
 
 echo "== durable single marks, master alone"
 start solo $base
-echo "alone $(mark $base)"
+echo "alone $(mark_cpu $base "${pids[0]}")"
 stop_all
 
 echo "== master with two slaves (stage ${BENCH_STAGE:-3})"
@@ -53,7 +64,7 @@ for slave in sorted({s for s, _ in after}):
 PY
 
 echo "== durable single marks with the two slaves attached"
-echo "with-2-slaves $(mark $M)"
+echo "with-2-slaves $(mark_cpu $M "${pids[0]}")"
 until [ "$(applied $S1)" = "$(applied $M)" ] && [ "$(applied $S2)" = "$(applied $M)" ]; do sleep 0.2; done
 
 echo "== catch-up of a slave stopped for $catchup records"
