@@ -46,6 +46,10 @@ pub struct Target {
     store: Arc<dyn ObjectStore>,
     /// The URL as given, for messages.
     pub url: String,
+    /// The directory of a local target. The local object store writes files without
+    /// fsync; every file stored here is fsynced with its directories before the call
+    /// that stored it returns, so what a backup or the archive reports stored is on disk.
+    local: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -59,6 +63,7 @@ impl Target {
     /// given here taking precedence over the environment's.
     pub fn open_with(url: &str, settings: &[(&str, &str)]) -> Result<Target, TargetError> {
         let bad = |why: String| TargetError::Url(url.to_string(), why);
+        let mut local = None;
         let store: Arc<dyn ObjectStore> = if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -82,10 +87,11 @@ impl Target {
         } else {
             let dir = url.strip_prefix("file://").unwrap_or(url);
             std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
-            let local = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
-            Arc::new(local)
+            let store = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
+            local = Some(std::fs::canonicalize(dir).map_err(|e| bad(e.to_string()))?);
+            Arc::new(store)
         };
-        Ok(Target { store, url: url.to_string() })
+        Ok(Target { store, url: url.to_string(), local })
     }
 
     fn error(&self, path: &str, source: object_store::Error) -> TargetError {
@@ -95,7 +101,27 @@ impl Target {
     /// Stores `bytes` at `path` whole.
     pub async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), TargetError> {
         self.store.put(&ObjectPath::from(path), PutPayload::from(bytes)).await.map_err(|e| self.error(path, e))?;
-        Ok(())
+        self.make_durable(path).await
+    }
+
+    /// On a local target, fsyncs the file at `path` and every directory from its own up
+    /// to the target's. S3 answers a write only once it is durable: nothing to do there.
+    async fn make_durable(&self, path: &str) -> Result<(), TargetError> {
+        let Some(root) = self.local.clone() else { return Ok(()) };
+        let file = root.join(path);
+        let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&file)?.sync_all()?;
+            for dir in file.ancestors().skip(1) {
+                std::fs::File::open(dir)?.sync_all()?;
+                if dir == root {
+                    break;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        synced.map_err(|e| self.error(path, object_store::Error::Generic { store: "local", source: Box::new(e) }))
     }
 
     /// Starts storing a large file at `path` in parts; it appears only when finished.
@@ -214,6 +240,7 @@ impl Upload {
     pub async fn finish(self) -> Result<FileEntry, TargetError> {
         let Upload { writer, path, target, size, crc } = self;
         writer.finish().await.map_err(|e| target.error(&path, e))?;
+        target.make_durable(&path).await?;
         Ok(FileEntry { path, size, crc32: crc.finalize() })
     }
 }
