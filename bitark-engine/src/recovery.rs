@@ -89,6 +89,11 @@ pub(crate) fn recover(
     Ok(report)
 }
 
+/// Threads that load a snapshot or replay the log: one per core, at most 8.
+fn worker_count() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8)
+}
+
 /// Commands handed to a replaying worker at a time.
 const REPLAY_BATCH: usize = 1024;
 
@@ -99,7 +104,7 @@ const REPLAY_BATCH: usize = 1024;
 /// is the state a serial replay gives, while the cache misses of looking users up are
 /// spread over every core.
 fn replay_in_parallel(store: &ReadStore, wal_dir: &Path, after: Lsn) -> Result<ReplayOutcome, StorageError> {
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+    let workers = worker_count();
     if workers == 1 {
         return replay(wal_dir, after, |record| apply_records(store, [&record]));
     }
@@ -156,7 +161,7 @@ enum Work {
 /// and each table is sized once; format-1 sets are decoded by whichever worker is next.
 /// Any damage, found by either side, fails the whole load, naming the file and offset.
 pub(crate) fn load_snapshot(store: &ReadStore, path: &Path) -> Result<(), StorageError> {
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+    let workers = worker_count();
     std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
