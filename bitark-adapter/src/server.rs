@@ -26,21 +26,22 @@
 //! and the JSON error body every other error has.
 
 use crate::http::error::{ApiError, MAX_URI_LEN};
+use crate::http::Api;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::Router;
 use bitark_infra::Metrics;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -77,7 +78,7 @@ pub fn effective_max_connections(configured: usize, files: u64) -> usize {
 /// open requests finish for up to `drain`, and returns.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    api: Api,
     limits: Limits,
     metrics: Metrics,
     shutdown: impl Future<Output = ()>,
@@ -132,15 +133,14 @@ pub async fn serve(
         let tracker = Arc::new(Tracker::new());
         let io = TokioIo::new(TrackedIo::new(stream, tracker.clone()));
         let service = hyper::service::service_fn({
-            let (router, tracker) = (router.clone(), tracker.clone());
+            let (api, tracker) = (api.clone(), tracker.clone());
             move |request: hyper::Request<Incoming>| {
                 tracker.enter(Phase::Busy);
-                let tracker = tracker.clone();
-                let response = tower::Service::call(&mut router.clone(), request.map(Body::new));
+                let (api, tracker) = (api.clone(), tracker.clone());
                 async move {
-                    let response = response.await;
+                    let response = api.handle(request.map(Body::new)).await;
                     tracker.enter(Phase::Responding);
-                    response
+                    Ok::<_, Infallible>(response)
                 }
             }
         });
@@ -203,7 +203,8 @@ enum Phase {
 /// One connection's phase and clock, shared by its I/O, its service and its timer.
 /// Atomics: written on every read, write and request, read by the timer.
 struct Tracker {
-    start: Instant,
+    /// [`coarse_millis`] when the connection was accepted.
+    start: u64,
     phase: AtomicU8,
     /// Milliseconds since `start` when the phase began.
     since: AtomicU64,
@@ -214,7 +215,7 @@ struct Tracker {
 impl Tracker {
     fn new() -> Tracker {
         Tracker {
-            start: Instant::now(),
+            start: coarse_millis(),
             phase: AtomicU8::new(Phase::Idle as u8),
             since: AtomicU64::new(0),
             active: AtomicU64::new(0),
@@ -222,7 +223,7 @@ impl Tracker {
     }
 
     fn now(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        coarse_millis().saturating_sub(self.start)
     }
 
     fn phase(&self) -> Phase {
@@ -276,6 +277,14 @@ impl Tracker {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// Milliseconds on the monotonic clock, read cheaply: every read and write of a
+/// connection notes the time, and its deadlines are seconds long, so the coarse clock's
+/// few milliseconds of resolution are plenty and it costs a fraction of a precise read.
+fn coarse_millis() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    now.tv_sec as u64 * 1000 + now.tv_nsec as u64 / 1_000_000
 }
 
 /// How long a closing connection keeps reading what the client still sends.

@@ -4,7 +4,6 @@
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use axum::Router;
 use bitark_adapter::config::Secret;
 use bitark_adapter::http::{router, AppState};
 use bitark_adapter::AppConfig;
@@ -16,7 +15,7 @@ use std::time::Duration;
 use tower::ServiceExt;
 
 struct Server {
-    app: Router,
+    app: bitark_adapter::http::Api,
     state: AppState,
     node: Node,
     _dir: tempfile::TempDir,
@@ -515,4 +514,42 @@ async fn served_openapi_document_is_the_checked_in_file() {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
     assert!(doc["components"]["schemas"]["FlexU64"]["description"].as_str().unwrap().contains("decimal string"));
+}
+
+#[tokio::test]
+async fn every_request_is_counted_under_its_route_template() {
+    let s = start();
+    for path in [
+        "/actuator/health",
+        "/admin/digest",
+        "/internal/replication/status",
+        "/openapi.json",
+        "/api/v1/users/7/unread-count?from=1&to=9",
+        "/no/such/route",
+    ] {
+        s.raw(Request::get(path).body(Body::empty()).unwrap()).await;
+    }
+    let (_, text, _) = s.raw(Request::get("/actuator/prometheus").body(Body::empty()).unwrap()).await;
+    for route in [
+        "/actuator/health",
+        "/admin/digest",
+        "/internal/replication/status",
+        "/openapi.json",
+        "/api/v1/users/{userId}/unread-count",
+        "unmatched",
+    ] {
+        let needle = format!(r#"bitark_http_request_duration_seconds_count{{method="GET",route="{route}","#);
+        assert!(text.contains(&needle), "no request counted under {route}");
+    }
+}
+
+#[tokio::test]
+async fn internal_bodies_may_exceed_the_api_bound() {
+    let s = start();
+    // 3 MiB: over the API's bound for this configuration and over axum's 2 MB default.
+    let body = json!({ "pad": "x".repeat(3 << 20) });
+    let (status, answer) = s.post("/internal/replication/heartbeat", body.clone()).await;
+    assert_ne!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    let (status, answer) = s.post("/api/v1/users/1/reads", body).await;
+    assert_error(&(status, answer), StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "size limit");
 }

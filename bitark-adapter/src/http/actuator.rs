@@ -1,20 +1,20 @@
 //! `/actuator/*`: health, info, Prometheus metrics and the effective configuration.
 
 use super::error::{ApiError, ErrorBody};
-use super::AppState;
+use super::{AppState, RouteTable};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use bitark_engine::Node;
 use bitark_infra::wal::WalHealth;
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub(crate) fn router() -> RouteTable {
+    RouteTable::new()
         .route("/actuator/health", get(health))
         .route("/actuator/health/liveness", get(liveness))
         .route("/actuator/health/readiness", get(readiness))

@@ -3,19 +3,19 @@
 use super::auth::{self, Guard};
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
-use super::AppState;
+use super::{AppState, RouteTable};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::middleware;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use bitark_common::replication::Features;
 use bitark_engine::{RoleError, SnapshotError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-pub fn router(state: AppState) -> Router<AppState> {
-    Router::new()
+pub(crate) fn router(state: AppState) -> RouteTable {
+    RouteTable::new()
         .route("/admin/snapshot", post(snapshot))
         .route("/admin/digest", get(digest))
         .route("/admin/promote", post(promote))
@@ -26,7 +26,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/backup/{id}/snapshot", get(super::backup::backup_snapshot))
         .route("/admin/backup/{id}/wal", get(super::backup::backup_wal))
         .route("/admin/backup/{id}", axum::routing::delete(super::backup::end_backup))
-        .route_layer(middleware::from_fn_with_state((state, Guard::Admin), auth::require))
+        .layered(|routes| routes.route_layer(middleware::from_fn_with_state((state, Guard::Admin), auth::require)))
 }
 
 /// A snapshot that was written.

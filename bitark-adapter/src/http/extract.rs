@@ -6,7 +6,8 @@ use super::AppState;
 use crate::server::{BodyTimeout, DeadlineBody};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
-use axum::http::{header, request::Parts, StatusCode};
+use axum::http::{header, request::Parts};
+use http_body_util::BodyExt;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -141,24 +142,18 @@ impl FromRequest<AppState> for RawBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         // The API's bound follows `limits.max-batch` as it is now (reloadable);
-        // `/internal/*` has its router's own.
-        let req = if req.uri().path().starts_with("/internal/") {
-            req
+        // `/internal/*` takes replication batches.
+        let limit = if req.uri().path().starts_with("/internal/") {
+            super::replication::MAX_APPEND_BODY
         } else {
-            let limit = super::api_body_limit(state.config().limits.max_batch);
-            req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit)))
+            super::api_body_limit(state.config().limits.max_batch)
         };
         // The deadline is set here, as the body is about to be read: only requests that
         // have one to read pay for a timer.
         let req = DeadlineBody::wrap(req, state.config().server.request_timeout);
-        Bytes::from_request(req, state).await.map(RawBody).map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                return ApiError::TooLarge {
-                    code: "body_too_large",
-                    message: "the request body exceeds the size limit".into(),
-                };
-            }
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let body = http_body_util::Limited::new(req.into_body(), limit);
+        body.collect().await.map(|collected| RawBody(collected.to_bytes())).map_err(|e| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
             while let Some(error) = source {
                 if let Some(BodyTimeout(timeout)) = error.downcast_ref::<BodyTimeout>() {
                     return ApiError::RequestTimeout(*timeout);
@@ -171,7 +166,7 @@ impl FromRequest<AppState> for RawBody {
                 }
                 source = error.source();
             }
-            ApiError::bad_request("invalid_body", e.body_text())
+            ApiError::bad_request("invalid_body", format!("cannot read the request body: {e}"))
         })
     }
 }

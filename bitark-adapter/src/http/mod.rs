@@ -2,7 +2,7 @@
 //!
 //! Each resource module owns its routes, request/response types and handlers and
 //! exposes one `router()`; [`router`] merges them with the fallbacks for unknown routes
-//! and methods, the body limit and the metrics middleware.
+//! and methods, inside [`Api`], which times, counts and names every request.
 
 pub mod actuator;
 pub mod admin;
@@ -16,11 +16,10 @@ pub mod replication;
 use crate::config::AppConfig;
 use crate::openapi;
 use crate::server::MAX_HEAD_BYTES;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, Uri};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::Router;
 use bitark_engine::coordination::CoordinationStatus;
 use bitark_engine::replication::{Follower, MasterHub};
@@ -28,9 +27,14 @@ use bitark_engine::Node;
 use bitark_infra::replication::ReplicationClient;
 use bitark_infra::Metrics;
 use error::ApiError;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tower::Service;
 use tracing::Instrument;
 
 /// The replication side a node runs.
@@ -209,32 +213,128 @@ pub enum Routes {
     Management,
 }
 
+/// A router and the templates of its routes. Requests are timed and counted outside the
+/// router (see [`Api`]), which learns a request's route template from this table: every
+/// route is added through [`RouteTable::route`], so the two cannot disagree.
+pub(crate) struct RouteTable {
+    router: Router<AppState>,
+    templates: Vec<&'static str>,
+}
+
+impl RouteTable {
+    pub(crate) fn new() -> RouteTable {
+        RouteTable { router: Router::new(), templates: Vec::new() }
+    }
+
+    pub(crate) fn route(mut self, template: &'static str, methods: MethodRouter<AppState>) -> RouteTable {
+        self.router = self.router.route(template, methods);
+        self.templates.push(template);
+        self
+    }
+
+    pub(crate) fn merge(mut self, other: RouteTable) -> RouteTable {
+        self.router = self.router.merge(other.router);
+        self.templates.extend(other.templates);
+        self
+    }
+
+    /// Applies `layers` (route layers: authentication, guards) to the routes so far.
+    pub(crate) fn layered(mut self, layers: impl FnOnce(Router<AppState>) -> Router<AppState>) -> RouteTable {
+        self.router = layers(self.router);
+        self
+    }
+}
+
 /// Every route of the service.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> Api {
     router_of(state, Routes::All)
 }
 
 /// The routes `which` names.
-pub fn router_of(state: AppState, which: Routes) -> Router {
-    let mut router = Router::new();
+pub fn router_of(state: AppState, which: Routes) -> Api {
+    let mut table = RouteTable::new();
     if which != Routes::Management {
-        router = router
+        table = table
             .merge(reads::router())
             .merge(replication::internal_router(state.clone()))
             .route("/openapi.json", get(openapi_document));
     }
     if which != Routes::Api {
-        router =
-            router.merge(actuator::router()).merge(admin::router(state.clone())).merge(replication::actuator_router());
+        table =
+            table.merge(actuator::router()).merge(admin::router(state.clone())).merge(replication::actuator_router());
     }
-    router
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        // The API's bodies are bounded by `limits.max-batch` as it is now (see
-        // [`extract::RawBody`]); `/internal/*` sets its own bound.
-        .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+    let mut templates = matchit::Router::new();
+    for template in &table.templates {
+        templates.insert(*template, *template).expect("the router took the same template");
+    }
+    let router =
+        table.router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state.clone());
+    Api { router, templates: Arc::new(templates), state }
+}
+
+/// The HTTP service: the router, with every request timed, counted and given an id.
+///
+/// This wraps the router rather than being one of its layers: a router layer wraps each
+/// route, and every request then pays for cloning and boxing each layer's service.
+#[derive(Clone)]
+pub struct Api {
+    router: Router,
+    templates: Arc<matchit::Router<&'static str>>,
+    state: AppState,
+}
+
+impl Api {
+    /// Serves one request: refuses an oversized head, routes the rest. Times every
+    /// request and counts it by route template, method and status. Every line logged
+    /// while it is served carries its request id, which the answer echoes in
+    /// `X-Request-Id`.
+    pub async fn handle(&self, request: Request) -> Response {
+        let route = self.templates.at(request.uri().path()).map_or("unmatched", |found| *found.value);
+        let method = method_label(request.method());
+        let id = request_id(&request);
+        let span = tracing::info_span!("request", id = id.to_str().unwrap_or(""), method);
+        let started = Instant::now();
+        let mut response = match oversized(&request) {
+            Some(refusal) => refusal.into_response(),
+            None => {
+                let mut router = self.router.clone();
+                match router.call(request).instrument(span.clone()).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        };
+        response.headers_mut().insert(REQUEST_ID, id);
+        let elapsed = started.elapsed();
+        span.in_scope(|| {
+            tracing::debug!(route, status = response.status().as_u16(), us = elapsed.as_micros() as u64, "answered")
+        });
+        self.state
+            .metrics()
+            .http_requests
+            .with_label_values(&[route, method, response.status().as_str()])
+            .observe(elapsed.as_secs_f64());
+        response
+    }
+}
+
+impl<B> tower::Service<axum::http::Request<B>> for Api
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let api = self.clone();
+        Box::pin(async move { Ok(api.handle(request.map(axum::body::Body::new)).await) })
+    }
 }
 
 /// The largest API request body: room for `limits.max-batch` ids written as 20-digit
@@ -285,41 +385,14 @@ fn request_id(request: &Request) -> HeaderValue {
         (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
     });
     given.cloned().unwrap_or_else(|| {
-        let id = format!("{:016x}", rand::random::<u64>());
-        HeaderValue::from_str(&id).expect("hex is a header value")
+        let mut id = [0u8; 16];
+        let mut bits = rand::random::<u64>();
+        for digit in id.iter_mut().rev() {
+            *digit = b"0123456789abcdef"[(bits & 0xf) as usize];
+            bits >>= 4;
+        }
+        HeaderValue::from_bytes(&id).expect("hex is a header value")
     })
-}
-
-/// Refuses oversized heads, then times every request and counts it by route template,
-/// method and status. Every line logged while it is served carries its request id,
-/// which the answer echoes in `X-Request-Id`.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    // MatchedPath is an Arc<str> inside: cloning it does not copy the template.
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
-    let id = request_id(&request);
-    let span = tracing::info_span!("request", id = id.to_str().unwrap_or(""), %method);
-    let started = Instant::now();
-    let mut response = match oversized(&request) {
-        Some(refusal) => refusal.into_response(),
-        None => next.run(request).instrument(span.clone()).await,
-    };
-    response.headers_mut().insert(REQUEST_ID, id);
-    let route = route.as_ref().map(MatchedPath::as_str).unwrap_or("unmatched");
-    span.in_scope(|| {
-        tracing::debug!(
-            route,
-            status = response.status().as_u16(),
-            us = started.elapsed().as_micros() as u64,
-            "answered"
-        )
-    });
-    state
-        .metrics()
-        .http_requests
-        .with_label_values(&[route, method_label(&method), response.status().as_str()])
-        .observe(started.elapsed().as_secs_f64());
-    response
 }
 
 /// The method as a metric label: a client may send any token as a method, and every

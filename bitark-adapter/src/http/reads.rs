@@ -2,19 +2,19 @@
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, FlexU64, IdString, QueryParams, UserId, UserMsg};
-use super::AppState;
+use super::{AppState, RouteTable};
 use axum::extract::{OriginalUri, State};
 use axum::http::Uri;
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use bitark_common::{Command, Lsn, TokenCheck, WriteToken};
 use bitark_engine::{AckMode, ConsistencyError, Node, OnLag, WriteError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 /// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub(crate) fn router() -> RouteTable {
+    RouteTable::new()
         .route("/api/v1/users/{userId}/reads/{msgId}", put(mark_read).delete(mark_unread).get(is_read))
         .route("/api/v1/users/{userId}/reads", post(mark_many))
         .route("/api/v1/users/{userId}/reads/check", post(check))

@@ -4,15 +4,15 @@
 use super::auth::{self, Guard};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{parse_id, ApiJson, QueryParams, RawBody};
-use super::AppState;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, RawPathParams, Request, State};
+use super::{AppState, RouteTable};
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use bitark_common::replication::{
     EpochsAnswer, FullSyncAnswer, FullSyncRequest, HeartbeatRequest, HeartbeatResponse, NodeStatus, RegisterRequest,
     RegisterResponse, CHUNK_CRC_HEADER, EPOCH_HEADER, WAL_CONTENT_TYPE,
@@ -30,10 +30,10 @@ use bitark_infra::replication::BatchSender;
 const CHUNK_CRC: HeaderName = HeaderName::from_static(CHUNK_CRC_HEADER);
 
 /// Largest replication batch body accepted.
-const MAX_APPEND_BODY: usize = 64 << 20;
+pub(crate) const MAX_APPEND_BODY: usize = 64 << 20;
 
-pub fn internal_router(state: AppState) -> Router<AppState> {
-    Router::new()
+pub(crate) fn internal_router(state: AppState) -> RouteTable {
+    RouteTable::new()
         .route("/internal/replication/register", post(register))
         .route("/internal/replication/append", post(append))
         .route("/internal/replication/status", get(status))
@@ -43,13 +43,15 @@ pub fn internal_router(state: AppState) -> Router<AppState> {
         .route("/internal/replication/full-sync", post(start_full_sync))
         .route("/internal/replication/full-sync/{id}", get(full_sync_chunk))
         .route("/internal/replication/epochs", get(epochs))
-        .route_layer(middleware::from_fn_with_state(state.clone(), epoch_guard))
-        .route_layer(middleware::from_fn_with_state((state, Guard::Cluster), auth::require))
-        .layer(DefaultBodyLimit::max(MAX_APPEND_BODY))
+        .layered(|routes| {
+            routes
+                .route_layer(middleware::from_fn_with_state(state.clone(), epoch_guard))
+                .route_layer(middleware::from_fn_with_state((state, Guard::Cluster), auth::require))
+        })
 }
 
-pub fn actuator_router() -> Router<AppState> {
-    Router::new().route("/actuator/replication", get(replication_status))
+pub(crate) fn actuator_router() -> RouteTable {
+    RouteTable::new().route("/actuator/replication", get(replication_status))
 }
 
 /// Under fencing, every replication request and answer carries the sender's epoch.
