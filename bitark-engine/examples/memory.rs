@@ -35,23 +35,52 @@ struct Case {
     marks_per_user: usize,
     /// Message ids are drawn uniformly below this.
     msg_below: u64,
-    /// Whether each user arrives as one `MarkBatch`, or as single `MarkRead`s
-    /// interleaved across all users, the order in which live traffic grows sets.
-    interleaved: bool,
+    /// How the marks arrive.
+    arrival: Arrival,
     /// The most bytes per mark the store may take, where there is a target.
     budget: Option<f64>,
 }
 
-const CASES: [Case; 5] = [
-    Case { name: "random<2^32 x20", marks_per_user: 20, msg_below: 1 << 32, interleaved: false, budget: Some(8.0) },
-    Case { name: "dense<100000 x20", marks_per_user: 20, msg_below: 100_000, interleaved: false, budget: Some(5.0) },
-    Case { name: "random<2^32 x1", marks_per_user: 1, msg_below: 1 << 32, interleaved: false, budget: None },
-    Case { name: "random<2^32 x2", marks_per_user: 2, msg_below: 1 << 32, interleaved: false, budget: None },
+#[derive(Clone, Copy, PartialEq)]
+enum Arrival {
+    /// Each user's marks as one `MarkBatch`.
+    Batch,
+    /// Single `MarkRead`s, every user in turn, round after round.
+    Rounds,
+    /// Single `MarkRead`s, each for a user drawn at random: the order live traffic has,
+    /// in which users end up with about, not exactly, `marks_per_user` marks.
+    RandomUsers,
+}
+
+const CASES: [Case; 6] = [
     Case {
-        name: "random<2^32 x20 single reads",
+        name: "random<2^32 x20",
         marks_per_user: 20,
         msg_below: 1 << 32,
-        interleaved: true,
+        arrival: Arrival::Batch,
+        budget: Some(6.0),
+    },
+    Case {
+        name: "dense<100000 x20",
+        marks_per_user: 20,
+        msg_below: 100_000,
+        arrival: Arrival::Batch,
+        budget: Some(5.0),
+    },
+    Case { name: "random<2^32 x1", marks_per_user: 1, msg_below: 1 << 32, arrival: Arrival::Batch, budget: None },
+    Case { name: "random<2^32 x2", marks_per_user: 2, msg_below: 1 << 32, arrival: Arrival::Batch, budget: None },
+    Case {
+        name: "random<2^32 x20 in rounds",
+        marks_per_user: 20,
+        msg_below: 1 << 32,
+        arrival: Arrival::Rounds,
+        budget: Some(8.0),
+    },
+    Case {
+        name: "random<2^32 ~20 random users",
+        marks_per_user: 20,
+        msg_below: 1 << 32,
+        arrival: Arrival::RandomUsers,
         budget: Some(8.0),
     },
 ];
@@ -124,17 +153,26 @@ fn run_case(case: &Case) {
     let mut rng = StdRng::seed_from_u64(7);
     let before = resident_bytes();
     let started = Instant::now();
-    if case.interleaved {
-        for _ in 0..case.marks_per_user {
+    match case.arrival {
+        Arrival::Batch => {
             for index in 0..USERS {
-                let msg = rng.gen_range(0..case.msg_below);
-                store.apply(&Command::MarkRead { user: user_id(index), msg });
+                let msgs = (0..case.marks_per_user).map(|_| rng.gen_range(0..case.msg_below)).collect();
+                store.apply(&Command::MarkBatch { user: user_id(index), msgs });
             }
         }
-    } else {
-        for index in 0..USERS {
-            let msgs = (0..case.marks_per_user).map(|_| rng.gen_range(0..case.msg_below)).collect();
-            store.apply(&Command::MarkBatch { user: user_id(index), msgs });
+        Arrival::Rounds => {
+            for _ in 0..case.marks_per_user {
+                for index in 0..USERS {
+                    let msg = rng.gen_range(0..case.msg_below);
+                    store.apply(&Command::MarkRead { user: user_id(index), msg });
+                }
+            }
+        }
+        Arrival::RandomUsers => {
+            for _ in 0..USERS * case.marks_per_user as u64 {
+                let (index, msg) = (rng.gen_range(0..USERS), rng.gen_range(0..case.msg_below));
+                store.apply(&Command::MarkRead { user: user_id(index), msg });
+            }
         }
     }
     let secs = started.elapsed().as_secs_f64();

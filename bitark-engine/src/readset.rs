@@ -3,7 +3,7 @@
 //! Most users have read only a handful of messages, so at 10^8 users the fixed cost per
 //! user, not the payload per mark, decides memory. A `RoaringTreemap` spends a `BTreeMap`
 //! node plus one container allocation per 2^16-wide block of ids: tens of bytes per mark
-//! when ids are scattered. A set therefore starts in *packed* form, one boxed byte slice:
+//! when ids are scattered. A set therefore starts in *packed* form, one run of bytes:
 //!
 //! ```text
 //! [ key: KEY_LEN bytes ][ varint(id0) ][ varint(id1 - id0) ] ... [ varint(idN - idN-1) ]
@@ -12,7 +12,7 @@
 //! Ids are ascending and distinct, and every varint is LEB128, so the number of ids is
 //! the number of body bytes with the high bit clear and needs no field of its own. The key
 //! belongs to the store, which finds entries by it (see [`crate::store`]); keeping it
-//! inside the slice lets a table slot be nothing but the 16-byte `Box<[u8]>`.
+//! inside the entry lets a table slot be nothing but a 4-byte reference to the entry.
 //!
 //! A packed set holds at most [`PACKED_MAX`] ids, which bounds both the scan behind
 //! `is_read` and the copy behind every edit. Past that the set becomes roaring, which

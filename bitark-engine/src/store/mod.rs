@@ -3,9 +3,10 @@
 //! # Layout
 //! 256 shards, each behind its own `RwLock`. A shard keeps two tables, and a user is in
 //! at most one of them:
-//! - `packed`: a `hashbrown::HashTable<Box<[u8]>>` of packed entries (see
-//!   [`crate::readset`]). The key sits inside the entry, so a slot is 16 bytes; hashbrown
-//!   runs at 44–88% load, which makes slot size a large share of a small user's cost.
+//! - `packed`: a `hashbrown::HashTable<EntryRef>` of packed entries (see
+//!   [`crate::readset`]), which live back to back in the shard's [`pages`](self::pages).
+//!   The key sits inside the entry, so a slot is a 4-byte reference; hashbrown runs at
+//!   44–88% load, which makes slot size a large share of a small user's cost.
 //! - `roaring`: `(user, RoaringTreemap)` pairs for the few users past the packed limit.
 //!
 //! A table that outgrows itself is rehashed under its shard's write lock, reading every
@@ -13,6 +14,7 @@
 //! price of not keeping keys in the slots. `examples/memory.rs` measures the footprint.
 //!
 //! - [`keys`](self::keys): the id hashing that picks a user's shard and its entry key.
+//! - [`pages`](self::pages): where a shard's packed entries are held.
 //! - [`digest`](self::digest): the order-independent digest of the contents.
 //! - [`snapshot`](self::snapshot): a shard's entries as snapshot chunks, and back.
 //!
@@ -32,6 +34,7 @@
 
 mod digest;
 mod keys;
+mod pages;
 mod snapshot;
 
 use std::fmt;
@@ -45,6 +48,7 @@ use roaring::RoaringTreemap;
 use self::digest::DigestSum;
 pub use self::digest::StoreDigest;
 use self::keys::{key_of_entry, table_hash, Slot, SHARDS};
+use self::pages::{EntryRef, Pages};
 pub use self::snapshot::EncodedChunk;
 pub use crate::readset::SetView;
 use crate::readset::{self, Edit, NewForm, Outcome, PACKED_MAX};
@@ -62,7 +66,9 @@ pub struct ReadStore {
 
 #[derive(Default)]
 struct Shard {
-    packed: HashTable<Box<[u8]>>,
+    /// Where each packed user's entry sits in `pages`.
+    packed: HashTable<EntryRef>,
+    pages: Pages,
     roaring: HashTable<(u64, RoaringTreemap)>,
     users: u64,
     marks: u64,
@@ -172,7 +178,7 @@ impl ReadStore {
     pub fn walk_shard(&self, shard: usize, mut f: impl FnMut(u64, &SetView<'_>)) {
         let users: Vec<u64> = {
             let guard = self.read(shard);
-            let packed = guard.packed.iter().map(|entry| Slot::user(shard, key_of_entry(entry)));
+            let packed = guard.packed.iter().map(|&at| Slot::user(shard, key_of_entry(guard.pages.entry(at))));
             packed.chain(guard.roaring.iter().map(|(user, _)| *user)).collect()
         };
         let mut large = Vec::new();
@@ -181,8 +187,7 @@ impl ReadStore {
                 let guard = self.read(shard);
                 for &user in chunk {
                     let slot = Slot::of(user);
-                    let key = slot.key_bytes();
-                    if let Some(entry) = guard.packed.find(slot.hash(), |e| readset::entry_key(e) == key) {
+                    if let Some(entry) = guard.packed_entry(slot) {
                         f(user, &SetView::packed(readset::entry_body(entry)));
                     } else if let Some((_, set)) = guard.roaring.find(slot.hash(), |(u, _)| *u == user) {
                         large.push((user, set.clone()));
@@ -271,27 +276,37 @@ impl fmt::Debug for ReadStore {
 
 impl Shard {
     fn view(&self, slot: Slot, user: u64) -> Option<SetView<'_>> {
-        let key = slot.key_bytes();
-        if let Some(entry) = self.packed.find(slot.hash(), |e| readset::entry_key(e) == key) {
+        if let Some(entry) = self.packed_entry(slot) {
             return Some(SetView::packed(readset::entry_body(entry)));
         }
         self.roaring.find(slot.hash(), |(u, _)| *u == user).map(|(_, set)| SetView::roaring(set))
     }
 
+    /// The packed entry of the user in `slot`, if it has one.
+    fn packed_entry(&self, slot: Slot) -> Option<&[u8]> {
+        let key = slot.key_bytes();
+        let at = self.packed.find(slot.hash(), |&at| readset::entry_key(self.pages.entry(at)) == key)?;
+        Some(self.pages.entry(*at))
+    }
+
     fn edit(&mut self, slot: Slot, user: u64, edit: Edit<'_>) -> Delta {
         let key = slot.key_bytes();
-        if let Ok(mut entry) = self.packed.find_entry(slot.hash(), |e| readset::entry_key(e) == key) {
-            let outcome = readset::edit_packed(&key, readset::entry_body(entry.get()), edit);
+        let pages = &mut self.pages;
+        if let Ok(mut entry) = self.packed.find_entry(slot.hash(), |&at| readset::entry_key(pages.entry(at)) == key) {
+            let old = *entry.get();
+            let outcome = readset::edit_packed(&key, readset::entry_body(pages.entry(old)), edit);
             let delta = Delta::of(true, &outcome);
             match outcome.form {
-                NewForm::Kept => {}
-                // The common case: swap the slot's box without touching the table.
-                NewForm::Packed(new) => *entry.get_mut() = new,
+                NewForm::Kept => return delta,
+                // The common case: point the slot at the new entry without touching the
+                // table.
+                NewForm::Packed(new) => *entry.get_mut() = pages.push(&new),
                 other => {
                     entry.remove();
                     self.install(slot, user, other);
                 }
             }
+            self.release(old);
             return delta;
         }
         if let Ok(mut entry) = self.roaring.find_entry(slot.hash(), |(u, _)| *u == user) {
@@ -312,9 +327,7 @@ impl Shard {
     /// Puts a user who is in neither table into the table for `form`.
     fn install(&mut self, slot: Slot, user: u64, form: NewForm) {
         match form {
-            NewForm::Packed(entry) => {
-                self.packed.insert_unique(slot.hash(), entry, |e| table_hash(key_of_entry(e)));
-            }
+            NewForm::Packed(entry) => self.install_packed(slot, &entry),
             NewForm::Roaring(set) => {
                 self.roaring.insert_unique(slot.hash(), (user, set), |(u, _)| Slot::of(*u).hash());
             }
@@ -322,16 +335,72 @@ impl Shard {
         }
     }
 
+    /// Puts a user who is in neither table into the packed one, with `entry`.
+    fn install_packed(&mut self, slot: Slot, entry: &[u8]) {
+        let at = self.pages.push(entry);
+        let pages = &self.pages;
+        self.packed.insert_unique(slot.hash(), at, |&at| table_hash(key_of_entry(pages.entry(at))));
+    }
+
+    /// Puts `entry` into the packed table unless the user in `slot` is in either table
+    /// already, in one probe of the packed table. Answers whether it did.
+    fn install_new_packed(&mut self, slot: Slot, user: u64, entry: &[u8]) -> bool {
+        if self.roaring.find(slot.hash(), |(u, _)| *u == user).is_some() {
+            return false;
+        }
+        let key = slot.key_bytes();
+        let pages = &self.pages;
+        let found = self.packed.entry(
+            slot.hash(),
+            |&at| readset::entry_key(pages.entry(at)) == key,
+            |&at| table_hash(key_of_entry(pages.entry(at))),
+        );
+        match found {
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                vacant.insert(self.pages.push(entry));
+                true
+            }
+        }
+    }
+
+    /// Room for `more` packed users without growing the table.
+    fn reserve_packed(&mut self, more: usize) {
+        let pages = &self.pages;
+        self.packed.reserve(more, |&at| table_hash(key_of_entry(pages.entry(at))));
+    }
+
+    /// Lets go of the packed entry at `old`, which no slot points at any more, and
+    /// evacuates pages while too much of them is dead.
+    fn release(&mut self, old: EntryRef) {
+        self.pages.release(old);
+        while let Some(page) = self.pages.due_for_evacuation() {
+            for at in self.pages.refs_in(page) {
+                let hash = table_hash(key_of_entry(self.pages.entry(at)));
+                // An entry is live when a slot points at it; the dead ones are left behind.
+                if let Some(slot) = self.packed.find_mut(hash, |&live| live == at) {
+                    *slot = self.pages.copy(at);
+                }
+            }
+            self.pages.empty(page);
+        }
+    }
+
     fn remove_user(&mut self, slot: Slot, user: u64) -> Delta {
         let key = slot.key_bytes();
-        let removed = if let Ok(entry) = self.packed.find_entry(slot.hash(), |e| readset::entry_key(e) == key) {
-            readset::packed_len(readset::entry_body(&entry.remove().0))
-        } else if let Ok(entry) = self.roaring.find_entry(slot.hash(), |(u, _)| *u == user) {
-            let ((_, set), _) = entry.remove();
-            set.len()
-        } else {
-            return Delta::default();
-        };
+        let pages = &self.pages;
+        let removed =
+            if let Ok(entry) = self.packed.find_entry(slot.hash(), |&at| readset::entry_key(pages.entry(at)) == key) {
+                let (at, _) = entry.remove();
+                let removed = readset::packed_len(readset::entry_body(self.pages.entry(at)));
+                self.release(at);
+                removed
+            } else if let Ok(entry) = self.roaring.find_entry(slot.hash(), |(u, _)| *u == user) {
+                let ((_, set), _) = entry.remove();
+                set.len()
+            } else {
+                return Delta::default();
+            };
         Delta { users: -1, added: 0, removed }
     }
 }
@@ -437,8 +506,7 @@ mod tests {
     fn form_of(store: &ReadStore, user: u64) -> Option<&'static str> {
         let slot = Slot::of(user);
         let shard = store.read(slot.shard);
-        let key = slot.key_bytes();
-        if shard.packed.find(slot.hash(), |e| readset::entry_key(e) == key).is_some() {
+        if shard.packed_entry(slot).is_some() {
             Some("packed")
         } else if shard.roaring.find(slot.hash(), |(u, _)| *u == user).is_some() {
             Some("roaring")
@@ -603,6 +671,47 @@ mod tests {
             assert_ne!(changed.digest[..16], base.digest[..16], "first lane, {other:?}");
             assert_ne!(changed.digest[16..], base.digest[16..], "second lane, {other:?}");
         }
+    }
+
+    #[test]
+    fn churn_keeps_every_set_and_at_most_a_quarter_of_the_pages_dead() {
+        // Users of one shard, so that its entries fill many pages and edits empty them.
+        let users: Vec<u64> = (0..).filter(|&u| Slot::of(u).shard == 0).take(2_000).collect();
+        let (store, mut model) = (ReadStore::new(), Model::new());
+        let mut seed = 1u64;
+        let mut next = move || {
+            seed = keys::mix(seed.wrapping_add(0x9e37_79b9_7f4a_7c15));
+            seed
+        };
+        for round in 0..40 {
+            for &user in &users {
+                let msg = next() % (1 << 32);
+                let cmd = match next() % 8 {
+                    // Unread an id the user has, now and then, so that sets shrink too.
+                    0 => match model.get(&user).and_then(|s| s.iter().nth(round % s.len())) {
+                        Some(&msg) => Command::MarkUnread { user, msg },
+                        None => Command::MarkRead { user, msg },
+                    },
+                    1 => Command::MarkBatch { user, msgs: vec![msg, msg / 3, msg / 7] },
+                    _ => Command::MarkRead { user, msg },
+                };
+                store.apply(&cmd);
+                apply_model(&mut model, &cmd);
+            }
+        }
+        assert_eq!(contents(&store), model);
+
+        let shard = store.read(0);
+        let in_table: usize = shard.packed.iter().map(|&at| Pages::footprint(shard.pages.entry(at).len())).sum();
+        assert_eq!(shard.pages.live_bytes(), in_table, "every byte not dead belongs to an entry");
+        let most = in_table * pages::DEAD_SHARE / (pages::DEAD_SHARE - 1) + 4 * pages::PAGE;
+        assert!(shard.pages.held_bytes() < most, "{} bytes held", shard.pages.held_bytes());
+
+        drop(shard);
+        for user in users {
+            store.insert_user_set(user, RoaringTreemap::new());
+        }
+        assert_eq!(store.read(0).pages.live_bytes(), 0);
     }
 
     #[test]

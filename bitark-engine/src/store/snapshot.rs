@@ -6,8 +6,8 @@
 //! ```text
 //! varint(len << 1 | roaring) | key, KEY_LEN bytes | len bytes
 //! ```
-//! - packed (flag 0): the bytes are the packed body, so `key | body` is the table
-//!   entry itself, copied into one allocation;
+//! - packed (flag 0): the bytes are the packed body, so `key | body` is the entry
+//!   itself, copied into the shard's pages;
 //! - roaring (flag 1): the bytes are the portable roaring serialization of the set.
 //!
 //! The user is not stored: the shard and the key give it back (see [`super::keys`]). A
@@ -75,7 +75,7 @@ impl ReadStore {
         // Bounded, so that a damaged count cannot ask for an absurd table.
         let want = (chunk.shard_users as usize).min(1 << 26).saturating_sub(shard.packed.len());
         if want > 0 {
-            shard.packed.reserve(want, |e| super::table_hash(super::key_of_entry(e)));
+            shard.reserve_packed(want);
         }
         let body = &chunk.body;
         let (mut pos, mut users, mut marks) = (0, 0u64, 0u64);
@@ -92,27 +92,33 @@ impl ReadStore {
                 let entry = &body[pos + n..end];
                 let slot = Slot { shard: shard_no, key: super::key_of_entry(entry) };
                 let user = Slot::user(shard_no, slot.key);
-                if shard.view(slot, user).is_some() {
-                    return Err(format!("user {user} appears twice"));
-                }
                 let payload = &entry[KEY_LEN..];
-                let (form, count) = if tag & 1 == 0 {
+                let twice = || format!("user {user} appears twice");
+                let count = if tag & 1 == 0 {
+                    // A checked body holds at most PACKED_MAX varints of at most 10 bytes,
+                    // so it fits a page.
                     let count = readset::check_packed(payload).map_err(|e| format!("user {user}: {e}"))?;
-                    (NewForm::Packed(Box::from(entry)), count)
+                    if !shard.install_new_packed(slot, user, entry) {
+                        return Err(twice());
+                    }
+                    count
                 } else {
+                    if shard.view(slot, user).is_some() {
+                        return Err(twice());
+                    }
                     let set = RoaringTreemap::deserialize_from(payload)
                         .map_err(|e| format!("user {user}: bad roaring set: {e}"))?;
-                    let count = set.len();
-                    match count {
+                    let (count, form) = match set.len() {
                         0 => return Err(format!("user {user}: an empty set")),
                         n if n <= PACKED_MAX => {
                             let ids: Vec<u64> = set.iter().collect();
-                            (NewForm::Packed(readset::encode(&slot.key_bytes(), &ids)), n)
+                            (n, NewForm::Packed(readset::encode(&slot.key_bytes(), &ids)))
                         }
-                        n => (NewForm::Roaring(set), n),
-                    }
+                        n => (n, NewForm::Roaring(set)),
+                    };
+                    shard.install(slot, user, form);
+                    count
                 };
-                shard.install(slot, user, form);
                 users += 1;
                 marks += count;
                 pos = end;
