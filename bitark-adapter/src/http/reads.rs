@@ -172,8 +172,10 @@ pub struct RangeQuery {
 }
 
 /// The node, once it holds the position the query asks for (`minLsn`, `token`).
-async fn consistent_node(state: &AppState, query: &QueryParams, uri: &Uri) -> Result<(Node, Lsn), ApiError> {
-    let node = state.node()?.clone();
+/// The node is borrowed from `state`, not cloned: a clone is an atomic increment and
+/// decrement of one counter that every runtime thread's reads would share.
+async fn consistent_node<'s>(state: &'s AppState, query: &QueryParams, uri: &Uri) -> Result<(&'s Node, Lsn), ApiError> {
+    let node = state.node()?;
     if node.is_replacing() {
         return Err(ApiError::Replacing);
     }
@@ -183,12 +185,12 @@ async fn consistent_node(state: &AppState, query: &QueryParams, uri: &Uri) -> Re
         .transpose()?;
     let min = query.id("minLsn")?.map(Lsn).max(token.map(|t| t.lsn));
     let holds = |node: &Node| token.map_or(TokenCheck::Holds, |t| node.check_token(t));
-    if let (Some(t), TokenCheck::Lost { owner }) = (token, holds(&node)) {
+    if let (Some(t), TokenCheck::Lost { owner }) = (token, holds(node)) {
         return Err(write_lost(t, owner));
     }
     let reached = |node: &Node| min.is_none_or(|m| node.applied_lsn() >= m) && holds(node) == TokenCheck::Holds;
-    if !reached(&node) && node.is_slave() && node.config().reads.on_lag == OnLag::Redirect {
-        return Err(read_from_master(&node, uri));
+    if !reached(node) && node.is_slave() && node.config().reads.on_lag == OnLag::Redirect {
+        return Err(read_from_master(node, uri));
     }
     let applied = match min {
         Some(min) if node.applied_lsn() < min => node.wait_applied(min).await?,
@@ -199,7 +201,7 @@ async fn consistent_node(state: &AppState, query: &QueryParams, uri: &Uri) -> Re
         // same time to learn it from its master.
         node.wait_epoch(token.map(|t| t.epoch).unwrap_or_default()).await;
     }
-    match (token, holds(&node)) {
+    match (token, holds(node)) {
         (Some(t), TokenCheck::Lost { owner }) => Err(write_lost(t, owner)),
         (Some(t), TokenCheck::Ahead) => Err(ApiError::Behind(ConsistencyError::EpochAhead {
             token: t.to_string(),
