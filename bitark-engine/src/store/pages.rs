@@ -135,11 +135,13 @@ impl Pages {
         }
     }
 
-    /// The page to evacuate next, while too much of the written bytes is dead: the
-    /// one with the most dead bytes, never the tail. The caller moves its live entries
-    /// with [`Self::copy`], then calls [`Self::empty`].
+    /// The page to evacuate next, while too much of the written bytes is dead outside
+    /// the tail: the page with the most dead bytes, never the tail, which evacuation
+    /// could not empty. The caller moves its live entries with [`Self::copy`], then
+    /// calls [`Self::empty`].
     pub(super) fn due_for_evacuation(&self) -> Option<usize> {
-        if self.dead * DEAD_SHARE <= self.used {
+        let in_tail = self.tail.map_or(0, |tail| self.usage[tail].dead as usize);
+        if (self.dead - in_tail) * DEAD_SHARE <= self.used {
             return None;
         }
         let candidates = self.usage.iter().enumerate().filter(|&(page, u)| u.dead > 0 && self.tail != Some(page));
@@ -293,6 +295,25 @@ mod tests {
         assert_eq!(at.page(), 1, "the tail still takes what fits");
         let at = pages.push(&entry(1, size));
         assert_eq!(at.page(), 0, "a full tail gives way to a spare page");
+    }
+
+    #[test]
+    fn dead_bytes_in_the_tail_do_not_make_other_pages_due() {
+        // One user edited over and over: each edit leaves its previous entry dead in
+        // the tail, which evacuating other pages would not help.
+        let mut pages = Pages::default();
+        let size = 100;
+        let first: Vec<EntryRef> = (0..PAGE / (HEADER + size)).map(|i| pages.push(&entry(i as u8, size))).collect();
+        pages.release(first[0]);
+        let mut hot = pages.push(&entry(0, size));
+        assert_eq!(hot.page(), 1);
+        for _ in 0..PAGE / (HEADER + size) / 2 {
+            let next = pages.push(&entry(1, size));
+            pages.release(hot);
+            hot = next;
+        }
+        assert!(pages.dead * DEAD_SHARE > pages.used, "most dead bytes are in the tail");
+        assert_eq!(pages.due_for_evacuation(), None);
     }
 
     #[test]
