@@ -8,7 +8,8 @@
 //! In a page an entry is `[len: u16 LE][key | body]`. An edit appends the new entry to
 //! the tail page and leaves the old bytes dead where they are. A page all of whose
 //! entries are dead is reused at once. When more than a [`DEAD_SHARE`]th of the bytes
-//! written to a shard's pages is dead, the page with the most dead bytes is evacuated:
+//! written to a shard's pages is dead outside the tail page, the page with the most dead
+//! bytes is evacuated:
 //! its live entries are copied to the tail and the page is reused. Only the table knows
 //! which entries are live (a slot points at them), so [`super::Shard`] drives evacuation
 //! with [`Pages::refs_in`] and [`Pages::copy`]. An evacuation copies at most one page
