@@ -274,6 +274,16 @@ impl fmt::Debug for ReadStore {
     }
 }
 
+/// Whether the packed entry at `at` carries `key`.
+fn carries(pages: &Pages, at: EntryRef, key: &[u8]) -> bool {
+    readset::entry_key(pages.entry(at)) == key
+}
+
+/// The packed table's hash of the entry at `at`.
+fn hash_at(pages: &Pages, at: EntryRef) -> u64 {
+    table_hash(key_of_entry(pages.entry(at)))
+}
+
 impl Shard {
     fn view(&self, slot: Slot, user: u64) -> Option<SetView<'_>> {
         if let Some(entry) = self.packed_entry(slot) {
@@ -285,14 +295,14 @@ impl Shard {
     /// The packed entry of the user in `slot`, if it has one.
     fn packed_entry(&self, slot: Slot) -> Option<&[u8]> {
         let key = slot.key_bytes();
-        let at = self.packed.find(slot.hash(), |&at| readset::entry_key(self.pages.entry(at)) == key)?;
+        let at = self.packed.find(slot.hash(), |&at| carries(&self.pages, at, &key))?;
         Some(self.pages.entry(*at))
     }
 
     fn edit(&mut self, slot: Slot, user: u64, edit: Edit<'_>) -> Delta {
         let key = slot.key_bytes();
         let pages = &mut self.pages;
-        if let Ok(mut entry) = self.packed.find_entry(slot.hash(), |&at| readset::entry_key(pages.entry(at)) == key) {
+        if let Ok(mut entry) = self.packed.find_entry(slot.hash(), |&at| carries(pages, at, &key)) {
             let old = *entry.get();
             let outcome = readset::edit_packed(&key, readset::entry_body(pages.entry(old)), edit);
             let delta = Delta::of(true, &outcome);
@@ -339,7 +349,7 @@ impl Shard {
     fn install_packed(&mut self, slot: Slot, entry: &[u8]) {
         let at = self.pages.push(entry);
         let pages = &self.pages;
-        self.packed.insert_unique(slot.hash(), at, |&at| table_hash(key_of_entry(pages.entry(at))));
+        self.packed.insert_unique(slot.hash(), at, |&at| hash_at(pages, at));
     }
 
     /// Puts `entry` into the packed table unless the user in `slot` is in either table
@@ -350,11 +360,7 @@ impl Shard {
         }
         let key = slot.key_bytes();
         let pages = &self.pages;
-        let found = self.packed.entry(
-            slot.hash(),
-            |&at| readset::entry_key(pages.entry(at)) == key,
-            |&at| table_hash(key_of_entry(pages.entry(at))),
-        );
+        let found = self.packed.entry(slot.hash(), |&at| carries(pages, at, &key), |&at| hash_at(pages, at));
         match found {
             hashbrown::hash_table::Entry::Occupied(_) => false,
             hashbrown::hash_table::Entry::Vacant(vacant) => {
@@ -367,7 +373,7 @@ impl Shard {
     /// Room for `more` packed users without growing the table.
     fn reserve_packed(&mut self, more: usize) {
         let pages = &self.pages;
-        self.packed.reserve(more, |&at| table_hash(key_of_entry(pages.entry(at))));
+        self.packed.reserve(more, |&at| hash_at(pages, at));
     }
 
     /// Lets go of the packed entry at `old`, which no slot points at any more, and
@@ -376,7 +382,7 @@ impl Shard {
         self.pages.release(old);
         while let Some(page) = self.pages.due_for_evacuation() {
             for at in self.pages.refs_in(page) {
-                let hash = table_hash(key_of_entry(self.pages.entry(at)));
+                let hash = hash_at(&self.pages, at);
                 // An entry is live when a slot points at it; the dead ones are left behind.
                 if let Some(slot) = self.packed.find_mut(hash, |&live| live == at) {
                     *slot = self.pages.copy(at);
@@ -389,18 +395,17 @@ impl Shard {
     fn remove_user(&mut self, slot: Slot, user: u64) -> Delta {
         let key = slot.key_bytes();
         let pages = &self.pages;
-        let removed =
-            if let Ok(entry) = self.packed.find_entry(slot.hash(), |&at| readset::entry_key(pages.entry(at)) == key) {
-                let (at, _) = entry.remove();
-                let removed = readset::packed_len(readset::entry_body(self.pages.entry(at)));
-                self.release(at);
-                removed
-            } else if let Ok(entry) = self.roaring.find_entry(slot.hash(), |(u, _)| *u == user) {
-                let ((_, set), _) = entry.remove();
-                set.len()
-            } else {
-                return Delta::default();
-            };
+        let removed = if let Ok(entry) = self.packed.find_entry(slot.hash(), |&at| carries(pages, at, &key)) {
+            let (at, _) = entry.remove();
+            let removed = readset::packed_len(readset::entry_body(self.pages.entry(at)));
+            self.release(at);
+            removed
+        } else if let Ok(entry) = self.roaring.find_entry(slot.hash(), |(u, _)| *u == user) {
+            let ((_, set), _) = entry.remove();
+            set.len()
+        } else {
+            return Delta::default();
+        };
         Delta { users: -1, added: 0, removed }
     }
 }
