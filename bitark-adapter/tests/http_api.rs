@@ -543,6 +543,46 @@ async fn every_request_is_counted_under_its_route_template() {
     }
 }
 
+/// A GET of one read flag with plain ids is answered without the router; the same
+/// request with percent-encoded ids, a HEAD, and a malformed id go through it. All must
+/// answer alike and be counted alike.
+#[tokio::test]
+async fn a_read_answers_alike_with_or_without_the_router() {
+    let s = start();
+    assert_eq!(s.call(Method::PUT, "/api/v1/users/42/reads/7", None).await.0, StatusCode::OK);
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    let (direct, routed) = (
+        s.raw(get("/api/v1/users/42/reads/7?minLsn=1")).await,
+        s.raw(get("/api/v1/users/%34%32/reads/%37?minLsn=1")).await,
+    );
+    assert_eq!((direct.0, direct.1.as_str()), (StatusCode::OK, r#"{"read":true,"lsn":1}"#));
+    assert_eq!((routed.0, &routed.1), (direct.0, &direct.1));
+    for headers in [&direct.2, &routed.2] {
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(headers[header::CONTENT_LENGTH], direct.1.len().to_string().as_str());
+        assert_eq!(headers["x-request-id"].len(), 16);
+    }
+    let head = s.raw(Request::head("/api/v1/users/42/reads/7").body(Body::empty()).unwrap()).await;
+    assert_eq!((head.0, head.1.as_str()), (StatusCode::OK, ""));
+    // Errors are the handler's own, on either path.
+    assert_error(&s.get("/api/v1/users/42/reads/7?minLsn=x").await, StatusCode::BAD_REQUEST, "invalid_id", "minLsn");
+    assert_error(
+        &s.get("/api/v1/users/42/reads/7?minLsn=9").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "lsn_not_reached",
+        "9",
+    );
+    assert_error(&s.get("/api/v1/users/42/reads/-7").await, StatusCode::BAD_REQUEST, "invalid_id", "never negative");
+    assert_error(&s.get("/api/v1/users/42/reads/7?token=7").await, StatusCode::BAD_REQUEST, "invalid_token", "token");
+    let (_, text, _) = s.raw(get("/actuator/prometheus")).await;
+    for (method, status, count) in [("GET", 200, 2), ("HEAD", 200, 1), ("GET", 400, 3), ("GET", 503, 1)] {
+        let needle = format!(
+            r#"bitark_http_request_duration_seconds_count{{method="{method}",route="/api/v1/users/{{userId}}/reads/{{msgId}}",status="{status}"}} {count}"#
+        );
+        assert!(text.contains(&needle), "missing {needle}");
+    }
+}
+
 #[tokio::test]
 async fn internal_bodies_may_exceed_the_api_bound() {
     let s = start();

@@ -6,7 +6,7 @@ use super::AppState;
 use crate::server::{BodyTimeout, DeadlineBody};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
-use axum::http::{header, request::Parts};
+use axum::http::{header, request::Parts, Uri};
 use http_body_util::BodyExt;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
@@ -67,6 +67,16 @@ impl<S: Send + Sync> FromRequestParts<S> for UserId {
     }
 }
 
+impl UserMsg {
+    /// The ids of a route's raw (not percent-decoded) parameters, when both are plain
+    /// decimal ids; `None` for anything else, which the routed extractor then decodes or
+    /// refuses.
+    pub fn of_raw(params: &matchit::Params<'_, '_>) -> Option<UserMsg> {
+        let id = |name| params.get(name).and_then(decimal_u64);
+        Some(UserMsg { user: id("userId")?, msg: id("msgId")? })
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for UserMsg {
     type Rejection = ApiError;
 
@@ -78,17 +88,21 @@ impl<S: Send + Sync> FromRequestParts<S> for UserMsg {
 
 /// The query string's key-value pairs; values are parsed by the handler. A list, not a
 /// map: there are one or two parameters, and most requests have none.
-pub struct QueryParams(pub Vec<(String, String)>);
+pub struct QueryParams {
+    pairs: Vec<(String, String)>,
+    /// The query string as sent, when there is one.
+    raw: Option<String>,
+}
 
 impl QueryParams {
     /// An optional id parameter (the last one wins when repeated).
     pub fn id(&self, name: &str) -> Result<Option<u64>, ApiError> {
-        self.0.iter().rev().find(|(key, _)| key == name).map(|(_, raw)| parse_id(name, raw)).transpose()
+        self.pairs.iter().rev().find(|(key, _)| key == name).map(|(_, raw)| parse_id(name, raw)).transpose()
     }
 
     /// An optional text parameter (the last one wins when repeated).
     pub fn text(&self, name: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(key, _)| key == name).map(|(_, raw)| raw.as_str())
+        self.pairs.iter().rev().find(|(key, _)| key == name).map(|(_, raw)| raw.as_str())
     }
 
     /// A required id parameter.
@@ -96,16 +110,40 @@ impl QueryParams {
         self.id(name)?
             .ok_or_else(|| ApiError::bad_request("invalid_query", format!("query parameter `{name}` is required")))
     }
+
+    /// No parameters at all.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// `path` followed by this query string, as the request had it.
+    pub fn after(&self, path: &str) -> String {
+        match &self.raw {
+            Some(raw) => format!("{path}?{raw}"),
+            None => path.to_string(),
+        }
+    }
+}
+
+impl QueryParams {
+    /// The parameters of `uri`'s query string.
+    pub fn of(uri: &Uri) -> Result<QueryParams, ApiError> {
+        // Most requests have no query: nothing to decode.
+        let Some(raw) = uri.query().filter(|q| !q.is_empty()) else {
+            return Ok(QueryParams { pairs: Vec::new(), raw: None });
+        };
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri).map_err(|e| {
+            ApiError::bad_request("invalid_query", format!("malformed query string: {}", e.body_text()))
+        })?;
+        Ok(QueryParams { pairs, raw: Some(raw.to_string()) })
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).map_err(|e| {
-            ApiError::bad_request("invalid_query", format!("malformed query string: {}", e.body_text()))
-        })?;
-        Ok(QueryParams(pairs.into_iter().collect()))
+        QueryParams::of(&parts.uri)
     }
 }
 

@@ -264,12 +264,51 @@ pub fn router_of(state: AppState, which: Routes) -> Api {
             table.merge(actuator::router()).merge(admin::router(state.clone())).merge(replication::actuator_router());
     }
     let mut templates = matchit::Router::new();
-    for template in &table.templates {
-        templates.insert(*template, *template).expect("the router took the same template");
+    for (index, template) in table.templates.iter().enumerate() {
+        templates.insert(*template, index).expect("the router took the same template");
     }
     let router =
         table.router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state.clone());
-    Api { router, templates: Arc::new(templates), state }
+    let message_route = table.templates.iter().position(|t| *t == reads::MESSAGE_ROUTE);
+    let latencies = Latencies::new(state.metrics().http_requests.clone(), table.templates);
+    Api { router, templates: Arc::new(templates), latencies: Arc::new(latencies), message_route, state }
+}
+
+/// The latency histograms of answered requests, by route, method and status.
+///
+/// Finding a labelled series hashes its three label values and takes the family's lock,
+/// which every runtime thread shares; the series of a known route answered 200 are kept
+/// here instead, one per route and method, found by index and set on first use.
+struct Latencies {
+    family: prometheus::HistogramVec,
+    routes: Vec<&'static str>,
+    /// `routes.len() × METHODS.len()` series of status 200.
+    ok: Box<[OnceLock<prometheus::Histogram>]>,
+}
+
+impl Latencies {
+    fn new(family: prometheus::HistogramVec, routes: Vec<&'static str>) -> Latencies {
+        let ok = (0..routes.len() * METHODS.len()).map(|_| OnceLock::new()).collect();
+        Latencies { family, routes, ok }
+    }
+
+    /// Counts one answer of `route` (an index of `routes`, or `None` when no route
+    /// matched) to `method` (an index of [`METHODS`]) with `status`.
+    fn observe(&self, route: Option<usize>, method: usize, status: axum::http::StatusCode, seconds: f64) {
+        let labels = |route: Option<usize>| [route.map_or("unmatched", |r| self.routes[r]), METHODS[method]];
+        match route {
+            Some(r) if status == axum::http::StatusCode::OK => self.ok[r * METHODS.len() + method]
+                .get_or_init(|| {
+                    let [route, method] = labels(Some(r));
+                    self.family.with_label_values(&[route, method, "200"])
+                })
+                .observe(seconds),
+            _ => {
+                let [route, method] = labels(route);
+                self.family.with_label_values(&[route, method, status.as_str()]).observe(seconds)
+            }
+        }
+    }
 }
 
 /// The HTTP service: the router, with every request timed, counted and given an id.
@@ -279,7 +318,11 @@ pub fn router_of(state: AppState, which: Routes) -> Api {
 #[derive(Clone)]
 pub struct Api {
     router: Router,
-    templates: Arc<matchit::Router<&'static str>>,
+    /// Each route template's index in `latencies`.
+    templates: Arc<matchit::Router<usize>>,
+    latencies: Arc<Latencies>,
+    /// The index of [`reads::MESSAGE_ROUTE`], whose GETs are answered without the router.
+    message_route: Option<usize>,
     state: AppState,
 }
 
@@ -289,14 +332,24 @@ impl Api {
     /// while it is served carries its request id, which the answer echoes in
     /// `X-Request-Id`.
     pub async fn handle(&self, request: Request) -> Response {
-        let route = self.templates.at(request.uri().path()).map_or("unmatched", |found| *found.value);
-        let method = method_label(request.method());
+        let (route, direct) = match self.templates.at(request.uri().path()) {
+            Ok(found) => {
+                let route = *found.value;
+                let direct = (Some(route) == self.message_route && request.method() == Method::GET)
+                    .then(|| extract::UserMsg::of_raw(&found.params))
+                    .flatten();
+                (Some(route), direct)
+            }
+            Err(_) => (None, None),
+        };
+        let method = method_index(request.method());
         let id = request_id(&request);
-        let span = tracing::info_span!("request", id = id.to_str().unwrap_or(""), method);
+        let span = tracing::info_span!("request", id = id.to_str().unwrap_or(""), method = METHODS[method]);
         let started = Instant::now();
-        let mut response = match oversized(&request) {
-            Some(refusal) => refusal.into_response(),
-            None => {
+        let mut response = match (oversized(&request), direct) {
+            (Some(refusal), _) => refusal.into_response(),
+            (None, Some(ids)) => self.read_status(request.uri(), ids).instrument(span.clone()).await,
+            (None, None) => {
                 let mut router = self.router.clone();
                 match router.call(request).instrument(span.clone()).await {
                     Ok(response) => response,
@@ -307,13 +360,23 @@ impl Api {
         response.headers_mut().insert(REQUEST_ID, id);
         let elapsed = started.elapsed();
         span.in_scope(|| {
+            let route = route.map_or("unmatched", |r| self.latencies.routes[r]);
             tracing::debug!(route, status = response.status().as_u16(), us = elapsed.as_micros() as u64, "answered")
         });
-        self.state
-            .metrics()
-            .http_requests
-            .with_label_values(&[route, method, response.status().as_str()])
-            .observe(elapsed.as_secs_f64());
+        self.latencies.observe(route, method, response.status(), elapsed.as_secs_f64());
+        response
+    }
+
+    /// A GET of [`reads::MESSAGE_ROUTE`] whose ids parsed, answered as its routed handler
+    /// would, `Content-Length` included.
+    async fn read_status(&self, uri: &Uri, ids: extract::UserMsg) -> Response {
+        let mut response = match extract::QueryParams::of(uri) {
+            Ok(query) => reads::read_status(&self.state, ids, &query).await.into_response(),
+            Err(e) => e.into_response(),
+        };
+        if let Some(len) = http_body::Body::size_hint(response.body()).exact() {
+            response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
         response
     }
 }
@@ -375,12 +438,12 @@ async fn method_not_allowed(method: Method) -> ApiError {
 }
 
 /// The header that carries a request's id, taken from the client or made up, and echoed.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// The client's request id when it is one we can log and echo (1 to 128 visible ASCII
 /// characters), or a new random one.
 fn request_id(request: &Request) -> HeaderValue {
-    let given = request.headers().get(REQUEST_ID).filter(|v| {
+    let given = request.headers().get(&REQUEST_ID).filter(|v| {
         let bytes = v.as_bytes();
         (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
     });
@@ -395,17 +458,21 @@ fn request_id(request: &Request) -> HeaderValue {
     })
 }
 
-/// The method as a metric label: a client may send any token as a method, and every
-/// distinct label value is a new series kept for ever, so unknown ones fold into `OTHER`.
-fn method_label(method: &Method) -> &'static str {
+/// The method labels of request metrics: a client may send any token as a method, and
+/// every distinct label value is a new series kept for ever, so unknown ones fold into
+/// `OTHER`.
+const METHODS: [&str; 8] = ["GET", "PUT", "POST", "DELETE", "HEAD", "OPTIONS", "PATCH", "OTHER"];
+
+/// The method's index in [`METHODS`].
+fn method_index(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::PUT => "PUT",
-        Method::POST => "POST",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        _ => "OTHER",
+        Method::GET => 0,
+        Method::PUT => 1,
+        Method::POST => 2,
+        Method::DELETE => 3,
+        Method::HEAD => 4,
+        Method::OPTIONS => 5,
+        Method::PATCH => 6,
+        _ => 7,
     }
 }
