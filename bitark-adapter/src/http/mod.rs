@@ -314,7 +314,9 @@ impl Latencies {
 /// The HTTP service: the router, with every request timed, counted and given an id.
 ///
 /// This wraps the router rather than being one of its layers: a router layer wraps each
-/// route, and every request then pays for cloning and boxing each layer's service.
+/// route, and every request then pays for cloning and boxing each layer's service. It
+/// finds each request's route in its own table of the templates, and for the hottest
+/// request, a GET of one read flag, that lookup is the only one: the router is skipped.
 #[derive(Clone)]
 pub struct Api {
     router: Router,
@@ -327,8 +329,9 @@ pub struct Api {
 }
 
 impl Api {
-    /// Serves one request: refuses an oversized head, routes the rest. Times every
-    /// request and counts it by route template, method and status. Every line logged
+    /// Serves one request: refuses an oversized head, answers a GET of one read flag
+    /// itself (see [`reads::read_status`]), routes the rest. Times every request and
+    /// counts it by route template, method and status. Every line logged
     /// while it is served carries its request id, which the answer echoes in
     /// `X-Request-Id`.
     pub async fn handle(&self, request: Request) -> Response {
