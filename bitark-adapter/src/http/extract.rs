@@ -123,9 +123,7 @@ impl QueryParams {
             None => path.to_string(),
         }
     }
-}
 
-impl QueryParams {
     /// The parameters of `uri`'s query string.
     pub fn of(uri: &Uri) -> Result<QueryParams, ApiError> {
         // Most requests have no query: nothing to decode.

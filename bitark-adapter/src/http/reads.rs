@@ -12,11 +12,11 @@ use bitark_engine::{AckMode, ConsistencyError, Node, OnLag, WriteError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-/// Routes of this resource.
 /// The route of one message's read flag; [`super::Api`] answers its GETs itself (see
 /// [`read_status`]).
 pub(crate) const MESSAGE_ROUTE: &str = "/api/v1/users/{userId}/reads/{msgId}";
 
+/// Routes of this resource.
 pub(crate) fn router() -> RouteTable {
     RouteTable::new()
         .route(MESSAGE_ROUTE, put(mark_read).delete(mark_unread).get(is_read))
