@@ -434,6 +434,9 @@ pub(crate) fn refresh_metrics(hub: &HubInner, link: &SlaveLink) {
     m.replication_lag_seconds.with_label_values(&id).set(status.lag_seconds);
     m.replication_buffer_depth.with_label_values(&id).set(status.buffer_depth as i64);
     m.replication_buffer_bytes.with_label_values(&id).set(status.buffer_bytes as i64);
+    // A buffer dropped outside a commit (a check given up, a slave marked DEAD) changes the
+    // total as well.
+    m.replication_buffered_bytes.set(hub.buffered.load(Ordering::Relaxed) as i64);
     match status.headroom_bytes {
         Some(bytes) => m.replication_headroom_bytes.with_label_values(&id).set(bytes as i64),
         None => drop(m.replication_headroom_bytes.remove_label_values(&id)),

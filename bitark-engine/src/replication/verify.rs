@@ -83,5 +83,6 @@ async fn run(hub: Arc<HubInner>, link: Arc<SlaveLink>) {
         s.verifying = false;
         s.clear_buffer(&hub.buffered);
     }
+    refresh_metrics(&hub, &link);
     tracing::warn!(slave = %link.id, "slave URL could not be verified; its next registration tries again");
 }
