@@ -315,8 +315,10 @@ async fn a_transfer_serves_only_the_slave_process_it_was_granted_to() {
 #[tokio::test]
 async fn a_capped_transfer_completes_though_chunks_asked_ahead_wait_past_the_request_timeout() {
     // 64 KiB chunks at 256 KiB/s: the fourth chunk asked for ahead waits 0.75 s at the
-    // master, longer than the slave's 500 ms request timeout.
-    let mut cluster = slow_master(600, |b| b).await;
+    // master, longer than the slave's 500 ms request timeout. 150,000 marks make a
+    // snapshot of about 600 KiB, well past the first second's 256 KiB: with 60,000 (250
+    // KiB) nothing was ever held back, and the transfer could end before it was seen.
+    let mut cluster = slow_master(1500, |b| b).await;
     cluster.add_slave(slave("5").env("BITARK_REPLICATION__REQUEST_TIMEOUT", "500ms")).await;
     let size = transfer_size(&cluster).await;
     cluster.wait_for_convergence(SYNCED_WITHIN).await;
