@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# User-space instructions per is-read request, BitArk against the minimal axum handler,
-# counted by valgrind's callgrind: unlike requests per second, the count does not move
-# with what else the host runs, so it tells small changes of the request path apart.
-# Usage: bench/instructions.sh [seconds] [users]   (default 8 20000; any directory)
+# User-space instructions per request, BitArk against the minimal axum handler, counted
+# by valgrind's callgrind: unlike requests per second, the count does not move with what
+# else the host runs, so it tells small changes of the request path apart.
+# Usage: bench/instructions.sh [seconds] [users] [is-read|mark]   (default 8 20000 is-read;
+#   any directory). `mark` is a durable single mark (PUT), the group-commit writer's
+#   instructions (and the fsync's share of user space) included.
 #   CARGO_TARGET_DIR  where the release binaries are built (default: target/ in the repo)
 #
 # Installs valgrind and wrk when missing, builds `bitark` and `examples/minimal.rs` in
@@ -16,6 +18,8 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 secs=${1:-8}
 users=${2:-20000}
+scenario=${3:-is-read}
+case $scenario in is-read | mark) ;; *) echo "instructions.sh: the scenario is is-read or mark, not $scenario" >&2; exit 2 ;; esac
 port=${BENCH_PORT:-18740}
 
 sudo=""
@@ -59,10 +63,10 @@ count() {
   valgrind --tool=callgrind --callgrind-out-file="$work/$name.%p" "$@" 2>"$work/$name.log" &
   pid=$!
   wait_for "$ready"
-  BENCH_USERS=$users wrk -t1 -c4 -d3s -s bench/wrk/is-read.lua "http://127.0.0.1:$port" >/dev/null
+  BENCH_USERS=$users wrk -t1 -c4 -d3s -s "bench/wrk/$scenario.lua" "http://127.0.0.1:$port" >/dev/null
   callgrind_control -z "$pid" >/dev/null
   local out requests file ir
-  out=$(BENCH_USERS=$users wrk -t1 -c4 -d"${secs}s" -s bench/wrk/is-read.lua "http://127.0.0.1:$port")
+  out=$(BENCH_USERS=$users wrk -t1 -c4 -d"${secs}s" -s "bench/wrk/$scenario.lua" "http://127.0.0.1:$port")
   callgrind_control -d "$pid" >/dev/null
   requests=$(echo "$out" | awk '/requests in/{print $1}')
   [ -n "$requests" ] && [ "$requests" -gt 0 ] || fail "$name: wrk answered nothing"
@@ -70,7 +74,7 @@ count() {
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
   file=$(ls -S "$work/$name".* | head -1)
   ir=$(awk '/^summary:|^totals:/{print $2; exit}' "$file")
-  echo "$name $requests requests, $((ir / requests)) instructions per request"
+  echo "$name $requests requests, $((ir / requests)) instructions per $scenario request"
 }
 cp -r "$work/data" "$work/run"
 b=$(BITARK_LOG=warn count bitark actuator/health/readiness "$bitark_bin" --port "$port" --data-dir "$work/run")

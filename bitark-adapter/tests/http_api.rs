@@ -584,6 +584,47 @@ async fn a_read_answers_alike_with_or_without_the_router() {
 }
 
 #[tokio::test]
+async fn a_write_answers_alike_with_or_without_the_router() {
+    let s = start();
+    let request = |method: Method, path: &str| Request::builder().method(method).uri(path).body(Body::empty()).unwrap();
+    // Plain decimal ids are answered by `Api` itself; percent-encoded ones by the router.
+    let direct = s.raw(request(Method::PUT, "/api/v1/users/42/reads/7")).await;
+    let routed = s.raw(request(Method::PUT, "/api/v1/users/%34%32/reads/%38")).await;
+    assert_eq!((direct.0, direct.1.as_str()), (StatusCode::OK, r#"{"lsn":1,"epoch":1,"token":"1:1"}"#));
+    assert_eq!((routed.0, routed.1.as_str()), (StatusCode::OK, r#"{"lsn":2,"epoch":1,"token":"1:2"}"#));
+    for (_, body, headers) in [&direct, &routed] {
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(headers[header::CONTENT_LENGTH], body.len().to_string().as_str());
+        assert_eq!(headers["x-request-id"].len(), 16);
+    }
+    assert!(s.node.is_read(42, 7) && s.node.is_read(42, 8), "both writes are applied");
+    let direct = s.raw(request(Method::DELETE, "/api/v1/users/42/reads/7")).await;
+    let routed = s.raw(request(Method::DELETE, "/api/v1/users/%34%32/reads/%38")).await;
+    assert_eq!((direct.0, direct.1.as_str()), (StatusCode::OK, r#"{"lsn":3,"epoch":1,"token":"1:3"}"#));
+    assert_eq!((routed.0, routed.1.as_str()), (StatusCode::OK, r#"{"lsn":4,"epoch":1,"token":"1:4"}"#));
+    assert!(!s.node.is_read(42, 7) && !s.node.is_read(42, 8), "both unmarks are applied");
+    // Errors are the handler's own, on either path, and nothing is logged for them.
+    for path in ["/api/v1/users/42/reads/9?ack=sometimes", "/api/v1/users/%34%32/reads/9?ack=sometimes"] {
+        let refused = s.call(Method::PUT, path, None).await;
+        assert_error(&refused, StatusCode::BAD_REQUEST, "invalid_query", "ack");
+    }
+    assert_error(
+        &s.call(Method::PUT, "/api/v1/users/42/reads/x", None).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
+        "msgId",
+    );
+    assert_eq!(s.node.applied_lsn().0, 4, "a refused write is not logged");
+    let (_, text, _) = s.raw(request(Method::GET, "/actuator/prometheus")).await;
+    for (method, status, count) in [("PUT", 200, 2), ("DELETE", 200, 2), ("PUT", 400, 3)] {
+        let needle = format!(
+            r#"bitark_http_request_duration_seconds_count{{method="{method}",route="/api/v1/users/{{userId}}/reads/{{msgId}}",status="{status}"}} {count}"#
+        );
+        assert!(text.contains(&needle), "missing {needle}");
+    }
+}
+
+#[tokio::test]
 async fn internal_bodies_may_exceed_the_api_bound() {
     let s = start();
     // 3 MiB: over the API's bound for this configuration and over axum's 2 MB default.

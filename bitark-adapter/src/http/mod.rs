@@ -21,6 +21,7 @@ use axum::http::{header, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::Router;
+use bitark_common::Command;
 use bitark_engine::coordination::CoordinationStatus;
 use bitark_engine::replication::{Follower, MasterHub};
 use bitark_engine::Node;
@@ -316,7 +317,8 @@ impl Latencies {
 /// This wraps the router rather than being one of its layers: a router layer wraps each
 /// route, and every request then pays for cloning and boxing each layer's service. It
 /// finds each request's route in its own table of the templates, and for the hottest
-/// request, a GET of one read flag, that lookup is the only one: the router is skipped.
+/// requests, a GET, PUT or DELETE of one read flag, that lookup is the only one: the
+/// router is skipped.
 #[derive(Clone)]
 pub struct Api {
     router: Router,
@@ -329,8 +331,8 @@ pub struct Api {
 }
 
 impl Api {
-    /// Serves one request: refuses an oversized head, answers a GET of one read flag
-    /// itself (see [`reads::read_status`]), routes the rest. Times every request and
+    /// Serves one request: refuses an oversized head, answers a GET, PUT or DELETE of one
+    /// read flag itself (see [`reads::read_status`] and [`reads::write`]), routes the rest. Times every request and
     /// counts it by route template, method and status. Every line logged
     /// while it is served carries its request id, which the answer echoes in
     /// `X-Request-Id`.
@@ -338,7 +340,7 @@ impl Api {
         let (route, direct) = match self.templates.at(request.uri().path()) {
             Ok(found) => {
                 let route = *found.value;
-                let direct = (Some(route) == self.message_route && request.method() == Method::GET)
+                let direct = (Some(route) == self.message_route && direct_method(request.method()))
                     .then(|| extract::UserMsg::of_raw(&found.params))
                     .flatten();
                 (Some(route), direct)
@@ -351,7 +353,7 @@ impl Api {
         let started = Instant::now();
         let mut response = match (oversized(&request), direct) {
             (Some(refusal), _) => refusal.into_response(),
-            (None, Some(ids)) => self.read_status(request.uri(), ids).instrument(span.clone()).await,
+            (None, Some(ids)) => self.message(request.method(), request.uri(), ids).instrument(span.clone()).await,
             (None, None) => {
                 let mut router = self.router.clone();
                 match router.call(request).instrument(span.clone()).await {
@@ -370,12 +372,22 @@ impl Api {
         response
     }
 
-    /// A GET of [`reads::MESSAGE_ROUTE`] whose ids parsed, answered as its routed handler
-    /// would, `Content-Length` included.
-    async fn read_status(&self, uri: &Uri, ids: extract::UserMsg) -> Response {
-        let mut response = match extract::QueryParams::of(uri) {
-            Ok(query) => reads::read_status(&self.state, ids, &query).await.into_response(),
-            Err(e) => e.into_response(),
+    /// A GET, PUT or DELETE of [`reads::MESSAGE_ROUTE`] whose ids parsed, answered as its
+    /// routed handler would, `Content-Length` included.
+    async fn message(&self, method: &Method, uri: &Uri, ids: extract::UserMsg) -> Response {
+        let query = match extract::QueryParams::of(uri) {
+            Ok(query) => query,
+            Err(e) => return e.into_response(),
+        };
+        let (user, msg) = (ids.user, ids.msg);
+        let mut response = match *method {
+            Method::PUT => {
+                reads::write(&self.state, Command::MarkRead { user, msg }, uri, &query).await.into_response()
+            }
+            Method::DELETE => {
+                reads::write(&self.state, Command::MarkUnread { user, msg }, uri, &query).await.into_response()
+            }
+            _ => reads::read_status(&self.state, ids, &query).await.into_response(),
         };
         if let Some(len) = http_body::Body::size_hint(response.body()).exact() {
             response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -459,6 +471,11 @@ fn request_id(request: &Request) -> HeaderValue {
         }
         HeaderValue::from_bytes(&id).expect("hex is a header value")
     })
+}
+
+/// The methods of [`reads::MESSAGE_ROUTE`] that [`Api`] answers without the router.
+fn direct_method(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::PUT || *method == Method::DELETE
 }
 
 /// The method labels of request metrics: a client may send any token as a method, and

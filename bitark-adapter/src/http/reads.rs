@@ -4,10 +4,11 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, FlexU64, IdString, QueryParams, UserId, UserMsg};
 use super::{AppState, RouteTable};
 use axum::extract::{OriginalUri, State};
-use axum::http::Uri;
+use axum::http::{header, HeaderValue, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Json;
-use bitark_common::{Command, Lsn, TokenCheck, WriteToken};
+use bitark_common::{Command, Epoch, Lsn, TokenCheck, WriteToken};
 use bitark_engine::{AckMode, ConsistencyError, Node, OnLag, WriteError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -45,6 +46,42 @@ pub struct ReadStatus {
     pub read: bool,
     /// The LSN this node had applied when it answered.
     pub lsn: u64,
+}
+
+/// The answers of the hottest requests, a read flag and a write's position, are a few
+/// numbers: they are written by hand, byte for byte what serde writes for
+/// [`ReadStatus`] and [`LsnResponse`]. Through `serde_json` and axum's `Json` such an
+/// answer took about 2,500 instructions, a tenth of a durable mark's.
+impl IntoResponse for ReadStatus {
+    fn into_response(self) -> Response {
+        let mut body = Vec::with_capacity(40);
+        body.extend_from_slice(if self.read { b"{\"read\":true,\"lsn\":" } else { b"{\"read\":false,\"lsn\":" });
+        body.extend_from_slice(itoa::Buffer::new().format(self.lsn).as_bytes());
+        body.push(b'}');
+        json_answer(body)
+    }
+}
+
+/// A write's answer: [`LsnResponse`] for the record at `lsn`, written by `epoch`.
+pub struct Written {
+    pub lsn: Lsn,
+    pub epoch: Epoch,
+}
+
+impl IntoResponse for Written {
+    fn into_response(self) -> Response {
+        let (mut lsn, mut epoch) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (lsn, epoch) = (lsn.format(self.lsn.0).as_bytes(), epoch.format(self.epoch.0).as_bytes());
+        let mut body = Vec::with_capacity(32 + 2 * (lsn.len() + epoch.len()));
+        for part in [&b"{\"lsn\":"[..], lsn, b",\"epoch\":", epoch, b",\"token\":\"", epoch, b":", lsn, b"\"}"] {
+            body.extend_from_slice(part);
+        }
+        json_answer(body)
+    }
+}
+
+fn json_answer(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 /// Mark many: either `msgIds` ([`MarkIds`]), or an inclusive range `from`..`to`
@@ -250,12 +287,14 @@ fn read_from_master(node: &Node, path: &str) -> ApiError {
     }
 }
 
-async fn write(
+/// The answer of [`mark_read`] and [`mark_unread`]; [`super::Api`] calls this itself for
+/// a PUT or DELETE whose ids parse, as it does [`read_status`] for a GET.
+pub(crate) async fn write(
     state: &AppState,
     command: Command,
     uri: &Uri,
     query: &QueryParams,
-) -> Result<Json<LsnResponse>, ApiError> {
+) -> Result<Written, ApiError> {
     let node = state.node()?;
     let ack = match query.text("ack") {
         None => None,
@@ -274,11 +313,7 @@ async fn write(
     };
     let path = || uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     match node.write_acked(command, ack).await {
-        Ok(lsn) => {
-            let epoch = node.epoch();
-            let token = WriteToken { epoch, lsn }.to_string();
-            Ok(Json(LsnResponse { lsn: lsn.0, epoch: epoch.0, token }))
-        }
+        Ok(lsn) => Ok(Written { lsn, epoch: node.epoch() }),
         // A slave points the client at the same request on the master.
         Err(WriteError::NotMaster { master_url }) => {
             Err(ApiError::NotMaster { location: format!("{}{}", master_url.trim_end_matches('/'), path()), master_url })
@@ -312,7 +347,7 @@ pub async fn mark_read(
     OriginalUri(uri): OriginalUri,
     ids: UserMsg,
     query: QueryParams,
-) -> Result<Json<LsnResponse>, ApiError> {
+) -> Result<Written, ApiError> {
     write(&state, Command::MarkRead { user: ids.user, msg: ids.msg }, &uri, &query).await
 }
 
@@ -335,7 +370,7 @@ pub async fn mark_unread(
     OriginalUri(uri): OriginalUri,
     ids: UserMsg,
     query: QueryParams,
-) -> Result<Json<LsnResponse>, ApiError> {
+) -> Result<Written, ApiError> {
     write(&state, Command::MarkUnread { user: ids.user, msg: ids.msg }, &uri, &query).await
 }
 
@@ -351,11 +386,7 @@ pub async fn mark_unread(
         (status = 503, description = "`lsn_not_reached`: minLsn or token not reached in time; or starting", body = ErrorBody),
     )
 )]
-pub async fn is_read(
-    State(state): State<AppState>,
-    ids: UserMsg,
-    query: QueryParams,
-) -> Result<Json<ReadStatus>, ApiError> {
+pub async fn is_read(State(state): State<AppState>, ids: UserMsg, query: QueryParams) -> Result<ReadStatus, ApiError> {
     read_status(&state, ids, &query).await
 }
 
@@ -363,15 +394,11 @@ pub async fn is_read(
 /// itself for a GET whose ids parse, without the router: routing again, the path
 /// parameters' copies and the extractors cost a fifth of such a request. The routed
 /// handler serves the rest (HEAD, percent-encoded ids, malformed ones), the same way.
-pub(crate) async fn read_status(
-    state: &AppState,
-    ids: UserMsg,
-    query: &QueryParams,
-) -> Result<Json<ReadStatus>, ApiError> {
+pub(crate) async fn read_status(state: &AppState, ids: UserMsg, query: &QueryParams) -> Result<ReadStatus, ApiError> {
     // The path is rebuilt only for a redirect: the ids in their canonical form.
     let path = || format!("/api/v1/users/{}/reads/{}", ids.user, ids.msg);
     let (node, lsn) = consistent_node(state, query, path).await?;
-    Ok(Json(ReadStatus { read: node.is_read(ids.user, ids.msg), lsn: lsn.0 }))
+    Ok(ReadStatus { read: node.is_read(ids.user, ids.msg), lsn: lsn.0 })
 }
 
 /// Mark many messages read: a list, or everything in an inclusive range. All or nothing.
@@ -399,7 +426,7 @@ pub async fn mark_many(
     UserId(user): UserId,
     query: QueryParams,
     ApiJson(body): ApiJson<MarkManyRequest>,
-) -> Result<Json<LsnResponse>, ApiError> {
+) -> Result<Written, ApiError> {
     let command = match body {
         MarkManyRequest { msg_ids: Some(ids), from: None, to: None } => {
             Command::MarkBatch { user, msgs: ids.into_iter().map(|id| id.0).collect() }
@@ -468,4 +495,31 @@ pub async fn unread_count(
     let (from, to) = (query.required_id("from")?, query.required_id("to")?);
     let (node, lsn) = consistent_node(&state, &query, || uri.path().to_string()).await?;
     Ok(Json(UnreadCount { unread: node.unread_count(user, from, to)?, lsn: lsn.0 }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body(response: Response) -> (Option<HeaderValue>, String) {
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (content_type, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn hand_written_answers_are_what_serde_writes() {
+        let json = Some(HeaderValue::from_static("application/json"));
+        for (a, b) in [(0, 0), (1, 7), (42, 1 << 53), (u64::MAX, u64::MAX), (9, u64::MAX - 1)] {
+            for read in [true, false] {
+                let expected = serde_json::to_string(&ReadStatus { read, lsn: a }).unwrap();
+                assert_eq!(body(ReadStatus { read, lsn: a }.into_response()).await, (json.clone(), expected));
+            }
+            let (lsn, epoch) = (Lsn(a), Epoch(b));
+            let token = WriteToken { epoch, lsn }.to_string();
+            let expected = serde_json::to_string(&LsnResponse { lsn: a, epoch: b, token }).unwrap();
+            assert_eq!(body(Written { lsn, epoch }.into_response()).await, (json.clone(), expected));
+        }
+    }
 }
