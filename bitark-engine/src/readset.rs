@@ -318,26 +318,57 @@ pub(crate) fn check_packed(body: &[u8]) -> Result<u64, String> {
 /// stay below 8. Whether a byte ends a varint is as good as random, so a byte-by-byte
 /// loop would pay a mispredicted branch or a serial dependency on almost every byte.
 fn count_varints(bytes: &[u8]) -> (u64, bool, bool) {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let words = bytes.chunks_exact(8);
-    let tail = words.remainder();
-    // Padding bytes of 1 end varints (the count takes them back below) and are not 0.
-    let mut padded = [1u8; 8];
-    padded[..tail.len()].copy_from_slice(tail);
-    let (mut ends, mut carried, mut short, mut zero) = (0u64, 0u32, true, false);
-    let all = words.map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
-    for (i, word) in all.chain((!tail.is_empty()).then(|| u64::from_le_bytes(padded))).enumerate() {
-        let flags = !(word >> 7) & LOW;
-        ends += u64::from(flags.count_ones());
-        short &= flags != 0 && carried + flags.trailing_zeros() / 8 < 8;
-        carried = flags.leading_zeros() / 8;
-        // The first byte may be 0 (a first id of 0): set its low bit before the test.
-        let word = if i == 0 { word | 1 } else { word };
-        zero |= word.wrapping_sub(LOW) & !word & HIGH != 0;
+    let mut scan = VarintScan { ends: 0, carried: 0, short: true, zero: false };
+    let mut words = bytes.chunks_exact(8);
+    // The first byte may be 0 (a first id of 0): its low bit is set before the zero test.
+    let mut first = 1;
+    for word in words.by_ref() {
+        scan.word(u64::from_le_bytes(word.try_into().expect("8 bytes")), first);
+        first = 0;
     }
-    let padding = if tail.is_empty() { 0 } else { 8 - tail.len() as u64 };
-    (ends - padding, short, zero)
+    let tail = words.remainder();
+    let t = tail.len();
+    if t == 0 {
+        return (scan.ends, scan.short, scan.zero);
+    }
+    // The tail as the low bytes of a word, read without a copy through memory (a byte
+    // copy then a word load stalls store forwarding): the body's last eight bytes,
+    // shifted down past those counted already, or, in a body shorter than a word, its
+    // bytes one by one. Padding bytes of 1 above it end varints (the count takes them
+    // back below) and are not 0.
+    let low = match bytes.len().checked_sub(8) {
+        Some(from) => u64::from_le_bytes(bytes[from..].try_into().expect("8 bytes")) >> (8 * (8 - t)),
+        None => tail.iter().rev().fold(0, |word, &b| (word << 8) | u64::from(b)),
+    };
+    scan.word(low | (0x0101_0101_0101_0101 << (8 * t)), first);
+    (scan.ends - (8 - t as u64), scan.short, scan.zero)
+}
+
+/// What [`count_varints`] has seen so far.
+struct VarintScan {
+    ends: u64,
+    /// Continuation bytes at the end of the words so far: the run into the next word.
+    carried: u32,
+    short: bool,
+    zero: bool,
+}
+
+impl VarintScan {
+    /// Takes the next eight bytes; `first` is 1 for the word holding the body's first byte.
+    #[inline(always)]
+    fn word(&mut self, word: u64, first: u64) {
+        const LOW: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let flags = !(word >> 7) & LOW;
+        // Each byte of `flags` is 0 or 1: their sum gathers in the top byte of the
+        // product, without the bit-by-bit steps `count_ones` takes where the build may
+        // not use a popcount instruction.
+        self.ends += flags.wrapping_mul(LOW) >> 56;
+        self.short &= flags != 0 && self.carried + flags.trailing_zeros() / 8 < 8;
+        self.carried = flags.leading_zeros() / 8;
+        let word = word | first;
+        self.zero |= word.wrapping_sub(LOW) & !word & HIGH != 0;
+    }
 }
 
 /// [`check_packed`] decoding every id: for the bodies its quick pass cannot vouch for.

@@ -332,10 +332,10 @@ pub struct Api {
 
 impl Api {
     /// Serves one request: refuses an oversized head, answers a GET, PUT or DELETE of one
-    /// read flag itself (see [`reads::read_status`] and [`reads::write`]), routes the rest. Times every request and
-    /// counts it by route template, method and status. Every line logged
-    /// while it is served carries its request id, which the answer echoes in
-    /// `X-Request-Id`.
+    /// read flag itself (see [`reads::read_status`] and [`reads::write`]), routes the
+    /// rest. Times every request and counts it by route template, method and status.
+    /// Every line logged while it is served carries its request id, which the answer
+    /// echoes in `X-Request-Id`.
     pub async fn handle(&self, request: Request) -> Response {
         let (route, direct) = match self.templates.at(request.uri().path()) {
             Ok(found) => {
