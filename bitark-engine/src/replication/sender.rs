@@ -141,14 +141,13 @@ async fn catch_up(
     cursor: &mut Option<WalCursor>,
     from: Lsn,
 ) -> Option<Vec<Record>> {
-    let mut reader = match cursor.take() {
-        Some(c) if c.next_lsn() == from => c,
-        _ => WalCursor::new(&hub.wal_dir, from),
-    };
+    // A cursor left behind `from` (the buffer served the records between) moves on from
+    // where it stopped, instead of finding `from` again from the start of its segment.
+    let mut reader = cursor.take().unwrap_or_else(|| WalCursor::new(&hub.wal_dir, from));
     let up_to = hub.durable_lsn();
     let max = hub.config().batch_max_records;
     let (reader, read) = tokio::task::spawn_blocking(move || {
-        let read = reader.read(max, BATCH_BYTES, up_to);
+        let read = reader.advance_to(from).and_then(|()| reader.read(max, BATCH_BYTES, up_to));
         (reader, read)
     })
     .await

@@ -73,6 +73,26 @@ impl WalCursor {
         Ok(CursorRead::Records(out))
     }
 
+    /// Moves the cursor forward to `lsn` (a slave further on than the last read left
+    /// it), passing over the records between by their headers, from where it stopped
+    /// when it knows that place. A cursor at or past `lsn` starts afresh from it.
+    pub fn advance_to(&mut self, lsn: Lsn) -> Result<(), StorageError> {
+        if lsn <= self.next {
+            if lsn < self.next {
+                *self = WalCursor::new(&self.dir, lsn);
+            }
+            return Ok(());
+        }
+        let from = self.next;
+        self.next = lsn;
+        if let Some((segment, offset)) = self.position.take() {
+            if let Ok(offset) = skip(&segment, offset, from, lsn)? {
+                self.position = Some((segment, offset));
+            }
+        }
+        Ok(())
+    }
+
     /// Finds the segment holding `next` and the offset of that record; `Err(oldest)`
     /// when it was purged.
     fn locate(&self) -> Result<Result<(SegmentFile, u64), Lsn>, StorageError> {
@@ -80,18 +100,7 @@ impl WalCursor {
         let Some(segment) = segments.iter().rev().find(|s| s.first_lsn <= self.next).cloned() else {
             return Ok(Err(segments.first().map(|s| s.first_lsn).unwrap_or(self.next)));
         };
-        // Skip the records before `next` in that segment.
-        let mut input = BufReader::new(File::open(&segment.path).at(&segment.path)?);
-        let mut offset = 0u64;
-        let mut lsn = segment.first_lsn;
-        while lsn < self.next {
-            let Some(record_len) = next_record(&mut input, &segment.path)?.map(|(_, len)| len) else {
-                return Ok(Err(self.next));
-            };
-            offset += record_len as u64;
-            lsn = lsn.next();
-        }
-        Ok(Ok((segment, offset)))
+        Ok(skip(&segment, 0, segment.first_lsn, self.next)?.map(|offset| (segment, offset)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -130,6 +139,44 @@ impl WalCursor {
         Ok((at, false))
     }
 }
+
+/// The offset of record `to` in `segment`, given that record `from` starts at `offset`;
+/// `Err(to)` when the records between cannot be passed over (not all there, or damaged
+/// headers).
+///
+/// They are passed over by their headers: the length, the magic and the LSN each must
+/// carry are read and the rest is skipped, neither decoded nor checksummed, since none of
+/// it is returned (the record at `to` is read whole and checked by the read that
+/// follows). A slave far behind in a full segment made this scan decode and checksum a
+/// million records.
+fn skip(segment: &SegmentFile, offset: u64, from: Lsn, to: Lsn) -> Result<Result<u64, Lsn>, StorageError> {
+    let path = &segment.path;
+    let mut file = File::open(path).at(path)?;
+    file.seek(SeekFrom::Start(offset)).at(path)?;
+    let mut input = BufReader::with_capacity(256 * 1024, file);
+    let mut head = [0u8; SKIP_HEAD];
+    let (mut offset, mut lsn) = (offset, from);
+    while lsn < to {
+        if read_full(&mut input, &mut head, path)? < SKIP_HEAD {
+            return Ok(Err(to));
+        }
+        let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) as usize;
+        let magic = u16::from_le_bytes(head[4..6].try_into().expect("2 bytes"));
+        let found = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
+        let sane = (bitark_common::record::MIN_RECORD_LEN..=bitark_common::record::MAX_RECORD_LEN).contains(&len);
+        if !sane || magic != bitark_common::record::MAGIC || found != lsn.0 {
+            return Ok(Err(to));
+        }
+        input.seek_relative((len - SKIP_HEAD) as i64).at(path)?;
+        offset += len as u64;
+        lsn = lsn.next();
+    }
+    Ok(Ok(offset))
+}
+
+/// Bytes of a record header read to pass over it: length, magic, version, type, epoch
+/// and LSN, the same in every record version.
+const SKIP_HEAD: usize = 24;
 
 /// The next whole, valid record and its length, or `None` at the end of what is written.
 fn next_record(input: &mut impl Read, path: &Path) -> Result<Option<(Record, usize)>, StorageError> {
@@ -219,5 +266,46 @@ mod tests {
         assert_eq!(cursor.read(10, usize::MAX, Lsn(100)).unwrap(), CursorRead::Purged { oldest: Lsn(6) });
         let mut cursor = WalCursor::new(dir.path(), Lsn(6));
         assert_eq!(lsns(cursor.read(10, usize::MAX, Lsn(100)).unwrap()), vec![6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn moves_forward_from_where_it_stopped_or_back_from_scratch() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1..=5, 0);
+        write_segment(dir.path(), 6..=9, 0);
+        let mut cursor = WalCursor::new(dir.path(), Lsn(1));
+        assert_eq!(lsns(cursor.read(2, usize::MAX, Lsn(100)).unwrap()), vec![1, 2]);
+        cursor.advance_to(Lsn(4)).unwrap();
+        assert_eq!(lsns(cursor.read(1, usize::MAX, Lsn(100)).unwrap()), vec![4]);
+        // Past the end of its segment: found again in the next one.
+        cursor.advance_to(Lsn(7)).unwrap();
+        assert_eq!(lsns(cursor.read(10, usize::MAX, Lsn(100)).unwrap()), vec![7, 8, 9]);
+        cursor.advance_to(Lsn(2)).unwrap();
+        assert_eq!(lsns(cursor.read(3, usize::MAX, Lsn(100)).unwrap()), vec![2, 3, 4]);
+        cursor.advance_to(Lsn(4)).unwrap();
+        assert_eq!(cursor.next_lsn(), Lsn(4), "a cursor already past the LSN asked for is moved back to it");
+        assert_eq!(lsns(cursor.read(10, usize::MAX, Lsn(100)).unwrap()), vec![4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn finds_its_start_by_the_headers_of_the_records_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1..=6, 0);
+        let path = dir.path().join(segment_name(Lsn(1)));
+        let record_len = std::fs::metadata(&path).unwrap().len() as usize / 6;
+        let pristine = std::fs::read(&path).unwrap();
+        // A payload byte of record 2 damaged: a record that is not returned is not checked.
+        let mut bytes = pristine.clone();
+        bytes[record_len + 33] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut cursor = WalCursor::new(dir.path(), Lsn(4));
+        assert_eq!(lsns(cursor.read(10, usize::MAX, Lsn(100)).unwrap()), vec![4, 5, 6]);
+        // The LSN in record 3's header damaged: the records cannot be counted past it, and
+        // the start is reported as not on disk rather than guessed.
+        let mut bytes = pristine;
+        bytes[2 * record_len + 16] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut cursor = WalCursor::new(dir.path(), Lsn(5));
+        assert_eq!(cursor.read(10, usize::MAX, Lsn(100)).unwrap(), CursorRead::Purged { oldest: Lsn(5) });
     }
 }
