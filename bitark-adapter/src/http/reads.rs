@@ -287,8 +287,9 @@ fn read_from_master(node: &Node, path: &str) -> ApiError {
     }
 }
 
-/// The answer of [`mark_read`] and [`mark_unread`]; [`super::Api`] calls this itself for
-/// a PUT or DELETE whose ids parse, as it does [`read_status`] for a GET.
+/// Logs `command` and answers where its record is: the body of every write handler.
+/// [`super::Api`] calls this itself for a PUT or DELETE of one read flag whose ids
+/// parse, as it calls [`read_status`] for a GET.
 pub(crate) async fn write(
     state: &AppState,
     command: Command,
