@@ -75,7 +75,8 @@ impl WalCursor {
 
     /// Moves the cursor forward to `lsn` (a slave further on than the last read left
     /// it), passing over the records between by their headers, from where it stopped
-    /// when it knows that place. A cursor at or past `lsn` starts afresh from it.
+    /// when it knows that place. A cursor already at `lsn` stays as it is; one past it
+    /// starts afresh from `lsn`.
     pub fn advance_to(&mut self, lsn: Lsn) -> Result<(), StorageError> {
         if lsn <= self.next {
             if lsn < self.next {
