@@ -3,11 +3,14 @@
 # Usage: bench/compare.sh [seconds-per-scenario] [rounds]   (default 10 2; any directory)
 #   CARGO_TARGET_DIR  where the release binaries are built (default: target/ in the repo)
 #   BENCH_PORT        first port to try (default 18600); each server takes the next free one
+#   BENCH_SCENARIOS   which scenarios run (default "is-read mark batch-mark batch-check")
+#   BENCH_FSYNC       BitArk's wal.fsync (default batch); `never` shows what the durable
+#                     mark would reach if its fsyncs cost nothing
 #
 # Installs wrk and redis-server (which brings redis-benchmark and redis-cli) when missing,
 # builds `bitark` and `examples/minimal.rs` in release mode, then starts:
 #   - bitark on a fresh temp data dir, default configuration (wal.fsync: batch: every
-#     write is fsynced before it is answered);
+#     write is fsynced before it is answered; BENCH_FSYNC changes it);
 #   - the minimal axum handler (a fixed JSON answer to GET/PUT …/reads/{msgId});
 #   - redis-server on a temp dir with --appendonly yes --appendfsync always --save '', and
 #     no automatic AOF rewrite: with 2 GB of bitmaps, a rewrite (fork, then writing it
@@ -45,6 +48,8 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 secs=${1:-10}
 rounds=${2:-2}
+scenarios=${BENCH_SCENARIOS:-is-read mark batch-mark batch-check}
+fsync=${BENCH_FSYNC:-batch}
 users=200000
 marks_per_user=20
 max_id=${BENCH_MAX_ID:-65536}
@@ -97,7 +102,7 @@ minimal=http://127.0.0.1:$mport
 
 # BitArk runs in the temp dir, so that only its embedded defaults apply (no ./application.yml).
 mkdir "$work/redis"
-(cd "$work" && BITARK_LOG=warn BITARK_WAL__FSYNC=batch exec "$bitark_bin" --port "$bport" --data-dir "$work/bitark" 2>"$work/bitark.log") &
+(cd "$work" && BITARK_LOG=warn BITARK_WAL__FSYNC="$fsync" exec "$bitark_bin" --port "$bport" --data-dir "$work/bitark" 2>"$work/bitark.log") &
 pids+=($!)
 bitark_pid=$!
 "$minimal_bin" "$mport" 2>"$work/minimal.log" &
@@ -109,7 +114,7 @@ wait_for bitark curl -sf "$bitark/actuator/health/readiness" || { cat "$work/bit
 wait_for minimal curl -s "$minimal/api/v1/users/1/reads/1"
 wait_for redis-server bash -c "[ \"\$(redis-cli -p $rport ping)\" = PONG ]"
 rcli() { redis-cli -p "$rport" "$@"; }
-echo "bitark $bitark, minimal axum $minimal, redis $redis_version on port $rport; ${secs}s per scenario, $rounds rounds"
+echo "bitark $bitark (wal.fsync: $fsync), minimal axum $minimal, redis $redis_version on port $rport; ${secs}s per scenario, $rounds rounds: $scenarios"
 
 # The data: one line per user, "user id,id,...", 20 distinct ids below max_id.
 awk -v users=$users -v k=$marks_per_user -v max="$max_id" 'BEGIN {
@@ -299,7 +304,7 @@ scenario() { # round name: BitArk and its references, in this round's order
   fi
 }
 for round in $(seq 1 "$rounds"); do
-  for name in is-read mark batch-mark batch-check; do scenario "$round" "$name"; done
+  for name in $scenarios; do scenario "$round" "$name"; done
 done
 
 echo
@@ -333,6 +338,7 @@ awk '
     print "|---|---|---|---|---|---|---|"
     for (r = 1; r <= rounds; r++) for (i = 1; i <= 4; i++) {
       s = order[i]; b = rate[r, s, "bitark"]; m = rate[r, s, "minimal"]; x = rate[r, s, "redis"]
+      if (x == "") continue
       rm = m == "" ? "–" : sprintf("%.2f", b / m); rx = sprintf("%.2f", b / x)
       printf "| %d | %s | %s | %s | %s | %s | %s |\n", r, label[s], fmt(b), fmt(m), fmt(x), rm, rx
       if (m != "") { nm[s]++; vm[s, nm[s]] = b / m }
@@ -342,6 +348,7 @@ awk '
     printf "| path | median BitArk / minimal | median BitArk / Redis |\n|---|---|---|\n"
     for (i = 1; i <= 4; i++) {
       s = order[i]
+      if (!nx[s]) continue
       delete l; for (k = 1; k <= nm[s]; k++) l[k] = vm[s, k]
       med_m = nm[s] ? sprintf("%.2f", median(l, nm[s])) : "–"
       delete l; for (k = 1; k <= nx[s]; k++) l[k] = vx[s, k]

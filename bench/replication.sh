@@ -64,7 +64,10 @@ for slave in sorted({s for s, _ in after}):
 PY
 
 echo "== durable single marks with the two slaves attached"
+sent() { curl -s "http://127.0.0.1:$M/actuator/prometheus" | awk -v f="$1" '$1 ~ "^bitark_replication_sent_"f"_total" { n += $2 } END { print n + 0 }'; }
+batches0=$(sent batches); records0=$(sent records)
 echo "with-2-slaves $(mark_cpu $M "${pids[0]}")"
+echo "records per send: $(awk -v r=$(( $(sent records) - records0 )) -v b=$(( $(sent batches) - batches0 )) 'BEGIN { printf "%.1f", b ? r / b : 0 }') (batch-linger ${BITARK_REPLICATION__BATCH_LINGER:-as configured})"
 until [ "$(applied $S1)" = "$(applied $M)" ] && [ "$(applied $S2)" = "$(applied $M)" ]; do sleep 0.2; done
 
 echo "== catch-up of a slave stopped for $catchup records"

@@ -195,6 +195,47 @@ async fn all_times_out_on_a_stopped_slave_while_semi_goes_on_and_the_record_stil
     assert_eq!(cluster.slaves[1].api().check(1, &[2]).await.unwrap(), vec![true], "the timed-out record replicated");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_batch_lingers_until_it_fills_or_a_write_waits_for_it() {
+    let cluster = Cluster::start_with(1, "7", |role, _, b| {
+        let b = quick(b);
+        if role == Role::Master {
+            // Only a full batch or a waiting write can send anything within the test.
+            b.env("BITARK_REPLICATION__BATCH_LINGER", "10s")
+                .env("BITARK_REPLICATION__BATCH_MAX_RECORDS", "5")
+                .env("BITARK_REPLICATION__ACK_TIMEOUT", "5s")
+        } else {
+            b
+        }
+    })
+    .await;
+    wait_state(&cluster.master, 0, "ALIVE").await;
+    let (master, slave) = (&cluster.master, &cluster.slaves[0]);
+    let batches = || counter(master, "bitark_replication_sent_batches_total", &[("slave", "slave-1")]);
+    let before = batches().await;
+
+    // A `semi` write is sent at once, not ten seconds later (it would time out).
+    mark(master, 1, 1, "?ack=semi").await.expect("ack=semi is not held back");
+    assert_eq!(slave.api().check(1, &[1]).await.unwrap(), vec![true]);
+    assert_eq!(batches().await, before + 1);
+
+    // Five records fill a batch, which goes without waiting out the linger.
+    for msg in 2..7 {
+        mark(master, 1, msg, "").await.expect("an async write");
+    }
+    wait_until(CONVERGE, "the full batch reaches the slave", async || {
+        slave.api().check(1, &[2, 3, 4, 5, 6]).await.unwrap() == vec![true; 5]
+    })
+    .await;
+    assert_eq!(batches().await, before + 2, "five records, one batch");
+
+    // A lone record waits; the `semi` write after it takes it along in one batch.
+    mark(master, 1, 7, "").await.expect("an async write");
+    mark(master, 1, 8, "?ack=semi").await.expect("ack=semi is not held back");
+    assert_eq!(slave.api().check(1, &[7, 8]).await.unwrap(), vec![true, true]);
+    assert_eq!(batches().await, before + 3, "the held record went with the awaited one");
+}
+
 #[tokio::test]
 async fn without_enough_alive_slaves_a_write_fails_at_once_and_nothing_is_logged() {
     let master = quick(Node::builder())

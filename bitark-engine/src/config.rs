@@ -144,6 +144,9 @@ impl Default for ReadsConfig {
     }
 }
 
+/// Longest `replication.batch-linger`.
+pub const MAX_BATCH_LINGER: Duration = Duration::from_secs(10);
+
 /// `replication.*`: master/slave replication, rolled out stage by stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -166,6 +169,13 @@ pub struct ReplicationConfig {
     pub buffer: BufferConfig,
     /// Most records in one replication batch. Default `1000`, minimum `1`.
     pub batch_max_records: usize,
+    /// Master: a batch of fewer than `batch_max_records` is held back until its oldest
+    /// record is this old, so that a busy master sends fewer, larger batches. A batch a
+    /// write waits for (`semi`/`all`) is sent at once. `0` sends every batch at once.
+    /// Default `1ms`, at most `10s`.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
+    pub batch_linger: Duration,
     /// Longest a replication call may take. Default `2s`.
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String)]
@@ -393,6 +403,7 @@ impl Default for ReplicationConfig {
             features: Features::default(),
             buffer: BufferConfig::default(),
             batch_max_records: 1000,
+            batch_linger: Duration::from_millis(1),
             request_timeout: Duration::from_secs(2),
             retry: RetryConfig::default(),
             register_interval: Duration::from_secs(1),
@@ -466,6 +477,12 @@ impl ReplicationConfig {
         }
         if self.batch_max_records == 0 {
             out.push("replication.batch-max-records: must be at least 1".into());
+        }
+        if self.batch_linger > MAX_BATCH_LINGER {
+            out.push(format!(
+                "replication.batch-linger: {:?} is above the maximum of {MAX_BATCH_LINGER:?}: a held batch is lag on every slave",
+                self.batch_linger
+            ));
         }
         if self.buffer.max_records == 0
             || self.buffer.max_bytes.as_u64() == 0
@@ -662,6 +679,7 @@ impl EngineConfig {
         "replication.features.",
         "replication.buffer.",
         "replication.batch-max-records",
+        "replication.batch-linger",
         "replication.retry.",
         "replication.register-interval",
         "replication.progress-flush",
@@ -700,6 +718,7 @@ impl EngineConfig {
         r.features = Features { failover: r.features.failover, ..n.features };
         r.buffer = n.buffer.clone();
         r.batch_max_records = n.batch_max_records;
+        r.batch_linger = n.batch_linger;
         r.retry = n.retry.clone();
         r.register_interval = n.register_interval;
         r.progress_flush = n.progress_flush;
@@ -863,5 +882,17 @@ mod tests {
         });
         assert!(found.iter().any(|p| p.contains("must start with http://")), "{found:?}");
         assert!(found.iter().any(|p| p.contains("stage 1 or later")), "{found:?}");
+    }
+
+    #[test]
+    fn a_batch_may_linger_at_most_ten_seconds() {
+        assert!(problems(|c| c.replication.batch_linger = Duration::ZERO).is_empty());
+        assert!(problems(|c| c.replication.batch_linger = MAX_BATCH_LINGER).is_empty());
+        let found = problems(|c| c.replication.batch_linger = Duration::from_secs(11));
+        assert_eq!(
+            found,
+            ["replication.batch-linger: 11s is above the maximum of 10s: a held batch is lag on every slave"],
+            "{found:?}"
+        );
     }
 }

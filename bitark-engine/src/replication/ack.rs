@@ -11,6 +11,7 @@ use super::status::SlaveState;
 use super::MasterHub;
 use crate::config::AckMode;
 use bitark_common::Lsn;
+use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,9 @@ impl MasterHub {
         let started = Instant::now();
         let deadline = started + hub.config().ack_timeout;
         let mut acks = hub.acks.subscribe();
+        // Senders holding back a small batch send it now.
+        hub.ack_wanted.fetch_max(lsn.0, Ordering::AcqRel);
+        hub.hurry.notify_waiters();
         let result = loop {
             let count = count(hub, lsn, mode);
             if count.done() {

@@ -70,6 +70,11 @@ pub(crate) struct HubInner {
     pub gc_floor: AtomicU64,
     /// Bumped on every slave acknowledgement, for writes waiting under `semi`/`all`.
     pub acks: watch::Sender<u64>,
+    /// The highest LSN a write waits to see acknowledged (`semi`/`all`): a sender never
+    /// holds back a batch a waiting write needs (`replication.batch-linger`).
+    pub ack_wanted: AtomicU64,
+    /// Wakes the senders holding back a batch when a write starts waiting for it.
+    pub hurry: Notify,
     /// Set when the hub stops (the node stepped down): no more registrations.
     pub stopped: AtomicBool,
     pub runtime: tokio::runtime::Handle,
@@ -183,6 +188,9 @@ pub(crate) struct LinkState {
     pub queue_position: Option<u64>,
     /// FULL_SYNCING: `(bytes sent, snapshot size)`.
     pub full_sync: Option<(u64, u64)>,
+    /// The sender holds back a small batch (`replication.batch-linger`): commits wake
+    /// it only once they fill a batch.
+    pub lingering: bool,
 }
 
 pub(crate) struct Queued {
@@ -212,6 +220,7 @@ impl LinkState {
             diverged: None,
             queue_position: None,
             full_sync: None,
+            lingering: false,
         }
     }
 

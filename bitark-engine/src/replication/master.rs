@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// Why a registration was refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -110,6 +110,8 @@ impl MasterHub {
                 full_sync: Default::default(),
                 gc_floor: AtomicU64::new(u64::MAX),
                 acks: watch::channel(0).0,
+                ack_wanted: AtomicU64::new(0),
+                hurry: Notify::new(),
                 stopped: AtomicBool::new(false),
                 runtime: parts.runtime,
             }),
@@ -313,8 +315,12 @@ impl MasterHub {
             } else {
                 s.push(records, &hub.buffered, committed);
             }
+            // A sender holding back a small batch needs no wake-up until the batch is full.
+            let wake = overflows || !s.lingering || s.buffer.len() >= hub.config().batch_max_records;
             drop(s);
-            link.wake.notify_one();
+            if wake {
+                link.wake.notify_one();
+            }
         }
         hub.metrics.replication_buffered_bytes.set(hub.buffered.load(Ordering::Relaxed) as i64);
     }

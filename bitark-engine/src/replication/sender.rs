@@ -25,6 +25,8 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 
 enum Step {
     Send(Vec<Record>),
+    /// A small batch is held back this long, for more records to join it.
+    Linger(Duration),
     CatchUp(Lsn),
     Wait,
 }
@@ -41,6 +43,10 @@ pub(crate) async fn run(hub: Arc<HubInner>, link: Arc<SlaveLink>) {
                     continue;
                 }
             },
+            Step::Linger(delay) => {
+                linger(&hub, &link, delay).await;
+                continue;
+            }
             Step::Wait => {
                 wait(&hub, &link).await;
                 continue;
@@ -56,10 +62,34 @@ async fn wait(hub: &HubInner, link: &SlaveLink) {
     let _ = tokio::time::timeout(IDLE_WAIT, link.wake.notified()).await;
 }
 
+/// Holds a small batch back for `delay`, until commits fill it or a write starts
+/// waiting for it.
+async fn linger(hub: &HubInner, link: &SlaveLink, delay: Duration) {
+    let hurry = hub.hurry.notified();
+    tokio::pin!(hurry);
+    // Registered before looking, so that a write that starts waiting after the look
+    // still cuts the delay short.
+    hurry.as_mut().enable();
+    if wanted_now(hub, link.lock().next_send) {
+        return;
+    }
+    tokio::select! {
+        _ = hurry => {}
+        _ = link.wake.notified() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+}
+
+/// Whether a write waits for an acknowledgement of `next_send` or a later record.
+fn wanted_now(hub: &HubInner, next_send: Lsn) -> bool {
+    hub.ack_wanted.load(Ordering::Acquire) >= next_send.0
+}
+
 /// Decides what to send next, under the slave's lock.
 fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
     let durable = hub.durable_lsn();
     let mut s = link.lock();
+    s.lingering = false;
     s.trim_sent(&hub.buffered);
     if !s.verified || s.state().is_stuck() {
         return Step::Wait;
@@ -85,8 +115,17 @@ fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
         }
         return Step::Wait;
     }
-    if s.buffer.front().is_some_and(|q| q.record.lsn == s.next_send) {
-        return Step::Send(take_batch(&s, hub.config().batch_max_records, durable));
+    if let Some(front) = s.buffer.front().filter(|q| q.record.lsn == s.next_send) {
+        let (max, linger) = (hub.config().batch_max_records, hub.config().batch_linger);
+        // A busy master sends fewer, larger batches: a small one waits until its oldest
+        // record is `batch-linger` old, unless a write waits for it.
+        if s.buffer.len() < max && !wanted_now(hub, s.next_send) {
+            if let Some(left) = linger.checked_sub(front.committed.elapsed()).filter(|d| !d.is_zero()) {
+                s.lingering = true;
+                return Step::Linger(left);
+            }
+        }
+        return Step::Send(take_batch(&s, max, durable));
     }
     if s.behind_since.is_none() {
         s.behind_since = Some(Instant::now());
@@ -212,9 +251,10 @@ async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
                 m.replication_acked_batches.with_label_values(&labels).inc();
                 m.replication_acked_records.with_label_values(&labels).inc_by(records.len() as u64);
                 let lag = m.replication_ack_lag_seconds.with_label_values(&labels);
+                let now = Instant::now();
                 for q in s.buffer.iter().take_while(|q| q.record.lsn.0 <= ack.ack_lsn) {
                     if q.record.lsn > s.last_ack {
-                        lag.observe(q.committed.elapsed().as_secs_f64());
+                        lag.observe(now.saturating_duration_since(q.committed).as_secs_f64());
                     }
                 }
                 s.last_ack = s.last_ack.max(Lsn(ack.ack_lsn));
