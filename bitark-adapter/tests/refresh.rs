@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::cluster::{quick, replication_status, Cluster};
+use support::cluster::{quick, replication_status, wait_state, Cluster};
 use support::{counter, wait_until, Node};
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -274,4 +274,37 @@ async fn a_refresh_changes_the_replication_flags_and_ack_mode_on_both_sides() {
     assert_eq!((status, keys(&report, "applied")), (StatusCode::OK, vec!["limits.max-batch".to_string()]));
     assert_eq!(report["features"]["heartbeat"], true, "{report}");
     assert_eq!(replication_status(slave).await["featuresOverridden"], true);
+}
+
+/// A sender holding a batch back under a long `replication.batch-linger` sends it as
+/// soon as a refresh shortens the linger, not when the old one runs out.
+#[tokio::test]
+async fn a_refresh_that_shortens_the_batch_linger_sends_a_held_batch_at_once() {
+    let linger = |linger: &str| format!("replication:\n  stage: 3\n  batch-linger: {linger}\n");
+    let master_file = ConfigFile::new(&linger("10s"));
+    let m = master_file.path().to_owned();
+    let cluster = Cluster::builder()
+        .slaves(1)
+        .configure(move |role, _, builder| {
+            // No registration wakes the master's sender during the test.
+            let builder = quick(builder).env("BITARK_REPLICATION__REGISTER_INTERVAL", "1m");
+            if role == support::cluster::Role::Master {
+                builder.arg("--config").arg(m.to_str().unwrap())
+            } else {
+                builder.env("BITARK_REPLICATION__STAGE", "3")
+            }
+        })
+        .start()
+        .await;
+    wait_state(&cluster.master, 0, "ALIVE").await;
+    let (master, slave) = (&cluster.master, &cluster.slaves[0]);
+    master.api().mark_read(9, 9).await.expect("an async write");
+
+    master_file.write(&linger("0ms"));
+    let (status, report) = refresh(master).await;
+    assert_eq!((status, keys(&report, "applied")), (StatusCode::OK, vec!["replication.batch-linger".to_string()]));
+    wait_until(Duration::from_secs(5), "the held record on the slave before the old linger ends", async || {
+        slave.api().check(9, &[9]).await.unwrap() == [true]
+    })
+    .await;
 }

@@ -169,10 +169,10 @@ pub struct ReplicationConfig {
     pub buffer: BufferConfig,
     /// Most records in one replication batch. Default `1000`, minimum `1`.
     pub batch_max_records: usize,
-    /// Master: a batch of fewer than `batch_max_records` is held back until its oldest
-    /// record is this old, so that a busy master sends fewer, larger batches. A batch a
-    /// write waits for (`semi`/`all`) is sent at once. `0` sends every batch at once.
-    /// Default `1ms`, at most `10s`.
+    /// Master: a batch of fewer than `batch_max_records` (and under half a send buffer's
+    /// limits) is held back until its oldest record is this old, so that a busy master
+    /// sends fewer, larger batches. A batch a write waits for (`semi`/`all`) is sent at
+    /// once. `0` sends every batch at once. Default `1ms`, at most `10s`.
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String)]
     pub batch_linger: Duration,

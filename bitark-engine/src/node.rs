@@ -506,6 +506,9 @@ impl Node {
         let next = Arc::new(self.inner.config.load().with_reloaded(new));
         self.inner.memory.set_limit(next.limits.max_memory.as_u64());
         self.inner.config.store(next.clone());
+        if let Some(hub) = self.inner.state.hub() {
+            hub.wake_senders();
+        }
         let mut live = self.inner.features.write().unwrap_or_else(PoisonError::into_inner);
         live.overridden = live.features != next.replication.effective_features();
         next

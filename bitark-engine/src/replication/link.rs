@@ -5,7 +5,7 @@
 //! (`verify.rs`) all work on these types and on nothing of each other.
 
 use super::status::{SlaveState, SlaveStatus};
-use crate::config::{LiveConfig, ReplicationNow};
+use crate::config::{LiveConfig, ReplicationConfig, ReplicationNow};
 use crate::state::State;
 use bitark_common::replication::Features;
 use bitark_common::{Lsn, Record};
@@ -33,6 +33,9 @@ impl HubInner {
 }
 
 /// A master's replication state, shared by the hub and every sender task.
+/// About the most bytes one batch carries, from the buffer or read back from the WAL.
+pub(crate) const BATCH_BYTES: usize = 4 << 20;
+
 pub(crate) struct HubInner {
     pub node_id: String,
     /// Random per process start; lets slaves notice that the master forgot them.
@@ -274,6 +277,19 @@ impl LinkState {
         }
     }
 
+    /// Whether the buffer holds a whole batch, which goes without lingering: as many
+    /// records as `batch-max-records`, or as many bytes as one batch carries. Half of a
+    /// send buffer's limits also counts as whole, so that holding a batch back never
+    /// overflows a buffer.
+    pub fn batch_ready(&self, config: &ReplicationConfig) -> bool {
+        let records = config.batch_max_records.min(config.buffer.max_records / 2).max(1);
+        let bytes = BATCH_BYTES
+            .min(config.buffer.max_bytes.as_u64() as usize / 2)
+            .min(config.buffer.total_max_bytes.as_u64() as usize / 2)
+            .max(1);
+        self.buffer.len() >= records || self.buffer_bytes >= bytes
+    }
+
     /// Drops buffered records the slave no longer needs.
     pub fn trim_sent(&mut self, total: &AtomicUsize) {
         while self.buffer.front().is_some_and(|q| q.record.lsn < self.next_send) {
@@ -462,6 +478,47 @@ pub(crate) fn refresh_metrics(hub: &HubInner, link: &SlaveLink) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BufferConfig;
+    use bitark_common::{Command, Epoch};
+
+    fn queued(lsn: u64, msgs: usize) -> LinkState {
+        let mut s = LinkState::registered(String::new(), Features::default(), String::new(), Lsn(lsn - 1));
+        let command = Command::MarkBatch { user: 1, msgs: (0..msgs as u64).collect() };
+        let record = Record { epoch: Epoch(1), lsn: Lsn(lsn), time: 0, command };
+        s.push(&[record], &AtomicUsize::new(0), Instant::now());
+        s
+    }
+
+    #[test]
+    fn a_batch_is_ready_at_its_record_or_byte_limit_or_at_half_a_buffer() {
+        let mut config = ReplicationConfig { batch_max_records: 3, ..Default::default() };
+        let mut s = queued(1, 1);
+        assert!(!s.batch_ready(&config));
+        for lsn in 2..=3 {
+            let more = queued(lsn, 1);
+            s.buffer.extend(more.buffer);
+        }
+        assert!(s.batch_ready(&config), "batch-max-records records");
+        config.batch_max_records = 1000;
+        assert!(!s.batch_ready(&config));
+        config.buffer.max_records = 6;
+        assert!(s.batch_ready(&config), "half of buffer.max-records");
+
+        let config = ReplicationConfig::default();
+        let big = queued(1, BATCH_BYTES / 8);
+        assert!(big.buffer_bytes >= BATCH_BYTES && big.buffer.len() == 1);
+        assert!(big.batch_ready(&config), "the bytes of one batch");
+        let small = queued(1, 1000);
+        assert!(!small.batch_ready(&config));
+        let tight = ReplicationConfig {
+            buffer: BufferConfig {
+                max_bytes: bytesize::ByteSize::b(2 * small.buffer_bytes as u64),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(small.batch_ready(&tight), "half of buffer.max-bytes");
+    }
 
     #[test]
     fn byte_index_answers_bytes_after_an_lsn() {

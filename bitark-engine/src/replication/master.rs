@@ -298,7 +298,8 @@ impl MasterHub {
             hub.committed.store(last.lsn.0, Ordering::Release);
         }
         let slaves = hub.slaves.read().unwrap_or_else(PoisonError::into_inner);
-        let limits = &hub.config().buffer;
+        let config = hub.config();
+        let limits = &config.buffer;
         let committed = Instant::now();
         self.make_room(&slaves, bytes * slaves.len(), committed);
         for link in slaves.values() {
@@ -316,7 +317,7 @@ impl MasterHub {
                 s.push(records, &hub.buffered, committed);
             }
             // A sender holding back a small batch needs no wake-up until the batch is full.
-            let wake = overflows || !s.lingering || s.buffer.len() >= hub.config().batch_max_records;
+            let wake = overflows || !s.lingering || s.batch_ready(&config);
             drop(s);
             if wake {
                 link.wake.notify_one();
@@ -389,6 +390,14 @@ impl MasterHub {
                     tracing::warn!(%url, error = %e, "cannot ask a slave to register again after a flag change");
                 }
             });
+        }
+    }
+
+    /// Wakes every sender to look again at what it holds back: after a reload, the
+    /// batch settings may be other than those it is waiting under.
+    pub fn wake_senders(&self) {
+        for link in self.inner.slaves.read().unwrap_or_else(PoisonError::into_inner).values() {
+            link.wake.notify_one();
         }
     }
 

@@ -8,7 +8,7 @@
 //! again, so the slave is GAP and sending goes on with newer records (which it will
 //! refuse until someone repairs it). The task ends when its link is closed.
 
-use super::link::{refresh_metrics, HubInner, LinkState, SlaveLink};
+use super::link::{refresh_metrics, HubInner, LinkState, SlaveLink, BATCH_BYTES};
 use super::status::SlaveState;
 use bitark_common::{Lsn, Record};
 use bitark_infra::replication::{BatchSender, TransportError};
@@ -18,8 +18,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// About the most bytes one batch carries, from the buffer or read back from the WAL.
-const BATCH_BYTES: usize = 4 << 20;
 /// How long an idle sender waits before looking again on its own.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -116,16 +114,16 @@ fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
         return Step::Wait;
     }
     if let Some(front) = s.buffer.front().filter(|q| q.record.lsn == s.next_send) {
-        let (max, linger) = (hub.config().batch_max_records, hub.config().batch_linger);
+        let config = hub.config();
         // A busy master sends fewer, larger batches: a small one waits until its oldest
         // record is `batch-linger` old, unless a write waits for it.
-        if s.buffer.len() < max && !wanted_now(hub, s.next_send) {
-            if let Some(left) = linger.checked_sub(front.committed.elapsed()).filter(|d| !d.is_zero()) {
+        if !s.batch_ready(&config) && !wanted_now(hub, s.next_send) {
+            if let Some(left) = config.batch_linger.checked_sub(front.committed.elapsed()).filter(|d| !d.is_zero()) {
                 s.lingering = true;
                 return Step::Linger(left);
             }
         }
-        return Step::Send(take_batch(&s, max, durable));
+        return Step::Send(take_batch(&s, config.batch_max_records, durable));
     }
     if s.behind_since.is_none() {
         s.behind_since = Some(Instant::now());
