@@ -2,7 +2,9 @@
 //!
 //! It sends from the slave's next needed LSN, never past the master's durable LSN: from
 //! the send buffer when the buffer holds it, otherwise (under `bounded-buffer`) read back
-//! from the WAL. Acknowledgements move the slave forward (`progress`). A failed send is
+//! from the WAL. A batch from the buffer that is not yet whole waits until its oldest
+//! record is `replication.batch-linger` old, unless a `semi`/`all` write waits for it.
+//! Acknowledgements move the slave forward (`progress`). A failed send is
 //! logged and counted, and the next one waits a bounded, growing backoff with jitter:
 //! under `reliable` the same batch is sent again; at stages 1 and 2 nothing can be sent
 //! again, so the slave is GAP and sending goes on with newer records (which it will
