@@ -9,7 +9,11 @@
 //!   leaves after [`FD_RESERVE`] for the node's own files). One more is answered
 //!   `503 too_many_connections` and closed at once.
 //! - **How long**, by what the connection is doing ([`Phase`]), watched by one timer per
-//!   connection that sleeps until the current deadline:
+//!   connection that sleeps until the current deadline, or for half a header timeout
+//!   if that is sooner, and then looks again: a request head that begins while the timer
+//!   sleeps on a later deadline (the idle one) is seen within half its own timeout and
+//!   cut off at it. Waking the timer on every phase change instead would cost each
+//!   request on a kept-alive connection a task wake-up:
 //!   - between requests, no byte moving either way: `server.idle-timeout`;
 //!   - from the first byte of a request to the end of its headers:
 //!     `server.header-read-timeout`;
@@ -273,7 +277,8 @@ impl Tracker {
             if now >= deadline && !reason.is_empty() {
                 return reason;
             }
-            let wait = Duration::from_millis(deadline.saturating_sub(now).max(1));
+            let look_again = (limits.header_read_timeout.as_millis() as u64 / 2).max(1);
+            let wait = Duration::from_millis(deadline.saturating_sub(now).clamp(1, look_again));
             tokio::time::sleep(wait).await;
         }
     }

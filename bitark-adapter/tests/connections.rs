@@ -206,6 +206,45 @@ async fn idle_half_sent_and_endless_requests_are_cut_off() {
     assert_eq!(node.api().readiness().await.unwrap(), StatusCode::OK, "the node serves on");
 }
 
+/// A half-sent request head is cut off at `server.header-read-timeout` wherever in the
+/// connection's life it begins: on a fresh connection a moment after it opened (the
+/// connection's timer already sleeping on the idle deadline) or after an answered request.
+/// The idle timeout is far longer than the test waits, so only the header deadline can
+/// close them.
+#[tokio::test]
+async fn slow_heads_are_cut_off_at_the_header_timeout_whenever_they_begin() {
+    const CONNECTIONS: u64 = 24;
+    let node = Node::builder()
+        .env("BITARK_SERVER__HEADER_READ_TIMEOUT", "1s")
+        .env("BITARK_SERVER__IDLE_TIMEOUT", "10min")
+        .start()
+        .await;
+    let addr = node.addr().unwrap();
+    let clients = (0..CONNECTIONS).map(|i| {
+        tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            if i % 3 == 0 {
+                // One whole request first: the half head begins after an answer.
+                stream.write_all(b"GET /actuator/health/liveness HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+                let mut buf = [0u8; 1024];
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+            }
+            // The heads begin at different moments after the connections opened.
+            tokio::time::sleep(Duration::from_millis(100 * i)).await;
+            stream.write_all(b"GET /actuator/health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+            read_until_closed(&mut stream, CLOSED_WITHIN).await.is_some()
+        })
+    });
+    for (i, client) in clients.collect::<Vec<_>>().into_iter().enumerate() {
+        assert!(client.await.unwrap(), "connection {i}: a half-sent head stayed open past the header timeout");
+    }
+    let api = node.api();
+    let expired = metric(&api, "bitark_http_connections_expired_total{reason=\"header_timeout\"}").await;
+    assert!(expired >= CONNECTIONS as f64, "{expired} connections cut off at the header timeout");
+    assert_eq!(metric(&api, "bitark_http_connections_expired_total{reason=\"idle\"}").await, 0.0);
+}
+
 #[tokio::test]
 async fn oversized_and_malformed_requests_get_json_errors() {
     let node = Node::builder().start().await;
