@@ -223,8 +223,6 @@ pub struct Sources {
 pub enum ConfigError {
     #[error("configuration file {0} does not exist")]
     MissingFile(PathBuf),
-    #[error("{0}")]
-    Invalid(String),
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
     Problems(Vec<String>),
 }
@@ -267,13 +265,55 @@ impl AppConfig {
         if let Some(dir) = &sources.data_dir {
             figment = figment.merge(Serialized::default("node.data-dir", dir));
         }
-        let config: AppConfig = figment.extract().map_err(|e| ConfigError::Invalid(describe(e)))?;
-        let problems = config.problems();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Problems(problems))
+        let problems = match figment.extract::<AppConfig>() {
+            Ok(config) => match config.problems() {
+                problems if problems.is_empty() => return Ok(config),
+                problems => problems,
+            },
+            Err(whole) => Self::problems_by_section(&figment, whole),
+        };
+        Err(ConfigError::Problems(problems))
+    }
+
+    /// Every problem of a configuration that does not parse: the values of the wrong type
+    /// or form in each section, found by parsing the sections one by one, then the invalid
+    /// values of the sections that did parse. serde stops at a tree's first error, so
+    /// parsing the whole tree would name only one.
+    fn problems_by_section(figment: &Figment, whole: figment::Error) -> Vec<String> {
+        let mut parsed = AppConfig::default();
+        let (mut lines, mut failed) = (Vec::new(), Vec::new());
+        let mut section = |name: &'static str, parse: &mut dyn FnMut(&Figment) -> Result<(), Box<figment::Error>>| {
+            if figment.find_value(name).is_ok() {
+                if let Err(errors) = parse(figment) {
+                    // figment names a section's keys from the inside out, the section last.
+                    lines.extend((*errors).into_iter().map(|mut e| {
+                        if e.path.last().is_some_and(|last| last == name) {
+                            e.path.pop();
+                        }
+                        e.path.insert(0, name.to_string());
+                        error_line(&e)
+                    }));
+                    failed.push(name);
+                }
+            }
+        };
+        macro_rules! sections {
+            ($($field:ident: $name:literal),* $(,)?) => {
+                $(section($name, &mut |f| Ok(parsed.$field = f.extract_inner($name).map_err(Box::new)?));)*
+            };
         }
+        sections! {
+            server: "server", node: "node", wal: "wal", snapshot: "snapshot", limits: "limits",
+            reads: "reads", replication: "replication", coordination: "coordination", backup: "backup",
+            security: "security", management: "management", logging: "logging",
+        }
+        if lines.is_empty() {
+            // Not inside a section (an unknown one, say): the whole tree's error says where.
+            return error_lines(whole);
+        }
+        let in_failed = |problem: &String| failed.iter().any(|name| problem.starts_with(&format!("{name}.")));
+        lines.extend(parsed.problems().into_iter().filter(|p| !in_failed(p)));
+        lines
     }
 
     /// Every invalid value, each naming its key.
@@ -380,22 +420,21 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, serde
 }
 
 /// One line per error, each naming the key and the source it came from.
-fn describe(errors: figment::Error) -> String {
-    let lines: Vec<String> = errors
-        .into_iter()
-        .map(|e| {
-            let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
-            let source = match e.metadata.as_ref() {
-                Some(meta) => match &meta.source {
-                    Some(source) => format!("{source}"),
-                    None => meta.name.to_string(),
-                },
-                None => "configuration".to_string(),
-            };
-            format!("{key}: {} (from {source})", e.kind)
-        })
-        .collect();
-    format!("invalid configuration:\n  - {}", lines.join("\n  - "))
+fn error_lines(errors: figment::Error) -> Vec<String> {
+    errors.into_iter().map(|e| error_line(&e)).collect()
+}
+
+/// One error as a line naming its key and the source it came from.
+fn error_line(e: &figment::Error) -> String {
+    let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
+    let source = match e.metadata.as_ref() {
+        Some(meta) => match &meta.source {
+            Some(source) => format!("{source}"),
+            None => meta.name.to_string(),
+        },
+        None => "configuration".to_string(),
+    };
+    format!("{key}: {} (from {source})", e.kind)
 }
 
 #[cfg(test)]
@@ -499,6 +538,22 @@ mod tests {
         for key in ["wal.segment-size", "limits.max-batch", "snapshot.keep"] {
             assert!(err.contains(key), "{key} missing from: {err}");
         }
+    }
+
+    #[test]
+    fn type_errors_and_range_errors_are_listed_together() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("application.yml"),
+            "replication:\n  stage: banana\nlimits:\n  max-batch: 0\nserver:\n  port: lots\nsnapshot:\n  keep: 0\n",
+        )
+        .unwrap();
+        let err = load_in(dir.path(), Sources::default()).unwrap_err().to_string();
+        for key in ["replication.stage", "server.port", "limits.max-batch", "snapshot.keep", "application.yml"] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+        // A section that does not parse is not checked with its defaults as well.
+        assert_eq!(err.matches("server.").count(), 1, "{err}");
     }
 
     #[test]

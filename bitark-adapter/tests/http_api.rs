@@ -214,6 +214,26 @@ async fn wrong_content_type_is_415() {
     assert_eq!(s.raw(request).await.0, StatusCode::OK, "a charset parameter is fine");
 }
 
+/// A POST with no body and no Content-Type is the empty object: 400 naming the field an
+/// endpoint needs, where a body with the wrong type is still 415.
+#[tokio::test]
+async fn a_bodyless_request_names_the_field_it_lacks() {
+    let s = start();
+    for (method, uri, named) in [
+        ("POST", "/admin/demote", "masterUrl"),
+        ("PUT", "/admin/replication/features", "`stage`, `features`"),
+        ("POST", "/api/v1/users/1/reads/check", "msgIds"),
+    ] {
+        let request = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+        let (status, text, _) = s.raw(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {text}");
+        assert!(text.contains(named), "{method} {uri}: {text}");
+    }
+    let request = Request::post("/admin/demote").header(header::CONTENT_LENGTH, "2").body(Body::from("{}")).unwrap();
+    assert_eq!(s.raw(request).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE, "a body without a Content-Type");
+    assert_eq!(s.node.applied_lsn().0, 0);
+}
+
 #[tokio::test]
 async fn oversized_batches_and_ranges_are_413_and_not_half_applied() {
     let s = start();
@@ -514,6 +534,36 @@ async fn served_openapi_document_is_the_checked_in_file() {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
     assert!(doc["components"]["schemas"]["FlexU64"]["description"].as_str().unwrap().contains("decimal string"));
+}
+
+/// No parameter of the document is a bare string: each one has a pattern, a format or
+/// a list of values, so generated clients and fuzzers know what it takes.
+#[tokio::test]
+async fn every_documented_parameter_says_what_it_takes() {
+    let s = start();
+    let (_, served, _) = s.raw(Request::get("/openapi.json").body(Body::empty()).unwrap()).await;
+    let doc: Value = serde_json::from_str(&served).unwrap();
+    let resolve = |schema: &Value| -> Value {
+        match schema["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
+            Some(name) => doc["components"]["schemas"][name].clone(),
+            None => schema.clone(),
+        }
+    };
+    let mut bare = Vec::new();
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                let schema = resolve(&parameter["schema"]);
+                let says = ["pattern", "format", "enum"].iter().any(|k| !schema[k].is_null())
+                    || schema["type"] != "string"
+                    || schema["oneOf"].is_array();
+                if !says {
+                    bare.push(format!("{method} {path} {}", parameter["name"]));
+                }
+            }
+        }
+    }
+    assert!(bare.is_empty(), "bare string parameters: {bare:#?}");
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 //! backup's end; `DELETE …/{id}` ends it. Writes go on meanwhile.
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{parse_id, QueryParams};
+use super::extract::{parse_id, IdString, QueryParams};
 use super::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderName, HeaderValue};
@@ -98,9 +98,9 @@ fn backup_id(raw: &str) -> Result<u64, ApiError> {
 /// crc32 in `x-bitark-crc32`.
 #[utoipa::path(get, path = "/admin/backup/{id}/snapshot", tag = "admin", security((), ("bearer" = [])),
     params(
-        ("id" = String, Path, description = "The backup's id"),
-        ("offset" = Option<String>, Query, description = "First byte; default 0"),
-        ("len" = Option<String>, Query, description = "Bytes wanted; default and at most 8 MiB"),
+        ("id" = IdString, Path, description = "The backup's id"),
+        ("offset" = Option<IdString>, Query, description = "First byte; default 0"),
+        ("len" = Option<IdString>, Query, description = "Bytes wanted; default and at most 8 MiB"),
     ),
     responses(
         (status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>),
@@ -140,8 +140,8 @@ fn octet_stream(body: Vec<u8>, extra: Option<(HeaderName, HeaderValue)>) -> Resp
 /// sent is in `x-bitark-last-lsn`.
 #[utoipa::path(get, path = "/admin/backup/{id}/wal", tag = "admin", security((), ("bearer" = [])),
     params(
-        ("id" = String, Path, description = "The backup's id"),
-        ("from" = String, Query, description = "The first LSN wanted"),
+        ("id" = IdString, Path, description = "The backup's id"),
+        ("from" = IdString, Query, description = "The first LSN wanted"),
     ),
     responses(
         (status = 200, description = "Records", content_type = "application/octet-stream", body = Vec<u8>),
@@ -168,7 +168,7 @@ pub async fn backup_wal(
 
 /// Ends the backup: the node no longer keeps its snapshot and log for it.
 #[utoipa::path(delete, path = "/admin/backup/{id}", tag = "admin", security((), ("bearer" = [])),
-    params(("id" = String, Path, description = "The backup's id")),
+    params(("id" = IdString, Path, description = "The backup's id")),
     responses(
         (status = 204, description = "Ended"),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),

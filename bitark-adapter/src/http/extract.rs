@@ -147,13 +147,26 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 
 /// A JSON body: `Content-Type: application/json` required (415 otherwise), size
 /// bounded by the router's body limit (413), and a parse error names what was wrong
-/// and where (400).
+/// and where (400). A request with no body and no Content-Type is taken as the empty
+/// object `{}`: an endpoint whose fields are all optional accepts it, and one that needs
+/// a field answers 400 naming it.
 pub struct ApiJson<T>(pub T);
+
+/// True when `req` has no body at all (its length is known to be 0) and no Content-Type.
+fn no_body(req: &Request) -> bool {
+    use http_body::Body as _;
+    !req.headers().contains_key(header::CONTENT_TYPE) && req.body().size_hint().exact() == Some(0)
+}
 
 impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        if no_body(&req) {
+            return serde_json::from_slice(b"{}")
+                .map(ApiJson)
+                .map_err(|e| ApiError::bad_request("invalid_body", format!("the request has no body: {e}")));
+        }
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let mime = content_type.split(';').next().unwrap_or("").trim();
         if !mime.eq_ignore_ascii_case("application/json") {
