@@ -328,6 +328,27 @@ async fn a_capped_transfer_completes_though_chunks_asked_ahead_wait_past_the_req
     assert_eq!(counter(&cluster.master, "bitark_full_sync_bytes_total", &[]).await, size);
 }
 
+/// A snapshot smaller than one chunk (the default 4 MiB) is paced by the cap too: it is
+/// cut into chunks of a quarter second of the cap, and the master is seen with part of it
+/// sent. Sent whole at wire speed, it would go from nothing to everything at once.
+#[tokio::test]
+async fn a_snapshot_smaller_than_one_chunk_goes_no_faster_than_the_cap() {
+    let mut cluster =
+        master(|_, _, builder| builder.env("BITARK_REPLICATION__FULL_SYNC__MAX_BYTES_PER_SECOND", "256KiB")).await;
+    load(&cluster.master, 1500, 1000, 7).await;
+    snapshot_and_purge(&cluster.master).await;
+    cluster.add_slave(slave("5")).await;
+    let size = transfer_size(&cluster).await;
+    assert!(size < 4 << 20, "the snapshot ({size} bytes) fits one default chunk");
+    wait_until(CONVERGE_WITHIN, "the master to have sent part of the snapshot", async || {
+        let sent = slave_entry(&cluster.master, 0).await.and_then(|e| e["fullSyncBytes"].as_u64());
+        sent.is_some_and(|sent| sent > 0 && sent < size)
+    })
+    .await;
+    cluster.wait_for_convergence(SYNCED_WITHIN).await;
+    assert_eq!(counter(&cluster.master, "bitark_full_sync_bytes_total", &[]).await, size);
+}
+
 #[tokio::test]
 async fn a_restarted_slave_resumes_its_snapshot_though_the_master_took_a_newer_one() {
     let mut cluster = slow_master(3000, |b| b).await;

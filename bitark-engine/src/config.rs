@@ -291,7 +291,9 @@ impl AckMode {
 pub struct FullSyncConfig {
     /// Master: most transfers served at once; other slaves wait in a queue. Default `1`.
     pub max_concurrent: usize,
-    /// Master: bandwidth of one transfer; `0` unlimited. Default `0`.
+    /// Master: bandwidth of one transfer; `0` unlimited. A chunk goes once the cap allows
+    /// its last byte; under a cap chunks hold at most a quarter second of it (at least
+    /// 64 KiB), the longest burst at wire speed. Default `0`.
     #[schema(value_type = String)]
     pub max_bytes_per_second: bytesize::ByteSize,
     /// Master: a transfer that makes no progress for this long loses its pin on the

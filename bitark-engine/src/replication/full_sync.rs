@@ -7,7 +7,10 @@
 //!   (FULL_SYNC_QUEUED, with their place) and ask again, with jitter, so no resync storm
 //!   can form. The snapshot is the newest one (one is taken if there is none).
 //! - A transfer sends the file in chunks, each with its crc32, at most
-//!   `max-bytes-per-second`. It *pins* the snapshot and the WAL after it (see
+//!   `max-bytes-per-second`: a chunk goes once the cap allows every byte up to its end,
+//!   so a snapshot smaller than one chunk waits for its allowance too. Under a cap a chunk
+//!   holds at most a quarter second of it (and at least 64 KiB): the burst at wire speed
+//!   is one such chunk. It *pins* the snapshot and the WAL after it (see
 //!   [`crate::state::Retention`]): garbage collection deletes neither while the pin
 //!   holds. The pin is a lease of `pin-timeout`, renewed by every chunk, so an abandoned
 //!   transfer cannot hold disk for ever.
@@ -79,6 +82,8 @@ struct Transfer {
     session: String,
     path: PathBuf,
     snapshot: SnapshotRef,
+    /// The chunk size offered ([`chunk_size`]).
+    chunk_size: u64,
     /// The offset of the first chunk asked for (a resumed download starts past 0): the
     /// bandwidth cap paces the chunks by their offset from it, so a chunk fetched again
     /// costs no extra time.
@@ -172,7 +177,7 @@ pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Resu
     // Going on with a transfer it has.
     if let Some((id, t)) = hub.full_sync.lock().running.iter().find(|(_, t)| t.slave == request.slave_id) {
         if t.session == request.session {
-            return Ok(granted(hub, *id, t.snapshot));
+            return Ok(granted(hub, *id, t.snapshot, t.chunk_size));
         }
     }
     let needs = matches!(
@@ -223,6 +228,7 @@ pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Resu
         }
     };
     let resumed = request.resume.is_some_and(|have| have.lsn == snapshot.lsn && have.checksum == snapshot.checksum);
+    let chunk = chunk_size(hub);
     {
         let now = Instant::now();
         transfers.running.insert(
@@ -232,6 +238,7 @@ pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Resu
                 session: request.session.clone(),
                 path,
                 snapshot,
+                chunk_size: chunk,
                 first_offset: None,
                 started: now,
                 last_progress: now,
@@ -250,14 +257,30 @@ pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Resu
         s.last_error = None;
     }
     refresh_metrics(hub, &link);
-    Ok(granted(hub, id, snapshot))
+    Ok(granted(hub, id, snapshot, chunk))
 }
 
-fn granted(hub: &HubInner, id: u64, snapshot: SnapshotRef) -> FullSyncAnswer {
+/// The chunk size a transfer starts with: `chunk-size`, or under a bandwidth cap a
+/// quarter second of it if that is smaller (at least 64 KiB), so that no burst at wire
+/// speed is longer.
+fn chunk_size(hub: &HubInner) -> u64 {
+    let config = &hub.config().full_sync;
+    let (size, rate) = (config.chunk_size.as_u64(), config.max_bytes_per_second.as_u64());
+    if rate == 0 {
+        size
+    } else {
+        size.min((rate / 4).max(MIN_CHUNK))
+    }
+}
+
+/// The smallest chunk a bandwidth cap cuts a transfer into.
+const MIN_CHUNK: u64 = 64 * 1024;
+
+fn granted(hub: &HubInner, id: u64, snapshot: SnapshotRef, chunk_size: u64) -> FullSyncAnswer {
     let offer = TransferOffer {
         id,
         snapshot,
-        chunk_size: hub.config().full_sync.chunk_size.as_u64(),
+        chunk_size,
         max_bytes_per_second: hub.config().full_sync.max_bytes_per_second.as_u64(),
     };
     FullSyncAnswer { transfer: Some(offer), queue_position: None }
@@ -271,8 +294,7 @@ pub(crate) async fn chunk(
     session: &str,
     offset: u64,
 ) -> Result<(Vec<u8>, u32), FullSyncError> {
-    let chunk_size = hub.config().full_sync.chunk_size.as_u64();
-    let (path, size, not_before) = {
+    let (path, size, len, not_before) = {
         let mut transfers = hub.full_sync.lock();
         let t = transfers.running.get_mut(&id).filter(|t| t.session == session);
         let t = t.ok_or(FullSyncError::UnknownTransfer(id))?;
@@ -280,18 +302,18 @@ pub(crate) async fn chunk(
         if offset >= size {
             return Err(FullSyncError::BadOffset { offset, size });
         }
-        // Bandwidth cap: the chunk at `offset` goes once the transfer's rate allows the
-        // bytes before it.
+        let len = t.chunk_size.min(size - offset);
+        // Bandwidth cap: the chunk at `offset` goes once the transfer's rate allows every
+        // byte up to its end.
         let rate = hub.config().full_sync.max_bytes_per_second.as_u64();
         let first = *t.first_offset.get_or_insert(offset);
-        let ahead = offset.saturating_sub(first) as f64;
-        let not_before = (rate > 0).then(|| t.started + Duration::from_secs_f64(ahead / rate as f64));
-        (t.path.clone(), size, not_before)
+        let through = (offset + len).saturating_sub(first) as f64;
+        let not_before = (rate > 0).then(|| t.started + Duration::from_secs_f64(through / rate as f64));
+        (t.path.clone(), size, len as usize, not_before)
     };
     if let Some(at) = not_before {
         tokio::time::sleep_until(at.into()).await;
     }
-    let len = chunk_size.min(size - offset) as usize;
     let file = path.clone();
     let read = tokio::task::spawn_blocking(move || read_chunk(&file, offset, len))
         .await

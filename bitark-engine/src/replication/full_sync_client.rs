@@ -147,10 +147,11 @@ fn partial_download(follower: &Follower) -> Option<SnapshotRef> {
 /// One chunk of transfer `id` at `offset`, checked against its crc32: a damaged one is
 /// fetched again, a lost answer retried.
 async fn fetch_chunk(follower: Follower, offer: TransferOffer, offset: u64) -> Result<Vec<u8>, Stop> {
-    // Under the master's bandwidth cap a chunk asked for ahead waits its turn there.
+    // Under the master's bandwidth cap a chunk asked for ahead waits its turn there: the
+    // allowance of the chunks before it and of its own bytes.
     let mut timeout = follower.config().request_timeout;
     if offer.max_bytes_per_second > 0 {
-        let ahead = (IN_FLIGHT as u64 * offer.chunk_size) as f64 / offer.max_bytes_per_second as f64;
+        let ahead = ((IN_FLIGHT as u64 + 1) * offer.chunk_size) as f64 / offer.max_bytes_per_second as f64;
         timeout += Duration::from_secs_f64(ahead);
     }
     let session = follower.session().to_string();
