@@ -253,6 +253,64 @@ async fn a_master_cut_off_from_etcd_and_its_slaves_stops_writing_before_a_new_ep
     );
 }
 
+/// A master cut off from etcd and its peers answers no read a newer master could have
+/// changed: once the new master acknowledged an unmark and reads it back, the old one
+/// answers the key neither read nor unread by default (it may still be asked for its
+/// local state, `consistency=local`, and then says what it has). A slave refuses a
+/// leader read and names the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_cut_off_from_etcd_answers_no_leader_read_a_new_master_could_have_changed() {
+    let Some(cluster) = Failover::start(3, |_, b| b).await else { return };
+    let old = cluster.master(ELECT_WITHIN, None).await;
+    let key = |node: usize, query: &str| format!("{}/api/v1/users/7/reads/70{query}", cluster.nodes[node].url());
+    // On the slaves too, so that whichever is elected next has it.
+    wait_until(ELECT_WITHIN, "a semi write", async || mark(&cluster.nodes[old], 7, 70, "?ack=semi").await.is_ok())
+        .await;
+    let (status, body, _) = call(Method::GET, &key(old, ""), None).await;
+    assert_eq!((status, body["read"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
+    let slave = others(&cluster, old)[0];
+    let (status, body, location) = call(Method::GET, &key(slave, "?consistency=leader"), None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::CONFLICT, Some("not_master")), "{body}");
+    assert_eq!(body["masterUrl"], cluster.inbound[old].url(), "{body}");
+    assert_eq!(
+        location.as_deref(),
+        Some(&*format!("{}/api/v1/users/7/reads/70?consistency=leader", cluster.inbound[old].url()))
+    );
+    let (status, body, _) = call(Method::GET, &key(slave, ""), None).await;
+    assert_eq!(
+        (status, body["read"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "a slave reads locally by default: {body}"
+    );
+
+    cluster.to_etcd[old].set_mode(Mode::Cut);
+    cluster.set_inbound(Mode::Cut);
+    let new = cluster.master(ELECT_WITHIN, Some(old)).await;
+    let (status, body, _) = call(Method::DELETE, &key(new, ""), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body, _) = call(Method::GET, &key(new, ""), None).await;
+    assert_eq!((status, body["read"].as_bool()), (StatusCode::OK, Some(false)), "{body}");
+
+    for query in ["", "?consistency=leader"] {
+        let (status, body, _) = call(Method::GET, &key(old, query), None).await;
+        assert!(
+            matches!(body["error"].as_str(), Some("leader_lease_lapsed" | "not_master")),
+            "the cut-off master answered a leader read ({query}) with {status}: {body}"
+        );
+        let url = format!("{}/api/v1/users/7/reads/check{query}", cluster.nodes[old].url());
+        let (status, body, _) = call(Method::POST, &url, Some(serde_json::json!({"msgIds": [70]}))).await;
+        assert!(matches!(body["error"].as_str(), Some("leader_lease_lapsed" | "not_master")), "{status}: {body}");
+    }
+    let (status, body, _) = call(Method::GET, &key(old, "?consistency=local"), None).await;
+    assert_eq!(
+        (status, body["read"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "a local read answers what it has: {body}"
+    );
+    let (status, body, _) = call(Method::GET, &key(old, "?consistency=newest"), None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_paused_past_its_lease_refuses_its_first_write_on_waking() {
     let Some(mut cluster) = Failover::start(3, |_, b| b).await else { return };
@@ -287,10 +345,18 @@ async fn with_etcd_gone_the_master_stops_taking_writes_and_takes_them_again_once
     })
     .await;
     let during = writers.taken().len();
-    // Reads go on everywhere.
+    // Local reads go on everywhere; the master answers no leader read (its default).
     for node in &cluster.nodes {
-        assert!(node.api().check(1000, &[1]).await.is_ok());
+        let url = format!("{}/api/v1/users/1000/reads/1?consistency=local", node.url());
+        let (status, body, _) = call(Method::GET, &url, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
+    let (status, body, _) = call(Method::GET, &url, None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("leader_lease_lapsed")),
+        "{body}"
+    );
 
     cluster.etcd.resume().await;
     let again = cluster.master(ELECT_WITHIN, None).await;

@@ -182,6 +182,19 @@ impl InvalidCommand {
     }
 }
 
+/// Why a read asking for `consistency=leader` could not be answered here.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LeaderReadError {
+    /// This node is not the master (a slave, or a master fenced by a newer epoch); the
+    /// master is named when known (409 `not_master`).
+    #[error("this node is not the master{}: a leader read is answered by the master only (or read with consistency=local)", master_url.as_ref().map_or(String::new(), |u| format!("; the master is {u}")))]
+    NotLeader { epoch: u64, master_url: Option<String> },
+    /// Under failover, this master's leader lease is not known to hold: a newer master may
+    /// have been elected (503 `leader_lease_lapsed`).
+    #[error("this master could not renew its leader lease in etcd in time, so a newer master may already serve writes: a leader read is not answered (retry, or read with consistency=local for a possibly stale answer)")]
+    LeaseLapsed,
+}
+
 /// Why a read with `minLsn` or `token` could not be answered here.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ConsistencyError {

@@ -41,7 +41,9 @@ pub use config::{
     AckMode, ArchiveConfig, BackupConfig, CoordinationConfig, EngineConfig, EtcdConfig, FullSyncConfig, GcMode,
     LimitsConfig, MaxLag, NodeConfig, OnLag, ReadsConfig, ReplicationConfig, Role, SnapshotConfig,
 };
-pub use error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, RoleError, SnapshotError, WriteError};
+pub use error::{
+    ConsistencyError, InvalidCommand, LeaderReadError, OpenError, ReplicateError, RoleError, SnapshotError, WriteError,
+};
 pub use node::Node;
 pub use recovery::RecoveryReport;
 pub use store::{ReadStore, StoreDigest};

@@ -6,7 +6,9 @@
 
 use crate::apply::StoreApplier;
 use crate::config::{AckMode, EngineConfig, LiveConfig, Role};
-use crate::error::{ConsistencyError, InvalidCommand, OpenError, ReplicateError, SnapshotError, WriteError};
+use crate::error::{
+    ConsistencyError, InvalidCommand, LeaderReadError, OpenError, ReplicateError, SnapshotError, WriteError,
+};
 use crate::limits::{admit_marks, MemoryGuard};
 use crate::recovery::{load_snapshot, recover, RecoveryReport};
 use crate::replication::ack::AckShortfall;
@@ -26,7 +28,7 @@ use bitark_infra::wal::{AppendOutcome, GroupCommit, ProposeError, WalHandle, Wal
 use bitark_infra::{Metrics, StorageError};
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -55,6 +57,9 @@ pub(crate) struct Inner {
     /// What the node is now and whom it follows: the configured role at first, then
     /// what promotions and step-downs (stage 7) made of it. Read on every write.
     pub(crate) role: RwLock<RoleState>,
+    /// `role` for the read path, which must not take a lock every read shares:
+    /// [`READ_SLAVE`], [`READ_MASTER`] or [`READ_LEASED_MASTER`] (a master under failover).
+    read_role: AtomicU8,
     /// Under failover, the highest LSN of a `semi` or `all` write about to be answered:
     /// the coordination records it in etcd (`<prefix>/acked`) before the answer, and a
     /// node without it is never elected.
@@ -188,6 +193,7 @@ impl Node {
                 memory,
                 snapshot_thread: Mutex::new(Some(thread)),
                 recovery: report,
+                read_role: AtomicU8::new(read_role(&role, config.failover())),
                 role: RwLock::new(role),
                 acked: AtomicU64::new(0),
                 floor_recorded: tokio::sync::watch::channel(0).0,
@@ -452,7 +458,35 @@ impl Node {
     }
 
     pub(crate) fn set_role(&self, role: RoleState) {
-        *self.inner.role.write().unwrap_or_else(PoisonError::into_inner) = role;
+        let mut current = self.inner.role.write().unwrap_or_else(PoisonError::into_inner);
+        self.inner.read_role.store(read_role(&role, self.inner.config.load().failover()), Ordering::Release);
+        *current = role;
+    }
+
+    /// Whether a read that names no consistency is a leader read here: on a master under
+    /// failover it is (`consistency=leader`), elsewhere it is a local one.
+    pub fn leader_reads_by_default(&self) -> bool {
+        self.inner.read_role.load(Ordering::Acquire) == READ_LEASED_MASTER
+    }
+
+    /// Whether what this node answered from its state just before this call may be
+    /// answered as a leader read: it is the master, not fenced by a newer epoch, and under
+    /// failover its leader lease still holds. The lease ends a quarter of its TTL before
+    /// etcd could let it expire, as the writer's fencing does, so no newer master can
+    /// have been elected while it holds; this assumes the clocks of this node and etcd
+    /// run at rates within 25% of each other over one TTL, not that they agree.
+    pub fn check_leader_read(&self) -> Result<(), LeaderReadError> {
+        let role = self.inner.read_role.load(Ordering::Acquire);
+        if role == READ_SLAVE || self.is_fenced() {
+            let epochs = self.epochs();
+            let epoch = epochs.highest().0;
+            let master_url = if role == READ_SLAVE { self.role().master_url } else { epochs.seen_master_url };
+            return Err(LeaderReadError::NotLeader { epoch, master_url: Some(master_url).filter(|u| !u.is_empty()) });
+        }
+        if role == READ_LEASED_MASTER && self.lease_lapsed() {
+            return Err(LeaderReadError::LeaseLapsed);
+        }
+        Ok(())
     }
 
     /// The epoch history and what is known of newer epochs.
@@ -785,6 +819,19 @@ fn reject_reason(e: &ProposeError) -> &'static str {
         ProposeError::Gap { .. } => "gap",
         ProposeError::Fenced => "fenced",
         ProposeError::LeaseLapsed => "lease-lapsed",
+    }
+}
+
+const READ_SLAVE: u8 = 0;
+const READ_MASTER: u8 = 1;
+const READ_LEASED_MASTER: u8 = 2;
+
+/// `role` as the read path keeps it.
+fn read_role(role: &RoleState, failover: bool) -> u8 {
+    match (role.role, failover) {
+        (Role::Slave, _) => READ_SLAVE,
+        (Role::Master, false) => READ_MASTER,
+        (Role::Master, true) => READ_LEASED_MASTER,
     }
 }
 

@@ -355,3 +355,45 @@ fn time_trigger_takes_a_snapshot_once_something_changed() {
     assert_eq!(list_snapshots(&snapshots).unwrap()[0].0, Lsn(10));
     node.shutdown();
 }
+
+/// A leader read is answered only by a master that no newer one can have replaced: not
+/// a slave (of nobody yet under failover, or of a named master), not a master fenced by
+/// a newer epoch, not a master under failover whose lease is not known to hold. Reads
+/// default to leader reads exactly on a master under failover.
+#[test]
+fn a_leader_read_needs_a_master_whose_lease_holds_and_no_newer_epoch() {
+    use bitark_engine::LeaderReadError;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let mut failover = config(dir.path());
+    failover.replication.stage = 7.0;
+    failover.replication.features.failover = true;
+    let node = open(&failover);
+    assert!(!node.leader_reads_by_default(), "under failover a node starts as a slave of nobody");
+    assert_eq!(node.check_leader_read(), Err(LeaderReadError::NotLeader { epoch: 1, master_url: None }));
+
+    node.set_lease_deadline(Some(Instant::now() + Duration::from_secs(60)));
+    node.promote("http://me", None).unwrap();
+    assert!(node.leader_reads_by_default());
+    assert_eq!(node.check_leader_read(), Ok(()));
+    node.set_lease_deadline(Some(Instant::now()));
+    assert_eq!(node.check_leader_read(), Err(LeaderReadError::LeaseLapsed));
+    node.set_lease_deadline(Some(Instant::now() + Duration::from_secs(60)));
+    assert_eq!(node.check_leader_read(), Ok(()));
+
+    assert!(node.observe_epoch(Epoch(5), Some("http://newer")), "a master steps down before a newer epoch");
+    let newer = Err(LeaderReadError::NotLeader { epoch: 5, master_url: Some("http://newer".into()) });
+    assert_eq!(node.check_leader_read(), newer);
+    node.demote("http://newer");
+    assert!(!node.leader_reads_by_default());
+    assert_eq!(node.check_leader_read(), newer);
+    node.shutdown();
+
+    // Without failover a master is the leader by configuration, and reads are local by
+    // default.
+    let dir = tempfile::tempdir().unwrap();
+    let node = open(&config(dir.path()));
+    assert!(!node.leader_reads_by_default());
+    assert_eq!(node.check_leader_read(), Ok(()));
+    node.shutdown();
+}

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Json;
 use bitark_common::{Command, Epoch, Lsn, TokenCheck, WriteToken};
-use bitark_engine::{AckMode, ConsistencyError, Node, OnLag, WriteError};
+use bitark_engine::{AckMode, ConsistencyError, LeaderReadError, Node, OnLag, WriteError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -167,6 +167,31 @@ pub struct ConsistencyQuery {
     /// node's epoch history shows that write was lost in a failover.
     #[param(pattern = "^[0-9]+:[0-9]+$", example = "1:42")]
     pub token: Option<String>,
+    /// See [`ConsistencyParam`].
+    #[param(inline)]
+    pub consistency: Option<ConsistencyParam>,
+}
+
+/// `?consistency=`: how current a read's answer must be.
+///
+/// - `local`: this node's state as it has applied it, whatever its role (the default on
+///   a slave and on a master without failover). On a master cut off from etcd it may
+///   miss writes a newer master has taken since.
+/// - `leader` (the default on a master under failover): answered only by the master,
+///   and only while no newer master can exist: not fenced by a newer epoch and, under
+///   failover, while its leader lease holds (it ends a quarter TTL before etcd could
+///   expire it, as the writer's fencing does). Otherwise 409 `not_master` (with the
+///   master's URL when known) or 503 `leader_lease_lapsed`. Such a read is linearizable
+///   with every write this master acknowledged and every `semi`/`all` write of earlier
+///   masters, provided the clocks of the node and etcd run at rates within 25% of each
+///   other over one lease TTL; an `async` write an earlier master acknowledged may have
+///   been lost in a failover (its token then answers `write_lost`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ConsistencyParam {
+    Local,
+    Leader,
 }
 
 /// `?ack=`: wait for slaves before the answer.
@@ -178,7 +203,8 @@ pub struct AckQuery {
     /// `all`: once every ALIVE slave does; `async`: after the master's fsync. The
     /// stricter of this and `replication.ack` applies; `semi` and `all` need
     /// `replication.features.ack-modes`. On timeout: 504 `replication_timeout` (the
-    /// write is durable on the master and still replicates).
+    /// write is durable on the master and still replicates, unless a failover to a node
+    /// without it comes first: its token then answers `write_lost`).
     #[param(inline)]
     pub ack: Option<AckParam>,
 }
@@ -210,6 +236,9 @@ pub struct RangeQuery {
     /// A write's `token` (`"<epoch>:<lsn>"`); see the other reads.
     #[param(pattern = "^[0-9]+:[0-9]+$", example = "1:42")]
     pub token: Option<String>,
+    /// See [`ConsistencyParam`].
+    #[param(inline)]
+    pub consistency: Option<ConsistencyParam>,
 }
 
 /// The node, once it holds the position the query asks for (`minLsn`, `token`).
@@ -219,15 +248,31 @@ pub struct RangeQuery {
 async fn consistent_node<'s>(
     state: &'s AppState,
     query: &QueryParams,
-    path: impl FnOnce() -> String,
-) -> Result<(&'s Node, Lsn), ApiError> {
+    path: impl Fn() -> String,
+) -> Result<Consistent<'s>, ApiError> {
     let node = state.node()?;
     if node.is_replacing() {
         return Err(ApiError::Replacing);
     }
     if query.is_empty() {
         // The common read asks for no position: whatever is applied now.
-        return Ok((node, node.applied_lsn()));
+        return Ok(Consistent { node, lsn: node.applied_lsn(), leader: node.leader_reads_by_default() });
+    }
+    let leader = match query.text("consistency") {
+        None => node.leader_reads_by_default(),
+        Some("local") => false,
+        Some("leader") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("`consistency`: `{other}` is not one of local, leader"),
+            ))
+        }
+    };
+    let path = || query.after(&path());
+    if leader {
+        // Refused before any wait: a slave or a fenced master never answers one.
+        leader_still(node, &path())?;
     }
     let token = query
         .text("token")
@@ -240,7 +285,7 @@ async fn consistent_node<'s>(
     }
     let reached = |node: &Node| min.is_none_or(|m| node.applied_lsn() >= m) && holds(node) == TokenCheck::Holds;
     if !reached(node) && node.is_slave() && node.config().reads.on_lag == OnLag::Redirect {
-        return Err(read_from_master(node, &query.after(&path())));
+        return Err(read_from_master(node, &path()));
     }
     let applied = match min {
         Some(min) if node.applied_lsn() < min => node.wait_applied(min).await?,
@@ -259,8 +304,41 @@ async fn consistent_node<'s>(
             known: node.epoch().0,
             master_url: node.master_url(),
         })),
-        _ => Ok((node, applied)),
+        _ => Ok(Consistent { node, lsn: applied, leader }),
     }
+}
+
+/// A node ready to answer a read, the LSN it answers at, and whether the answer is a
+/// leader read ([`Consistent::answer`] then confirms it).
+struct Consistent<'s> {
+    node: &'s Node,
+    lsn: Lsn,
+    leader: bool,
+}
+
+impl Consistent<'_> {
+    /// `answer`, read from the node's state, once a leader read is confirmed: the node
+    /// still leads *after* the state was read, so no newer master can have taken a write
+    /// the answer misses. `path` is the request's path and query, for `Location`.
+    fn answer<T>(&self, answer: T, path: impl FnOnce() -> String) -> Result<T, ApiError> {
+        if self.leader {
+            leader_still(self.node, &path())?;
+        }
+        Ok(answer)
+    }
+}
+
+/// Whether `node` may answer a leader read now; `path` is the request's path and query.
+fn leader_still(node: &Node, path: &str) -> Result<(), ApiError> {
+    node.check_leader_read().map_err(|e| match e {
+        LeaderReadError::NotLeader { epoch, ref master_url } => ApiError::Fenced {
+            message: e.to_string(),
+            epoch,
+            location: master_url.as_ref().map(|u| format!("{}{path}", u.trim_end_matches('/'))),
+            master_url: master_url.clone(),
+        },
+        LeaderReadError::LeaseLapsed => ApiError::LeaseLapsed(e.to_string()),
+    })
 }
 
 fn write_lost(token: WriteToken, owner: bitark_common::Epoch) -> ApiError {
@@ -339,7 +417,7 @@ pub(crate) async fn write(
         (status = 409, description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
         (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
         (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`), `leader_lease_lapsed` (failover: this master could not renew its leader lease in time; not acknowledged, retry)", body = ErrorBody),
-        (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
+        (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate unless a failover to a node without it comes first; its token then answers `write_lost`), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
     )
 )]
@@ -362,7 +440,7 @@ pub async fn mark_read(
         (status = 409, description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
         (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
         (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`), `leader_lease_lapsed` (failover: this master could not renew its leader lease in time; not acknowledged, retry)", body = ErrorBody),
-        (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
+        (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate unless a failover to a node without it comes first; its token then answers `write_lost`), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
     )
 )]
@@ -383,8 +461,8 @@ pub async fn mark_unread(
         (status = 200, description = "Read flag and the applied LSN", body = ReadStatus),
         (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`; `Location` is the same request on the master", body = ErrorBody),
         (status = 400, description = "Malformed id, minLsn or token", body = ErrorBody),
-        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover", body = ErrorBody),
-        (status = 503, description = "`lsn_not_reached`: minLsn or token not reached in time; or starting", body = ErrorBody),
+        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader read (`consistency=leader`, the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known", body = ErrorBody),
+        (status = 503, description = "`lsn_not_reached`: minLsn or token not reached in time; or starting; `leader_lease_lapsed`: a leader read on a master under failover whose leader lease is not known to hold", body = ErrorBody),
     )
 )]
 pub async fn is_read(State(state): State<AppState>, ids: UserMsg, query: QueryParams) -> Result<ReadStatus, ApiError> {
@@ -398,8 +476,9 @@ pub async fn is_read(State(state): State<AppState>, ids: UserMsg, query: QueryPa
 pub(crate) async fn read_status(state: &AppState, ids: UserMsg, query: &QueryParams) -> Result<ReadStatus, ApiError> {
     // The path is rebuilt only for a redirect: the ids in their canonical form.
     let path = || format!("/api/v1/users/{}/reads/{}", ids.user, ids.msg);
-    let (node, lsn) = consistent_node(state, query, path).await?;
-    Ok(ReadStatus { read: node.is_read(ids.user, ids.msg), lsn: lsn.0 })
+    let read = consistent_node(state, query, path).await?;
+    let answer = ReadStatus { read: read.node.is_read(ids.user, ids.msg), lsn: read.lsn.0 };
+    read.answer(answer, || query.after(&path()))
 }
 
 /// Mark many messages read: a list, or everything in an inclusive range. All or nothing.
@@ -415,7 +494,7 @@ pub(crate) async fn read_status(state: &AppState, ids: UserMsg, query: &QueryPar
         (status = 409, description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
         (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
         (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`), `leader_lease_lapsed` (failover: this master could not renew its leader lease in time; not acknowledged, retry)", body = ErrorBody),
-        (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
+        (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate unless a failover to a node without it comes first; its token then answers `write_lost`), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
         (status = 413, description = "Batch or range over the limit", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
@@ -454,11 +533,11 @@ pub async fn mark_many(
         (status = 200, description = "Flags in request order", body = CheckResult),
         (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`", body = ErrorBody),
         (status = 400, description = "Malformed body, id, minLsn or token", body = ErrorBody),
-        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover", body = ErrorBody),
+        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader read (`consistency=leader`, the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known", body = ErrorBody),
         (status = 408, description = "`request_timeout`: the body did not arrive within `server.request-timeout`", body = ErrorBody),
         (status = 413, description = "More ids than limits.max-batch", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
-        (status = 503, description = "`lsn_not_reached`: minLsn not reached in time; or starting", body = ErrorBody),
+        (status = 503, description = "`lsn_not_reached`: minLsn not reached in time; or starting; `leader_lease_lapsed`: a leader read on a master under failover whose leader lease is not known to hold", body = ErrorBody),
     )
 )]
 pub async fn check(
@@ -468,10 +547,11 @@ pub async fn check(
     query: QueryParams,
     ApiJson(body): ApiJson<CheckRequest>,
 ) -> Result<Json<CheckResult>, ApiError> {
-    let (node, lsn) = consistent_node(&state, &query, || uri.path().to_string()).await?;
-    node.validate_batch_len(body.msg_ids.len())?;
+    let read = consistent_node(&state, &query, || uri.path().to_string()).await?;
+    read.node.validate_batch_len(body.msg_ids.len())?;
     let ids: Vec<u64> = body.msg_ids.into_iter().map(|id| id.0).collect();
-    Ok(Json(CheckResult { read: node.check(user, &ids), lsn: lsn.0 }))
+    let answer = CheckResult { read: read.node.check(user, &ids), lsn: read.lsn.0 };
+    read.answer(Json(answer), || query.after(uri.path()))
 }
 
 /// How many messages in `from..=to` has the user not read?
@@ -482,9 +562,9 @@ pub async fn check(
         (status = 200, description = "Unread count", body = UnreadCount),
         (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`", body = ErrorBody),
         (status = 400, description = "Missing or malformed from/to, minLsn or token; inverted range", body = ErrorBody),
-        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover", body = ErrorBody),
+        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader read (`consistency=leader`, the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known", body = ErrorBody),
         (status = 413, description = "Range wider than limits.max-range", body = ErrorBody),
-        (status = 503, description = "`lsn_not_reached`: minLsn not reached in time; or starting", body = ErrorBody),
+        (status = 503, description = "`lsn_not_reached`: minLsn not reached in time; or starting; `leader_lease_lapsed`: a leader read on a master under failover whose leader lease is not known to hold", body = ErrorBody),
     )
 )]
 pub async fn unread_count(
@@ -494,8 +574,9 @@ pub async fn unread_count(
     query: QueryParams,
 ) -> Result<Json<UnreadCount>, ApiError> {
     let (from, to) = (query.required_id("from")?, query.required_id("to")?);
-    let (node, lsn) = consistent_node(&state, &query, || uri.path().to_string()).await?;
-    Ok(Json(UnreadCount { unread: node.unread_count(user, from, to)?, lsn: lsn.0 }))
+    let read = consistent_node(&state, &query, || uri.path().to_string()).await?;
+    let answer = UnreadCount { unread: read.node.unread_count(user, from, to)?, lsn: read.lsn.0 };
+    read.answer(Json(answer), || query.after(uri.path()))
 }
 
 #[cfg(test)]
