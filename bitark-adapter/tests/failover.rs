@@ -311,6 +311,52 @@ async fn a_master_cut_off_from_etcd_answers_no_leader_read_a_new_master_could_ha
     assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")), "{body}");
 }
 
+/// A leader read may show a write no slave holds yet, which a crash of the master then
+/// takes back; a linearizable read waits until what it saw is safe from a failover, and
+/// answers `not_committed` when it cannot be made so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_linearizable_read_never_shows_a_write_a_failover_takes_back() {
+    let Some(mut cluster) = Failover::start(3, |_, b| b.env("BITARK_REPLICATION__ACK_TIMEOUT", "1s")).await else {
+        return;
+    };
+    let old = cluster.master(ELECT_WITHIN, None).await;
+    let key = |cluster: &Failover, node: usize, query: &str| {
+        format!("{}/api/v1/users/8/reads/80{query}", cluster.nodes[node].url())
+    };
+    // Replication working: a linearizable read is answered once the slaves and etcd hold
+    // what it saw.
+    let acked = mark(&cluster.nodes[old], 8, 81, "").await.expect("a write");
+    let url = format!("{}/api/v1/users/8/reads/81?consistency=linearizable", cluster.nodes[old].url());
+    wait_until(ELECT_WITHIN, "a linearizable read", async || {
+        let (status, body, _) = call(Method::GET, &url, None).await;
+        status == StatusCode::OK && body["read"] == true
+    })
+    .await;
+
+    // No slave can receive: an async write is acknowledged on the master alone.
+    cluster.set_inbound(Mode::Cut);
+    let lost = mark(&cluster.nodes[old], 8, 80, "").await.expect("an async write");
+    let (status, body, _) = call(Method::GET, &key(&cluster, old, "?consistency=leader"), None).await;
+    assert_eq!((status, body["read"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
+    let (status, body, _) = call(Method::GET, &key(&cluster, old, "?consistency=linearizable"), None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("not_committed")), "{body}");
+
+    // The master dies with it; a slave that never had it is elected.
+    cluster.nodes[old].sigkill();
+    cluster.set_inbound(Mode::Pass);
+    let new = cluster.master(ELECT_WITHIN, Some(old)).await;
+    wait_until(ELECT_WITHIN, "a linearizable read on the new master", async || {
+        let (status, body, _) = call(Method::GET, &key(&cluster, new, "?consistency=linearizable"), None).await;
+        status == StatusCode::OK && body["read"] == false
+    })
+    .await;
+    let (status, body) = read_with_token(&cluster.nodes[new], &lost).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::CONFLICT, Some("write_lost")), "{body}");
+    let (status, body) = read_with_token(&cluster.nodes[new], &acked).await;
+    assert_eq!((status, body["read"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
+    cluster.respawn(old).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_paused_past_its_lease_refuses_its_first_write_on_waking() {
     let Some(mut cluster) = Failover::start(3, |_, b| b).await else { return };

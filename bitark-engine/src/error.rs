@@ -193,6 +193,10 @@ pub enum LeaderReadError {
     /// have been elected (503 `leader_lease_lapsed`).
     #[error("this master could not renew its leader lease in etcd in time, so a newer master may already serve writes: a leader read is not answered (retry, or read with consistency=local for a possibly stale answer)")]
     LeaseLapsed,
+    /// A linearizable read saw state a failover could still take back, and it could not
+    /// be made safe in time (503 `not_committed`).
+    #[error("the state this read saw (up to LSN {lsn}) could not be made safe from a failover: {why}; the read is not answered (retry)")]
+    Uncommitted { lsn: u64, why: String },
 }
 
 /// Why a read with `minLsn` or `token` could not be answered here.

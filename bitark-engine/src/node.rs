@@ -330,19 +330,56 @@ impl Node {
     /// hold. Otherwise the write (durable here and on the slaves that confirmed it) is not
     /// acknowledged.
     async fn record_floor(&self, lsn: Lsn, mode: AckMode) -> Result<(), WriteError> {
-        self.inner.acked.fetch_max(lsn.0, Ordering::AcqRel);
-        self.inner.floor_wanted.notify_one();
-        let mut recorded = self.inner.floor_recorded.subscribe();
-        let timeout = self.inner.config.load().replication.ack_timeout;
-        let waited = tokio::time::timeout(timeout, recorded.wait_for(|floor| *floor >= lsn.0)).await;
-        if !matches!(waited, Ok(Ok(_))) || self.lease_lapsed() {
+        if !self.floor_recorded_in_time(lsn).await {
             self.inner.state.metrics.writes_rejected.with_label_values(&["lease-lapsed"]).inc();
             return Err(WriteError::LeaseLapsed(format!(
                 "LSN {lsn} is durable here and on the slaves ack={} needed, but this master could not record it in \
                  etcd as acknowledged within {} ms (or its leader lease lapsed); this write was not acknowledged",
                 mode.as_str(),
-                timeout.as_millis()
+                self.inner.config.load().replication.ack_timeout.as_millis()
             )));
+        }
+        Ok(())
+    }
+
+    /// Under failover: whether `lsn` was recorded in etcd as the floor within
+    /// `replication.ack-timeout`, with the leader lease still holding.
+    async fn floor_recorded_in_time(&self, lsn: Lsn) -> bool {
+        self.inner.acked.fetch_max(lsn.0, Ordering::AcqRel);
+        self.inner.floor_wanted.notify_one();
+        let mut recorded = self.inner.floor_recorded.subscribe();
+        let timeout = self.inner.config.load().replication.ack_timeout;
+        let waited = tokio::time::timeout(timeout, recorded.wait_for(|floor| *floor >= lsn.0)).await;
+        matches!(waited, Ok(Ok(_))) && !self.lease_lapsed()
+    }
+
+    /// Waits until the state up to `lsn`, which a read has seen, can no longer be taken
+    /// back by a failover: the slaves `semi` needs hold it durably and, under failover,
+    /// etcd holds it as the floor no new master may lack (one record shared by the writes
+    /// and reads waiting at that moment). A master without replication has nothing to
+    /// wait for. What `consistency=linearizable` reads wait for.
+    pub async fn wait_committed(&self, lsn: Lsn) -> Result<(), LeaderReadError> {
+        let failover = self.inner.config.load().failover();
+        if failover && *self.inner.floor_recorded.borrow() >= lsn.0 {
+            return Ok(());
+        }
+        let uncommitted = |why: String| LeaderReadError::Uncommitted { lsn: lsn.0, why };
+        if let Some(hub) = self.inner.state.hub() {
+            match hub.wait_for_acks(lsn, AckMode::Semi).await {
+                Ok(_) => {}
+                Err(AckShortfall::TimedOut(count)) => {
+                    return Err(uncommitted(format!(
+                        "{} of the {} slaves needed confirmed it within replication.ack-timeout",
+                        count.acked, count.required
+                    )))
+                }
+                Err(AckShortfall::NotEnoughReplicas { alive, required }) => {
+                    return Err(uncommitted(format!("{alive} slaves are ALIVE, {required} needed")))
+                }
+            }
+        }
+        if failover && !self.floor_recorded_in_time(lsn).await {
+            return Err(uncommitted("it could not be recorded in etcd before the leader lease lapsed".into()));
         }
         Ok(())
     }

@@ -138,6 +138,10 @@ pub enum ApiError {
     /// lease in time; the write was not acknowledged.
     #[error("{0}")]
     LeaseLapsed(String),
+    /// 503 `not_committed`: a linearizable read saw state a failover could still take
+    /// back, and it could not be made safe in time.
+    #[error("{0}")]
+    NotCommitted(String),
     /// 504: the write is durable on the master but not enough slaves confirmed it in time.
     #[error("{message}")]
     ReplicationTimeout { message: String, lsn: u64, epoch: u64, ack: &'static str, acked: usize, required: usize },
@@ -206,6 +210,7 @@ impl ApiError {
             ApiError::NotMaster { .. } => (StatusCode::CONFLICT, "not_master"),
             ApiError::Fenced { .. } => (StatusCode::CONFLICT, "not_master"),
             ApiError::LeaseLapsed(_) => (StatusCode::SERVICE_UNAVAILABLE, "leader_lease_lapsed"),
+            ApiError::NotCommitted(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_committed"),
             ApiError::ReplicationTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "replication_timeout"),
             ApiError::NotEnoughReplicas { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_enough_replicas"),
             ApiError::WriteLost { .. } => (StatusCode::CONFLICT, "write_lost"),
@@ -356,6 +361,7 @@ impl IntoResponse for ApiError {
             | ApiError::Replacing
             | ApiError::Overloaded
             | ApiError::Behind(_)
+            | ApiError::NotCommitted(_)
             | ApiError::Busy(_)
             | ApiError::WriteFailed(_)
             | ApiError::NotEnoughReplicas { .. }

@@ -181,17 +181,22 @@ pub struct ConsistencyQuery {
 ///   and only while no newer master can exist: not fenced by a newer epoch and, under
 ///   failover, while its leader lease holds (it ends a quarter TTL before etcd could
 ///   expire it, as the writer's fencing does). Otherwise 409 `not_master` (with the
-///   master's URL when known) or 503 `leader_lease_lapsed`. Such a read is linearizable
-///   with every write this master acknowledged and every `semi`/`all` write of earlier
-///   masters, provided the clocks of the node and etcd run at rates within 25% of each
-///   other over one lease TTL; an `async` write an earlier master acknowledged may have
-///   been lost in a failover (its token then answers `write_lost`).
+///   master's URL when known) or 503 `leader_lease_lapsed`. It reflects every write
+///   acknowledged before it was asked, by this master or (`semi`/`all`) an earlier one,
+///   but it may show a write still in flight that a crash of this master then takes back.
+/// - `linearizable`: `leader`, and then waits until what it read can no longer be taken
+///   back by a failover (held by the slaves `semi` needs and, under failover, recorded in
+///   etcd), or answers 503 `not_committed`. Linearizable with every `semi`/`all` write,
+///   provided the clocks of the node and etcd run at rates within 25% of each other over
+///   one lease TTL. Costs a replication round trip and, under failover, an etcd
+///   transaction shared by the reads and writes waiting at that moment.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[allow(dead_code)]
 pub enum ConsistencyParam {
     Local,
     Leader,
+    Linearizable,
 }
 
 /// `?ack=`: wait for slaves before the answer.
@@ -256,21 +261,22 @@ async fn consistent_node<'s>(
     }
     if query.is_empty() {
         // The common read asks for no position: whatever is applied now.
-        return Ok(Consistent { node, lsn: node.applied_lsn(), leader: node.leader_reads_by_default() });
+        return Ok(Consistent { node, lsn: node.applied_lsn(), level: Level::default_on(node) });
     }
-    let leader = match query.text("consistency") {
-        None => node.leader_reads_by_default(),
-        Some("local") => false,
-        Some("leader") => true,
+    let level = match query.text("consistency") {
+        None => Level::default_on(node),
+        Some("local") => Level::Local,
+        Some("leader") => Level::Leader,
+        Some("linearizable") => Level::Linearizable,
         Some(other) => {
             return Err(ApiError::bad_request(
                 "invalid_query",
-                format!("`consistency`: `{other}` is not one of local, leader"),
+                format!("`consistency`: `{other}` is not one of local, leader, linearizable"),
             ))
         }
     };
     let path = || query.after(&path());
-    if leader {
+    if level != Level::Local {
         // Refused before any wait: a slave or a fenced master never answers one.
         leader_still(node, &path())?;
     }
@@ -304,25 +310,58 @@ async fn consistent_node<'s>(
             known: node.epoch().0,
             master_url: node.master_url(),
         })),
-        _ => Ok(Consistent { node, lsn: applied, leader }),
+        _ => Ok(Consistent { node, lsn: applied, level }),
     }
 }
 
-/// A node ready to answer a read, the LSN it answers at, and whether the answer is a
-/// leader read ([`Consistent::answer`] then confirms it).
+/// How current a read's answer must be (`?consistency=`, see [`ConsistencyParam`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    Local,
+    Leader,
+    Linearizable,
+}
+
+impl Level {
+    /// What a read that names no level gets on `node`.
+    fn default_on(node: &Node) -> Level {
+        if node.leader_reads_by_default() {
+            Level::Leader
+        } else {
+            Level::Local
+        }
+    }
+}
+
+/// A node ready to answer a read, the LSN it answers at, and how current the answer
+/// must be ([`Consistent::answer`] then confirms it).
 struct Consistent<'s> {
     node: &'s Node,
     lsn: Lsn,
-    leader: bool,
+    level: Level,
 }
 
 impl Consistent<'_> {
-    /// `answer`, read from the node's state, once a leader read is confirmed: the node
-    /// still leads *after* the state was read, so no newer master can have taken a write
-    /// the answer misses. `path` is the request's path and query, for `Location`.
-    fn answer<T>(&self, answer: T, path: impl FnOnce() -> String) -> Result<T, ApiError> {
-        if self.leader {
-            leader_still(self.node, &path())?;
+    /// `answer`, read from the node's state, once its level is confirmed. A leader read:
+    /// the node still leads *after* the state was read, so no newer master can have
+    /// taken a write the answer misses. A linearizable read: also, what it saw can no
+    /// longer be taken back by a failover. `path` is the request's path and query, for
+    /// `Location`.
+    async fn answer<T>(&self, answer: T, path: impl Fn() -> String) -> Result<T, ApiError> {
+        match self.level {
+            Level::Local => {}
+            Level::Leader => leader_still(self.node, &path())?,
+            Level::Linearizable => {
+                // Everything the state held when it was read is at or below this LSN.
+                let seen = self.node.applied_lsn();
+                let epoch = self.node.epoch();
+                leader_still(self.node, &path())?;
+                self.node.wait_committed(seen).await.map_err(|e| leader_error(e, &path()))?;
+                if self.node.epoch() != epoch {
+                    return Err(leader_error(LeaderReadError::LeaseLapsed, &path()));
+                }
+                leader_still(self.node, &path())?;
+            }
         }
         Ok(answer)
     }
@@ -330,7 +369,12 @@ impl Consistent<'_> {
 
 /// Whether `node` may answer a leader read now; `path` is the request's path and query.
 fn leader_still(node: &Node, path: &str) -> Result<(), ApiError> {
-    node.check_leader_read().map_err(|e| match e {
+    node.check_leader_read().map_err(|e| leader_error(e, path))
+}
+
+/// The answer to a read refused for `e`; `path` is the request's path and query.
+fn leader_error(e: LeaderReadError, path: &str) -> ApiError {
+    match e {
         LeaderReadError::NotLeader { epoch, ref master_url } => ApiError::Fenced {
             message: e.to_string(),
             epoch,
@@ -338,7 +382,8 @@ fn leader_still(node: &Node, path: &str) -> Result<(), ApiError> {
             master_url: master_url.clone(),
         },
         LeaderReadError::LeaseLapsed => ApiError::LeaseLapsed(e.to_string()),
-    })
+        LeaderReadError::Uncommitted { .. } => ApiError::NotCommitted(e.to_string()),
+    }
 }
 
 fn write_lost(token: WriteToken, owner: bitark_common::Epoch) -> ApiError {
@@ -461,8 +506,8 @@ pub async fn mark_unread(
         (status = 200, description = "Read flag and the applied LSN", body = ReadStatus),
         (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`; `Location` is the same request on the master", body = ErrorBody),
         (status = 400, description = "Malformed id, minLsn or token", body = ErrorBody),
-        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader read (`consistency=leader`, the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known", body = ErrorBody),
-        (status = 503, description = "`lsn_not_reached`: minLsn or token not reached in time; or starting; `leader_lease_lapsed`: a leader read on a master under failover whose leader lease is not known to hold", body = ErrorBody),
+        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader or linearizable read (`consistency=leader` is the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known", body = ErrorBody),
+        (status = 503, description = "`lsn_not_reached`: minLsn or token not reached in time; or starting; `leader_lease_lapsed`: a leader read on a master under failover whose leader lease is not known to hold; `not_committed`: a linearizable read whose state could not be made safe from a failover in time", body = ErrorBody),
     )
 )]
 pub async fn is_read(State(state): State<AppState>, ids: UserMsg, query: QueryParams) -> Result<ReadStatus, ApiError> {
@@ -478,7 +523,7 @@ pub(crate) async fn read_status(state: &AppState, ids: UserMsg, query: &QueryPar
     let path = || format!("/api/v1/users/{}/reads/{}", ids.user, ids.msg);
     let read = consistent_node(state, query, path).await?;
     let answer = ReadStatus { read: read.node.is_read(ids.user, ids.msg), lsn: read.lsn.0 };
-    read.answer(answer, || query.after(&path()))
+    read.answer(answer, || query.after(&path())).await
 }
 
 /// Mark many messages read: a list, or everything in an inclusive range. All or nothing.
@@ -533,11 +578,11 @@ pub async fn mark_many(
         (status = 200, description = "Flags in request order", body = CheckResult),
         (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`", body = ErrorBody),
         (status = 400, description = "Malformed body, id, minLsn or token", body = ErrorBody),
-        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader read (`consistency=leader`, the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known", body = ErrorBody),
+        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader or linearizable read (`consistency=leader` is the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known", body = ErrorBody),
         (status = 408, description = "`request_timeout`: the body did not arrive within `server.request-timeout`", body = ErrorBody),
         (status = 413, description = "More ids than limits.max-batch", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
-        (status = 503, description = "`lsn_not_reached`: minLsn not reached in time; or starting; `leader_lease_lapsed`: a leader read on a master under failover whose leader lease is not known to hold", body = ErrorBody),
+        (status = 503, description = "`lsn_not_reached`: minLsn not reached in time; or starting; `leader_lease_lapsed`: a leader read on a master under failover whose leader lease is not known to hold; `not_committed`: a linearizable read whose state could not be made safe from a failover in time", body = ErrorBody),
     )
 )]
 pub async fn check(
@@ -551,7 +596,7 @@ pub async fn check(
     read.node.validate_batch_len(body.msg_ids.len())?;
     let ids: Vec<u64> = body.msg_ids.into_iter().map(|id| id.0).collect();
     let answer = CheckResult { read: read.node.check(user, &ids), lsn: read.lsn.0 };
-    read.answer(Json(answer), || query.after(uri.path()))
+    read.answer(Json(answer), || query.after(uri.path())).await
 }
 
 /// How many messages in `from..=to` has the user not read?
@@ -562,9 +607,9 @@ pub async fn check(
         (status = 200, description = "Unread count", body = UnreadCount),
         (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`", body = ErrorBody),
         (status = 400, description = "Missing or malformed from/to, minLsn or token; inverted range", body = ErrorBody),
-        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader read (`consistency=leader`, the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known", body = ErrorBody),
+        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader or linearizable read (`consistency=leader` is the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known", body = ErrorBody),
         (status = 413, description = "Range wider than limits.max-range", body = ErrorBody),
-        (status = 503, description = "`lsn_not_reached`: minLsn not reached in time; or starting; `leader_lease_lapsed`: a leader read on a master under failover whose leader lease is not known to hold", body = ErrorBody),
+        (status = 503, description = "`lsn_not_reached`: minLsn not reached in time; or starting; `leader_lease_lapsed`: a leader read on a master under failover whose leader lease is not known to hold; `not_committed`: a linearizable read whose state could not be made safe from a failover in time", body = ErrorBody),
     )
 )]
 pub async fn unread_count(
@@ -576,7 +621,7 @@ pub async fn unread_count(
     let (from, to) = (query.required_id("from")?, query.required_id("to")?);
     let read = consistent_node(&state, &query, || uri.path().to_string()).await?;
     let answer = UnreadCount { unread: read.node.unread_count(user, from, to)?, lsn: read.lsn.0 };
-    read.answer(Json(answer), || query.after(uri.path()))
+    read.answer(Json(answer), || query.after(uri.path())).await
 }
 
 #[cfg(test)]
