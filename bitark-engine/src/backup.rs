@@ -120,10 +120,14 @@ impl Node {
     /// Up to `len` bytes (at most [`MAX_READ`]) of the backup's snapshot from `offset`.
     pub fn backup_snapshot_bytes(&self, id: u64, offset: u64, len: usize) -> Result<Vec<u8>, BackupError> {
         let session = self.backup(id)?;
+        let want = len.min(MAX_READ).min(session.snapshot_size.saturating_sub(offset) as usize);
+        if want == 0 {
+            // Past the end (or asked for nothing): no seek, which fails past i64::MAX.
+            return Ok(Vec::new());
+        }
         let path = &session.snapshot;
         let mut file = std::fs::File::open(path).map_err(|e| StorageError::io(path, e))?;
         file.seek(SeekFrom::Start(offset)).map_err(|e| StorageError::io(path, e))?;
-        let want = len.min(MAX_READ).min(session.snapshot_size.saturating_sub(offset) as usize);
         let mut out = vec![0; want];
         file.read_exact(&mut out).map_err(|e| StorageError::io(path, e))?;
         Ok(out)

@@ -171,6 +171,7 @@ pub async fn backup_wal(
     params(("id" = IdString, Path, description = "The backup's id")),
     responses(
         (status = 204, description = "Ended"),
+        (status = 400, description = "`invalid_id`: the id is not a decimal id", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such backup runs", body = ErrorBody),
     ))]
