@@ -24,6 +24,14 @@ fn quick(builder: NodeBuilder) -> NodeBuilder {
 /// A stage 6 cluster with one slave; the master snapshots every 300 records, keeps one
 /// snapshot, and has 64 KiB segments, so its WAL would be purged quickly.
 async fn cluster(gc: &'static str, max_lag_bytes: &'static str) -> Cluster {
+    cluster_with_slave_failpoints(gc, max_lag_bytes, "").await
+}
+
+async fn cluster_with_slave_failpoints(
+    gc: &'static str,
+    max_lag_bytes: &'static str,
+    failpoints: &'static str,
+) -> Cluster {
     Cluster::start_with(1, "6", move |role, _, builder| {
         let builder = quick(builder);
         match role {
@@ -34,7 +42,8 @@ async fn cluster(gc: &'static str, max_lag_bytes: &'static str) -> Cluster {
                 .env("BITARK_REPLICATION__GC_MODE", gc)
                 .env("BITARK_REPLICATION__MAX_LAG__BYTES", max_lag_bytes)
                 .env("BITARK_REPLICATION__MAX_LAG__TIME", "0s"),
-            Role::Slave => builder,
+            Role::Slave if failpoints.is_empty() => builder,
+            Role::Slave => builder.env("FAILPOINTS", failpoints),
         }
     })
     .await
@@ -125,6 +134,34 @@ async fn past_max_lag_a_slave_is_outdated_the_disk_stays_bounded_and_it_full_syn
     wait_state(&cluster.master, 0, "ALIVE").await;
     let synced = metric(&cluster.slaves[0], "bitark_full_syncs_total", &[("outcome", "completed")]).await;
     assert!(synced.is_some_and(|n| n >= 1.0), "the OUTDATED slave came back without a full sync");
+}
+
+/// A slave that downloaded its snapshot but has not installed it (held at
+/// `fullsync::before-install`) holds no more log than `max-lag`: once the log written
+/// since that snapshot passes it, the transfer ends and its pin goes.
+#[tokio::test]
+async fn a_transfer_overtaken_by_max_lag_before_its_install_holds_no_log_for_it() {
+    const MAX_LAG: u64 = 256 * 1024;
+    let cluster = cluster_with_slave_failpoints("bounded", "256KiB", "fullsync::before-install=sleep(60000)").await;
+    wait_state(&cluster.master, 0, "ALIVE").await;
+    cluster.proxies[0].set_mode(Mode::Cut);
+    let mut round = 0;
+    wait_until(CONVERGE_WITHIN, "the OUTDATED slave to download a snapshot", async || {
+        write_batches(&cluster.master, round * 100, 100).await;
+        round += 1;
+        metric(&cluster.master, "bitark_full_sync_bytes_total", &[]).await.is_some_and(|b| b > 0.0)
+    })
+    .await;
+    // About 2.5 MB more log; the slave sleeps before installing what it downloaded.
+    let mut most = 0;
+    for more in 0..10 {
+        write_batches(&cluster.master, (round + more * 3) * 100, 300).await;
+        most = most.max(wal_bytes(cluster.master.data_dir()));
+    }
+    let bound = MAX_LAG + 300 * 900 + 2 * 64 * 1024 + 128 * 1024;
+    assert!(most <= bound, "the master's WAL reached {most} bytes, over {bound}");
+    let stderr = cluster.master.stderr_text();
+    assert!(stderr.contains("passed replication.max-lag before it installed the snapshot"), "{stderr}");
 }
 
 /// A stage 6 master with `max-lag.bytes: 256KiB` that snapshots only when asked, so the

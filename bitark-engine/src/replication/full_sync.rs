@@ -384,9 +384,14 @@ pub(crate) static TRANSFER_LEASES: FlagModule = FlagModule {
     },
 };
 
+const STALLED: &str = "its full sync made no progress within replication.full-sync.pin-timeout";
+const OVERTAKEN: &str =
+    "the log written during its full sync passed replication.max-lag before it installed the snapshot";
+
 /// Keeps transfers honest, on the master's module tick: a slave caught up after its
 /// full sync ends its transfer; one whose transfer made no progress for `pin-timeout`
-/// loses it; the pin of a slave being caught up follows its acknowledgements; waiting
+/// loses it, and so does one (bounded mode) whose snapshot fell past `max-lag` before it
+/// was installed; the pin of a slave being caught up follows its acknowledgements; waiting
 /// slaves that left the cluster leave the queue.
 fn tick(hub: &HubInner) {
     let pin_timeout = hub.config().full_sync.pin_timeout;
@@ -402,36 +407,40 @@ fn tick(hub: &HubInner) {
     for (&id, t) in &transfers.running {
         let link = slaves.get(&t.slave).filter(|link| link.lock().slave_session == t.session);
         match (link, t.catching_up_to) {
-            (None, _) => ended.push((id, "failed")),
+            (None, _) => ended.push((id, "failed", "the slave that held it is gone")),
             (Some(link), Some(target)) => {
                 let s = link.lock();
                 if s.last_ack >= target || s.state() == SlaveState::Alive {
-                    ended.push((id, "completed"));
+                    ended.push((id, "completed", ""));
                 } else if t.last_progress.elapsed() >= pin_timeout || !s.state().holds_wal() {
                     // Timed out, or no longer being caught up (DEAD, OUTDATED again):
                     // the pin must not hold the WAL for it.
-                    ended.push((id, "failed"));
+                    ended.push((id, "failed", STALLED));
                 } else {
                     hub.state.retention.pin(id, s.last_ack, Instant::now() + pin_timeout);
                 }
             }
-            (Some(_), None) if t.last_progress.elapsed() >= pin_timeout => ended.push((id, "failed")),
+            (Some(_), None) if t.last_progress.elapsed() >= pin_timeout => ended.push((id, "failed", STALLED)),
+            // Bounded mode: the log written since the snapshot passed max-lag before the
+            // slave installed it. The slave would be OUTDATED the moment it did, and the
+            // pin would hold that log unbounded meanwhile: the transfer goes, the slave
+            // gets a newer snapshot when it asks again.
+            (Some(_), None) if super::gc::outdates(hub, Lsn(t.snapshot.lsn)) => ended.push((id, "failed", OVERTAKEN)),
             (Some(_), None) => {}
         }
     }
     let released = !ended.is_empty();
-    for (id, outcome) in ended {
+    for (id, outcome, why) in ended {
         if let Some(t) = transfers.running.remove(&id) {
             hub.state.retention.unpin(id);
             hub.metrics.full_syncs.with_label_values(&[outcome]).inc();
-            tracing::info!(slave = %t.slave, id, outcome, "full-sync transfer ended");
+            tracing::info!(slave = %t.slave, id, outcome, reason = why, "full-sync transfer ended");
             if outcome == "failed" {
                 if let Some(link) = slaves.get(&t.slave) {
                     let mut s = link.lock();
                     if s.state() == SlaveState::FullSyncing {
                         s.set_state(SlaveState::NeedsFullSync);
-                        s.last_error =
-                            Some("its full sync made no progress within replication.full-sync.pin-timeout".into());
+                        s.last_error = Some(why.into());
                     }
                 }
             }
