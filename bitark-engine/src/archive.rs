@@ -12,6 +12,7 @@
 use crate::node::Node;
 use bitark_common::Lsn;
 use bitark_infra::backup::{decode_records, Target};
+use bitark_infra::datadir::{file_len, read_file};
 use bitark_infra::wal::list_segments;
 use std::collections::BTreeSet;
 use std::time::SystemTime;
@@ -38,7 +39,7 @@ pub fn start(node: &Node) {
 
 async fn run(node: Node, target: Target) {
     let metrics = node.inner.state.metrics.clone();
-    let wal_dir = node.config().node.data_dir.join("wal");
+    let wal_dir = node.config().node.dir().wal();
     let mut archived: Option<BTreeSet<u64>> = None;
     let mut failing = false;
     loop {
@@ -76,7 +77,7 @@ async fn run(node: Node, target: Target) {
         publish(&node, &pending, active.first_lsn);
         for segment in pending.clone() {
             let path = segment.path.clone();
-            let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await;
+            let read = tokio::task::spawn_blocking(move || read_file(&path)).await;
             let bytes = match read {
                 Ok(Ok(bytes)) => bytes,
                 // Collected meanwhile (given up, or the node's own GC): nothing to send.
@@ -129,7 +130,7 @@ fn note_failure(failing: &mut bool, metrics: &bitark_infra::Metrics, error: &str
 /// (which starts at `active`), from garbage collection.
 fn publish(node: &Node, pending: &[bitark_infra::wal::SegmentFile], active: Lsn) {
     let metrics = &node.inner.state.metrics;
-    let bytes: u64 = pending.iter().filter_map(|s| std::fs::metadata(&s.path).ok()).map(|m| m.len()).sum();
+    let bytes: u64 = pending.iter().filter_map(|s| file_len(&s.path).ok()).sum();
     metrics.archive_pending_segments.set(pending.len() as i64);
     metrics.archive_pending_bytes.set(bytes as i64);
     let first = pending.first().map_or(active, |s| s.first_lsn);

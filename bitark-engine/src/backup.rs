@@ -10,11 +10,11 @@
 use crate::error::SnapshotError;
 use crate::node::Node;
 use bitark_common::{Epoch, Lsn, Record};
+use bitark_infra::datadir::{file_len, read_exact_at};
 use bitark_infra::snapshot::list_snapshots;
 use bitark_infra::wal::{CursorRead, WalCursor};
 use bitark_infra::StorageError;
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
@@ -73,7 +73,7 @@ impl Node {
         let config = self.config();
         let id = rand::random::<u64>() >> 1;
         let until = Instant::now() + config.replication.full_sync.pin_timeout;
-        let dir = config.node.data_dir.join("snapshots");
+        let dir = config.node.dir().snapshots();
         let newest = if fresh { None } else { list_snapshots(&dir)?.into_iter().max_by_key(|(lsn, _)| *lsn) };
         let (lsn, path) = match newest {
             Some((lsn, path)) => {
@@ -87,11 +87,11 @@ impl Node {
                 (taken.lsn, taken.path)
             }
         };
-        let size = match std::fs::metadata(&path) {
-            Ok(meta) => meta.len(),
+        let size = match file_len(path.as_path()) {
+            Ok(size) => size,
             Err(e) => {
                 self.inner.state.retention.unpin(id);
-                return Err(StorageError::io(&path, e).into());
+                return Err(e.into());
             }
         };
         let session = BackupSession {
@@ -125,12 +125,7 @@ impl Node {
             // Past the end (or asked for nothing): no seek, which fails past i64::MAX.
             return Ok(Vec::new());
         }
-        let path = &session.snapshot;
-        let mut file = std::fs::File::open(path).map_err(|e| StorageError::io(path, e))?;
-        file.seek(SeekFrom::Start(offset)).map_err(|e| StorageError::io(path, e))?;
-        let mut out = vec![0; want];
-        file.read_exact(&mut out).map_err(|e| StorageError::io(path, e))?;
-        Ok(out)
+        Ok(read_exact_at(&session.snapshot, offset, want)?)
     }
 
     /// The backup's records from `from`, no further than its end, about [`MAX_READ`]
@@ -140,7 +135,7 @@ impl Node {
         if from > session.end_lsn {
             return Ok(Vec::new());
         }
-        let wal_dir = self.config().node.data_dir.join("wal");
+        let wal_dir = self.config().node.dir().wal();
         let kept = self.inner.backups.cursors.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
         let mut cursor = kept.filter(|c| c.next_lsn() == from).unwrap_or_else(|| WalCursor::new(&wal_dir, from));
         let (cursor, read) = tokio::task::spawn_blocking(move || {

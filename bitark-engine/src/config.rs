@@ -4,6 +4,7 @@
 //! default; `problems()` lists every invalid value by key.
 
 use bitark_common::replication::Features;
+use bitark_infra::DataDir;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,6 +60,13 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig { id: "node-1".into(), role: Role::Master, data_dir: PathBuf::from("./data") }
+    }
+}
+
+impl NodeConfig {
+    /// The data directory's layout: every path the node keeps there.
+    pub fn dir(&self) -> DataDir {
+        DataDir::new(&self.data_dir)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::state::{Retention, State};
 use crate::store::{ReadStore, StoreDigest};
 use bitark_common::replication::Features;
 use bitark_common::{Command, Epoch, Lsn, Record};
+use bitark_infra::datadir::DirLock;
 use bitark_infra::epoch::{read_epoch_state, write_epoch_state, EpochState};
 use bitark_infra::fsutil::create_dir_durable;
 use bitark_infra::fullsync::{commit_install, complete_install, discard_state};
@@ -26,7 +27,6 @@ use bitark_infra::replication::ReplicationClient;
 use bitark_infra::snapshot::{list_snapshots, read_snapshot, snapshot_name, SnapshotInfo};
 use bitark_infra::wal::{AppendOutcome, GroupCommit, ProposeError, WalHandle, WalHealth};
 use bitark_infra::{Metrics, StorageError};
-use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -34,9 +34,6 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 use tokio::sync::{oneshot, watch};
-
-/// Name of the lock file in the data directory.
-const LOCK_FILE: &str = "LOCK";
 
 /// Cheap-to-clone handle on an open node.
 #[derive(Clone)]
@@ -74,7 +71,7 @@ pub(crate) struct Inner {
     /// The online backups this node serves.
     pub(crate) backups: crate::backup::Backups,
     /// Held for the life of the node: the OS lock on `<data-dir>/LOCK`.
-    _lock: File,
+    _lock: DirLock,
 }
 
 /// The replication flags in force, and whether (and when) they were changed at runtime.
@@ -99,12 +96,12 @@ impl Node {
     /// Recovers the node from its data directory and starts its background threads.
     /// Blocking: call it from a blocking context.
     pub fn open(config: EngineConfig, metrics: Metrics) -> Result<Node, OpenError> {
-        let data_dir = config.node.data_dir.clone();
-        let wal_dir = data_dir.join("wal");
-        let snapshot_dir = data_dir.join("snapshots");
+        let layout = config.node.dir();
+        let data_dir = layout.root().to_path_buf();
+        let (wal_dir, snapshot_dir) = (layout.wal(), layout.snapshots());
         create_dir_durable(&wal_dir)?;
         create_dir_durable(&snapshot_dir)?;
-        let lock = lock_data_dir(&data_dir)?;
+        let lock = layout.lock()?;
 
         let mut store = ReadStore::new();
         let report = match recover(&store, &wal_dir, &snapshot_dir, &data_dir) {
@@ -148,7 +145,7 @@ impl Node {
         let role = start_role(&config, &epochs, fencing);
         if role.role == Role::Slave && role.master_url.is_empty() && !config.failover() {
             return Err(StorageError::io(
-                data_dir.join("epoch.bin"),
+                layout.epoch_file(),
                 std::io::Error::other(
                     "replication.master-url: a slave needs its master's URL, and epoch.bin names no master to follow",
                 ),
@@ -670,7 +667,7 @@ impl Node {
             node_id: config.node.id.clone(),
             config: self.inner.config.clone(),
             features: self.features(),
-            wal_dir: config.node.data_dir.join("wal"),
+            dir: config.node.dir(),
             client,
             metrics: self.inner.state.metrics.clone(),
             durable: self.inner.state.durable.subscribe(),
@@ -804,7 +801,7 @@ impl Node {
         self.inner.wal.reset(lsn.next(), work)?;
         let swapped = started.elapsed();
         state.store.clear();
-        let installed = self.inner.config.load().node.data_dir.join("snapshots").join(snapshot_name(lsn));
+        let installed = self.inner.config.load().node.dir().snapshots().join(snapshot_name(lsn));
         load_snapshot(&state.store, &installed)?;
         let loaded = started.elapsed();
         state.since_snapshot.store(0, std::sync::atomic::Ordering::Relaxed);
@@ -934,19 +931,6 @@ fn start_role(config: &EngineConfig, epochs: &EpochState, fencing: bool) -> Role
         tracing::error!(epoch = %epochs.highest(), "a newer epoch exists and its master is unknown: this node refuses writes; demote it with POST /admin/demote");
     }
     configured
-}
-
-fn lock_data_dir(data_dir: &Path) -> Result<File, StorageError> {
-    let path = data_dir.join(LOCK_FILE);
-    let file =
-        File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| StorageError::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(_) => Err(StorageError::io(
-            &path,
-            std::io::Error::other("the data directory is in use by another BitArk process"),
-        )),
-    }
 }
 
 /// The snapshot recovery loaded, so an unchanged node does not write it again.

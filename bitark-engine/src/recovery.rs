@@ -137,7 +137,7 @@ fn replay_in_parallel(store: &ReadStore, wal_dir: &Path, after: Lsn) -> Result<R
 /// snapshot names its own LSN in its checksummed header, so recovery needs no such file;
 /// a leftover one goes so that no one takes it for the truth.
 fn remove_legacy_checkpoint(data_dir: &Path) -> Result<(), StorageError> {
-    let path = data_dir.join("checkpoint.bin");
+    let path = bitark_infra::DataDir::new(data_dir).legacy_checkpoint();
     if remove_durable(&path)? {
         tracing::info!(file = %path.display(), "removed the checkpoint file of an earlier version");
     }

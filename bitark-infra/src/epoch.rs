@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// File name inside the data directory.
-pub const FILE_NAME: &str = "epoch.bin";
+pub const FILE_NAME: &str = crate::datadir::EPOCH_NAME;
 const MAGIC: u32 = 0xE90C_BA7A;
 const VERSION: u32 = 1;
 const HEAD: usize = 12;

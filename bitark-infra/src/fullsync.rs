@@ -14,6 +14,7 @@
 //! state (and the download, to resume); a crash after it is finished by the next start,
 //! which calls [`complete_install`] again before recovery.
 
+use crate::datadir::{part_name, DataDir, DOWNLOADS};
 use crate::error::{IoContext, StorageError};
 use crate::fixedfile::FixedFile;
 use crate::fsutil::{create_dir_durable, fsync_dir, remove_durable};
@@ -27,7 +28,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Directory of a full sync in the data directory.
-pub const DIR: &str = "fullsync";
+pub const DIR: &str = DOWNLOADS;
 const MARKER: FixedFile = FixedFile { magic: 0xB17A_F5F5, version: 1, what: "full-sync install marker" };
 const MARKER_NAME: &str = "INSTALL";
 
@@ -49,7 +50,7 @@ impl Download {
     pub fn open(data_dir: &Path, lsn: Lsn, checksum: u32, size: u64) -> Result<Download, StorageError> {
         let dir = data_dir.join(DIR);
         create_dir_durable(&dir)?;
-        let name = format!("snapshot-{:020}-{checksum:08x}.part", lsn.0);
+        let name = part_name(lsn, checksum);
         for entry in fs::read_dir(&dir).at(&dir)? {
             let path = entry.at(&dir)?.path();
             let stale = path.extension().is_some_and(|e| e == "part") && path.file_name().is_some_and(|n| *n != *name);
@@ -172,10 +173,11 @@ pub fn complete_install(data_dir: &Path) -> Result<Option<Lsn>, StorageError> {
     let marker = dir.join(MARKER_NAME);
     let Some((lsn, _)) = MARKER.read(&marker)? else { return Ok(None) };
     let lsn = Lsn(lsn);
-    let wal_dir = data_dir.join("wal");
+    let layout = DataDir::new(data_dir);
+    let wal_dir = layout.wal();
     remove_all(&wal_dir)?;
     remove_durable(&wal_dir.join(SPARE_NAME))?;
-    let snapshots = data_dir.join("snapshots");
+    let snapshots = layout.snapshots();
     let downloaded = dir.join(snapshot_name(lsn));
     if downloaded.exists() {
         for (_, path) in list_snapshots(&snapshots)? {
@@ -205,17 +207,17 @@ pub fn discard_state(data_dir: &Path) -> Result<PathBuf, StorageError> {
         kept = data_dir.join(format!("discarded-{stamp}-{n}"));
     }
     create_dir_durable(&kept)?;
-    for name in ["wal", "snapshots", DIR, crate::replication::progress::FILE_NAME] {
-        let from = data_dir.join(name);
+    let layout = DataDir::new(data_dir);
+    for from in [layout.wal(), layout.snapshots(), layout.downloads(), layout.progress_file()] {
         if from.exists() {
-            let to = kept.join(name);
+            let to = kept.join(from.file_name().expect("a data directory entry has a name"));
             fs::rename(&from, &to).at(&to)?;
         }
     }
     fsync_dir(&kept)?;
     fsync_dir(data_dir)?;
-    create_dir_durable(&data_dir.join("wal"))?;
-    create_dir_durable(&data_dir.join("snapshots"))?;
+    create_dir_durable(&layout.wal())?;
+    create_dir_durable(&layout.snapshots())?;
     Ok(kept)
 }
 

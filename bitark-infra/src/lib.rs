@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: the `wal` section of the configuration.
+//! - [`datadir`]: [`DataDir`], the data directory's layout (every path under
+//!   `node.data-dir`), its `LOCK`, and the small reads the engine makes of its files.
 //! - [`error`]: [`StorageError`], which keeps corruption (names a file and an offset)
 //!   apart from I/O failure.
 //! - [`epoch`]: `epoch.bin`, the durable epoch history of a node.
@@ -27,6 +29,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod datadir;
 pub mod epoch;
 pub mod error;
 pub mod etcd;
@@ -40,5 +43,6 @@ pub mod snapshot;
 pub mod wal;
 
 pub use config::{FsyncPolicy, WalConfig};
+pub use datadir::DataDir;
 pub use error::StorageError;
 pub use metrics::Metrics;

@@ -17,9 +17,6 @@ use bitark_infra::StorageError;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// Directory in the data directory that keeps the records cut on stepping down.
-pub const DIVERGED_DIR: &str = "diverged";
-
 /// The last LSN at which this node's log agrees with `theirs`: where `ours` and `theirs`
 /// give the record the same epoch (at or below `applied`, this node's log end).
 pub fn divergence(ours: &EpochHistory, theirs: &EpochHistory, applied: Lsn) -> Lsn {
@@ -113,9 +110,10 @@ impl Node {
             epoch,
             Box::new(move |start| {
                 let mut state = node.epochs();
-                state.history.begin(epoch, start).map_err(|e| {
-                    StorageError::corruption(node.config().node.data_dir.join("epoch.bin"), 0, e.to_string())
-                })?;
+                state
+                    .history
+                    .begin(epoch, start)
+                    .map_err(|e| StorageError::corruption(node.config().node.dir().epoch_file(), 0, e.to_string()))?;
                 state.master_id = node.config().node.id.clone();
                 state.seen = epoch.0;
                 state.seen_master_url = self_url;
@@ -190,8 +188,9 @@ impl Node {
     /// reaches back to such a snapshot, an empty state that the master fills again.
     fn cut_to(&self, point: Lsn, epoch: Option<Epoch>) -> Result<CutReport, RoleError> {
         let state = &self.inner.state;
-        let data_dir = self.config().node.data_dir.clone();
-        let (wal_dir, snapshot_dir) = (data_dir.join("wal"), data_dir.join("snapshots"));
+        let layout = self.config().node.dir();
+        let data_dir = layout.root().to_path_buf();
+        let (wal_dir, snapshot_dir) = (layout.wal(), layout.snapshots());
         let _replacing = state.replacing.write().unwrap_or_else(PoisonError::into_inner);
         state.installing.store(true, Ordering::Release);
         let base = list_snapshots(&snapshot_dir)?.into_iter().map(|(lsn, _)| lsn).filter(|lsn| *lsn <= point).max();
@@ -203,7 +202,7 @@ impl Node {
         let report = Arc::new(Mutex::new(CutReport::default()));
         let (shared, slot) = (state.clone(), report.clone());
         let work = Box::new(move || {
-            let cut = cut_after(&wal_dir, point, &data_dir.join(DIVERGED_DIR), &label)?;
+            let cut = cut_after(&wal_dir, point, &layout.diverged(), &label)?;
             for (lsn, path) in list_snapshots(&snapshot_dir)? {
                 if lsn > point || !rebuildable {
                     remove_durable(&path)?;
@@ -231,7 +230,7 @@ impl Node {
         state.publish_applied(applied);
         state.installing.store(false, Ordering::Release);
         result?;
-        let newest = list_snapshots(&self.config().node.data_dir.join("snapshots"))?.pop();
+        let newest = list_snapshots(&self.config().node.dir().snapshots())?.pop();
         let info = newest.and_then(|(_, path)| read_snapshot(&path, |_| Ok(())).ok());
         let _ = state.snapshots.try_send(Request::Replaced(info));
         let report = report.lock().unwrap_or_else(PoisonError::into_inner).clone();

@@ -28,6 +28,7 @@ use crate::modules::{FlagModule, Host};
 use crate::snapshotter::Request;
 use bitark_common::replication::{FullSyncAnswer, FullSyncRequest, NeedFullSync, SnapshotRef, TransferOffer};
 use bitark_common::{Lsn, Record};
+use bitark_infra::datadir::file_len;
 use bitark_infra::fullsync::{chunk_checksum, file_checksum, read_chunk};
 use bitark_infra::snapshot::list_snapshots;
 use bitark_infra::wal::{CursorRead, WalCursor};
@@ -119,7 +120,7 @@ pub(crate) async fn current_snapshot(
     pin: Option<u64>,
 ) -> Result<(PathBuf, SnapshotRef), FullSyncError> {
     let storage = |e: bitark_infra::StorageError| FullSyncError::Storage(e.to_string());
-    let dir = hub.wal_dir.with_file_name("snapshots");
+    let dir = hub.dir.snapshots();
     let newest = {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || list_snapshots(&dir))
@@ -152,7 +153,7 @@ pub(crate) async fn current_snapshot(
     }
     let cached = {
         let transfers = hub.full_sync.lock();
-        let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+        let size = file_len(&path).ok();
         size.and_then(|size| transfers.checksums.get(&(lsn.0, size)).map(|crc| (size, *crc)))
     };
     let (size, checksum) = match cached {
@@ -491,7 +492,7 @@ pub enum PullAnswer {
 
 /// `pull(fromLsn)`: the next records, or the snapshot to full-sync from.
 pub(crate) async fn pull(hub: &Arc<HubInner>, from: Lsn) -> Result<PullAnswer, FullSyncError> {
-    let mut cursor = WalCursor::new(&hub.wal_dir, from);
+    let mut cursor = WalCursor::new(&hub.dir.wal(), from);
     let (max, up_to) = (hub.config().batch_max_records, hub.durable_lsn());
     let read = tokio::task::spawn_blocking(move || cursor.read(max, 4 << 20, up_to))
         .await

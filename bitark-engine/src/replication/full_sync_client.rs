@@ -135,13 +135,8 @@ async fn pause() {
 
 /// The snapshot a partial download in `fullsync/` is of, to go on with it.
 fn partial_download(follower: &Follower) -> Option<SnapshotRef> {
-    let dir = follower.node().config().node.data_dir.join(bitark_infra::fullsync::DIR);
-    std::fs::read_dir(dir).ok()?.filter_map(Result::ok).find_map(|entry| {
-        let name = entry.file_name().into_string().ok()?;
-        let (lsn, checksum) = name.strip_prefix("snapshot-")?.strip_suffix(".part")?.split_once('-')?;
-        let size = entry.metadata().ok()?.len();
-        Some(SnapshotRef { lsn: lsn.parse().ok()?, size, checksum: u32::from_str_radix(checksum, 16).ok()? })
-    })
+    let part = follower.node().config().node.dir().partial_download()?;
+    Some(SnapshotRef { lsn: part.lsn.0, size: part.len, checksum: part.checksum })
 }
 
 /// One chunk of transfer `id` at `offset`, checked against its crc32: a damaged one is

@@ -11,9 +11,8 @@ use bitark_common::replication::Features;
 use bitark_common::{Lsn, Record};
 use bitark_infra::replication::ReplicationClient;
 use bitark_infra::wal::WalHandle;
-use bitark_infra::Metrics;
+use bitark_infra::{DataDir, Metrics};
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
@@ -45,7 +44,8 @@ pub(crate) struct HubInner {
     pub features: std::sync::RwLock<Features>,
     /// The node's configuration in force; read through [`HubInner::config`].
     pub config: LiveConfig,
-    pub wal_dir: PathBuf,
+    /// The data directory: the log senders read, the snapshots a full sync sends.
+    pub dir: DataDir,
     pub client: ReplicationClient,
     pub metrics: Metrics,
     /// The durable LSN: only records at or below it are sent.

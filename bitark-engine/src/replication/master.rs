@@ -23,9 +23,8 @@ use bitark_common::replication::{Features, FullSyncAnswer, FullSyncRequest, Regi
 use bitark_common::{Lsn, Record};
 use bitark_infra::replication::ReplicationClient;
 use bitark_infra::wal::{list_segments, WalHandle};
-use bitark_infra::Metrics;
+use bitark_infra::{DataDir, Metrics};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -75,7 +74,7 @@ pub(crate) struct HubParts {
     pub node_id: String,
     pub config: LiveConfig,
     pub features: Features,
-    pub wal_dir: PathBuf,
+    pub dir: DataDir,
     pub client: ReplicationClient,
     pub metrics: Metrics,
     pub durable: watch::Receiver<Lsn>,
@@ -96,7 +95,7 @@ impl MasterHub {
                 session,
                 features: std::sync::RwLock::new(features),
                 config: parts.config,
-                wal_dir: parts.wal_dir,
+                dir: parts.dir,
                 client: parts.client,
                 metrics: parts.metrics,
                 durable: parts.durable,
@@ -284,7 +283,7 @@ impl MasterHub {
 
     /// The oldest LSN the WAL still holds, if it holds any.
     fn oldest_retained(&self) -> Option<Lsn> {
-        list_segments(&self.inner.wal_dir).ok()?.first().map(|segment| segment.first_lsn)
+        list_segments(&self.inner.dir.wal()).ok()?.first().map(|segment| segment.first_lsn)
     }
 
     /// Hands a logged batch to every verified slave's buffer; called on the WAL writer

@@ -182,7 +182,7 @@ async fn catch_up(
 ) -> Option<Vec<Record>> {
     // A cursor left behind `from` (the buffer served the records between) moves on from
     // where it stopped, instead of finding `from` again from the start of its segment.
-    let mut reader = cursor.take().unwrap_or_else(|| WalCursor::new(&hub.wal_dir, from));
+    let mut reader = cursor.take().unwrap_or_else(|| WalCursor::new(&hub.dir.wal(), from));
     let up_to = hub.durable_lsn();
     let max = hub.config().batch_max_records;
     let (reader, read) = tokio::task::spawn_blocking(move || {

@@ -15,7 +15,7 @@ use std::path::Path;
 
 const FILE: FixedFile = FixedFile { magic: 0xCAFE_BABE, version: 1, what: "slave progress" };
 /// File name inside the data directory.
-pub const FILE_NAME: &str = "slave-progress.bin";
+pub const FILE_NAME: &str = crate::datadir::PROGRESS_NAME;
 
 /// A slave's own progress record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
