@@ -10,7 +10,8 @@
 use crate::error::SnapshotError;
 use crate::node::Node;
 use bitark_common::{Epoch, Lsn, Record};
-use bitark_infra::datadir::{file_len, read_exact_at};
+use bitark_infra::datadir::file_len;
+use bitark_infra::fullsync::read_chunk;
 use bitark_infra::snapshot::list_snapshots;
 use bitark_infra::wal::{CursorRead, WalCursor};
 use bitark_infra::StorageError;
@@ -125,7 +126,12 @@ impl Node {
             // Past the end (or asked for nothing): no seek, which fails past i64::MAX.
             return Ok(Vec::new());
         }
-        Ok(read_exact_at(&session.snapshot, offset, want)?)
+        let bytes = read_chunk(&session.snapshot, offset, want)?;
+        if bytes.len() < want {
+            let reason = format!("{want} bytes wanted, the file ends after {}", bytes.len());
+            return Err(StorageError::corruption(&session.snapshot, offset + bytes.len() as u64, reason).into());
+        }
+        Ok(bytes)
     }
 
     /// The backup's records from `from`, no further than its end, about [`MAX_READ`]

@@ -18,7 +18,6 @@
 use crate::error::{IoContext, StorageError};
 use bitark_common::Lsn;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 const LOCK_NAME: &str = "LOCK";
@@ -137,15 +136,6 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, StorageError> {
     std::fs::read(path).at(path)
 }
 
-/// Exactly `len` bytes of `path` from `offset`: an error when the file is shorter.
-pub fn read_exact_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, StorageError> {
-    let mut file = File::open(path).at(path)?;
-    file.seek(SeekFrom::Start(offset)).at(path)?;
-    let mut out = vec![0; len];
-    file.read_exact(&mut out).at(path)?;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,10 +167,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"0123456789").unwrap();
-        assert_eq!(read_exact_at(&path, 2, 3).unwrap(), b"234");
+        assert_eq!(read_file(&path).unwrap(), b"0123456789");
         assert_eq!(file_len(&path).unwrap(), 10);
-        let short = read_exact_at(&path, 8, 3).unwrap_err().to_string();
-        assert!(short.contains(&path.display().to_string()), "{short}");
         assert!(read_file(&dir.path().join("gone")).unwrap_err().to_string().contains("gone"));
     }
 }
