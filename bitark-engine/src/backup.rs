@@ -8,17 +8,12 @@
 //! releases it at once.
 
 use crate::error::SnapshotError;
-use crate::node::Node;
-use bitark_common::{Epoch, Lsn, Record};
-use bitark_infra::datadir::file_len;
-use bitark_infra::fullsync::read_chunk;
-use bitark_infra::snapshot::list_snapshots;
-use bitark_infra::wal::{CursorRead, WalCursor};
+use bitark_common::{Epoch, Lsn};
+use bitark_infra::wal::WalCursor;
 use bitark_infra::StorageError;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Most bytes one read of a backup answers.
 pub const MAX_READ: usize = 8 << 20;
@@ -48,6 +43,42 @@ pub(crate) struct Backups {
     cursors: Mutex<HashMap<u64, WalCursor>>,
 }
 
+impl Backups {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<u64, BackupSession>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn cursors(&self) -> MutexGuard<'_, HashMap<u64, WalCursor>> {
+        self.cursors.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn add(&self, session: BackupSession) {
+        self.sessions().insert(session.id, session);
+    }
+
+    pub fn get(&self, id: u64) -> Option<BackupSession> {
+        self.sessions().get(&id).cloned()
+    }
+
+    /// Removes the backup `id` and its cursor; answers the session if it ran.
+    pub fn remove(&self, id: u64) -> Option<BackupSession> {
+        self.cursors().remove(&id);
+        self.sessions().remove(&id)
+    }
+
+    /// The cursor where the last read of `id` stopped, if one is kept.
+    pub fn take_cursor(&self, id: u64) -> Option<WalCursor> {
+        self.cursors().remove(&id)
+    }
+
+    /// Keeps `cursor` for the next read of `id`, unless the backup ended meanwhile.
+    pub fn keep_cursor(&self, id: u64, cursor: WalCursor) {
+        if self.sessions().contains_key(&id) {
+            self.cursors().insert(id, cursor);
+        }
+    }
+}
+
 /// Why a backup read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -63,112 +94,4 @@ pub enum BackupError {
     /// The log the backup needs is gone (it lapsed and was collected).
     #[error("the log from LSN {needed} is gone (the oldest on disk is {oldest}); start the backup again")]
     Purged { needed: u64, oldest: u64 },
-}
-
-impl Node {
-    /// Begins a backup from the newest snapshot (a new one when `fresh`, or when there
-    /// is none), kept with the log after it while the backup reads them. The log after
-    /// the snapshot is what lets a restore stop at any LSN from the snapshot's to the
-    /// backup's end.
-    pub async fn begin_backup(&self, fresh: bool) -> Result<BackupSession, BackupError> {
-        let config = self.config();
-        let id = rand::random::<u64>() >> 1;
-        let until = Instant::now() + config.replication.full_sync.pin_timeout;
-        let dir = config.node.dir().snapshots();
-        let newest = if fresh { None } else { list_snapshots(&dir)?.into_iter().max_by_key(|(lsn, _)| *lsn) };
-        let (lsn, path) = match newest {
-            Some((lsn, path)) => {
-                // Pinned at once: garbage collection keeps it from now on.
-                self.inner.state.retention.pin(id, lsn, until);
-                (lsn, path)
-            }
-            None => {
-                let taken = self.snapshot_now().await?;
-                self.inner.state.retention.pin(id, taken.lsn, until);
-                (taken.lsn, taken.path)
-            }
-        };
-        let size = match file_len(path.as_path()) {
-            Ok(size) => size,
-            Err(e) => {
-                self.inner.state.retention.unpin(id);
-                return Err(e.into());
-            }
-        };
-        let session = BackupSession {
-            id,
-            snapshot: path,
-            snapshot_lsn: lsn,
-            snapshot_size: size,
-            end_lsn: self.durable_lsn().max(lsn),
-            epoch: self.epoch(),
-            node_id: config.node.id.clone(),
-        };
-        self.inner.backups.sessions.lock().unwrap_or_else(PoisonError::into_inner).insert(id, session.clone());
-        tracing::info!(backup = id, snapshot = %lsn, end = %session.end_lsn, "backup begun");
-        Ok(session)
-    }
-
-    /// The backup `id`, its pin renewed.
-    fn backup(&self, id: u64) -> Result<BackupSession, BackupError> {
-        let session = self.inner.backups.sessions.lock().unwrap_or_else(PoisonError::into_inner).get(&id).cloned();
-        let session = session.ok_or(BackupError::Unknown(id))?;
-        let until = Instant::now() + self.config().replication.full_sync.pin_timeout;
-        self.inner.state.retention.pin(id, session.snapshot_lsn, until);
-        Ok(session)
-    }
-
-    /// Up to `len` bytes (at most [`MAX_READ`]) of the backup's snapshot from `offset`.
-    pub fn backup_snapshot_bytes(&self, id: u64, offset: u64, len: usize) -> Result<Vec<u8>, BackupError> {
-        let session = self.backup(id)?;
-        let want = len.min(MAX_READ).min(session.snapshot_size.saturating_sub(offset) as usize);
-        if want == 0 {
-            // Past the end (or asked for nothing): no seek, which fails past i64::MAX.
-            return Ok(Vec::new());
-        }
-        let bytes = read_chunk(&session.snapshot, offset, want)?;
-        if bytes.len() < want {
-            let reason = format!("{want} bytes wanted, the file ends after {}", bytes.len());
-            return Err(StorageError::corruption(&session.snapshot, offset + bytes.len() as u64, reason).into());
-        }
-        Ok(bytes)
-    }
-
-    /// The backup's records from `from`, no further than its end, about [`MAX_READ`]
-    /// bytes at most; none once `from` is past the end.
-    pub async fn backup_records(&self, id: u64, from: Lsn) -> Result<Vec<Record>, BackupError> {
-        let session = self.backup(id)?;
-        if from > session.end_lsn {
-            return Ok(Vec::new());
-        }
-        let wal_dir = self.config().node.dir().wal();
-        let kept = self.inner.backups.cursors.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
-        let mut cursor = kept.filter(|c| c.next_lsn() == from).unwrap_or_else(|| WalCursor::new(&wal_dir, from));
-        let (cursor, read) = tokio::task::spawn_blocking(move || {
-            // Tests stop the node here, in the middle of a backup.
-            fail::fail_point!("backup::before-wal-read");
-            let read = cursor.read(usize::MAX, MAX_READ, session.end_lsn);
-            (cursor, read)
-        })
-        .await
-        .map_err(|e| StorageError::io("wal", std::io::Error::other(e.to_string())))?;
-        let read = read?;
-        if self.inner.backups.sessions.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&id) {
-            self.inner.backups.cursors.lock().unwrap_or_else(PoisonError::into_inner).insert(id, cursor);
-        }
-        match read {
-            CursorRead::Records(records) => Ok(records),
-            CursorRead::Purged { oldest } => Err(BackupError::Purged { needed: from.0, oldest: oldest.0 }),
-        }
-    }
-
-    /// Ends the backup `id`: the snapshot and the log after it are no longer kept for it.
-    pub fn end_backup(&self, id: u64) -> Result<(), BackupError> {
-        self.inner.backups.cursors.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
-        let removed = self.inner.backups.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
-        removed.ok_or(BackupError::Unknown(id))?;
-        self.inner.state.retention.unpin(id);
-        tracing::info!(backup = id, "backup ended");
-        Ok(())
-    }
 }

@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
+mod backup;
+mod fencing;
 mod open;
 mod reads;
 mod roles;
