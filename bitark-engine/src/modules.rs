@@ -8,7 +8,7 @@
 //! to that core and lives in the file of its stage.
 
 use crate::config::Role;
-use crate::replication::{Follower, MasterHub};
+use crate::replication::{full_sync, gc, heartbeat, slave, Follower, MasterHub};
 use bitark_common::replication::Features;
 
 /// What a module attaches to: the replication core of this node's role.
@@ -40,13 +40,19 @@ pub trait Module: Sync {
     fn start(&self, host: &Host<'_>);
 }
 
+/// What a [`FlagModule`] starts, on the role it runs on.
+pub enum Start {
+    Master(fn(&MasterHub)),
+    Slave(fn(&Follower)),
+}
+
 /// A module that one flag turns on and that only starts background work: what every
-/// replication stage so far needs.
+/// replication stage so far needs. The stage's file exports the plain function that
+/// starts the work; the wiring to a name, a role and a flag is here.
 pub struct FlagModule {
     pub name: &'static str,
-    pub role: Role,
     pub enabled: fn(&Features) -> bool,
-    pub start: fn(&Host<'_>),
+    pub start: Start,
 }
 
 impl Module for FlagModule {
@@ -55,7 +61,10 @@ impl Module for FlagModule {
     }
 
     fn role(&self) -> Role {
-        self.role
+        match self.start {
+            Start::Master(_) => Role::Master,
+            Start::Slave(_) => Role::Slave,
+        }
     }
 
     fn enabled(&self, features: &Features) -> bool {
@@ -63,17 +72,47 @@ impl Module for FlagModule {
     }
 
     fn start(&self, host: &Host<'_>) {
-        (self.start)(host)
+        match (&self.start, host) {
+            (Start::Master(start), Host::Master(hub)) => start(hub),
+            (Start::Slave(start), Host::Slave(follower)) => start(follower),
+            _ => {}
+        }
     }
 }
 
 /// Every module, in rollout order.
 pub static MODULES: &[&dyn Module] = &[
-    &crate::replication::slave::PROGRESS_FILE,
-    &crate::replication::heartbeat::HEARTBEATS,
-    &crate::replication::heartbeat::DEAD_DETECTION,
-    &crate::replication::full_sync::TRANSFER_LEASES,
-    &crate::replication::gc::CLUSTER_GC,
+    // Stage 3: the slave keeps its position in `slave-progress.bin`, rewritten at most
+    // every `replication.progress-flush`.
+    &FlagModule {
+        name: "slave-progress-file",
+        enabled: |features| features.reliable,
+        start: Start::Slave(slave::start_progress_file),
+    },
+    // Stage 4 on the slave: heartbeats to the master, and the master's silence watched.
+    &FlagModule {
+        name: "heartbeats",
+        enabled: |features| features.heartbeat,
+        start: Start::Slave(heartbeat::start_heartbeats),
+    },
+    // Stage 4 on the master: slaves silent for `dead-after` are DEAD.
+    &FlagModule {
+        name: "dead-detection",
+        enabled: |features| features.heartbeat,
+        start: Start::Master(heartbeat::start_dead_detection),
+    },
+    // Stage 5 on the master: transfer leases expire, finished transfers end.
+    &FlagModule {
+        name: "full-sync-leases",
+        enabled: |features| features.full_sync,
+        start: Start::Master(|hub| hub.every_tick(full_sync::tick)),
+    },
+    // Stage 6 on the master: the WAL floor follows the slaves that hold it.
+    &FlagModule {
+        name: "cluster-gc",
+        enabled: |features| features.cluster_gc,
+        start: Start::Master(|hub| hub.every_tick(gc::evaluate)),
+    },
 ];
 
 /// Starts every module of `host`'s role, and answers the names of those `features` turn

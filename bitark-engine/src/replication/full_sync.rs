@@ -20,11 +20,10 @@
 //!   to what the slave has acknowledged until it has caught up from the WAL; then the
 //!   transfer is done.
 
-use super::link::{refresh_metrics, HubInner, SlaveLink};
-use super::master::every_tick;
+use super::link::{HubInner, SlaveLink};
 use super::status::SlaveState;
-use crate::config::Role;
-use crate::modules::{FlagModule, Host};
+use super::transfers::Transfer;
+use super::view::refresh_metrics;
 use crate::snapshotter::Request;
 use bitark_common::replication::{FullSyncAnswer, FullSyncRequest, NeedFullSync, SnapshotRef, TransferOffer};
 use bitark_common::{Lsn, Record};
@@ -32,9 +31,8 @@ use bitark_infra::datadir::file_len;
 use bitark_infra::fullsync::{chunk_checksum, file_checksum, read_chunk};
 use bitark_infra::snapshot::list_snapshots;
 use bitark_infra::wal::{CursorRead, WalCursor};
-use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -56,50 +54,6 @@ pub enum FullSyncError {
     /// The snapshot cannot be read, taken or checksummed (500).
     #[error("{0}")]
     Storage(String),
-}
-
-/// The transfers and the queue. A std `Mutex`: taken briefly, never across an await.
-#[derive(Default)]
-pub(crate) struct FullSyncServer {
-    inner: Mutex<Transfers>,
-}
-
-#[derive(Default)]
-struct Transfers {
-    next_id: u64,
-    /// Running transfers by id.
-    running: HashMap<u64, Transfer>,
-    /// Slaves waiting for a slot, first in line first.
-    queue: VecDeque<String>,
-    /// Slaves granted a slot whose snapshot is being chosen or checksummed, with the
-    /// transfer id reserved for them: they count against `max-concurrent` already.
-    starting: HashMap<String, u64>,
-    /// crc32 of snapshots already served, by (LSN, size).
-    checksums: HashMap<(u64, u64), u32>,
-}
-
-struct Transfer {
-    slave: String,
-    session: String,
-    path: PathBuf,
-    snapshot: SnapshotRef,
-    /// The chunk size offered ([`chunk_size`]).
-    chunk_size: u64,
-    /// The offset of the first chunk asked for (a resumed download starts past 0): the
-    /// bandwidth cap paces the chunks by their offset from it, so a chunk fetched again
-    /// costs no extra time.
-    first_offset: Option<u64>,
-    started: Instant,
-    last_progress: Instant,
-    /// Set once the slave installed the snapshot: it is being caught up from the WAL up
-    /// to this LSN, and the pin follows its acknowledgements.
-    catching_up_to: Option<Lsn>,
-}
-
-impl FullSyncServer {
-    fn lock(&self) -> MutexGuard<'_, Transfers> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 /// The registered link of `slave` in `session`, if any.
@@ -372,29 +326,16 @@ pub(crate) fn progressed(hub: &HubInner, link: &SlaveLink, applied: Lsn) {
     link.wake.notify_one();
 }
 
-/// Stage 5 on the master: transfer leases expire, finished transfers end, the queue
-/// forgets slaves that left.
-pub(crate) static TRANSFER_LEASES: FlagModule = FlagModule {
-    name: "full-sync-leases",
-    role: Role::Master,
-    enabled: |features| features.full_sync,
-    start: |host| {
-        if let Host::Master(hub) = host {
-            every_tick(hub, tick);
-        }
-    },
-};
-
 const STALLED: &str = "its full sync made no progress within replication.full-sync.pin-timeout";
 const OVERTAKEN: &str =
     "the log written during its full sync passed replication.max-lag before it installed the snapshot";
 
-/// Keeps transfers honest, on the master's module tick: a slave caught up after its
+/// Stage 5: keeps transfers honest, on the master's module tick: a slave caught up after its
 /// full sync ends its transfer; one whose transfer made no progress for `pin-timeout`
 /// loses it, and so does one (bounded mode) whose snapshot fell past `max-lag` before it
 /// was installed; the pin of a slave being caught up follows its acknowledgements; waiting
 /// slaves that left the cluster leave the queue.
-fn tick(hub: &HubInner) {
+pub(crate) fn tick(hub: &HubInner) {
     let pin_timeout = hub.config().full_sync.pin_timeout;
     let slaves = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).clone();
     let mut transfers = hub.full_sync.lock();

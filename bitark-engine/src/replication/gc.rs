@@ -16,10 +16,8 @@
 //! [`crate::state::Retention`] for the result before it deletes anything.
 
 use super::link::HubInner;
-use super::master::every_tick;
 use super::status::{SlaveState, SlaveStatus};
-use crate::config::{GcMode, Role};
-use crate::modules::{FlagModule, Host};
+use crate::config::GcMode;
 use crate::snapshotter::Request;
 use bitark_common::Lsn;
 use std::sync::atomic::Ordering;
@@ -63,21 +61,10 @@ fn bounded(hub: &HubInner) -> bool {
     hub.features().cluster_gc && hub.config().gc_mode == GcMode::Bounded
 }
 
-/// Stage 6 on the master: the WAL floor follows the slaves that hold it.
-pub(crate) static CLUSTER_GC: FlagModule = FlagModule {
-    name: "cluster-gc",
-    role: Role::Master,
-    enabled: |features| features.cluster_gc,
-    start: |host| {
-        if let Host::Master(hub) = host {
-            every_tick(hub, evaluate);
-        }
-    },
-};
-
+/// Stage 6 on the master, every tick: the WAL floor follows the slaves that hold it.
 /// Marks slaves past `max-lag` OUTDATED (bounded mode) and tells the snapshotter how far
 /// back the slaves that hold the WAL need it; asks for a collection when that moved.
-fn evaluate(hub: &HubInner) {
+pub(crate) fn evaluate(hub: &HubInner) {
     let state = &hub.state;
     if !hub.features().cluster_gc {
         state.retention.set_cluster(None);

@@ -11,12 +11,11 @@
 //!   answers again, its position decides its state (ALIVE, SLOW to be caught up, or a
 //!   full sync); it is never counted alive before it has answered.
 
-use super::link::{refresh_metrics, HubInner};
-use super::master::{every_tick, MasterHub};
+use super::link::HubInner;
+use super::master::MasterHub;
 use super::slave::Follower;
 use super::status::SlaveState;
-use crate::config::Role;
-use crate::modules::{FlagModule, Host};
+use super::view::refresh_metrics;
 use bitark_common::replication::{HeartbeatRequest, HeartbeatResponse};
 use bitark_common::Lsn;
 use bitark_infra::replication::TransportError;
@@ -129,30 +128,17 @@ fn probe_dead_slaves(hub: &MasterHub) {
     });
 }
 
-/// Stage 4 on the master: slaves silent for `dead-after` are DEAD.
-pub(crate) static DEAD_DETECTION: FlagModule = FlagModule {
-    name: "dead-detection",
-    role: Role::Master,
-    enabled: |features| features.heartbeat,
-    start: |host| {
-        if let Host::Master(hub) = host {
-            every_tick(hub, mark_silent_slaves_dead);
-            probe_dead_slaves(hub);
-        }
-    },
-};
+/// Stage 4 on the master: slaves silent for `dead-after` are DEAD, and DEAD slaves are
+/// probed until they answer.
+pub(crate) fn start_dead_detection(hub: &MasterHub) {
+    hub.every_tick(mark_silent_slaves_dead);
+    probe_dead_slaves(hub);
+}
 
 /// Stage 4 on the slave: heartbeats to the master, and the master's silence watched.
-pub(crate) static HEARTBEATS: FlagModule = FlagModule {
-    name: "heartbeats",
-    role: Role::Slave,
-    enabled: |features| features.heartbeat,
-    start: |host| {
-        if let Host::Slave(follower) = host {
-            tokio::spawn(slave_loop((*follower).clone()));
-        }
-    },
-};
+pub(crate) fn start_heartbeats(follower: &Follower) {
+    tokio::spawn(slave_loop(follower.clone()));
+}
 
 /// A slave's heartbeats, while its master uses stage 4 with it.
 async fn slave_loop(follower: Follower) {

@@ -4,7 +4,8 @@
 //! The hub (`master.rs`), the per-slave sender (`sender.rs`) and the URL check
 //! (`verify.rs`) all work on these types and on nothing of each other.
 
-use super::status::{SlaveState, SlaveStatus};
+use super::status::SlaveState;
+use super::transfers::FullSyncServer;
 use crate::config::{LiveConfig, ReplicationConfig, ReplicationNow};
 use crate::state::State;
 use bitark_common::replication::Features;
@@ -68,7 +69,7 @@ pub(crate) struct HubInner {
     /// The node's shared state: retention of log and snapshots, the snapshotter.
     pub state: Arc<State>,
     /// Full-sync transfers and their queue (stage 5).
-    pub full_sync: super::full_sync::FullSyncServer,
+    pub full_sync: FullSyncServer,
     /// The cluster GC floor last published (`u64::MAX`: none), to see it move.
     pub gc_floor: AtomicU64,
     /// Bumped on every slave acknowledgement, for writes waiting under `semi`/`all`.
@@ -90,47 +91,6 @@ impl HubInner {
 
     pub fn committed_lsn(&self) -> Lsn {
         Lsn(self.committed.load(Ordering::Acquire))
-    }
-
-    /// Drops `link` for good: its sender stops, its buffer is freed, its metric series
-    /// go. The caller has removed it from `slaves`.
-    pub fn close(&self, link: &SlaveLink) {
-        link.closed.store(true, Ordering::Release);
-        super::full_sync::end_transfers_of_gone(self, &link.id);
-        link.lock().clear_buffer(&self.buffered);
-        link.wake.notify_one();
-        let m = &self.metrics;
-        let id = [link.id.as_str()];
-        for family in [
-            &m.replication_ack_lsn,
-            &m.replication_lag_records,
-            &m.replication_lag_bytes,
-            &m.replication_buffer_depth,
-            &m.replication_buffer_bytes,
-            &m.replication_headroom_bytes,
-        ] {
-            let _ = family.remove_label_values(&id);
-        }
-        let _ = m.replication_lag_seconds.remove_label_values(&id);
-        let _ = m.replication_heartbeat_age.remove_label_values(&id);
-        let _ = m.replication_headroom_seconds.remove_label_values(&id);
-        for family in [
-            &m.replication_retries,
-            &m.replication_send_failures,
-            &m.replication_sent_batches,
-            &m.replication_sent_records,
-            &m.replication_acked_batches,
-            &m.replication_acked_records,
-            &m.replication_catchup_records,
-            &m.replication_dead_detections,
-        ] {
-            let _ = family.remove_label_values(&id);
-        }
-        let _ = m.replication_send_seconds.remove_label_values(&id);
-        let _ = m.replication_ack_lag_seconds.remove_label_values(&id);
-        for state in SlaveState::ALL {
-            let _ = m.replication_slave_state.remove_label_values(&[&link.id, state.as_str()]);
-        }
     }
 }
 
@@ -401,77 +361,6 @@ impl ByteIndex {
             }
         };
         self.total - through
-    }
-}
-
-/// One slave's status.
-pub(crate) fn status_of(hub: &HubInner, link: &SlaveLink) -> SlaveStatus {
-    let durable = hub.durable_lsn();
-    let s = link.lock();
-    let lag_records = durable.0.saturating_sub(s.last_ack.0);
-    let lag_seconds = if lag_records == 0 {
-        0.0
-    } else {
-        let oldest = s.buffer.front().filter(|q| q.record.lsn == s.last_ack.next()).map(|q| q.committed);
-        oldest.or(s.behind_since).map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0)
-    };
-    let lag_bytes = if lag_records == 0 {
-        0
-    } else {
-        hub.bytes.lock().unwrap_or_else(PoisonError::into_inner).bytes_after(s.last_ack)
-    };
-    let mut status = SlaveStatus {
-        id: link.id.clone(),
-        url: s.url.clone(),
-        state: s.state,
-        features: s.features,
-        last_ack_lsn: s.last_ack.0,
-        lag_records,
-        lag_bytes,
-        lag_seconds,
-        buffer_depth: s.buffer.len() as u64,
-        buffer_bytes: s.buffer_bytes as u64,
-        retries: s.retries,
-        last_error: s.last_error.clone(),
-        last_seen_seconds: s.last_seen.elapsed().as_secs_f64(),
-        queue_position: s.queue_position,
-        full_sync_bytes: s.full_sync.map(|(bytes, _)| bytes),
-        full_sync_size: s.full_sync.map(|(_, size)| size),
-        headroom_bytes: None,
-        headroom_seconds: None,
-    };
-    drop(s);
-    super::gc::fill_headroom(hub, &mut status);
-    status
-}
-
-/// Refreshes the metric series of one slave.
-pub(crate) fn refresh_metrics(hub: &HubInner, link: &SlaveLink) {
-    if link.is_closed() {
-        return;
-    }
-    let status = status_of(hub, link);
-    let m = &hub.metrics;
-    let id = [link.id.as_str()];
-    m.replication_ack_lsn.with_label_values(&id).set(status.last_ack_lsn as i64);
-    m.replication_lag_records.with_label_values(&id).set(status.lag_records as i64);
-    m.replication_lag_bytes.with_label_values(&id).set(status.lag_bytes as i64);
-    m.replication_lag_seconds.with_label_values(&id).set(status.lag_seconds);
-    m.replication_buffer_depth.with_label_values(&id).set(status.buffer_depth as i64);
-    m.replication_buffer_bytes.with_label_values(&id).set(status.buffer_bytes as i64);
-    // A buffer dropped outside a commit (a check given up, a slave marked DEAD) changes the
-    // total as well.
-    m.replication_buffered_bytes.set(hub.buffered.load(Ordering::Relaxed) as i64);
-    match status.headroom_bytes {
-        Some(bytes) => m.replication_headroom_bytes.with_label_values(&id).set(bytes as i64),
-        None => drop(m.replication_headroom_bytes.remove_label_values(&id)),
-    }
-    match status.headroom_seconds {
-        Some(seconds) => m.replication_headroom_seconds.with_label_values(&id).set(seconds),
-        None => drop(m.replication_headroom_seconds.remove_label_values(&id)),
-    }
-    for state in SlaveState::ALL {
-        m.replication_slave_state.with_label_values(&[&link.id, state.as_str()]).set((state == status.state) as i64);
     }
 }
 

@@ -13,9 +13,10 @@
 //! caught up from the WAL (`bounded-buffer`), or GAP at stages 1 and 2. Senders send only
 //! records that are durable on the master's own disk.
 
-use super::full_sync::{FullSyncError, PullAnswer};
-use super::link::{refresh_metrics, status_of, ByteIndex, HubInner, LinkState, SlaveLink};
+use super::full_sync;
+use super::link::{ByteIndex, HubInner, LinkState, SlaveLink};
 use super::status::{SlaveState, SlaveStatus};
+use super::view::{refresh_metrics, status_of};
 use super::{sender, verify};
 use crate::config::LiveConfig;
 use crate::state::State;
@@ -24,6 +25,7 @@ use bitark_common::{Lsn, Record};
 use bitark_infra::replication::ReplicationClient;
 use bitark_infra::wal::{list_segments, WalHandle};
 use bitark_infra::{DataDir, Metrics};
+use full_sync::{FullSyncError, PullAnswer};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -84,6 +86,21 @@ pub(crate) struct HubParts {
 }
 
 impl MasterHub {
+    /// Runs `work` on the hub every quarter heartbeat interval (at least every 20 ms) for
+    /// as long as the hub lives: the tick of the master's modules.
+    pub(crate) fn every_tick(&self, work: fn(&HubInner)) {
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.runtime.spawn(async move {
+            loop {
+                let Some(hub) = weak.upgrade() else { return };
+                work(&hub);
+                let tick = (hub.config().heartbeat_interval / 4).max(Duration::from_millis(20));
+                drop(hub);
+                tokio::time::sleep(tick).await;
+            }
+        });
+    }
+
     /// A hub for a master; senders and checks run on `parts.runtime`.
     pub(crate) fn new(parts: HubParts) -> MasterHub {
         let features = parts.features;
@@ -245,7 +262,7 @@ impl MasterHub {
             }
         };
         drop(slaves);
-        super::full_sync::progressed(hub, &link, applied);
+        full_sync::progressed(hub, &link, applied);
         let s = link.lock();
         let (state, reason) = (s.state(), s.last_error.clone());
         drop(s);
@@ -272,7 +289,7 @@ impl MasterHub {
     ) -> Arc<SlaveLink> {
         let hub = &self.inner;
         if let Some(old) = slaves.remove(&request.slave_id) {
-            hub.close(&old);
+            close(hub, &old);
         }
         let state = LinkState::registered(request.url.clone(), features, request.session.clone(), applied);
         let link = Arc::new(SlaveLink::new(request.slave_id.clone(), state));
@@ -360,7 +377,7 @@ impl MasterHub {
         hub.stopped.store(true, Ordering::Release);
         let mut slaves = hub.slaves.write().unwrap_or_else(PoisonError::into_inner);
         for (_, link) in slaves.drain() {
-            hub.close(&link);
+            close(hub, &link);
         }
         hub.state.retention.set_cluster(None);
     }
@@ -408,17 +425,17 @@ impl MasterHub {
     /// `pull(fromLsn)` (stage 5): the log from `from` on, or the snapshot to full-sync
     /// from when the WAL no longer reaches back to it.
     pub async fn pull(&self, from: Lsn) -> Result<PullAnswer, FullSyncError> {
-        super::full_sync::pull(&self.inner, from).await
+        full_sync::pull(&self.inner, from).await
     }
 
     /// A slave asks for a full-sync transfer (stage 5).
     pub async fn start_full_sync(&self, request: FullSyncRequest) -> Result<FullSyncAnswer, FullSyncError> {
-        super::full_sync::start(&self.inner, request).await
+        full_sync::start(&self.inner, request).await
     }
 
     /// One chunk of a full-sync transfer, with its crc32.
     pub async fn full_sync_chunk(&self, id: u64, session: &str, offset: u64) -> Result<(Vec<u8>, u32), FullSyncError> {
-        super::full_sync::chunk(&self.inner, id, session, offset).await
+        full_sync::chunk(&self.inner, id, session, offset).await
     }
 }
 
@@ -462,22 +479,48 @@ fn check_request(request: &RegisterRequest) -> Result<(), RegisterError> {
     Ok(())
 }
 
-/// Drops links that have neither registered nor answered for `forget-after`.
-/// Runs `work` on the hub every quarter heartbeat interval (at least every 20 ms) for
-/// as long as the hub lives: the tick of the master's modules.
-pub(crate) fn every_tick(hub: &MasterHub, work: fn(&HubInner)) {
-    let weak = Arc::downgrade(&hub.inner);
-    hub.inner.runtime.spawn(async move {
-        loop {
-            let Some(hub) = weak.upgrade() else { return };
-            work(&hub);
-            let tick = (hub.config().heartbeat_interval / 4).max(Duration::from_millis(20));
-            drop(hub);
-            tokio::time::sleep(tick).await;
-        }
-    });
+/// Drops `link` for good: its sender stops, its buffer is freed, its metric series
+/// go. The caller has removed it from `slaves`.
+fn close(hub: &HubInner, link: &SlaveLink) {
+    link.closed.store(true, Ordering::Release);
+    full_sync::end_transfers_of_gone(hub, &link.id);
+    link.lock().clear_buffer(&hub.buffered);
+    link.wake.notify_one();
+    let m = &hub.metrics;
+    let id = [link.id.as_str()];
+    for family in [
+        &m.replication_ack_lsn,
+        &m.replication_lag_records,
+        &m.replication_lag_bytes,
+        &m.replication_buffer_depth,
+        &m.replication_buffer_bytes,
+        &m.replication_headroom_bytes,
+    ] {
+        let _ = family.remove_label_values(&id);
+    }
+    let _ = m.replication_lag_seconds.remove_label_values(&id);
+    let _ = m.replication_heartbeat_age.remove_label_values(&id);
+    let _ = m.replication_headroom_seconds.remove_label_values(&id);
+    for family in [
+        &m.replication_retries,
+        &m.replication_send_failures,
+        &m.replication_sent_batches,
+        &m.replication_sent_records,
+        &m.replication_acked_batches,
+        &m.replication_acked_records,
+        &m.replication_catchup_records,
+        &m.replication_dead_detections,
+    ] {
+        let _ = family.remove_label_values(&id);
+    }
+    let _ = m.replication_send_seconds.remove_label_values(&id);
+    let _ = m.replication_ack_lag_seconds.remove_label_values(&id);
+    for state in SlaveState::ALL {
+        let _ = m.replication_slave_state.remove_label_values(&[&link.id, state.as_str()]);
+    }
 }
 
+/// Drops links that have neither registered nor answered for `forget-after`.
 async fn forget_silent_slaves(hub: std::sync::Weak<HubInner>) {
     loop {
         let Some(inner) = hub.upgrade() else { return };
@@ -492,7 +535,7 @@ async fn forget_silent_slaves(hub: std::sync::Weak<HubInner>) {
             for id in silent {
                 if let Some(link) = slaves.remove(&id) {
                     tracing::warn!(slave = %id, ?forget_after, "slave silent too long: forgotten");
-                    inner.close(&link);
+                    close(&inner, &link);
                 }
             }
         }

@@ -32,7 +32,9 @@ pub mod master;
 mod sender;
 pub mod slave;
 pub mod status;
+mod transfers;
 mod verify;
+mod view;
 
 pub use master::{MasterHub, RegisterError};
 pub use slave::{Follower, MasterView, SenderRefused};

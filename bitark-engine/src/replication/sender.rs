@@ -10,8 +10,9 @@
 //! again, so the slave is GAP and sending goes on with newer records (which it will
 //! refuse until someone repairs it). The task ends when its link is closed.
 
-use super::link::{refresh_metrics, HubInner, LinkState, SlaveLink, BATCH_BYTES};
+use super::link::{HubInner, LinkState, SlaveLink, BATCH_BYTES};
 use super::status::SlaveState;
+use super::view::refresh_metrics;
 use bitark_common::{Lsn, Record};
 use bitark_infra::replication::{BatchSender, TransportError};
 use bitark_infra::wal::{CursorRead, WalCursor};

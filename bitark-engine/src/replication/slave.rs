@@ -16,9 +16,8 @@
 //! (NEEDS_FULL_SYNC, DIVERGED) reports itself not ready.
 
 use super::status::FullSyncProgress;
-use crate::config::{ReplicationNow, Role};
+use crate::config::ReplicationNow;
 use crate::error::ReplicateError;
-use crate::modules::{FlagModule, Host};
 use crate::node::Node;
 use bitark_common::replication::{
     AppendResponse, Features, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, SnapshotRef,
@@ -608,13 +607,6 @@ fn new_session() -> String {
 
 /// Stage 3: the slave keeps its position in `slave-progress.bin`, rewritten at most every
 /// `replication.progress-flush`.
-pub(crate) static PROGRESS_FILE: FlagModule = FlagModule {
-    name: "slave-progress-file",
-    role: Role::Slave,
-    enabled: |features| features.reliable,
-    start: |host| {
-        if let Host::Slave(follower) = host {
-            tokio::spawn((*follower).clone().progress_loop());
-        }
-    },
-};
+pub(crate) fn start_progress_file(follower: &Follower) {
+    tokio::spawn(follower.clone().progress_loop());
+}

@@ -10,8 +10,9 @@
 //! moment after the master starts checking; so a check is tried a few times before it
 //! gives up, and the slave's next registration starts another.
 
-use super::link::{refresh_metrics, HubInner, SlaveLink};
+use super::link::{HubInner, SlaveLink};
 use super::status::SlaveState;
+use super::view::refresh_metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
