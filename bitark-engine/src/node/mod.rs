@@ -24,6 +24,7 @@ mod backup;
 mod fencing;
 mod open;
 mod reads;
+mod replica;
 mod roles;
 mod snapshots;
 mod write;

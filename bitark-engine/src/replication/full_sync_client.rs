@@ -7,7 +7,7 @@
 //! by chunk into `fullsync/`, checking each chunk's crc32 and fetching a damaged one
 //! again, so that a restart goes on from the last chunk it has; it
 //! checks the whole file's checksum and the snapshot itself, and then replaces the
-//! node's whole state with it ([`crate::Node::install_snapshot`]), and registers from the
+//! node's whole state with it ([`super::replica::Replica::install_snapshot`]), and registers from the
 //! snapshot's LSN: the master catches it up from its WAL.
 
 use super::slave::Follower;
@@ -37,15 +37,21 @@ enum Stop {
     Failed(String),
 }
 
-/// Runs one full sync to the end (or until the master says none is needed).
-pub(crate) async fn run(follower: Follower) {
+impl Follower {
+    /// Runs one full sync to the end (or until the master says none is needed).
+    pub(super) async fn run_full_sync(self) {
+        run(self).await
+    }
+}
+
+async fn run(follower: Follower) {
     let metrics = follower.metrics().clone();
     loop {
         if follower.is_stopped() {
             follower.set_full_sync(None);
             return;
         }
-        let applied = follower.node().applied_lsn();
+        let applied = follower.replica().applied_lsn();
         // An OUTDATED slave must full-sync even while the WAL still reaches back to it:
         // the master keeps that WAL for no one, and would answer OUTDATED again.
         let outdated = follower.master_view().state.as_deref() == Some("OUTDATED");
@@ -68,7 +74,7 @@ pub(crate) async fn run(follower: Follower) {
             }
         }
         let request = FullSyncRequest {
-            slave_id: follower.node().config().node.id.clone(),
+            slave_id: follower.replica().live_config().load().node.id.clone(),
             session: follower.session().to_string(),
             resume: partial_download(&follower),
         };
@@ -99,8 +105,8 @@ pub(crate) async fn run(follower: Follower) {
             }
             Ok(path) => {
                 follower.set_full_sync(Some(("installing", offer.snapshot, offer.snapshot.size, None)));
-                let node = follower.node().clone();
-                match tokio::task::spawn_blocking(move || node.install_snapshot(&path)).await {
+                let replica = follower.replica().clone();
+                match tokio::task::spawn_blocking(move || replica.install_snapshot(&path)).await {
                     Ok(Ok(info)) => {
                         metrics.full_syncs.with_label_values(&["completed"]).inc();
                         follower.installed(info.lsn);
@@ -135,7 +141,7 @@ async fn pause() {
 
 /// The snapshot a partial download in `fullsync/` is of, to go on with it.
 fn partial_download(follower: &Follower) -> Option<SnapshotRef> {
-    let part = follower.node().config().node.dir().partial_download()?;
+    let part = follower.replica().live_config().load().node.dir().partial_download()?;
     Some(SnapshotRef { lsn: part.lsn.0, size: part.len, checksum: part.checksum })
 }
 
@@ -182,7 +188,7 @@ async fn fetch_chunk(follower: Follower, offer: TransferOffer, offset: u64) -> R
 async fn download(follower: &Follower, offer: &TransferOffer) -> Result<PathBuf, Stop> {
     let snapshot = offer.snapshot;
     let metrics = follower.metrics().clone();
-    let data_dir = follower.node().config().node.data_dir.clone();
+    let data_dir = follower.replica().live_config().load().node.data_dir.clone();
     let store = |e: bitark_infra::StorageError| Stop::Failed(e.to_string());
     let joined = |e: tokio::task::JoinError| Stop::Failed(e.to_string());
     let mut file = Download::open(&data_dir, Lsn(snapshot.lsn), snapshot.checksum, snapshot.size).map_err(store)?;

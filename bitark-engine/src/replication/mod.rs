@@ -29,6 +29,7 @@ pub(crate) mod gc;
 pub mod heartbeat;
 mod link;
 pub mod master;
+pub mod replica;
 mod sender;
 pub mod slave;
 pub mod status;

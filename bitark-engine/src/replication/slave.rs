@@ -15,10 +15,10 @@
 //! slave how the master sees it: a slave its master cannot bring up to date
 //! (NEEDS_FULL_SYNC, DIVERGED) reports itself not ready.
 
+use super::replica::Replica;
 use super::status::FullSyncProgress;
 use crate::config::ReplicationNow;
 use crate::error::ReplicateError;
-use crate::node::Node;
 use bitark_common::replication::{
     AppendResponse, Features, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, SnapshotRef,
 };
@@ -102,7 +102,8 @@ pub struct Follower {
 }
 
 struct FollowerInner {
-    node: Node,
+    /// The node this slave keeps up to date.
+    replica: Arc<dyn Replica>,
     /// This slave's own flags; changed while it runs by [`Follower::set_features`].
     features: RwLock<Features>,
     self_url: String,
@@ -145,10 +146,23 @@ impl Follower {
     /// Reads the progress file, works out where to resume, and starts registering with
     /// the master (and, under `reliable`, keeping the progress file) on the current
     /// runtime.
-    pub fn start(node: Node, self_url: String, client: ReplicationClient, metrics: Metrics) -> Follower {
-        let features = node.features();
-        let data_dir = node.config().node.data_dir.clone();
-        let applied = node.applied_lsn();
+    pub fn start(replica: impl Replica, self_url: String, client: ReplicationClient, metrics: Metrics) -> Follower {
+        let follower = Follower::new(Arc::new(replica), self_url, client, metrics);
+        tokio::spawn(follower.clone().register_loop());
+        follower
+    }
+
+    /// The follower of `replica`, not yet registering: [`Follower::start`] without the
+    /// loop.
+    pub(crate) fn new(
+        replica: Arc<dyn Replica>,
+        self_url: String,
+        client: ReplicationClient,
+        metrics: Metrics,
+    ) -> Follower {
+        let features = replica.features();
+        let data_dir = replica.live_config().load().node.data_dir.clone();
+        let applied = replica.applied_lsn();
         let resume_from = if features.reliable {
             match read_progress(&data_dir) {
                 Ok(Some(p)) if p.lsn <= applied => {
@@ -174,13 +188,13 @@ impl Follower {
         } else {
             applied
         };
-        let master_url = node.role().master_url;
+        let master_url = replica.master_url();
         if features.fencing {
-            client.set_epoch(node.epoch().0);
+            client.set_epoch(replica.epoch().0);
         }
-        let follower = Follower {
+        Follower {
             inner: Arc::new(FollowerInner {
-                node,
+                replica,
                 features: RwLock::new(features),
                 self_url,
                 master_url,
@@ -201,9 +215,7 @@ impl Follower {
                 stopped: AtomicBool::new(false),
                 stopping: Notify::new(),
             }),
-        };
-        tokio::spawn(follower.clone().register_loop());
-        follower
+        }
     }
 
     /// Stops following: the loops end, batches are refused from now on, the progress
@@ -237,11 +249,11 @@ impl Follower {
     /// The `replication` section in force now (its reloadable keys change while the
     /// follower runs).
     pub(crate) fn config(&self) -> ReplicationNow {
-        ReplicationNow::of(&self.inner.node.inner.config)
+        ReplicationNow::of(self.inner.replica.live_config())
     }
 
-    pub(crate) fn node(&self) -> &Node {
-        &self.inner.node
+    pub(crate) fn replica(&self) -> &Arc<dyn Replica> {
+        &self.inner.replica
     }
 
     pub(crate) fn client(&self) -> &ReplicationClient {
@@ -286,7 +298,7 @@ impl Follower {
         }
         let follower = self.clone();
         tokio::spawn(async move {
-            super::full_sync_client::run(follower.clone()).await;
+            follower.clone().run_full_sync().await;
             follower.inner.full_sync_running.store(false, Ordering::Release);
         });
     }
@@ -299,10 +311,10 @@ impl Follower {
     pub(crate) async fn send_heartbeat(&self) -> Result<HeartbeatResponse, TransportError> {
         let inner = &self.inner;
         let request = HeartbeatRequest {
-            slave_id: inner.node.config().node.id.clone(),
+            slave_id: inner.replica.live_config().load().node.id.clone(),
             session: self.session(),
-            applied_lsn: inner.node.applied_lsn().0,
-            durable_lsn: inner.node.durable_lsn().0,
+            applied_lsn: inner.replica.applied_lsn().0,
+            durable_lsn: inner.replica.durable_lsn().0,
         };
         inner.client.heartbeat(&inner.master_url, &request).await
     }
@@ -380,7 +392,7 @@ impl Follower {
     /// Logs and applies a batch from the master; answers the new `ackLsn`.
     pub async fn append(&self, records: Vec<Record>) -> Result<AppendResponse, ReplicateError> {
         let fencing = self.inner.negotiated.lock().unwrap_or_else(PoisonError::into_inner).fencing;
-        let outcome = self.inner.node.replicate_from(records, fencing).await?;
+        let outcome = self.inner.replica.replicate_from(records, fencing).await?;
         let m = &self.inner.metrics;
         m.replication_duplicates_skipped.inc_by(outcome.skipped);
         Ok(AppendResponse { ack_lsn: outcome.last.0, skipped: outcome.skipped })
@@ -401,7 +413,7 @@ impl Follower {
     pub fn set_features(&self, features: Features) {
         *self.inner.features.write().unwrap_or_else(PoisonError::into_inner) = features;
         if features.fencing {
-            self.inner.client.set_epoch(self.inner.node.epoch().0);
+            self.inner.client.set_epoch(self.inner.replica.epoch().0);
         }
         self.register_now();
     }
@@ -431,9 +443,9 @@ impl Follower {
         let inner = &self.inner;
         let mut first = true;
         while !self.is_stopped() {
-            let applied = if first { inner.resume_from } else { inner.node.applied_lsn() };
+            let applied = if first { inner.resume_from } else { inner.replica.applied_lsn() };
             let request = RegisterRequest {
-                slave_id: inner.node.config().node.id.clone(),
+                slave_id: inner.replica.live_config().load().node.id.clone(),
                 url: inner.self_url.clone(),
                 applied_lsn: applied.0,
                 features: self.features(),
@@ -454,7 +466,7 @@ impl Follower {
                         Err(e) => {
                             tracing::error!(master = %answer.master_id, error = %e, "not following this master");
                             inner.registered.store(false, Ordering::Release);
-                            if !self.pause(ReplicationNow::of(&inner.node.inner.config).register_interval).await {
+                            if !self.pause(ReplicationNow::of(inner.replica.live_config()).register_interval).await {
                                 return;
                             }
                             continue;
@@ -505,7 +517,7 @@ impl Follower {
             }
             // Jittered, so that slaves that lost their master together do not come back
             // together.
-            let wait = ReplicationNow::of(&inner.node.inner.config)
+            let wait = ReplicationNow::of(inner.replica.live_config())
                 .register_interval
                 .mul_f64(rand::thread_rng().gen_range(0.8..1.2));
             let stopping = inner.stopping.notified();
@@ -536,12 +548,12 @@ impl Follower {
         let answer = inner.client.epochs(&inner.master_url).await.map_err(|e| {
             crate::error::RoleError::Unreachable { url: inner.master_url.clone(), reason: e.to_string() }
         })?;
-        let node = inner.node.clone();
+        let replica = inner.replica.clone();
         let url = inner.master_url.clone();
-        let cut = tokio::task::spawn_blocking(move || node.adopt_history(&answer.history, &answer.node_id, &url))
+        let cut = tokio::task::spawn_blocking(move || replica.adopt_history(&answer.history, &answer.node_id, &url))
             .await
             .map_err(|e| crate::error::RoleError::Busy(format!("adopting the epoch history stopped: {e}")))??;
-        inner.client.set_epoch(inner.node.epoch().0);
+        inner.client.set_epoch(inner.replica.epoch().0);
         Ok(cut.is_some())
     }
 
@@ -554,12 +566,12 @@ impl Follower {
         else {
             return Ok(false);
         };
-        let node = inner.node.clone();
+        let replica = inner.replica.clone();
         let (master_id, url) = (answer.master_id.clone(), inner.master_url.clone());
-        let cut = tokio::task::spawn_blocking(move || node.adopt_history(&history, &master_id, &url))
+        let cut = tokio::task::spawn_blocking(move || replica.adopt_history(&history, &master_id, &url))
             .await
             .map_err(|e| crate::error::RoleError::Busy(format!("adopting the epoch history stopped: {e}")))??;
-        inner.client.set_epoch(inner.node.epoch().0);
+        inner.client.set_epoch(inner.replica.epoch().0);
         Ok(cut.is_some())
     }
 
@@ -583,7 +595,8 @@ impl Follower {
     async fn progress_loop(self) {
         while self.pause(self.config().progress_flush).await {
             // Under `reliable` only, which may be turned on and off while the node runs.
-            if self.features().reliable && self.inner.node.applied_lsn().0 > self.inner.progress.load(Ordering::Acquire)
+            if self.features().reliable
+                && self.inner.replica.applied_lsn().0 > self.inner.progress.load(Ordering::Acquire)
             {
                 let this = self.clone();
                 let _ = tokio::task::spawn_blocking(move || this.write_progress_now()).await;
@@ -592,7 +605,7 @@ impl Follower {
     }
 
     fn write_progress_now(&self) {
-        let applied = self.inner.node.applied_lsn();
+        let applied = self.inner.replica.applied_lsn();
         match write_progress(&self.inner.data_dir, applied) {
             Ok(_) => self.inner.progress.store(applied.0, Ordering::Release),
             Err(e) => tracing::error!(error = %e, "cannot write slave-progress.bin"),

@@ -1,5 +1,6 @@
 //! The replication view served at `/actuator/replication`.
 
+use crate::coordination::status::CoordinationStatus;
 use bitark_common::replication::Features;
 use serde::Serialize;
 
@@ -168,7 +169,7 @@ pub struct ReplicationStatus {
     pub full_sync: Option<FullSyncProgress>,
     /// Under failover: the master etcd names and this node's lease.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub coordination: Option<crate::coordination::CoordinationStatus>,
+    pub coordination: Option<CoordinationStatus>,
 }
 
 /// A slave's view of its full sync.
