@@ -2,7 +2,6 @@
 //! and by the group-commit writer (and, later, by replication apply).
 
 use crate::config::LiveConfig;
-use crate::snapshotter::Request;
 use crate::state::State;
 use crate::store::ReadStore;
 use bitark_common::{Lsn, Record};
@@ -31,21 +30,21 @@ impl Applier for StoreApplier {
         if let Some(last) = records.last() {
             self.state.publish_applied(last.lsn);
         }
-        if let Some(hub) = self.state.hub() {
-            hub.on_commit(records);
+        if let Some(listener) = self.state.commit_listener() {
+            listener.on_commit(records);
         }
         let since = self.state.since_snapshot.fetch_add(records.len() as u64, Ordering::Relaxed) + records.len() as u64;
         let every = self.config.load().snapshot.every_records;
         if every > 0 && since >= every {
             // When the channel is full a nudge is pending already: never block the writer.
-            let _ = self.state.snapshots.try_send(Request::Nudge);
+            self.state.snapshots.nudge();
         }
     }
 
     fn durable(&mut self, lsn: Lsn) {
         self.state.durable.send_replace(lsn);
-        if let Some(hub) = self.state.hub() {
-            hub.on_durable();
+        if let Some(listener) = self.state.commit_listener() {
+            listener.on_durable();
         }
     }
 }

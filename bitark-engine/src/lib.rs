@@ -33,6 +33,7 @@ pub mod node;
 pub mod readset;
 mod recovery;
 pub mod replication;
+mod snapshot_requests;
 mod snapshotter;
 mod state;
 pub mod store;

@@ -18,6 +18,7 @@
 
 use crate::config::LiveConfig;
 use crate::error::SnapshotError;
+use crate::snapshot_requests::Request;
 use crate::state::State;
 use bitark_common::{Epoch, Lsn};
 use bitark_infra::snapshot::{list_snapshots, remove_old_snapshots, SnapshotInfo, SnapshotWriter};
@@ -28,21 +29,6 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
-
-/// What the snapshotter thread is asked to do.
-pub(crate) enum Request {
-    /// Enough records accumulated; snapshot if `every-records` is reached.
-    Nudge,
-    /// Snapshot now (admin, full sync), answering with the result.
-    Now(oneshot::Sender<Result<SnapshotInfo, SnapshotError>>),
-    /// Something that kept log or snapshots let go of them: collect garbage now.
-    Collect,
-    /// The whole state was replaced (a full sync, or a cut of the log on stepping
-    /// down): the snapshot given is the newest one (`None`: there is none).
-    Replaced(Option<SnapshotInfo>),
-    Stop,
-}
 
 pub(crate) struct Snapshotter {
     pub state: Arc<State>,

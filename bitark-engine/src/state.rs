@@ -2,18 +2,25 @@
 //! share about one node, and [`Retention`]: what keeps WAL segments and snapshot files on
 //! disk besides the node's own need for them.
 
-use crate::replication::MasterHub;
-use crate::snapshotter::Request;
+use crate::snapshot_requests::SnapshotRequests;
 use crate::store::ReadStore;
-use bitark_common::{EpochHistory, Lsn};
+use bitark_common::{EpochHistory, Lsn, Record};
 use bitark_infra::epoch::EpochState;
 use bitark_infra::Metrics;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::mpsc::SyncSender;
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 use tokio::sync::watch;
+
+/// What the writer thread tells of its progress, from the thread itself: keep it
+/// short and never block.
+pub(crate) trait CommitListener: Send + Sync {
+    /// `records` were applied (and, under `fsync: batch`, are durable).
+    fn on_commit(&self, records: &[Record]);
+    /// The durable LSN moved.
+    fn on_durable(&self);
+}
 
 /// State shared between the writer thread, the snapshotter and readers.
 pub(crate) struct State {
@@ -28,12 +35,12 @@ pub(crate) struct State {
     pub metrics: Metrics,
     /// Records logged since the last snapshot started; drives `snapshot.every-records`.
     pub since_snapshot: AtomicU64,
-    /// A master's replication hub while one runs: told of every durable batch. Swapped
-    /// when the node is promoted or steps down; read (briefly) once per batch.
-    pub replication: RwLock<Option<MasterHub>>,
-    /// Requests to the snapshotter thread. Bounded: when it is full a request of the
-    /// same kind is pending anyway, so senders use `try_send`.
-    pub snapshots: SyncSender<Request>,
+    /// Told of every batch the writer applies and of every new durable LSN: a master's
+    /// replication hub while one runs. Swapped when the node is promoted or steps down;
+    /// read (briefly) once per batch.
+    pub commits: RwLock<Option<Arc<dyn CommitListener>>>,
+    /// Requests to the snapshotter thread.
+    pub snapshots: SnapshotRequests,
     /// What keeps log and snapshots beyond the node's own needs (slaves, transfers).
     pub retention: Retention,
     /// Held (read) while a snapshot is written; taken (write) while the whole state is
@@ -58,9 +65,13 @@ impl State {
         self.epochs.lock().unwrap_or_else(PoisonError::into_inner).history.clone()
     }
 
-    /// The running master hub, if any.
-    pub fn hub(&self) -> Option<MasterHub> {
-        self.replication.read().unwrap_or_else(PoisonError::into_inner).clone()
+    /// What commits are told to now, if anything.
+    pub fn commit_listener(&self) -> Option<Arc<dyn CommitListener>> {
+        self.commits.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn set_commit_listener(&self, listener: Option<Arc<dyn CommitListener>>) {
+        *self.commits.write().unwrap_or_else(PoisonError::into_inner) = listener;
     }
 
     pub fn publish_applied(&self, lsn: Lsn) {

@@ -6,7 +6,6 @@ use crate::config::Role;
 use crate::error::RoleError;
 use crate::recovery::recover;
 use crate::replication::fencing::divergence;
-use crate::snapshotter::Request;
 use bitark_common::{Epoch, EpochHistory, Lsn, TokenCheck, WriteToken};
 use bitark_infra::fsutil::remove_durable;
 use bitark_infra::snapshot::{list_snapshots, read_snapshot};
@@ -204,7 +203,7 @@ impl Node {
         result?;
         let newest = list_snapshots(&self.config().node.dir().snapshots())?.pop();
         let info = newest.and_then(|(_, path)| read_snapshot(&path, |_| Ok(())).ok());
-        let _ = state.snapshots.try_send(Request::Replaced(info));
+        state.snapshots.replaced(info);
         let report = report.lock().unwrap_or_else(PoisonError::into_inner).clone();
         state.metrics.replication_truncated_records.inc_by(report.records);
         if report.records > 0 {

@@ -7,7 +7,8 @@
 use crate::config::{EngineConfig, LiveConfig, Role};
 use crate::limits::MemoryGuard;
 use crate::recovery::RecoveryReport;
-use crate::snapshotter::Request;
+use crate::replication::MasterHub;
+use crate::snapshot_requests::SnapshotRequests;
 use crate::state::State;
 use bitark_common::replication::Features;
 use bitark_common::Lsn;
@@ -15,7 +16,6 @@ use bitark_infra::datadir::DirLock;
 use bitark_infra::wal::{WalHandle, WalHealth};
 use bitark_infra::Metrics;
 use std::sync::atomic::{AtomicU64, AtomicU8};
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
@@ -42,7 +42,7 @@ pub(crate) struct Inner {
     pub(crate) config: LiveConfig,
     pub(crate) state: Arc<State>,
     pub(crate) wal: WalHandle,
-    snapshots: SyncSender<Request>,
+    snapshots: SnapshotRequests,
     memory: Arc<MemoryGuard>,
     /// Joined on shutdown; a std `Mutex` because it is taken once, outside any runtime.
     snapshot_thread: Mutex<Option<JoinHandle<()>>>,
@@ -64,6 +64,10 @@ pub(crate) struct Inner {
     /// The replication flags in force: the configured ones until an operator changes
     /// them while the node runs ([`Node::set_features`]).
     features: RwLock<LiveFeatures>,
+    /// A master's replication hub while one runs: the node waits on it for the
+    /// acknowledgements an ack mode asks. A std lock, swapped on promotion and
+    /// step-down, read briefly per write.
+    pub(crate) hub: RwLock<Option<MasterHub>>,
     /// The online backups this node serves.
     pub(crate) backups: crate::backup::Backups,
     /// Held for the life of the node: the OS lock on `<data-dir>/LOCK`.
@@ -117,7 +121,7 @@ impl Node {
     /// Finishes in-flight writes, fsyncs, and stops the background threads. Blocking.
     pub fn shutdown(&self) {
         self.inner.wal.shutdown();
-        let _ = self.inner.snapshots.send(Request::Stop);
+        self.inner.snapshots.stop();
         let thread = self.inner.snapshot_thread.lock().expect("snapshot thread slot").take();
         if let Some(thread) = thread {
             let _ = thread.join();

@@ -7,6 +7,7 @@ use crate::config::{EngineConfig, LiveConfig, Role};
 use crate::error::OpenError;
 use crate::limits::MemoryGuard;
 use crate::recovery::recover;
+use crate::snapshot_requests::SnapshotRequests;
 use crate::snapshotter::Snapshotter;
 use crate::state::{Retention, State};
 use crate::store::ReadStore;
@@ -19,7 +20,6 @@ use bitark_infra::wal::GroupCommit;
 use bitark_infra::{Metrics, StorageError};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
-use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 use tokio::sync::watch;
@@ -56,14 +56,14 @@ impl Node {
 
         let (applied, _) = watch::channel(report.applied);
         let (durable, _) = watch::channel(report.applied);
-        let (snapshots, snapshot_rx) = sync_channel(16);
+        let (snapshots, snapshot_rx) = SnapshotRequests::channel();
         let state = Arc::new(State {
             store,
             applied,
             durable,
             metrics: metrics.clone(),
             since_snapshot: AtomicU64::new(report.replayed),
-            replication: RwLock::new(None),
+            commits: RwLock::new(None),
             snapshots: snapshots.clone(),
             retention: Retention::default(),
             replacing: RwLock::new(()),
@@ -133,6 +133,7 @@ impl Node {
                     changed_at: None,
                 }),
                 backups: Default::default(),
+                hub: RwLock::new(None),
                 _lock: lock,
             }),
         })

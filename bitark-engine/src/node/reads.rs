@@ -112,7 +112,7 @@ impl Node {
             return Ok(());
         }
         let uncommitted = |why: String| LeaderReadError::Uncommitted { lsn: lsn.0, why };
-        if let Some(hub) = self.inner.state.hub() {
+        if let Some(hub) = self.hub() {
             match hub.wait_for_acks(lsn, AckMode::Semi).await {
                 Ok(_) => {}
                 Err(AckShortfall::TimedOut(count)) => {

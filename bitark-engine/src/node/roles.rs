@@ -92,7 +92,7 @@ impl Node {
         let next = Arc::new(self.inner.config.load().with_reloaded(new));
         self.inner.memory.set_limit(next.limits.max_memory.as_u64());
         self.inner.config.store(next.clone());
-        if let Some(hub) = self.inner.state.hub() {
+        if let Some(hub) = self.hub() {
             hub.wake_senders();
         }
         let mut live = self.inner.features.write().unwrap_or_else(PoisonError::into_inner);
@@ -193,14 +193,21 @@ impl Node {
             state: self.inner.state.clone(),
             runtime: tokio::runtime::Handle::current(),
         });
-        *self.inner.state.replication.write().unwrap_or_else(PoisonError::into_inner) = Some(hub.clone());
+        *self.inner.hub.write().unwrap_or_else(PoisonError::into_inner) = Some(hub.clone());
+        self.inner.state.set_commit_listener(Some(Arc::new(hub.clone())));
         hub.contact_static_slaves();
         Some(hub)
     }
 
+    /// The running master hub, if any.
+    pub(crate) fn hub(&self) -> Option<MasterHub> {
+        self.inner.hub.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// Stops the master hub, if one runs: its links close and their senders end.
     pub fn stop_master_hub(&self) {
-        let hub = self.inner.state.replication.write().unwrap_or_else(PoisonError::into_inner).take();
+        self.inner.state.set_commit_listener(None);
+        let hub = self.inner.hub.write().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(hub) = hub {
             hub.stop();
         }

@@ -3,25 +3,16 @@
 use super::Node;
 use crate::error::SnapshotError;
 use crate::recovery::load_snapshot;
-use crate::snapshotter::Request;
 use bitark_infra::fullsync::{commit_install, complete_install};
 use bitark_infra::snapshot::{read_snapshot, snapshot_name, SnapshotInfo};
 use bitark_infra::StorageError;
 use std::path::Path;
-use std::sync::mpsc::TrySendError;
 use std::time::Instant;
-use tokio::sync::oneshot;
 
 impl Node {
     /// Takes a snapshot now and answers where it went.
     pub async fn snapshot_now(&self) -> Result<SnapshotInfo, SnapshotError> {
-        let (reply, rx) = oneshot::channel();
-        match self.inner.snapshots.try_send(Request::Now(reply)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(SnapshotError::Busy),
-            Err(TrySendError::Disconnected(_)) => return Err(SnapshotError::ShuttingDown),
-        }
-        rx.await.unwrap_or(Err(SnapshotError::ShuttingDown))
+        self.inner.snapshots.now().await
     }
 
     /// Replaces this node's whole state with the snapshot at `downloaded` (a full sync,
@@ -59,7 +50,7 @@ impl Node {
         state.publish_applied(lsn);
         state.installing.store(false, std::sync::atomic::Ordering::Release);
         let info = SnapshotInfo { path: installed, ..info };
-        let _ = state.snapshots.try_send(Request::Replaced(Some(info.clone())));
+        state.snapshots.replaced(Some(info.clone()));
         tracing::info!(
             %lsn,
             users = info.users,

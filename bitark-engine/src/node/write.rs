@@ -83,7 +83,7 @@ impl Node {
         if mode == AckMode::Async {
             return self.write(command).await;
         }
-        let hub = self.inner.state.hub();
+        let hub = self.hub();
         let required = if mode == AckMode::Semi { self.inner.config.load().replication.min_acks } else { 1 };
         let not_enough = |alive| WriteError::NotEnoughReplicas { ack: mode, alive, required };
         let Some(hub) = hub.filter(|_| !self.is_slave()) else {

@@ -24,7 +24,7 @@ use super::link::{HubInner, SlaveLink};
 use super::status::SlaveState;
 use super::transfers::Transfer;
 use super::view::refresh_metrics;
-use crate::snapshotter::Request;
+use crate::error::SnapshotError;
 use bitark_common::replication::{FullSyncAnswer, FullSyncRequest, NeedFullSync, SnapshotRef, TransferOffer};
 use bitark_common::{Lsn, Record};
 use bitark_infra::datadir::file_len;
@@ -34,7 +34,6 @@ use bitark_infra::wal::{CursorRead, WalCursor};
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 
 /// Why a full-sync call was refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -92,13 +91,10 @@ pub(crate) async fn current_snapshot(
     let (lsn, path) = match chosen {
         Some(chosen) => chosen,
         None => {
-            let (reply, rx) = oneshot::channel();
-            hub.state
-                .snapshots
-                .try_send(Request::Now(reply))
-                .map_err(|_| FullSyncError::Storage("the snapshotter is busy".into()))?;
-            let info = rx.await.map_err(|_| FullSyncError::Storage("the node is shutting down".into()))?;
-            let info = info.map_err(|e| FullSyncError::Storage(e.to_string()))?;
+            let info = hub.state.snapshots.now().await.map_err(|e| match e {
+                SnapshotError::Busy => FullSyncError::Storage("the snapshotter is busy".into()),
+                e => FullSyncError::Storage(e.to_string()),
+            })?;
             (info.lsn, info.path)
         }
     };
@@ -390,7 +386,7 @@ pub(crate) fn tick(hub: &HubInner) {
     }
     // A pin let go: what it held may be collected now, not at the next snapshot.
     if released {
-        let _ = hub.state.snapshots.try_send(Request::Collect);
+        hub.state.snapshots.collect();
     }
 }
 
@@ -411,7 +407,7 @@ fn end_transfers(hub: &HubInner, slave: &str, outcome: &str, grace: Option<Durat
     let mut transfers = hub.full_sync.lock();
     let ids: Vec<u64> = transfers.running.iter().filter(|(_, t)| t.slave == slave).map(|(id, _)| *id).collect();
     if !ids.is_empty() && grace.is_none() {
-        let _ = hub.state.snapshots.try_send(Request::Collect);
+        hub.state.snapshots.collect();
     }
     for id in ids {
         transfers.running.remove(&id);

@@ -18,7 +18,6 @@
 use super::link::HubInner;
 use super::status::{SlaveState, SlaveStatus};
 use crate::config::GcMode;
-use crate::snapshotter::Request;
 use bitark_common::Lsn;
 use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
@@ -94,7 +93,7 @@ pub(crate) fn evaluate(hub: &HubInner) {
     state.retention.set_cluster(floor);
     // The WAL slaves held back may go: do not wait for the next snapshot.
     if floor.map_or(u64::MAX, |f| f.0) > previous || (floor.is_none() && previous != u64::MAX) {
-        let _ = state.snapshots.try_send(Request::Collect);
+        state.snapshots.collect();
     }
 }
 

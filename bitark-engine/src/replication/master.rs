@@ -19,7 +19,7 @@ use super::status::{SlaveState, SlaveStatus};
 use super::view::{refresh_metrics, status_of};
 use super::{sender, verify};
 use crate::config::LiveConfig;
-use crate::state::State;
+use crate::state::{CommitListener, State};
 use bitark_common::replication::{Features, FullSyncAnswer, FullSyncRequest, RegisterRequest, RegisterResponse};
 use bitark_common::{Lsn, Record};
 use bitark_infra::replication::ReplicationClient;
@@ -83,6 +83,16 @@ pub(crate) struct HubParts {
     pub wal: WalHandle,
     pub state: Arc<State>,
     pub runtime: tokio::runtime::Handle,
+}
+
+impl CommitListener for MasterHub {
+    fn on_commit(&self, records: &[Record]) {
+        MasterHub::on_commit(self, records)
+    }
+
+    fn on_durable(&self) {
+        MasterHub::on_durable(self)
+    }
 }
 
 impl MasterHub {
