@@ -295,10 +295,25 @@ pub(crate) fn read_varint_checked(bytes: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
+/// What is wrong with a packed body read from a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PackedError {
+    #[error("an empty set")]
+    Empty,
+    #[error("a packed set of {0} ids, more than the {PACKED_MAX} it may hold")]
+    TooMany(u64),
+    #[error("a packed set ends inside an id")]
+    EndsInsideId,
+    #[error("a packed set repeats an id")]
+    RepeatsId,
+    #[error("a packed set's ids run past 2^64")]
+    PastU64,
+}
+
 /// Checks that `body` is a well-formed packed body, as one read from a file must be
 /// before the store takes it: 1 to [`PACKED_MAX`] varints of strictly ascending ids.
 /// Answers the number of ids.
-pub(crate) fn check_packed(body: &[u8]) -> Result<u64, String> {
+pub(crate) fn check_packed(body: &[u8]) -> Result<u64, PackedError> {
     // The common case, in one pass that decodes nothing: the body ends on a whole varint,
     // no byte after the first is 0 (so no gap is 0, however encoded), and no varint is
     // longer than 8 bytes, so each gap is below 2^56 and 128 of them cannot overflow.
@@ -372,20 +387,20 @@ impl VarintScan {
 }
 
 /// [`check_packed`] decoding every id: for the bodies its quick pass cannot vouch for.
-fn check_packed_exactly(body: &[u8]) -> Result<u64, String> {
+fn check_packed_exactly(body: &[u8]) -> Result<u64, PackedError> {
     let (mut pos, mut count, mut last) = (0, 0u64, 0u64);
     while pos < body.len() {
-        let (gap, len) = read_varint_checked(&body[pos..]).ok_or("a packed set ends inside an id")?;
+        let (gap, len) = read_varint_checked(&body[pos..]).ok_or(PackedError::EndsInsideId)?;
         if count > 0 && gap == 0 {
-            return Err("a packed set repeats an id".into());
+            return Err(PackedError::RepeatsId);
         }
-        last = last.checked_add(gap).ok_or("a packed set's ids run past 2^64")?;
+        last = last.checked_add(gap).ok_or(PackedError::PastU64)?;
         pos += len;
         count += 1;
     }
     match count {
-        0 => Err("an empty set".into()),
-        n if n > PACKED_MAX => Err(format!("a packed set of {n} ids, more than the {PACKED_MAX} it may hold")),
+        0 => Err(PackedError::Empty),
+        n if n > PACKED_MAX => Err(PackedError::TooMany(n)),
         n => Ok(n),
     }
 }
@@ -782,15 +797,15 @@ mod tests {
     fn packed_bodies_read_from_a_file_are_checked() {
         let entry = encode(&KEY, &[0, 5, 1 << 40, u64::MAX]);
         assert_eq!(check_packed(entry_body(&entry)), Ok(4));
-        assert_eq!(check_packed(&[]), Err("an empty set".into()));
-        assert_eq!(check_packed(&[0x85]), Err("a packed set ends inside an id".into()));
-        assert_eq!(check_packed(&[3, 0]), Err("a packed set repeats an id".into()));
+        assert_eq!(check_packed(&[]), Err(PackedError::Empty));
+        assert_eq!(check_packed(&[0x85]), Err(PackedError::EndsInsideId));
+        assert_eq!(check_packed(&[3, 0]), Err(PackedError::RepeatsId));
         // Ten bytes whose value needs 65 bits.
         let too_wide = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x03];
-        assert_eq!(check_packed(&too_wide), Err("a packed set ends inside an id".into()));
+        assert_eq!(check_packed(&too_wide), Err(PackedError::EndsInsideId));
         let overflow = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x01];
-        assert_eq!(check_packed(&overflow), Err("a packed set's ids run past 2^64".into()));
+        assert_eq!(check_packed(&overflow), Err(PackedError::PastU64));
         let many = encode(&KEY, &(0..=PACKED_MAX).collect::<Vec<_>>());
-        assert!(check_packed(entry_body(&many)).unwrap_err().contains("more than the 128"));
+        assert!(check_packed(entry_body(&many)).unwrap_err().to_string().contains("more than the 128"));
     }
 }

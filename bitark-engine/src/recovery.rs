@@ -6,7 +6,7 @@
 //! fails rather than serving a state with a hole in it.
 
 use crate::apply::apply_records;
-use crate::store::ReadStore;
+use crate::store::{LoadError, ReadStore};
 use bitark_common::{Command, Lsn};
 use bitark_infra::fsutil::remove_durable;
 use bitark_infra::fullsync::complete_install;
@@ -168,7 +168,7 @@ pub(crate) fn load_snapshot(store: &ReadStore, path: &Path) -> Result<(), Storag
         for _ in 0..workers {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Work>(4);
             senders.push(tx);
-            handles.push(scope.spawn(move || -> Result<(), (u64, String)> {
+            handles.push(scope.spawn(move || -> Result<(), (u64, LoadError)> {
                 for work in rx {
                     match work {
                         Work::Shard(chunk) => store.load_chunk(&chunk).map_err(|e| (chunk.offset, e))?,
@@ -202,13 +202,13 @@ pub(crate) fn load_snapshot(store: &ReadStore, path: &Path) -> Result<(), Storag
         drop(senders);
         let mut worker_error = None;
         for handle in handles {
-            if let Err(e) = handle.join().unwrap_or_else(|_| Err((0, "snapshot worker panicked".into()))) {
+            if let Err(e) = handle.join().unwrap_or(Err((0, LoadError::WorkerPanicked))) {
                 worker_error.get_or_insert(e);
             }
         }
         read?;
         match worker_error {
-            Some((offset, reason)) => Err(StorageError::corruption(path, offset, reason)),
+            Some((offset, reason)) => Err(StorageError::corruption(path, offset, reason.to_string())),
             None => Ok(()),
         }
     })
@@ -231,13 +231,13 @@ impl PortableRun {
         self.entries.push((user, marks, self.bytes.len()));
     }
 
-    fn insert_into(&self, store: &ReadStore) -> Result<(), String> {
+    fn insert_into(&self, store: &ReadStore) -> Result<(), LoadError> {
         let mut start = 0;
         for &(user, marks, end) in &self.entries {
             let set = RoaringTreemap::deserialize_from(&self.bytes[start..end])
-                .map_err(|e| format!("user {user}: bad roaring set: {e}"))?;
+                .map_err(|reason| LoadError::Roaring { user, reason })?;
             if set.len() != marks {
-                return Err(format!("user {user}: entry says {marks} marks, set holds {}", set.len()));
+                return Err(LoadError::Marks { user, said: marks, held: set.len() });
             }
             store.insert_user_set(user, set);
             start = end;

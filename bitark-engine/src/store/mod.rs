@@ -37,6 +37,8 @@ mod keys;
 mod pages;
 mod snapshot;
 
+pub(crate) use snapshot::LoadError;
+
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};

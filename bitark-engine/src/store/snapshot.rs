@@ -18,6 +18,33 @@ use roaring::RoaringTreemap;
 
 use super::keys::{Slot, SHARDS};
 use super::{Delta, ReadStore};
+use crate::readset::PackedError;
+
+/// What is wrong with the snapshot state being loaded. Recovery reports it as corruption
+/// of the snapshot file, at the chunk's offset.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    #[error("a chunk of shard {0}; the store has {SHARDS}")]
+    NoSuchShard(usize),
+    #[error("a bad entry header at byte {0} of the chunk")]
+    BadHeader(usize),
+    #[error("an entry that runs past the chunk at byte {0} of the chunk")]
+    PastChunk(usize),
+    #[error("user {user}: {reason}")]
+    Packed { user: u64, reason: PackedError },
+    #[error("user {0} appears twice")]
+    Twice(u64),
+    #[error("user {user}: bad roaring set: {reason}")]
+    Roaring { user: u64, reason: std::io::Error },
+    #[error("user {0}: an empty set")]
+    EmptySet(u64),
+    #[error("the chunk header says {said_users} users and {said_marks} marks, its entries hold {users} and {marks}")]
+    Counts { said_users: u64, said_marks: u64, users: u64, marks: u64 },
+    #[error("user {user}: entry says {said} marks, set holds {held}")]
+    Marks { user: u64, said: u64, held: u64 },
+    #[error("snapshot worker panicked")]
+    WorkerPanicked,
+}
 use crate::readset::{self, NewForm, KEY_LEN, PACKED_MAX};
 
 /// One chunk of a shard's entries, ready for `SnapshotWriter::add_chunk`.
@@ -66,10 +93,10 @@ impl ReadStore {
     /// on its first chunk. Every entry is checked; an error names the user or the byte
     /// of the chunk body it is about, and leaves whatever was loaded in place (the
     /// caller discards the whole load).
-    pub fn load_chunk(&self, chunk: &Chunk) -> Result<(), String> {
+    pub(crate) fn load_chunk(&self, chunk: &Chunk) -> Result<(), LoadError> {
         let shard_no = chunk.shard as usize;
         if shard_no >= SHARDS {
-            return Err(format!("a chunk of shard {shard_no}; the store has {SHARDS}"));
+            return Err(LoadError::NoSuchShard(shard_no));
         }
         let mut shard = self.write(shard_no);
         // Bounded, so that a damaged count cannot ask for an absurd table.
@@ -81,35 +108,33 @@ impl ReadStore {
         let (mut pos, mut users, mut marks) = (0, 0u64, 0u64);
         let result = (|| {
             while pos < body.len() {
-                let at = |what: &str| format!("{what} at byte {pos} of the chunk");
-                let (tag, n) = readset::read_varint_checked(&body[pos..]).ok_or_else(|| at("a bad entry header"))?;
+                let (tag, n) = readset::read_varint_checked(&body[pos..]).ok_or(LoadError::BadHeader(pos))?;
                 let end = (tag >> 1)
                     .try_into()
                     .ok()
                     .and_then(|len: usize| (pos + n).checked_add(KEY_LEN + len))
                     .filter(|&end| end <= body.len())
-                    .ok_or_else(|| at("an entry that runs past the chunk"))?;
+                    .ok_or(LoadError::PastChunk(pos))?;
                 let entry = &body[pos + n..end];
                 let slot = Slot { shard: shard_no, key: super::key_of_entry(entry) };
                 let user = Slot::user(shard_no, slot.key);
                 let payload = &entry[KEY_LEN..];
-                let twice = || format!("user {user} appears twice");
                 let count = if tag & 1 == 0 {
                     // A checked body holds at most PACKED_MAX varints of at most 10 bytes,
                     // so it fits a page.
-                    let count = readset::check_packed(payload).map_err(|e| format!("user {user}: {e}"))?;
+                    let count = readset::check_packed(payload).map_err(|reason| LoadError::Packed { user, reason })?;
                     if !shard.install_new_packed(slot, user, entry) {
-                        return Err(twice());
+                        return Err(LoadError::Twice(user));
                     }
                     count
                 } else {
                     if shard.view(slot, user).is_some() {
-                        return Err(twice());
+                        return Err(LoadError::Twice(user));
                     }
                     let set = RoaringTreemap::deserialize_from(payload)
-                        .map_err(|e| format!("user {user}: bad roaring set: {e}"))?;
+                        .map_err(|reason| LoadError::Roaring { user, reason })?;
                     let (count, form) = match set.len() {
-                        0 => return Err(format!("user {user}: an empty set")),
+                        0 => return Err(LoadError::EmptySet(user)),
                         n if n <= PACKED_MAX => {
                             let ids: Vec<u64> = set.iter().collect();
                             (n, NewForm::Packed(readset::encode(&slot.key_bytes(), &ids)))
@@ -124,10 +149,12 @@ impl ReadStore {
                 pos = end;
             }
             if (users, marks) != (chunk.users as u64, chunk.marks) {
-                return Err(format!(
-                    "the chunk header says {} users and {} marks, its entries hold {users} and {marks}",
-                    chunk.users, chunk.marks
-                ));
+                return Err(LoadError::Counts {
+                    said_users: chunk.users as u64,
+                    said_marks: chunk.marks,
+                    users,
+                    marks,
+                });
             }
             Ok(())
         })();
@@ -189,12 +216,12 @@ mod tests {
         let store = sample();
         let mut chunk = chunks_of(&store).into_iter().next().unwrap();
         chunk.marks += 1;
-        let error = ReadStore::new().load_chunk(&chunk).unwrap_err();
+        let error = ReadStore::new().load_chunk(&chunk).unwrap_err().to_string();
         assert!(error.contains("the chunk header says"), "{error}");
 
         let mut chunk = chunks_of(&store).into_iter().next().unwrap();
         chunk.body.truncate(chunk.body.len() - 1);
-        let error = ReadStore::new().load_chunk(&chunk).unwrap_err();
+        let error = ReadStore::new().load_chunk(&chunk).unwrap_err().to_string();
         assert!(error.contains("runs past the chunk"), "{error}");
     }
 
@@ -204,7 +231,7 @@ mod tests {
         let chunk = chunks_of(&store).into_iter().next().unwrap();
         let loaded = ReadStore::new();
         loaded.load_chunk(&chunk).unwrap();
-        assert!(loaded.load_chunk(&chunk).unwrap_err().contains("appears twice"));
+        assert!(loaded.load_chunk(&chunk).unwrap_err().to_string().contains("appears twice"));
     }
 
     #[test]
@@ -215,6 +242,6 @@ mod tests {
         // The second gap (1) becomes 0: the same id twice.
         let last = chunk.body.len() - 1;
         chunk.body[last] = 0;
-        assert!(ReadStore::new().load_chunk(&chunk).unwrap_err().contains("repeats an id"));
+        assert!(ReadStore::new().load_chunk(&chunk).unwrap_err().to_string().contains("repeats an id"));
     }
 }
