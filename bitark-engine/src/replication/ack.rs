@@ -104,22 +104,82 @@ fn required_alive(hub: &HubInner, mode: AckMode) -> usize {
 /// every slave that holds it plus every ALIVE slave that does not yet.
 fn count(hub: &HubInner, lsn: Lsn, mode: AckMode) -> AckCount {
     let slaves = hub.slaves.read().unwrap_or_else(PoisonError::into_inner);
-    let (mut acked, mut pending) = (0, 0);
-    for link in slaves.values().filter(|l| !l.is_closed()) {
+    let views = slaves.values().filter(|l| !l.is_closed()).map(|link| {
         let s = link.lock();
-        if !s.verified {
-            continue;
-        }
-        if s.last_ack >= lsn && s.features.progress {
+        AckView { verified: s.verified, state: s.state(), last_ack: s.last_ack, progress: s.features.progress }
+    });
+    count_acks(views, lsn, mode, hub.config().min_acks)
+}
+
+/// What the ack count needs of one slave's link.
+#[derive(Clone, Copy, Debug)]
+struct AckView {
+    verified: bool,
+    state: SlaveState,
+    last_ack: Lsn,
+    /// The slave reports durable progress (`progress`): only then is its ack a promise.
+    progress: bool,
+}
+
+/// [`count`] over the slaves' views: an unverified slave counts for nothing; a slave
+/// counts as holding `lsn` only when it acknowledged it under `progress`.
+fn count_acks(slaves: impl IntoIterator<Item = AckView>, lsn: Lsn, mode: AckMode, min_acks: usize) -> AckCount {
+    let (mut acked, mut pending) = (0, 0);
+    for s in slaves.into_iter().filter(|s| s.verified) {
+        if s.last_ack >= lsn && s.progress {
             acked += 1;
-        } else if s.state() == SlaveState::Alive {
+        } else if s.state == SlaveState::Alive {
             pending += 1;
         }
     }
     let required = match mode {
         AckMode::Async => 0,
-        AckMode::Semi => hub.config().min_acks,
+        AckMode::Semi => min_acks,
         AckMode::All => (acked + pending).max(1),
     };
     AckCount { acked, required }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slave(state: SlaveState, last_ack: u64) -> AckView {
+        AckView { verified: true, state, last_ack: Lsn(last_ack), progress: true }
+    }
+
+    #[test]
+    fn semi_needs_min_acks_from_slaves_that_hold_the_write() {
+        let slaves = [slave(SlaveState::Alive, 10), slave(SlaveState::Alive, 9), slave(SlaveState::Slow, 12)];
+        let count = count_acks(slaves, Lsn(10), AckMode::Semi, 2);
+        assert_eq!(count, AckCount { acked: 2, required: 2 });
+        assert!(count.done());
+        let count = count_acks(slaves, Lsn(11), AckMode::Semi, 2);
+        assert_eq!(count, AckCount { acked: 1, required: 2 });
+        assert!(!count.done());
+    }
+
+    #[test]
+    fn all_waits_for_every_alive_slave_but_not_for_one_that_is_not() {
+        let slaves = [slave(SlaveState::Alive, 10), slave(SlaveState::Alive, 5), slave(SlaveState::Dead, 3)];
+        assert_eq!(count_acks(slaves, Lsn(10), AckMode::All, 1), AckCount { acked: 1, required: 2 });
+        // The DEAD slave is not waited for; once the other ALIVE one acks, the write is done.
+        let slaves = [slave(SlaveState::Alive, 10), slave(SlaveState::Alive, 10), slave(SlaveState::Dead, 3)];
+        assert!(count_acks(slaves, Lsn(10), AckMode::All, 1).done());
+    }
+
+    #[test]
+    fn all_of_no_slave_is_never_done() {
+        assert_eq!(count_acks([], Lsn(1), AckMode::All, 1), AckCount { acked: 0, required: 1 });
+        assert!(count_acks([], Lsn(1), AckMode::Async, 1).done());
+    }
+
+    #[test]
+    fn an_unverified_slave_or_one_without_progress_is_no_promise() {
+        let unverified = AckView { verified: false, ..slave(SlaveState::Alive, 10) };
+        let no_progress = AckView { progress: false, ..slave(SlaveState::Alive, 10) };
+        assert_eq!(count_acks([unverified, no_progress], Lsn(10), AckMode::Semi, 1).acked, 0);
+        // Without progress it is still ALIVE: `all` waits for it.
+        assert_eq!(count_acks([no_progress], Lsn(10), AckMode::All, 1).required, 1);
+    }
 }

@@ -22,7 +22,7 @@
 
 use super::link::{HubInner, SlaveLink};
 use super::status::SlaveState;
-use super::transfers::Transfer;
+use super::transfers::{ChunkPlan, ChunkRefused, Transfer};
 use super::view::refresh_metrics;
 use crate::error::SnapshotError;
 use bitark_common::replication::{FullSyncAnswer, FullSyncRequest, NeedFullSync, SnapshotRef, TransferOffer};
@@ -245,23 +245,13 @@ pub(crate) async fn chunk(
     session: &str,
     offset: u64,
 ) -> Result<(Vec<u8>, u32), FullSyncError> {
-    let (path, size, len, not_before) = {
-        let mut transfers = hub.full_sync.lock();
-        let t = transfers.running.get_mut(&id).filter(|t| t.session == session);
-        let t = t.ok_or(FullSyncError::UnknownTransfer(id))?;
-        let size = t.snapshot.size;
-        if offset >= size {
-            return Err(FullSyncError::BadOffset { offset, size });
-        }
-        let len = t.chunk_size.min(size - offset);
-        // Bandwidth cap: the chunk at `offset` goes once the transfer's rate allows every
-        // byte up to its end.
-        let rate = hub.config().full_sync.max_bytes_per_second.as_u64();
-        let first = *t.first_offset.get_or_insert(offset);
-        let through = (offset + len).saturating_sub(first) as f64;
-        let not_before = (rate > 0).then(|| t.started + Duration::from_secs_f64(through / rate as f64));
-        (t.path.clone(), size, len as usize, not_before)
-    };
+    let rate = hub.config().full_sync.max_bytes_per_second.as_u64();
+    let plan = hub.full_sync.lock().plan_chunk(id, session, offset, rate);
+    let ChunkPlan { path, size, len, not_before } = plan.map_err(|refused| match refused {
+        ChunkRefused::Unknown => FullSyncError::UnknownTransfer(id),
+        ChunkRefused::BadOffset { size } => FullSyncError::BadOffset { offset, size },
+    })?;
+    let len = len as usize;
     if let Some(at) = not_before {
         tokio::time::sleep_until(at.into()).await;
     }

@@ -13,6 +13,7 @@
 use super::link::{HubInner, LinkState, SlaveLink, BATCH_BYTES};
 use super::status::SlaveState;
 use super::view::refresh_metrics;
+use crate::config::RetryConfig;
 use bitark_common::{Lsn, Record};
 use bitark_infra::replication::{BatchSender, TransportError};
 use bitark_infra::wal::{CursorRead, WalCursor};
@@ -290,7 +291,7 @@ async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
             Err(e) => {
                 m.replication_send_failures.with_label_values(&labels).inc();
                 s.retries += 1;
-                let backoff = backoff(hub, s.retries);
+                let backoff = backoff(&hub.config().retry, s.retries);
                 if let TransportError::Gap { expected } = &e {
                     // Stages 1 and 2 keep no log to resend from: the slave misses
                     // records for good.
@@ -334,10 +335,82 @@ fn recovered(s: &mut LinkState, link: &SlaveLink) {
 }
 
 /// Exponential backoff with equal jitter: half of the delay fixed, half random.
-fn backoff(hub: &HubInner, retries: u64) -> Duration {
-    let retry = &hub.config().retry;
+fn backoff(retry: &RetryConfig, retries: u64) -> Duration {
     let exp = retry.initial_backoff.saturating_mul(1u32 << retries.min(20).saturating_sub(1) as u32);
     let capped = exp.min(retry.max_backoff);
     let half = capped / 2;
     half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitark_common::replication::Features;
+    use bitark_common::{Command, Epoch};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A link that registered at 0 with records 1..=`last` queued, each `msgs` ids.
+    fn link_with(last: u64, msgs: u64) -> LinkState {
+        let mut s = LinkState::registered(String::new(), Features::default(), String::new(), Lsn::ZERO);
+        let records: Vec<Record> = (1..=last)
+            .map(|lsn| Record {
+                epoch: Epoch(1),
+                lsn: Lsn(lsn),
+                time: 0,
+                command: Command::MarkBatch { user: lsn, msgs: (0..msgs).collect() },
+            })
+            .collect();
+        s.push(&records, &AtomicUsize::new(0), Instant::now());
+        s
+    }
+
+    fn lsns(batch: &[Record]) -> Vec<u64> {
+        batch.iter().map(|r| r.lsn.0).collect()
+    }
+
+    #[test]
+    fn a_batch_takes_the_front_of_the_buffer_up_to_the_record_limit() {
+        let s = link_with(10, 1);
+        assert_eq!(lsns(&take_batch(&s, 4, Lsn(10))), [1, 2, 3, 4]);
+        assert_eq!(lsns(&take_batch(&s, 100, Lsn(10))).len(), 10);
+    }
+
+    #[test]
+    fn a_batch_never_holds_a_record_that_is_not_durable() {
+        let s = link_with(10, 1);
+        assert_eq!(lsns(&take_batch(&s, 100, Lsn(6))), [1, 2, 3, 4, 5, 6]);
+        assert!(take_batch(&s, 100, Lsn::ZERO).is_empty());
+    }
+
+    #[test]
+    fn a_batch_stops_after_the_record_that_fills_its_bytes() {
+        // Each record is about a quarter of a batch's bytes.
+        let s = link_with(10, (BATCH_BYTES / 4 / 8) as u64);
+        let per_record = s.buffer[0].bytes;
+        let batch = take_batch(&s, 100, Lsn(10));
+        let fit = BATCH_BYTES.div_ceil(per_record);
+        assert_eq!(batch.len(), fit, "records of {per_record} bytes");
+        assert!(batch.len() > 1 && batch.len() < 10);
+        // One record bigger than a batch still goes, alone.
+        let huge = link_with(2, (BATCH_BYTES / 4) as u64);
+        assert_eq!(lsns(&take_batch(&huge, 100, Lsn(2))), [1]);
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_initial_delay_up_to_the_cap_with_half_of_it_random() {
+        let retry = RetryConfig { initial_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(1) };
+        for (retries, full) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (60, 1000)] {
+            let full = Duration::from_millis(full);
+            for _ in 0..50 {
+                let delay = backoff(&retry, retries);
+                assert!(
+                    delay >= full / 2 && delay <= full,
+                    "retry {retries}: {delay:?} outside {:?}..={full:?}",
+                    full / 2
+                );
+            }
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff(&retry, 3)).collect();
+        assert!(spread.len() > 1, "the random half varies");
+    }
 }

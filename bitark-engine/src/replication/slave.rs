@@ -439,6 +439,15 @@ impl Follower {
         }
     }
 
+    /// The master accepted a registration: batches are taken from it (and its session)
+    /// from now on, with the flags it negotiated.
+    fn registered_with(&self, answer: &RegisterResponse) {
+        let identity = MasterIdentity { id: answer.master_id.clone(), session: answer.session.clone() };
+        *self.inner.master.lock().unwrap_or_else(PoisonError::into_inner) = Some(identity);
+        *self.inner.negotiated.lock().unwrap_or_else(PoisonError::into_inner) = answer.features;
+        self.heard_from_master(Some(answer.state.clone()), answer.reason.clone());
+    }
+
     async fn register_loop(self) {
         let inner = &self.inner;
         let mut first = true;
@@ -478,10 +487,7 @@ impl Follower {
                             features = ?answer.features.enabled(), state = %answer.state, "registered with the master"
                         );
                     }
-                    let identity = MasterIdentity { id: answer.master_id.clone(), session: answer.session.clone() };
-                    *inner.master.lock().unwrap_or_else(PoisonError::into_inner) = Some(identity);
-                    *inner.negotiated.lock().unwrap_or_else(PoisonError::into_inner) = answer.features;
-                    self.heard_from_master(Some(answer.state), answer.reason);
+                    self.registered_with(&answer);
                 }
                 Err(refused @ TransportError::Refused { status: 409, .. }) => {
                     // The master refuses this slave: say so, and keep asking.
@@ -622,4 +628,166 @@ fn new_session() -> String {
 /// `replication.progress-flush`.
 pub(crate) fn start_progress_file(follower: &Follower) {
     tokio::spawn(follower.clone().progress_loop());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EngineConfig, LiveConfig};
+    use crate::error::RoleError;
+    use crate::replication::replica::ReplicaFuture;
+    use bitark_common::{Command, Epoch, EpochHistory};
+    use bitark_infra::snapshot::SnapshotInfo;
+    use bitark_infra::wal::{AppendOutcome, CutReport};
+    use bitark_infra::StorageError;
+    use prometheus::Registry;
+    use std::path::Path;
+
+    /// The LSNs of each batch a replica was given, with whether epochs were checked.
+    type Calls = Arc<Mutex<Vec<(Vec<u64>, bool)>>>;
+
+    /// An in-memory replica: a log end, and the batches it was given with the epoch
+    /// check asked for each.
+    struct FakeReplica {
+        config: LiveConfig,
+        applied: Mutex<Lsn>,
+        calls: Calls,
+    }
+
+    impl Replica for FakeReplica {
+        fn live_config(&self) -> &LiveConfig {
+            &self.config
+        }
+        fn applied_lsn(&self) -> Lsn {
+            *self.applied.lock().unwrap()
+        }
+        fn durable_lsn(&self) -> Lsn {
+            self.applied_lsn()
+        }
+        fn epoch(&self) -> Epoch {
+            Epoch(1)
+        }
+        fn features(&self) -> Features {
+            Features::default()
+        }
+        fn master_url(&self) -> String {
+            "http://master.invalid".into()
+        }
+        fn replicate_from(
+            &self,
+            records: Vec<Record>,
+            check_epochs: bool,
+        ) -> ReplicaFuture<'_, Result<AppendOutcome, ReplicateError>> {
+            Box::pin(async move {
+                self.calls.lock().unwrap().push((records.iter().map(|r| r.lsn.0).collect(), check_epochs));
+                let mut applied = self.applied.lock().unwrap();
+                // What the log does: records at or below its end are skipped.
+                let skipped = records.iter().filter(|r| r.lsn <= *applied).count() as u64;
+                *applied = records.iter().map(|r| r.lsn).max().unwrap_or(*applied).max(*applied);
+                Ok(AppendOutcome { last: *applied, skipped })
+            })
+        }
+        fn adopt_history(&self, _: &EpochHistory, _: &str, _: &str) -> Result<Option<CutReport>, RoleError> {
+            Ok(None)
+        }
+        fn install_snapshot(&self, downloaded: &Path) -> Result<SnapshotInfo, StorageError> {
+            Err(StorageError::io(downloaded, std::io::Error::other("no snapshots here")))
+        }
+    }
+
+    fn follower(applied: u64) -> (Follower, Calls, Metrics) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let replica = FakeReplica {
+            config: Arc::new(arc_swap::ArcSwap::from_pointee(EngineConfig::default())),
+            applied: Mutex::new(Lsn(applied)),
+            calls: calls.clone(),
+        };
+        let metrics = Metrics::new(Registry::new()).unwrap();
+        let client = ReplicationClient::new(Duration::from_secs(1), None);
+        (Follower::new(Arc::new(replica), "http://slave.invalid".into(), client, metrics.clone()), calls, metrics)
+    }
+
+    fn answer(master_id: &str, session: &str, features: Features) -> RegisterResponse {
+        RegisterResponse {
+            master_id: master_id.into(),
+            features,
+            durable_lsn: 0,
+            session: session.into(),
+            state: "ALIVE".into(),
+            reason: None,
+            history: None,
+        }
+    }
+
+    fn from<'a>(master_id: &'a str, master_session: &'a str, slave_session: &'a str) -> BatchSender<'a> {
+        BatchSender { master_id, master_session, slave_session }
+    }
+
+    fn refusals(metrics: &Metrics, reason: &str) -> u64 {
+        metrics.replication_appends_refused.with_label_values(&[reason]).get()
+    }
+
+    fn records(lsns: std::ops::RangeInclusive<u64>) -> Vec<Record> {
+        lsns.map(|lsn| Record {
+            epoch: Epoch(1),
+            lsn: Lsn(lsn),
+            time: 0,
+            command: Command::MarkRead { user: 1, msg: lsn },
+        })
+        .collect()
+    }
+
+    #[test]
+    fn a_batch_before_any_registration_is_refused_and_asks_for_one() {
+        let (follower, _, metrics) = follower(0);
+        let session = follower.session();
+        let refused = follower.check_sender(&from("m1", "s1", &session)).unwrap_err();
+        assert_eq!(refused, SenderRefused::NotRegistered);
+        assert_eq!(refusals(&metrics, refused.reason()), 1);
+    }
+
+    #[test]
+    fn only_the_registered_master_process_is_followed() {
+        let (follower, _, metrics) = follower(0);
+        follower.registered_with(&answer("m1", "s1", Features::default()));
+        let session = follower.session();
+        follower.check_sender(&from("m1", "s1", &session)).unwrap();
+        for (id, master_session) in [("m2", "s1"), ("m1", "s2")] {
+            let refused = follower.check_sender(&from(id, master_session, &session)).unwrap_err();
+            assert!(matches!(refused, SenderRefused::WrongMaster { .. }), "{id}/{master_session}: {refused:?}");
+        }
+        assert_eq!(refusals(&metrics, "wrong_master"), 2);
+    }
+
+    #[test]
+    fn a_batch_meant_for_an_earlier_process_of_this_slave_is_refused() {
+        let (follower, _, _) = follower(0);
+        follower.registered_with(&answer("m1", "s1", Features::default()));
+        let refused = follower.check_sender(&from("m1", "s1", "an-earlier-session")).unwrap_err();
+        assert!(matches!(refused, SenderRefused::WrongSession { .. }), "{refused:?}");
+    }
+
+    #[test]
+    fn a_stopped_follower_takes_no_batch() {
+        let (follower, _, _) = follower(0);
+        follower.registered_with(&answer("m1", "s1", Features::default()));
+        follower.stop();
+        let session = follower.session();
+        assert_eq!(follower.check_sender(&from("m1", "s1", &session)), Err(SenderRefused::Stopped));
+    }
+
+    #[tokio::test]
+    async fn records_received_again_are_counted_as_skipped_and_epochs_checked_only_under_fencing() {
+        let (follower, calls, metrics) = follower(5);
+        follower.registered_with(&answer("m1", "s1", Features::default()));
+        let response = follower.append(records(3..=8)).await.unwrap();
+        assert_eq!((response.ack_lsn, response.skipped), (8, 3));
+        assert_eq!(metrics.replication_duplicates_skipped.get(), 3);
+
+        let fencing = Features { fencing: true, ..Features::default() };
+        follower.registered_with(&answer("m1", "s1", fencing));
+        follower.append(records(9..=9)).await.unwrap();
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(calls, [(vec![3, 4, 5, 6, 7, 8], false), (vec![9], true)]);
+    }
 }
