@@ -55,6 +55,12 @@ pub struct FlagModule {
     pub start: Start,
 }
 
+impl FlagModule {
+    pub const fn new(name: &'static str, enabled: fn(&Features) -> bool, start: Start) -> FlagModule {
+        FlagModule { name, enabled, start }
+    }
+}
+
 impl Module for FlagModule {
     fn name(&self) -> &'static str {
         self.name
@@ -84,35 +90,19 @@ impl Module for FlagModule {
 pub static MODULES: &[&dyn Module] = &[
     // Stage 3: the slave keeps its position in `slave-progress.bin`, rewritten at most
     // every `replication.progress-flush`.
-    &FlagModule {
-        name: "slave-progress-file",
-        enabled: |features| features.reliable,
-        start: Start::Slave(slave::start_progress_file),
-    },
+    &FlagModule::new("slave-progress-file", |features| features.reliable, Start::Slave(slave::start_progress_file)),
     // Stage 4 on the slave: heartbeats to the master, and the master's silence watched.
-    &FlagModule {
-        name: "heartbeats",
-        enabled: |features| features.heartbeat,
-        start: Start::Slave(heartbeat::start_heartbeats),
-    },
+    &FlagModule::new("heartbeats", |features| features.heartbeat, Start::Slave(heartbeat::start_heartbeats)),
     // Stage 4 on the master: slaves silent for `dead-after` are DEAD.
-    &FlagModule {
-        name: "dead-detection",
-        enabled: |features| features.heartbeat,
-        start: Start::Master(heartbeat::start_dead_detection),
-    },
+    &FlagModule::new("dead-detection", |features| features.heartbeat, Start::Master(heartbeat::start_dead_detection)),
     // Stage 5 on the master: transfer leases expire, finished transfers end.
-    &FlagModule {
-        name: "full-sync-leases",
-        enabled: |features| features.full_sync,
-        start: Start::Master(|hub| hub.every_tick(full_sync::tick)),
-    },
+    &FlagModule::new(
+        "full-sync-leases",
+        |features| features.full_sync,
+        Start::Master(|hub| hub.every_tick(full_sync::tick)),
+    ),
     // Stage 6 on the master: the WAL floor follows the slaves that hold it.
-    &FlagModule {
-        name: "cluster-gc",
-        enabled: |features| features.cluster_gc,
-        start: Start::Master(|hub| hub.every_tick(gc::evaluate)),
-    },
+    &FlagModule::new("cluster-gc", |features| features.cluster_gc, Start::Master(|hub| hub.every_tick(gc::evaluate))),
 ];
 
 /// Starts every module of `host`'s role, and answers the names of those `features` turn

@@ -37,51 +37,51 @@ impl HubInner {
 pub(crate) const BATCH_BYTES: usize = 4 << 20;
 
 pub(crate) struct HubInner {
-    pub node_id: String,
+    pub(super) node_id: String,
     /// Random per process start; lets slaves notice that the master forgot them.
-    pub session: String,
+    pub(super) session: String,
     /// The master's own flags; each link runs those it shares with its slave. Changed
     /// while the hub runs by [`crate::replication::MasterHub::set_features`].
-    pub features: std::sync::RwLock<Features>,
+    pub(super) features: std::sync::RwLock<Features>,
     /// The node's configuration in force; read through [`HubInner::config`].
-    pub config: LiveConfig,
+    pub(super) config: LiveConfig,
     /// The data directory: the log senders read, the snapshots a full sync sends.
-    pub dir: DataDir,
-    pub client: ReplicationClient,
-    pub metrics: Metrics,
+    pub(super) dir: DataDir,
+    pub(super) client: ReplicationClient,
+    pub(super) metrics: Metrics,
     /// The durable LSN: only records at or below it are sent.
-    pub durable: watch::Receiver<Lsn>,
+    pub(super) durable: watch::Receiver<Lsn>,
     /// The last LSN logged (durable or not), as the commit path saw it.
-    pub committed: AtomicU64,
+    pub(super) committed: AtomicU64,
     /// To ask for an fsync when records wait only for durability (`fsync: interval |
     /// never`).
-    pub wal: WalHandle,
+    pub(super) wal: WalHandle,
     /// The slaves by id. A std `RwLock`: the writer thread takes it briefly on every
     /// commit, never across an await.
-    pub slaves: RwLock<HashMap<String, Arc<SlaveLink>>>,
+    pub(super) slaves: RwLock<HashMap<String, Arc<SlaveLink>>>,
     /// Bytes held in all send buffers together (`replication.buffer.total-max-bytes`).
-    pub buffered: AtomicUsize,
+    pub(super) buffered: AtomicUsize,
     /// Set by a sender that found records applied but not yet durable; the next
     /// durable LSN wakes every sender.
-    pub waiting_for_durable: AtomicBool,
+    pub(super) waiting_for_durable: AtomicBool,
     /// LSN → bytes of log, for lag in bytes.
-    pub bytes: Mutex<ByteIndex>,
+    pub(super) bytes: Mutex<ByteIndex>,
     /// The node's shared state: retention of log and snapshots, the snapshotter.
-    pub state: Arc<State>,
+    pub(super) state: Arc<State>,
     /// Full-sync transfers and their queue (stage 5).
-    pub full_sync: FullSyncServer,
+    pub(super) full_sync: FullSyncServer,
     /// The cluster GC floor last published (`u64::MAX`: none), to see it move.
-    pub gc_floor: AtomicU64,
+    pub(super) gc_floor: AtomicU64,
     /// Bumped on every slave acknowledgement, for writes waiting under `semi`/`all`.
-    pub acks: watch::Sender<u64>,
+    pub(super) acks: watch::Sender<u64>,
     /// The highest LSN a write waits to see acknowledged (`semi`/`all`): a sender never
     /// holds back a batch a waiting write needs (`replication.batch-linger`).
-    pub ack_wanted: AtomicU64,
+    pub(super) ack_wanted: AtomicU64,
     /// Wakes the senders holding back a batch when a write starts waiting for it.
-    pub hurry: Notify,
+    pub(super) hurry: Notify,
     /// Set when the hub stops (the node stepped down): no more registrations.
-    pub stopped: AtomicBool,
-    pub runtime: tokio::runtime::Handle,
+    pub(super) stopped: AtomicBool,
+    pub(super) runtime: tokio::runtime::Handle,
 }
 
 impl HubInner {
@@ -97,12 +97,12 @@ impl HubInner {
 /// One slave: its state behind a mutex the commit path and its sender share, and the
 /// notify that wakes the sender.
 pub(crate) struct SlaveLink {
-    pub id: String,
+    pub(super) id: String,
     /// A std `Mutex`: held only to copy records in or out, never across an await.
-    pub state: Mutex<LinkState>,
-    pub wake: Notify,
+    pub(super) state: Mutex<LinkState>,
+    pub(super) wake: Notify,
     /// Set when the link is replaced or forgotten: its sender and checks stop.
-    pub closed: AtomicBool,
+    pub(super) closed: AtomicBool,
 }
 
 impl SlaveLink {
@@ -123,43 +123,43 @@ impl SlaveLink {
 }
 
 pub(crate) struct LinkState {
-    pub url: String,
-    pub features: Features,
+    pub(super) url: String,
+    pub(super) features: Features,
     /// The slave process's session; a new one means the slave restarted.
-    pub slave_session: String,
+    pub(super) slave_session: String,
     state: SlaveState,
     /// The master has checked that the slave answers at `url` with its id and session.
-    pub verified: bool,
+    pub(super) verified: bool,
     /// A check of the URL is running.
-    pub verifying: bool,
+    pub(super) verifying: bool,
     /// Highest LSN the slave acknowledged (or, without progress, the highest sent).
-    pub last_ack: Lsn,
+    pub(super) last_ack: Lsn,
     /// The next LSN to send.
-    pub next_send: Lsn,
-    pub buffer: VecDeque<Queued>,
-    pub buffer_bytes: usize,
-    pub retries: u64,
-    pub last_error: Option<String>,
+    pub(super) next_send: Lsn,
+    pub(super) buffer: VecDeque<Queued>,
+    pub(super) buffer_bytes: usize,
+    pub(super) retries: u64,
+    pub(super) last_error: Option<String>,
     /// Since when the slave has been missing records, for lag in seconds.
-    pub behind_since: Option<Instant>,
+    pub(super) behind_since: Option<Instant>,
     /// When the slave last registered or answered.
-    pub last_seen: Instant,
+    pub(super) last_seen: Instant,
     /// `(slave LSN, master LSN)` when this slave process was found ahead of the master's
     /// log: it stays DIVERGED for as long as the process lives.
-    pub diverged: Option<(Lsn, Lsn)>,
+    pub(super) diverged: Option<(Lsn, Lsn)>,
     /// FULL_SYNC_QUEUED: place in the queue (1 is next).
-    pub queue_position: Option<u64>,
+    pub(super) queue_position: Option<u64>,
     /// FULL_SYNCING: `(bytes sent, snapshot size)`.
-    pub full_sync: Option<(u64, u64)>,
+    pub(super) full_sync: Option<(u64, u64)>,
     /// The sender holds back a small batch (`replication.batch-linger`): commits wake
     /// it only once they fill a batch.
-    pub lingering: bool,
+    pub(super) lingering: bool,
 }
 
 pub(crate) struct Queued {
-    pub record: Record,
-    pub bytes: usize,
-    pub committed: Instant,
+    pub(super) record: Record,
+    pub(super) bytes: usize,
+    pub(super) committed: Instant,
 }
 
 impl LinkState {

@@ -1,10 +1,17 @@
-//! Master/slave replication, stage by stage behind `replication.features`.
+//! Master/slave replication, stage by stage behind `replication.features`. Nothing here
+//! imports the node: the master side works on the shared `State` and the WAL handle,
+//! the slave side on a [`replica::Replica`]. The files form layers: `status` and
+//! `transfers` at the bottom, then `link`, `gc`, `view`, the sender and verifier,
+//! `full_sync`, `master`, and the stages built on the hub (`heartbeat`, `ack`).
 //!
 //! - [`master`]: [`MasterHub`]: registrations (bounded, verified, replaced, forgotten),
 //!   one bounded send buffer per slave filled from the commit path without ever
 //!   blocking it.
 //! - `link`: what the master's parts share: the hub state, one link per slave, the
-//!   LSN-to-bytes index.
+//!   LSN-to-bytes index. Its fields are visible to this folder only.
+//! - `view`: what the master shows of one link: its status and its metric series.
+//! - `transfers`: stage 5's bookkeeping: running transfers, the queue, chunk planning
+//!   and pacing.
 //! - `verify`: the check that a slave answers at the URL it registered with.
 //! - `sender`: one task per slave that sends durable batches, follows
 //!   acknowledgements, backs off after failures, and catches a slave up from the WAL
@@ -15,10 +22,12 @@
 //! - `full_sync_client`: stage 5, the slave's side: download, verify, install.
 //! - `gc`: stage 6: how far back the WAL is kept for slaves, OUTDATED, headroom.
 //! - [`ack`]: stage 7: `semi` and `all` writes wait for slave acknowledgements.
-//! - [`fencing`]: stage 7: promotion, stepping down (cutting the tail the new master
-//!   never had), adopting a master's epoch history, write tokens.
+//! - [`fencing`]: stage 7: where two epoch histories part (the node's side of
+//!   promotion, stepping down and adopting a history is in `node/fencing.rs`).
 //! - [`slave`]: [`Follower`]: a slave's registration loop, the check that a batch comes
 //!   from its master, how the master sees it, and its `slave-progress.bin`.
+//! - [`replica`]: [`replica::Replica`], the narrow view of the node the slave side
+//!   works on (the node implements it; tests use a fake).
 //! - [`status`]: what `/actuator/replication` shows.
 
 pub mod ack;
