@@ -2,7 +2,7 @@
 //!
 //! - Read as files: every dashboard panel queries the `datasource` variable and keeps to
 //!   the nodes of the `instance` variable, and every metric the dashboard and the rules
-//!   name is a family `bitark-infra/src/metrics.rs` registers.
+//!   name is a family `bitark-infra/src/metrics/` registers.
 //! - Against a real Prometheus (Debian's `prometheus`) that scrapes a master and a slave
 //!   every second, and, where etcd is installed, a node under failover, and loads
 //!   `ops/prometheus/alerts.yml`: once traffic has gone through, every dashboard query
@@ -131,23 +131,31 @@ fn selectors(expr: &str) -> Vec<(&str, Option<&str>)> {
         .collect()
 }
 
-/// Every sample name the families in `bitark-infra/src/metrics.rs` export: each
-/// registered name, and for a histogram its `_bucket`, `_sum` and `_count` series.
+/// Every sample name the families in `bitark-infra/src/metrics/` export (each of its
+/// files defines the families of one subsystem): each registered name, and for a
+/// histogram its `_bucket`, `_sum` and `_count` series.
 fn registered_names() -> BTreeSet<String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bitark-infra/src/metrics.rs");
-    let source = read(&path);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bitark-infra/src/metrics");
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
     let mut names = BTreeSet::new();
-    for (at, _) in source.match_indices("\"bitark_") {
-        let name = &source[at + 1..];
-        let name = &name[..name.find('"').expect("a closed string literal")];
-        let before = source[..at].trim_end();
-        if before.ends_with("histogram(") || before.ends_with("HistogramOpts::new(") {
-            names.extend(["_bucket", "_sum", "_count"].map(|suffix| format!("{name}{suffix}")));
-        } else {
-            names.insert(name.to_owned());
+    for entry in entries {
+        let path = entry.unwrap_or_else(|e| panic!("read {}: {e}", dir.display())).path();
+        if path.extension().is_none_or(|ext| ext != "rs") {
+            continue;
+        }
+        let source = read(&path);
+        for (at, _) in source.match_indices("\"bitark_") {
+            let name = &source[at + 1..];
+            let name = &name[..name.find('"').expect("a closed string literal")];
+            let before = source[..at].trim_end();
+            if before.ends_with("histogram(") || before.ends_with("HistogramOpts::new(") {
+                names.extend(["_bucket", "_sum", "_count"].map(|suffix| format!("{name}{suffix}")));
+            } else {
+                names.insert(name.to_owned());
+            }
         }
     }
-    assert!(names.len() > 50, "found only {} metric names in {}", names.len(), path.display());
+    assert!(names.len() > 50, "found only {} metric names in {}", names.len(), dir.display());
     names
 }
 
@@ -233,7 +241,7 @@ fn the_dashboard_and_the_alert_rules_name_only_metrics_bitark_registers() {
     unknown.extend(
         metric_names(&rules).into_iter().filter(|n| !registered.contains(*n)).map(|n| format!("alerts.yml: {n}")),
     );
-    assert!(unknown.is_empty(), "names no family of bitark-infra/src/metrics.rs exports:\n{}", unknown.join("\n"));
+    assert!(unknown.is_empty(), "names no family of bitark-infra/src/metrics/ exports:\n{}", unknown.join("\n"));
 }
 
 #[tokio::test]

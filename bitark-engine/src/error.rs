@@ -1,7 +1,7 @@
 //! Engine errors.
 
 use crate::config::AckMode;
-use bitark_infra::wal::writer::ProposeError;
+use bitark_infra::wal::ProposeError;
 use bitark_infra::StorageError;
 
 /// Why a node could not start.

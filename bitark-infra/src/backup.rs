@@ -40,6 +40,21 @@ pub enum TargetError {
     Store { target: String, path: String, source: object_store::Error },
 }
 
+/// Why a manifest found in a target cannot be used; each names the manifest's path.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Its bytes are not a manifest this build parses.
+    #[error("{path}: {source}")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// It parses, but its crc32 does not match its content.
+    #[error("{path}: its checksum does not match its content: the manifest is damaged")]
+    Damaged { path: String },
+}
+
 /// Where backups are kept.
 #[derive(Clone)]
 pub struct Target {
@@ -188,17 +203,18 @@ impl Target {
 
     /// Every manifest in the target, oldest first; a manifest that cannot be read is
     /// answered as the error naming it.
-    pub async fn manifests(&self) -> Result<Vec<Result<Manifest, String>>, TargetError> {
+    pub async fn manifests(&self) -> Result<Vec<Result<Manifest, ManifestError>>, TargetError> {
         let mut out = Vec::new();
         for (path, _) in self.list("base").await? {
             if path.ends_with(&format!("/{MANIFEST}")) {
                 let bytes = self.get(&path).await?;
-                let parsed = serde_json::from_slice::<Manifest>(&bytes).map_err(|e| format!("{path}: {e}"));
+                let parsed = serde_json::from_slice::<Manifest>(&bytes)
+                    .map_err(|source| ManifestError::Unreadable { path: path.clone(), source });
                 out.push(parsed.and_then(|m| {
                     if m.is_intact() {
                         Ok(m)
                     } else {
-                        Err(format!("{path}: its checksum does not match its content: the manifest is damaged"))
+                        Err(ManifestError::Damaged { path: path.clone() })
                     }
                 }));
             }
@@ -338,4 +354,63 @@ pub fn decode_records(bytes: &[u8]) -> Result<Vec<Record>, (usize, String)> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(id: &str) -> Manifest {
+        let mut m = Manifest {
+            format: MANIFEST_FORMAT,
+            id: id.into(),
+            kind: "full".into(),
+            parent: None,
+            node_id: "node-1".into(),
+            epoch: 1,
+            start_lsn: 0,
+            end_lsn: 5,
+            created: "2024-01-01T00:00:00Z".into(),
+            snapshot_created: None,
+            files: Vec::new(),
+            crc32: 0,
+        };
+        m.seal();
+        m
+    }
+
+    #[tokio::test]
+    async fn a_damaged_or_unreadable_manifest_is_answered_as_the_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::open(dir.path().to_str().unwrap()).unwrap();
+        let mut damaged = manifest("b");
+        damaged.end_lsn = 6;
+        for (id, bytes) in [
+            ("a", serde_json::to_vec(&manifest("a")).unwrap()),
+            ("b", serde_json::to_vec(&damaged).unwrap()),
+            ("c", b"{not a manifest".to_vec()),
+        ] {
+            target.put(&format!("{}/{MANIFEST}", Manifest::dir(id)), bytes).await.unwrap();
+        }
+        let found = target.manifests().await.unwrap();
+        assert_eq!(found.len(), 3);
+        match &found[0] {
+            Err(e @ ManifestError::Damaged { path }) => {
+                assert_eq!(path, "base/b/manifest.json");
+                assert_eq!(
+                    e.to_string(),
+                    "base/b/manifest.json: its checksum does not match its content: the manifest is damaged"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match &found[1] {
+            Err(e @ ManifestError::Unreadable { path, source }) => {
+                assert_eq!(path, "base/c/manifest.json");
+                assert_eq!(e.to_string(), format!("base/c/manifest.json: {source}"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(found[2].as_ref().unwrap(), &manifest("a"));
+    }
 }

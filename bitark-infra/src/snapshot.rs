@@ -364,6 +364,13 @@ pub struct Chunk {
     pub body: Vec<u8>,
 }
 
+/// A loader's verdict that a piece of a snapshot holds content it cannot take (a set
+/// that does not decode, a shard out of range); [`read_snapshot`] reports it as
+/// corruption of the file at the piece's offset, with this reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidPart(pub String);
+
 /// Reads and verifies a snapshot, handing it piece by piece to `load`.
 ///
 /// A format-2 chunk reaches `load` only once its own checksum is verified, but the file
@@ -372,7 +379,7 @@ pub struct Chunk {
 /// piece it was given. Every error names the file and byte offset.
 pub fn read_snapshot(
     path: &Path,
-    mut load: impl FnMut(SnapshotPart<'_>) -> Result<(), String>,
+    mut load: impl FnMut(SnapshotPart<'_>) -> Result<(), InvalidPart>,
 ) -> Result<SnapshotInfo, StorageError> {
     let corrupt = |offset: u64, reason: String| StorageError::corruption(path, offset, reason);
     let file = File::open(path).at(path)?;
@@ -416,7 +423,7 @@ struct Body<'a, R, C> {
 impl<R: Read, C: Fn(u64, String) -> StorageError> Body<'_, R, C> {
     fn chunks(
         self,
-        load: &mut impl FnMut(SnapshotPart<'_>) -> Result<(), String>,
+        load: &mut impl FnMut(SnapshotPart<'_>) -> Result<(), InvalidPart>,
     ) -> Result<(u64, u64, u32), StorageError> {
         let corrupt = self.corrupt;
         let (mut users, mut marks) = (0u64, 0u64);
@@ -449,7 +456,7 @@ impl<R: Read, C: Fn(u64, String) -> StorageError> Body<'_, R, C> {
             };
             users += chunk.users as u64;
             marks += chunk.marks;
-            load(SnapshotPart::Chunk(chunk)).map_err(|reason| corrupt(offset, reason))?;
+            load(SnapshotPart::Chunk(chunk)).map_err(|InvalidPart(reason)| corrupt(offset, reason))?;
             offset += CHUNK_HEADER_LEN as u64 + len;
         }
         Ok((users, marks, crcs.finalize()))
@@ -458,7 +465,7 @@ impl<R: Read, C: Fn(u64, String) -> StorageError> Body<'_, R, C> {
     fn users(
         self,
         users: u64,
-        load: &mut impl FnMut(SnapshotPart<'_>) -> Result<(), String>,
+        load: &mut impl FnMut(SnapshotPart<'_>) -> Result<(), InvalidPart>,
     ) -> Result<(u64, u64, u32), StorageError> {
         let corrupt = self.corrupt;
         let mut crc = crc32fast::Hasher::new();
@@ -477,7 +484,8 @@ impl<R: Read, C: Fn(u64, String) -> StorageError> Body<'_, R, C> {
             crc.update(&head);
             crc.update(&buf);
             let (user, marks) = (u64_at(&head, 0), u64_at(&head, 8));
-            load(SnapshotPart::User { user, marks, portable: &buf }).map_err(|reason| corrupt(offset, reason))?;
+            load(SnapshotPart::User { user, marks, portable: &buf })
+                .map_err(|InvalidPart(reason)| corrupt(offset, reason))?;
             seen_marks += marks;
             offset += ENTRY_HEADER_LEN as u64 + len;
         }
@@ -584,6 +592,33 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(handed, 1, "only the intact first chunk reached the loader");
+    }
+
+    #[test]
+    fn a_part_the_loader_refuses_is_corruption_at_its_offset_with_the_loaders_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let v2 = write(dir.path(), 5, &[(1, 2, 3, b"abcd"), (2, 1, 1, b"xyz")]);
+        let v1 = write_v1(dir.path(), 6, &[(1, 2, b"abcd"), (2, 1, b"xyz")]);
+        let second_chunk = (HEADER_LEN + CHUNK_HEADER_LEN + 4) as u64;
+        let second_entry = (HEADER_LEN + ENTRY_HEADER_LEN + 4) as u64;
+        for (info, second) in [(v2, second_chunk), (v1, second_entry)] {
+            let mut handed = 0;
+            let refused = read_snapshot(&info.path, |_| {
+                handed += 1;
+                if handed == 2 {
+                    Err(InvalidPart("a chunk of shard 2; the store has 1".into()))
+                } else {
+                    Ok(())
+                }
+            });
+            match refused {
+                Err(StorageError::Corruption { path, offset, reason }) => {
+                    assert_eq!((path, offset), (info.path.clone(), second), "format {}", info.version);
+                    assert_eq!(reason, "a chunk of shard 2; the store has 1");
+                }
+                other => panic!("format {}: {other:?}", info.version),
+            }
+        }
     }
 
     #[test]

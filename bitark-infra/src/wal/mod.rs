@@ -6,8 +6,17 @@
 //! Records are appended back to back in the format of `bitark_common::record`.
 //!
 //! - [`segment`]: naming, listing and garbage collection of segment files.
-//! - [`writer`]: the group-commit writer thread: batches concurrent proposals into one
-//!   write and one fsync, then hands the durable batch to the applier.
+//! - `handle`: [`WalHandle`], the cheap-to-clone handle that queues proposals,
+//!   replicated records, syncs, resets and epochs for the writer thread, and reads what
+//!   the thread publishes (durable LSN, health, fence, lease).
+//! - `health`: [`WalHealth`] and [`ProposeError`], what a caller is told when the log
+//!   does not take a write.
+//! - `writer`: [`GroupCommit`], the group-commit writer thread: batches concurrent
+//!   proposals into one write and one fsync, then hands the durable batch to the
+//!   [`Applier`]. Its submodules: `sync` (the fsync policy), `rotate` (the next segment,
+//!   and replacing the whole log), `failure` (degraded and failed logs, retries, the
+//!   crash report).
+//! - `active`: the open segment and the preallocated spare the writer appends to.
 //! - [`cursor`]: a forward reader from an LSN, for catching up slaves.
 //! - [`truncate`]: cutting the log back to an LSN (a node stepping down), the records
 //!   removed kept in a side file.
@@ -16,15 +25,17 @@
 
 pub(crate) mod active;
 pub mod cursor;
+mod handle;
+mod health;
 pub mod scan;
 pub mod segment;
 pub mod truncate;
-pub mod writer;
+mod writer;
 
 pub use cursor::{CursorRead, WalCursor};
+pub use handle::{AppendOutcome, EpochWork, Proposal, Replicated, ResetWork, WalHandle};
+pub use health::{ProposeError, WalHealth};
 pub use scan::{replay, ReplayOutcome};
 pub use segment::{list_segments, purge_to, remove_all, SegmentFile};
 pub use truncate::{cut_after, CutReport};
-pub use writer::{
-    AppendOutcome, Applier, EpochWork, GroupCommit, Proposal, ProposeError, Replicated, WalHandle, WalHealth,
-};
+pub use writer::{Applier, GroupCommit};
