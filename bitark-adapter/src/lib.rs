@@ -15,6 +15,7 @@
 //!
 //! [`ApiError`]: http::error::ApiError
 
+pub mod app;
 pub mod backups;
 pub mod config;
 pub mod http;
@@ -61,14 +62,14 @@ pub async fn run(
     listener: TcpListener,
     management: Option<TcpListener>,
     config: AppConfig,
-    reloader: Option<refresh::Reloader>,
+    reloader: Option<app::Reloader>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
     for outcome in ["applied", "unchanged", "refused"] {
         metrics.config_refreshes.with_label_values(&[outcome]);
     }
-    let state = http::AppState::new(config.clone(), metrics.clone());
+    let state = app::AppState::new(config.clone(), metrics.clone());
     if let Some(reloader) = reloader {
         state.set_reloader(reloader);
     }
@@ -86,29 +87,11 @@ pub async fn run(
         None => (http::Routes::All, None),
     };
     let management_server = management.map(|listener| {
-        let mut stopped = stopped.clone();
-        tokio::spawn(server::serve(
-            listener,
-            http::router_of(state.clone(), http::Routes::Management),
-            limits.clone(),
-            metrics.clone(),
-            async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            },
-            config.server.shutdown_timeout,
-        ))
+        let api = http::router_of(state.clone(), http::Routes::Management);
+        spawn_server(listener, api, limits.clone(), metrics.clone(), stopped.clone(), config.server.shutdown_timeout)
     });
-    let mut stopped = stopped;
-    let server = tokio::spawn(server::serve(
-        listener,
-        http::router_of(state.clone(), public),
-        limits,
-        metrics.clone(),
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        },
-        config.server.shutdown_timeout,
-    ));
+    let api = http::router_of(state.clone(), public);
+    let server = spawn_server(listener, api, limits, metrics.clone(), stopped, config.server.shutdown_timeout);
     let server = async move {
         let served = server.await;
         if let Some(management) = management_server {
@@ -171,9 +154,28 @@ pub async fn run(
     Ok(())
 }
 
+/// Serves `api` on `listener` until `stopped` turns true.
+fn spawn_server(
+    listener: TcpListener,
+    api: http::Api,
+    limits: server::Limits,
+    metrics: Metrics,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    drain: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let service = move |request| {
+        let api = api.clone();
+        async move { api.handle(request).await }
+    };
+    let shutdown = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(server::serve(listener, service, limits, metrics, shutdown, drain))
+}
+
 /// SIGHUP re-reads the configuration, as `POST /actuator/refresh` does; the outcome is
 /// logged.
-async fn refresh_on_hangup(state: http::AppState) {
+async fn refresh_on_hangup(state: app::AppState) {
     #[cfg(unix)]
     {
         let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

@@ -10,7 +10,7 @@
 //!   a master's writes stop at once, its hub stops, and a follower of the new master
 //!   starts, whose registration cuts the tail that master never had.
 
-use crate::http::{AppState, Replication};
+use crate::app::{AppState, Replication};
 use crate::AppConfig;
 use bitark_common::replication::Features;
 use bitark_common::{Epoch, Lsn};

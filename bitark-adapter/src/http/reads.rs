@@ -2,7 +2,8 @@
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, FlexU64, IdString, QueryParams, UserId, UserMsg};
-use super::{AppState, RouteTable};
+use super::routes::RouteTable;
+use crate::app::AppState;
 use axum::extract::{OriginalUri, State};
 use axum::http::{header, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
