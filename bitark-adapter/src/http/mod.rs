@@ -15,6 +15,7 @@ pub mod body;
 pub mod error;
 pub mod extract;
 pub mod reads;
+pub mod refusals;
 pub mod replication;
 pub mod routes;
 
