@@ -17,6 +17,7 @@
 //!   each with their own crc32; format 1, per-user portable roaring sets, is still read)
 //!   written temp → fsync → rename → fsync dir.
 //! - [`replication`]: the HTTP replication transport and the slave's progress file.
+//! - [`restore`]: a data directory built from a backup's snapshot and log (`bitark restore`).
 //! - [`process`]: the process's resident memory and open-files limit.
 //! - [`metrics`]: every Prometheus family BitArk exports, registered on an injected
 //!   registry.
@@ -39,6 +40,7 @@ pub mod fullsync;
 pub mod metrics;
 pub mod process;
 pub mod replication;
+pub mod restore;
 pub mod snapshot;
 pub mod wal;
 
