@@ -246,7 +246,10 @@ fn say(line: &str) {
 }
 
 /// Runs a command that needs no server of its own to the end.
-fn offline(name: &str, work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+fn offline(
+    name: &str,
+    work: impl std::future::Future<Output = Result<(), bitark_adapter::backups::Error>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
