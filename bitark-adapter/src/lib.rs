@@ -1,15 +1,22 @@
 //! The web layer and application context of BitArk: the `bitark` binary.
 //!
 //! # Layout
+//! - [`app`]: the application context, [`app::AppState`] (configuration in force, the
+//!   node once recovered, its replication side, metrics), and the configuration reloader.
+//! - [`backups`]: the `bitark backup`, `backup verify`, `backup prune` and `restore`
+//!   commands, one file per command.
 //! - [`config`]: figment-loaded [`AppConfig`] composed of every crate's section, with
 //!   validation that lists every problem before start-up.
 //! - [`http`]: axum routers (public API, `/actuator`, `/admin`), the [`ApiError`]
-//!   mapping, extractors that name bad input, request metrics.
+//!   mapping, extractors that name bad input, request limits, request metrics.
 //! - [`openapi`]: the utoipa-generated OpenAPI document.
+//! - [`refresh`]: `POST /actuator/refresh` and SIGHUP: the reloadable keys put in force.
 //! - [`roles`]: the replication side the node runs (hub or follower and their
 //!   modules), promotion and step-down while the process runs.
-//! - [`server`]: the HTTP/1.1 connection loop: connection cap, idle, header and body
-//!   deadlines, JSON bodies for the errors hyper answers by itself.
+//! - [`rollout`]: the `bitark rollout` command, a cluster moved stage by stage.
+//! - [`server`]: the HTTP/1.1 connection loop, generic over the service it serves:
+//!   connection cap, idle, header and body deadlines, JSON bodies for the errors hyper
+//!   answers by itself.
 //! - [`run`]: start-up and graceful shutdown around an already-bound listener, so tests
 //!   can start a server on `127.0.0.1:0` and stop it at will.
 //!

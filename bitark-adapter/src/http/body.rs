@@ -3,7 +3,7 @@
 //!
 //! The server loop ([`crate::server`]) reads heads up to these limits; the router refuses
 //! what passes hyper's approximate ones ([`super::Api`]); the body extractors
-//! ([`super::extract`]) read bodies through [`DeadlineBody`] up to [`body_limit`].
+//! ([`super::extract`]) read bodies through [`DeadlineBody`] up to `body_limit`.
 
 use axum::body::Body;
 use axum::extract::Request;

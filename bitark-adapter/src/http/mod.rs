@@ -2,7 +2,7 @@
 //! ([`crate::app::AppState`]).
 //!
 //! Each resource module owns its routes, request/response types and handlers and
-//! exposes one `router()` (a [`RouteTable`]); [`router`] merges them with the fallbacks
+//! exposes one `router()` (a `RouteTable`); [`router`] merges them with the fallbacks
 //! for unknown routes and methods, inside [`Api`], which times, counts and names every
 //! request. Every error is an [`ApiError`], mapped to its status in [`error`]; request
 //! size limits and the body deadline are in [`body`].

@@ -1,4 +1,4 @@
-//! [`RouteTable`]: how each resource module hands its routes to the merged router.
+//! `RouteTable`: how each resource module hands its routes to the merged router.
 
 use crate::app::AppState;
 use axum::routing::MethodRouter;
