@@ -1,20 +1,28 @@
 //! The web layer and application context of BitArk: the `bitark` binary.
 //!
 //! # Layout
+//! - [`app`]: the application context, [`app::AppState`] (configuration in force, the
+//!   node once recovered, its replication side, metrics), and the configuration reloader.
+//! - [`backups`]: the `bitark backup`, `backup verify`, `backup prune` and `restore`
+//!   commands, one file per command.
 //! - [`config`]: figment-loaded [`AppConfig`] composed of every crate's section, with
 //!   validation that lists every problem before start-up.
 //! - [`http`]: axum routers (public API, `/actuator`, `/admin`), the [`ApiError`]
-//!   mapping, extractors that name bad input, request metrics.
+//!   mapping, extractors that name bad input, request limits, request metrics.
 //! - [`openapi`]: the utoipa-generated OpenAPI document.
+//! - [`refresh`]: `POST /actuator/refresh` and SIGHUP: the reloadable keys put in force.
 //! - [`roles`]: the replication side the node runs (hub or follower and their
 //!   modules), promotion and step-down while the process runs.
-//! - [`server`]: the HTTP/1.1 connection loop: connection cap, idle, header and body
-//!   deadlines, JSON bodies for the errors hyper answers by itself.
+//! - [`rollout`]: the `bitark rollout` command, a cluster moved stage by stage.
+//! - [`server`]: the HTTP/1.1 connection loop, generic over the service it serves:
+//!   connection cap, idle, header and body deadlines, JSON bodies for the errors hyper
+//!   answers by itself.
 //! - [`run`]: start-up and graceful shutdown around an already-bound listener, so tests
 //!   can start a server on `127.0.0.1:0` and stop it at will.
 //!
 //! [`ApiError`]: http::error::ApiError
 
+pub mod app;
 pub mod backups;
 pub mod config;
 pub mod http;
@@ -61,14 +69,14 @@ pub async fn run(
     listener: TcpListener,
     management: Option<TcpListener>,
     config: AppConfig,
-    reloader: Option<refresh::Reloader>,
+    reloader: Option<app::Reloader>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
     for outcome in ["applied", "unchanged", "refused"] {
         metrics.config_refreshes.with_label_values(&[outcome]);
     }
-    let state = http::AppState::new(config.clone(), metrics.clone());
+    let state = app::AppState::new(config.clone(), metrics.clone());
     if let Some(reloader) = reloader {
         state.set_reloader(reloader);
     }
@@ -86,29 +94,11 @@ pub async fn run(
         None => (http::Routes::All, None),
     };
     let management_server = management.map(|listener| {
-        let mut stopped = stopped.clone();
-        tokio::spawn(server::serve(
-            listener,
-            http::router_of(state.clone(), http::Routes::Management),
-            limits.clone(),
-            metrics.clone(),
-            async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            },
-            config.server.shutdown_timeout,
-        ))
+        let api = http::router_of(state.clone(), http::Routes::Management);
+        spawn_server(listener, api, limits.clone(), metrics.clone(), stopped.clone(), config.server.shutdown_timeout)
     });
-    let mut stopped = stopped;
-    let server = tokio::spawn(server::serve(
-        listener,
-        http::router_of(state.clone(), public),
-        limits,
-        metrics.clone(),
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        },
-        config.server.shutdown_timeout,
-    ));
+    let api = http::router_of(state.clone(), public);
+    let server = spawn_server(listener, api, limits, metrics.clone(), stopped, config.server.shutdown_timeout);
     let server = async move {
         let served = server.await;
         if let Some(management) = management_server {
@@ -171,9 +161,28 @@ pub async fn run(
     Ok(())
 }
 
+/// Serves `api` on `listener` until `stopped` turns true.
+fn spawn_server(
+    listener: TcpListener,
+    api: http::Api,
+    limits: server::Limits,
+    metrics: Metrics,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    drain: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let service = move |request| {
+        let api = api.clone();
+        async move { api.handle(request).await }
+    };
+    let shutdown = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(server::serve(listener, service, limits, metrics, shutdown, drain))
+}
+
 /// SIGHUP re-reads the configuration, as `POST /actuator/refresh` does; the outcome is
 /// logged.
-async fn refresh_on_hangup(state: http::AppState) {
+async fn refresh_on_hangup(state: app::AppState) {
     #[cfg(unix)]
     {
         let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

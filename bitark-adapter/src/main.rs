@@ -1,7 +1,7 @@
 //! `bitark`: the read-status server.
 
+use bitark_adapter::app::{Reloader, SetLogLevel};
 use bitark_adapter::config::{AppConfig, LogFormat, LoggingConfig, Sources};
-use bitark_adapter::refresh::{Reloader, SetLogLevel};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
@@ -230,7 +230,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let reloader = bitark_adapter::refresh::Reloader::new(sources, set_log_level);
+    let reloader = Reloader::new(sources, set_log_level);
     match runtime.block_on(serve(config, reloader)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -246,7 +246,10 @@ fn say(line: &str) {
 }
 
 /// Runs a command that needs no server of its own to the end.
-fn offline(name: &str, work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+fn offline(
+    name: &str,
+    work: impl std::future::Future<Output = Result<(), bitark_adapter::backups::Error>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -289,8 +292,8 @@ fn init_logging(logging: &LoggingConfig) -> Option<SetLogLevel> {
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
     fn setter<S: 'static>(handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>) -> SetLogLevel {
         Box::new(move |level: &str| {
-            let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-            handle.reload(filter).map_err(|e| e.to_string())
+            let filter = tracing_subscriber::EnvFilter::try_new(level)?;
+            Ok(handle.reload(filter)?)
         })
     }
     let set = match logging.format {

@@ -3,7 +3,13 @@
 //! `openapi/openapi.json` in the repository is this document byte for byte (a test
 //! checks it); regenerate it with `cargo run -p bitark-adapter --bin bitark -- openapi > openapi/openapi.json`.
 
-use crate::http::{actuator, admin, backup, error, extract, reads, replication};
+use crate::http::actuator;
+use crate::http::admin;
+use crate::http::backup;
+use crate::http::error;
+use crate::http::extract;
+use crate::http::reads;
+use crate::http::replication;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 

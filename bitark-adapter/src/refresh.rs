@@ -15,32 +15,12 @@
 //!
 //! Requests in flight finish under the values they started with.
 
-use crate::config::{AppConfig, ConfigError, Sources};
-use crate::http::AppState;
+use crate::app::AppState;
+use crate::config::{AppConfig, ConfigError};
 use bitark_common::replication::Features;
 use serde::Serialize;
 use std::time::SystemTime;
 use utoipa::ToSchema;
-
-/// Changes the log filter of the running process; an error names what was wrong.
-pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
-
-/// What a refresh re-reads, and how it changes what is not the node's own.
-pub struct Reloader {
-    sources: Sources,
-    /// Sets `logging.level`; `None` while `BITARK_LOG` decides the levels.
-    set_log_level: Option<SetLogLevel>,
-    /// One refresh at a time.
-    running: tokio::sync::Mutex<()>,
-}
-
-impl Reloader {
-    /// Re-reads `sources` on every refresh; `set_log_level` applies `logging.level`
-    /// (`None` when the levels are pinned by `BITARK_LOG`).
-    pub fn new(sources: Sources, set_log_level: Option<SetLogLevel>) -> Reloader {
-        Reloader { sources, set_log_level, running: tokio::sync::Mutex::new(()) }
-    }
-}
 
 /// One key whose value in the sources differs from the value that was in force.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -112,9 +92,9 @@ pub async fn refresh(state: &AppState) -> Result<RefreshReport, RefreshError> {
 
 async fn refresh_once(state: &AppState) -> Result<RefreshReport, RefreshError> {
     let reloader = state.reloader().ok_or(RefreshError::Unavailable)?;
-    let _one_at_a_time = reloader.running.lock().await;
+    let _one_at_a_time = reloader.one_at_a_time().await;
     let node = state.node().map_err(|e| RefreshError::Busy(e.to_string()))?.clone();
-    let sources = reloader.sources.clone();
+    let sources = reloader.sources().clone();
     let loaded = tokio::task::spawn_blocking(move || AppConfig::load(&sources))
         .await
         .map_err(|e| RefreshError::Busy(format!("reading the configuration stopped: {e}")))?;
@@ -143,7 +123,8 @@ async fn refresh_once(state: &AppState) -> Result<RefreshReport, RefreshError> {
     let configured = next.replication.effective_features();
     let flags = (configured != running.replication.effective_features())
         .then_some(Features { failover: live.features.failover, ..configured });
-    node.check_features(flags.unwrap_or(live.features), next.replication.ack).map_err(RefreshError::Refused)?;
+    node.check_features(flags.unwrap_or(live.features), next.replication.ack)
+        .map_err(|e| RefreshError::Refused(e.to_string()))?;
 
     let before = node.config();
     node.reconfigure(&next.engine());
@@ -158,7 +139,7 @@ async fn refresh_once(state: &AppState) -> Result<RefreshReport, RefreshError> {
     }
     let mut notes = Vec::new();
     if next.logging.level != running.logging.level {
-        match &reloader.set_log_level {
+        match reloader.log_level_setter() {
             Some(set) => {
                 if let Err(e) = set(&next.logging.level) {
                     notes.push(format!("logging.level was not applied: {e}"));

@@ -10,7 +10,7 @@
 //!   a master's writes stop at once, its hub stops, and a follower of the new master
 //!   starts, whose registration cuts the tail that master never had.
 
-use crate::http::{AppState, Replication};
+use crate::app::{AppState, Replication};
 use crate::AppConfig;
 use bitark_common::replication::Features;
 use bitark_common::{Epoch, Lsn};
@@ -67,12 +67,12 @@ fn start_coordination(state: &AppState, node: &Node) {
 struct Elected(AppState);
 
 impl RoleSwitch for Elected {
-    async fn promote(&self, epoch: Epoch) -> Result<(), String> {
-        promote_to(&self.0, Some(epoch)).await.map(|_| ()).map_err(|e| e.to_string())
+    async fn promote(&self, epoch: Epoch) -> Result<(), RoleError> {
+        promote_to(&self.0, Some(epoch)).await.map(|_| ())
     }
 
-    async fn follow(&self, url: String) -> Result<(), String> {
-        follow(&self.0, &url).await.map_err(|e| e.to_string())
+    async fn follow(&self, url: String) -> Result<(), RoleError> {
+        follow(&self.0, &url).await
     }
 
     async fn stand_by(&self) {
@@ -135,7 +135,7 @@ pub async fn change_features(state: &AppState, features: Features) -> Result<Liv
     let live = tokio::task::spawn_blocking(move || changing.set_features(features))
         .await
         .map_err(|e| RoleError::Busy(format!("the flag change stopped: {e}")))?
-        .map_err(RoleError::WrongRole)?;
+        .map_err(|e| RoleError::WrongRole(e.to_string()))?;
     if before == features {
         return Ok(live);
     }

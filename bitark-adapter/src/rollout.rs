@@ -32,10 +32,11 @@ pub struct Plan {
 
 /// Where `/actuator` and `/admin` of the node at `url` are: `url` itself, or the same
 /// host on `management_port`.
-pub fn management_url(url: &str, management_port: Option<u16>) -> Result<String, String> {
+pub fn management_url(url: &str, management_port: Option<u16>) -> Result<String, RolloutError> {
     let Some(port) = management_port else { return Ok(url.to_string()) };
-    let mut parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    parsed.set_port(Some(port)).map_err(|()| format!("`{url}` cannot take a port"))?;
+    let mut parsed =
+        reqwest::Url::parse(url).map_err(|e| RolloutError::NotAUrl { url: url.to_string(), source: Box::new(e) })?;
+    parsed.set_port(Some(port)).map_err(|()| RolloutError::NoPort { url: url.to_string() })?;
     Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
 
@@ -48,6 +49,16 @@ pub enum RolloutError {
     Node { url: String, message: String },
     #[error("stage {stage} did not converge within {timeout:?}: {detail}")]
     NotConverged { stage: f64, timeout: Duration, detail: String },
+    /// A node's URL (from `--cluster` or the master's list of slaves) does not parse.
+    #[error("{url}: `{url}` is not a URL: {source}")]
+    NotAUrl {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A node's URL cannot take `--management-port` (it has no host).
+    #[error("{url}: `{url}` cannot take a port")]
+    NoPort { url: String },
 }
 
 /// The stages from `from` to `to`, both included, in the order they are taken.
@@ -150,7 +161,7 @@ pub async fn run(plan: Plan, mut say: impl FnMut(&str)) -> Result<(), RolloutErr
         .stage();
     let mut slaves: Vec<(String, String)> = Vec::new();
     for url in master["slaves"].as_array().into_iter().flatten().filter_map(|l| l["url"].as_str()) {
-        let admin = management_url(url, plan.management_port).map_err(|e| Cluster::node_error(url, e))?;
+        let admin = management_url(url, plan.management_port)?;
         slaves.push((url.to_string(), admin));
     }
     say(&format!(

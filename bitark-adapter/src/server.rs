@@ -29,11 +29,12 @@
 //! being read, before the service saw any request) and replaces it with the same status
 //! and the JSON error body every other error has.
 
-use crate::http::error::{ApiError, MAX_URI_LEN};
-use crate::http::Api;
+use crate::http::body::{MAX_HEAD_BYTES, MAX_URI_LEN};
+use crate::http::error::ApiError;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::StatusCode;
+use axum::response::Response;
 use bitark_infra::Metrics;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -59,8 +60,6 @@ pub const FD_RESERVE: usize = 128;
 const REFUSING: usize = FD_RESERVE / 4;
 /// How long a refused connection may take to read its 503 and close.
 const REFUSE_LINGER: Duration = Duration::from_millis(250);
-/// Largest request head (request line and headers) read, in bytes.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Limits of one server.
 #[derive(Clone, Debug)]
@@ -78,16 +77,23 @@ pub fn effective_max_connections(configured: usize, files: u64) -> usize {
     configured.min(room)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets
+/// Serves `service` on `listener` until `shutdown` completes, then stops accepting, lets
 /// open requests finish for up to `drain`, and returns.
-pub async fn serve(
+///
+/// `service` answers one request; it is cloned into every connection. BitArk serves its
+/// [`crate::http::Api`]; the loop knows nothing of what it serves but the answers hyper
+/// gives by itself, which it writes as the JSON errors of [`ApiError`].
+pub async fn serve<S, F>(
     listener: TcpListener,
-    api: Api,
+    service: S,
     limits: Limits,
     metrics: Metrics,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
-) {
+) where
+    S: Fn(Request) -> F + Clone + Send + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(REFUSING));
     let graceful = GracefulShutdown::new();
@@ -136,19 +142,20 @@ pub async fn serve(
         }
         let tracker = Arc::new(Tracker::new());
         let io = TokioIo::new(TrackedIo::new(stream, tracker.clone()));
-        let service = hyper::service::service_fn({
-            let (api, tracker) = (api.clone(), tracker.clone());
+        let answer = hyper::service::service_fn({
+            let (service, tracker) = (service.clone(), tracker.clone());
             move |request: hyper::Request<Incoming>| {
                 tracker.enter(Phase::Busy);
-                let (api, tracker) = (api.clone(), tracker.clone());
+                let answering = service(request.map(Body::new));
+                let tracker = tracker.clone();
                 async move {
-                    let response = api.handle(request.map(Body::new)).await;
+                    let response = answering.await;
                     tracker.enter(Phase::Responding);
                     Ok::<_, Infallible>(response)
                 }
             }
         });
-        let connection = graceful.watch(builder.serve_connection(io, service));
+        let connection = graceful.watch(builder.serve_connection(io, answer));
         let (metrics, limits) = (metrics.clone(), limits.clone());
         tokio::spawn(async move {
             metrics.http_connections_open.inc();
@@ -443,56 +450,6 @@ impl AsyncWrite for TrackedIo {
                 }
             }
         }
-    }
-}
-
-/// A request body that fails once `server.request-timeout` has passed since the
-/// request's headers were read. Its timer is made on the first read of the body, so a
-/// request whose body is never read (every GET) costs no timer.
-pub struct DeadlineBody {
-    inner: Body,
-    deadline: tokio::time::Instant,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    timeout: Duration,
-}
-
-/// The error a [`DeadlineBody`] yields when its time is up.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within {0:?} (server.request-timeout)")]
-pub struct BodyTimeout(pub Duration);
-
-impl DeadlineBody {
-    pub fn wrap(request: Request, timeout: Duration) -> Request {
-        let deadline = tokio::time::Instant::now() + timeout;
-        request.map(|inner| Body::new(DeadlineBody { inner, deadline, timer: None, timeout }))
-    }
-}
-
-impl http_body::Body for DeadlineBody {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame);
-        }
-        let deadline = self.deadline;
-        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTimeout(self.timeout))))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

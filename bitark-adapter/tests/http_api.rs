@@ -4,8 +4,9 @@
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
+use bitark_adapter::app::AppState;
 use bitark_adapter::config::Secret;
-use bitark_adapter::http::{router, AppState};
+use bitark_adapter::http::router;
 use bitark_adapter::AppConfig;
 use bitark_engine::Node;
 use bitark_infra::{FsyncPolicy, Metrics};

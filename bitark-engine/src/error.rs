@@ -112,6 +112,24 @@ pub enum RoleError {
     Storage(#[from] StorageError),
 }
 
+/// Why a change of the replication flags in force is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FeaturesError {
+    /// A flag is on without one that comes before it in the rollout.
+    #[error("`{flag}` needs `{missing}` (rollout order: {order})")]
+    OutOfOrder { flag: &'static str, missing: &'static str, order: String },
+    #[error("`failover` changes only with the configuration and a restart")]
+    Failover,
+    /// `replication.ack` is `semi` or `all`, which the new flags cannot serve.
+    #[error("replication.ack is `{0}`, which needs `ack-modes`; change the configuration first")]
+    AckNeedsAckModes(&'static str),
+    #[error("a slave needs replication on (`notify`)")]
+    SlaveNeedsNotify,
+    /// Writing `epoch.bin` for fencing turned on failed.
+    #[error("{0}")]
+    EpochFile(#[from] StorageError),
+}
+
 /// Why a batch from the master was not logged.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ReplicateError {

@@ -59,7 +59,8 @@ pub use config::{
     LimitsConfig, MaxLag, NodeConfig, OnLag, ReadsConfig, ReplicationConfig, Role, SnapshotConfig,
 };
 pub use error::{
-    ConsistencyError, InvalidCommand, LeaderReadError, OpenError, ReplicateError, RoleError, SnapshotError, WriteError,
+    ConsistencyError, FeaturesError, InvalidCommand, LeaderReadError, OpenError, ReplicateError, RoleError,
+    SnapshotError, WriteError,
 };
 pub use node::Node;
 pub use recovery::RecoveryReport;

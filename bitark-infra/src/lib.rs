@@ -22,6 +22,7 @@
 //! - [`snapshot`]: snapshot files (checksummed header, then chunks of one store shard
 //!   each with their own crc32; format 1, per-user portable roaring sets, is still read)
 //!   written temp → fsync → rename → fsync dir.
+//! - [`restore`]: a data directory built from a backup's snapshot and log (`bitark restore`).
 //! - [`wal`]: the segmented write-ahead log: segments, the handle and the group-commit
 //!   writer thread, the recovery scan, the slaves' cursor, cutting back, GC (`purge_to`).
 //!
@@ -43,6 +44,7 @@ pub mod fullsync;
 pub mod metrics;
 pub mod process;
 pub mod replication;
+pub mod restore;
 pub mod snapshot;
 pub mod wal;
 

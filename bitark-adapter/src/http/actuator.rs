@@ -1,7 +1,8 @@
 //! `/actuator/*`: health, info, Prometheus metrics and the effective configuration.
 
-use super::error::{ApiError, ErrorBody};
-use super::{AppState, RouteTable};
+use super::error::ErrorBody;
+use super::routes::RouteTable;
+use crate::app::{AppState, Unavailable};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -159,7 +160,7 @@ fn liveness_status(state: &AppState) -> Status {
 fn readiness_status(state: &AppState) -> Status {
     let node = match state.node() {
         Ok(node) => node,
-        Err(ApiError::ShuttingDown) => return Status::not("OUT_OF_SERVICE", "shutting_down", "shutting down"),
+        Err(Unavailable::ShuttingDown) => return Status::not("OUT_OF_SERVICE", "shutting_down", "shutting down"),
         Err(_) => return Status::not("OUT_OF_SERVICE", "starting", "recovering its state"),
     };
     match node.wal_health() {

@@ -1,16 +1,19 @@
 //! `/admin/*`: operator endpoints, behind `security.admin-token` when one is set.
 
 use super::auth::{self, Guard};
-use super::error::{ApiError, ErrorBody};
+use super::error::{snapshot_error, ApiError, ErrorBody};
 use super::extract::ApiJson;
-use super::{AppState, RouteTable};
+use super::routes::RouteTable;
+use crate::app::AppState;
+use crate::refresh::{self, RefreshReport};
+use crate::roles;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::middleware;
 use axum::routing::{get, post};
 use axum::Json;
 use bitark_common::replication::Features;
-use bitark_engine::{RoleError, SnapshotError};
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -60,26 +63,6 @@ pub async fn snapshot(State(state): State<AppState>, headers: HeaderMap) -> Resu
         bytes: info.size,
         file: info.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
     }))
-}
-
-/// A failed snapshot as an answer. File names and paths go only to a caller that
-/// presented the admin token; every failure is logged in full.
-pub(crate) fn snapshot_error(e: SnapshotError, authenticated: bool) -> ApiError {
-    tracing::error!(error = %e, "snapshot requested through /admin/snapshot failed");
-    match e {
-        SnapshotError::Busy | SnapshotError::ShuttingDown => ApiError::Busy(e.to_string()),
-        SnapshotError::Storage { summary, detail, no_space } => {
-            let message = if authenticated { detail } else { summary };
-            if no_space {
-                ApiError::InsufficientStorage { code: "insufficient_storage", message }
-            } else {
-                ApiError::Failed { code: "snapshot_failed", message }
-            }
-        }
-        not_durable @ SnapshotError::NotDurable { .. } => {
-            ApiError::Failed { code: "snapshot_failed", message: not_durable.to_string() }
-        }
-    }
 }
 
 /// Order-independent digest of every (user, message) pair, to compare two nodes.
@@ -135,19 +118,6 @@ pub struct DemoteRequest {
     pub master_url: String,
 }
 
-impl From<RoleError> for ApiError {
-    fn from(e: RoleError) -> Self {
-        let message = e.to_string();
-        match e {
-            RoleError::WrongRole(_) => ApiError::conflict("wrong_role", message),
-            RoleError::FencingOff => ApiError::conflict("fencing_off", message),
-            RoleError::Busy(_) => ApiError::Busy(message),
-            RoleError::Unreachable { .. } => ApiError::Failed { code: "master_unreachable", message },
-            RoleError::Storage(_) => ApiError::Failed { code: "role_change_failed", message },
-        }
-    }
-}
-
 /// Makes this slave master in a new epoch (stage 7, `fencing`). The epoch is recorded
 /// durably before the first write of it; from then on any node of a lower epoch that
 /// contacts this one is refused and stops taking writes. The other slaves follow it once
@@ -161,7 +131,7 @@ impl From<RoleError> for ApiError {
         (status = 503, description = "Starting, or a full sync is replacing the state", body = ErrorBody),
     ))]
 pub async fn promote(State(state): State<AppState>) -> Result<Json<RoleChanged>, ApiError> {
-    let (epoch, start) = crate::roles::promote(&state).await?;
+    let (epoch, start) = roles::promote(&state).await?;
     Ok(Json(RoleChanged { role: "master".into(), epoch: epoch.0, start_lsn: Some(start.0), master_url: None }))
 }
 
@@ -189,7 +159,7 @@ pub async fn demote(
     if !valid {
         return Err(ApiError::bad_request("invalid_body", "`masterUrl` must be an http:// or https:// base URL"));
     }
-    crate::roles::demote(&state, &url).await?;
+    roles::demote(&state, &url).await?;
     let node = state.node()?;
     Ok(Json(RoleChanged { role: "slave".into(), epoch: node.epoch().0, start_lsn: None, master_url: Some(url) }))
 }
@@ -284,7 +254,7 @@ pub async fn change_features(
     if let Some((flag, missing)) = features.rollout_violations().first() {
         return Err(invalid(format!("`{flag}` needs `{missing}` (rollout order: {})", Features::NAMES.join(", "))));
     }
-    let live = crate::roles::change_features(&state, features).await?;
+    let live = roles::change_features(&state, features).await?;
     let message = if live.overridden {
         "in force until the next restart, unless the configuration says the same"
     } else {
@@ -298,19 +268,6 @@ pub async fn change_features(
     }))
 }
 
-impl From<crate::refresh::RefreshError> for ApiError {
-    fn from(e: crate::refresh::RefreshError) -> Self {
-        use crate::refresh::RefreshError;
-        let message = e.to_string();
-        match e {
-            RefreshError::Invalid(problems) => ApiError::InvalidConfig(problems),
-            RefreshError::Refused(_) => ApiError::conflict("wrong_role", message),
-            RefreshError::Unavailable => ApiError::conflict("refresh_unavailable", message),
-            RefreshError::Busy(_) => ApiError::Busy(message),
-        }
-    }
-}
-
 /// Re-reads every configuration source (as SIGHUP does) and puts the reloadable keys in
 /// force at once; keys marked `(reloadable)` in `application.yml` are the replication
 /// flags, ack mode and timeouts, buffers, limits, reads, the log level and the snapshot
@@ -319,12 +276,12 @@ impl From<crate::refresh::RefreshError> for ApiError {
 /// whole with every problem named, and nothing changes. Behind `security.admin-token`.
 #[utoipa::path(post, path = "/actuator/refresh", tag = "actuator", security((), ("bearer" = [])),
     responses(
-        (status = 200, description = "What changed, what took effect, what needs a restart", body = crate::refresh::RefreshReport),
+        (status = 200, description = "What changed, what took effect, what needs a restart", body = RefreshReport),
         (status = 400, description = "`invalid_config`: the new configuration is invalid (`problems` names each); nothing changed", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 409, description = "`wrong_role`: the node cannot run the new replication flags now; nothing changed", body = ErrorBody),
         (status = 503, description = "Starting, shutting down, or a full sync is replacing the state", body = ErrorBody),
     ))]
-pub async fn refresh(State(state): State<AppState>) -> Result<Json<crate::refresh::RefreshReport>, ApiError> {
-    Ok(Json(crate::refresh::refresh(&state).await?))
+pub async fn refresh(State(state): State<AppState>) -> Result<Json<RefreshReport>, ApiError> {
+    Ok(Json(refresh::refresh(&state).await?))
 }

@@ -2,7 +2,7 @@
 //! (`security.cluster-token`), compared in constant time.
 
 use super::error::ApiError;
-use super::AppState;
+use crate::app::AppState;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;

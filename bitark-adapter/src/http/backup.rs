@@ -8,13 +8,13 @@
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{parse_id, IdString, QueryParams};
-use super::AppState;
+use crate::app::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bitark_common::Lsn;
-use bitark_engine::backup::{BackupError, BackupSession, MAX_READ};
+use bitark_engine::backup::{BackupSession, MAX_READ};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -50,18 +50,6 @@ impl From<BackupSession> for BackupStarted {
             snapshot_size: s.snapshot_size,
             snapshot_file: s.snapshot.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             end_lsn: s.end_lsn.0,
-        }
-    }
-}
-
-impl From<BackupError> for ApiError {
-    fn from(e: BackupError) -> Self {
-        let message = e.to_string();
-        match e {
-            BackupError::Unknown(_) => ApiError::NotFound(message),
-            BackupError::Snapshot(snapshot) => super::admin::snapshot_error(snapshot, true),
-            BackupError::Storage(_) => ApiError::Failed { code: "backup_failed", message },
-            BackupError::Purged { .. } => ApiError::conflict("wal_purged", message),
         }
     }
 }

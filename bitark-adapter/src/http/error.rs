@@ -3,11 +3,16 @@
 //! The body is always `{"error": "<stable code>", "message": "<what was wrong>"}`.
 //! Internal errors are logged and answered with a generic message.
 
+use super::body::MAX_URI_LEN;
+use crate::app::Unavailable;
+use crate::refresh::RefreshError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bitark_engine::backup::BackupError;
+use bitark_engine::replication::full_sync::FullSyncError;
 use bitark_engine::replication::RegisterError;
-use bitark_engine::{ConsistencyError, InvalidCommand, WriteError};
+use bitark_engine::{ConsistencyError, InvalidCommand, RoleError, SnapshotError, WriteError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -170,9 +175,6 @@ pub enum ApiError {
     Internal(String),
 }
 
-/// Longest request target (path and query) read, in bytes.
-pub const MAX_URI_LEN: usize = 8 * 1024;
-
 impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::BadRequest { code, message: message.into() }
@@ -219,6 +221,85 @@ impl ApiError {
             ApiError::LsnGap { .. } => (StatusCode::CONFLICT, "lsn_gap"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(e: Unavailable) -> Self {
+        match e {
+            Unavailable::Starting => ApiError::Starting,
+            Unavailable::ShuttingDown => ApiError::ShuttingDown,
+        }
+    }
+}
+
+impl From<RoleError> for ApiError {
+    fn from(e: RoleError) -> Self {
+        let message = e.to_string();
+        match e {
+            RoleError::WrongRole(_) => ApiError::conflict("wrong_role", message),
+            RoleError::FencingOff => ApiError::conflict("fencing_off", message),
+            RoleError::Busy(_) => ApiError::Busy(message),
+            RoleError::Unreachable { .. } => ApiError::Failed { code: "master_unreachable", message },
+            RoleError::Storage(_) => ApiError::Failed { code: "role_change_failed", message },
+        }
+    }
+}
+
+impl From<RefreshError> for ApiError {
+    fn from(e: RefreshError) -> Self {
+        let message = e.to_string();
+        match e {
+            RefreshError::Invalid(problems) => ApiError::InvalidConfig(problems),
+            RefreshError::Refused(_) => ApiError::conflict("wrong_role", message),
+            RefreshError::Unavailable => ApiError::conflict("refresh_unavailable", message),
+            RefreshError::Busy(_) => ApiError::Busy(message),
+        }
+    }
+}
+
+impl From<FullSyncError> for ApiError {
+    fn from(e: FullSyncError) -> Self {
+        let message = e.to_string();
+        match e {
+            FullSyncError::NotRegistered(_) => ApiError::conflict("not_registered", message),
+            FullSyncError::NotNeeded(_) => ApiError::conflict("full_sync_not_needed", message),
+            FullSyncError::UnknownTransfer(_) => ApiError::NotFound(message),
+            FullSyncError::BadOffset { .. } => ApiError::bad_request("invalid_offset", message),
+            FullSyncError::Storage(_) => ApiError::Failed { code: "full_sync_failed", message },
+        }
+    }
+}
+
+impl From<BackupError> for ApiError {
+    fn from(e: BackupError) -> Self {
+        let message = e.to_string();
+        match e {
+            BackupError::Unknown(_) => ApiError::NotFound(message),
+            BackupError::Snapshot(snapshot) => snapshot_error(snapshot, true),
+            BackupError::Storage(_) => ApiError::Failed { code: "backup_failed", message },
+            BackupError::Purged { .. } => ApiError::conflict("wal_purged", message),
+        }
+    }
+}
+
+/// A failed snapshot as an answer. File names and paths go only to a caller that
+/// presented the admin token; every failure is logged in full.
+pub(crate) fn snapshot_error(e: SnapshotError, authenticated: bool) -> ApiError {
+    tracing::error!(error = %e, "snapshot requested through /admin/snapshot failed");
+    match e {
+        SnapshotError::Busy | SnapshotError::ShuttingDown => ApiError::Busy(e.to_string()),
+        SnapshotError::Storage { summary, detail, no_space } => {
+            let message = if authenticated { detail } else { summary };
+            if no_space {
+                ApiError::InsufficientStorage { code: "insufficient_storage", message }
+            } else {
+                ApiError::Failed { code: "snapshot_failed", message }
+            }
+        }
+        not_durable @ SnapshotError::NotDurable { .. } => {
+            ApiError::Failed { code: "snapshot_failed", message: not_durable.to_string() }
         }
     }
 }

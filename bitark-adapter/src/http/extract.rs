@@ -1,9 +1,9 @@
 //! Request extractors that turn every malformed input into an [`ApiError`] naming the
 //! problem, instead of axum's plain-text rejections.
 
+use super::body::{body_limit, BodyTimeout, DeadlineBody};
 use super::error::ApiError;
-use super::AppState;
-use crate::server::{BodyTimeout, DeadlineBody};
+use crate::app::AppState;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
 use axum::http::{header, request::Parts, Uri};
@@ -190,13 +190,7 @@ impl FromRequest<AppState> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        // The API's bound follows `limits.max-batch` as it is now (reloadable);
-        // `/internal/*` takes replication batches.
-        let limit = if req.uri().path().starts_with("/internal/") {
-            super::replication::MAX_APPEND_BODY
-        } else {
-            super::api_body_limit(state.config().limits.max_batch)
-        };
+        let limit = body_limit(req.uri().path(), state.config().limits.max_batch);
         // The deadline is set here, as the body is about to be read: only requests that
         // have one to read pay for a timer.
         let req = DeadlineBody::wrap(req, state.config().server.request_timeout);

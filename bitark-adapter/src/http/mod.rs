@@ -1,206 +1,43 @@
-//! The HTTP layer: shared state, the merged router, and request metrics.
+//! The HTTP layer: the merged router and request metrics, over the application context
+//! ([`crate::app::AppState`]).
 //!
 //! Each resource module owns its routes, request/response types and handlers and
-//! exposes one `router()`; [`router`] merges them with the fallbacks for unknown routes
-//! and methods, inside [`Api`], which times, counts and names every request.
+//! exposes one `router()` (a `RouteTable`); [`router`] merges them with the fallbacks
+//! for unknown routes and methods, inside [`Api`], which times, counts and names every
+//! request. Every error is an [`ApiError`], mapped to its status in [`error`]; request
+//! size limits and the body deadline are in [`body`].
 
 pub mod actuator;
 pub mod admin;
 pub mod auth;
 pub mod backup;
+pub mod body;
 pub mod error;
 pub mod extract;
 pub mod reads;
+pub mod refusals;
 pub mod replication;
+pub mod routes;
 
-use crate::config::AppConfig;
+use crate::app::AppState;
 use crate::openapi;
-use crate::server::MAX_HEAD_BYTES;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, MethodRouter};
+use axum::routing::get;
 use axum::Router;
 use bitark_common::Command;
-use bitark_engine::coordination::CoordinationStatus;
-use bitark_engine::replication::{Follower, MasterHub};
-use bitark_engine::Node;
-use bitark_infra::replication::ReplicationClient;
-use bitark_infra::Metrics;
+use body::{MAX_HEAD_BYTES, MAX_URI_LEN};
 use error::ApiError;
+use routes::RouteTable;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tower::Service;
 use tracing::Instrument;
-
-/// The replication side a node runs.
-#[derive(Clone, Default)]
-pub enum Replication {
-    #[default]
-    None,
-    Master(MasterHub),
-    Slave(Follower),
-}
-
-/// Cheap-to-clone state of the HTTP layer.
-#[derive(Clone)]
-pub struct AppState {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    /// The configuration in force: its reloadable keys change on a refresh.
-    config: arc_swap::ArcSwap<AppConfig>,
-    /// Re-reads the configuration sources (`POST /actuator/refresh`, SIGHUP); set when
-    /// the node knows its sources.
-    reloader: OnceLock<Arc<crate::refresh::Reloader>>,
-    metrics: Metrics,
-    /// Set once recovery finished; until then the API answers 503 `starting`. A
-    /// `OnceLock` because it is written exactly once and read on every request.
-    node: OnceLock<Node>,
-    /// Set when shutdown begins; from then on the API answers 503 `shutting_down`.
-    stopping: AtomicBool,
-    /// The replication side the node runs now: a master's hub or a slave's follower
-    /// (or neither). Swapped when the node is promoted or steps down.
-    replication: RwLock<Replication>,
-    /// Held while the role changes, so two role changes never interleave.
-    pub(crate) role_change: tokio::sync::Mutex<()>,
-    /// The replication client and the URL peers reach this node at, once replication
-    /// is wired.
-    wiring: OnceLock<(ReplicationClient, String)>,
-    /// Under failover, what the coordination loop knows.
-    coordination: OnceLock<Arc<std::sync::Mutex<CoordinationStatus>>>,
-    started: Instant,
-}
-
-impl AppState {
-    pub fn new(config: AppConfig, metrics: Metrics) -> Self {
-        AppState {
-            inner: Arc::new(Inner {
-                config: arc_swap::ArcSwap::from_pointee(config),
-                reloader: OnceLock::new(),
-                metrics,
-                node: OnceLock::new(),
-                stopping: AtomicBool::new(false),
-                replication: RwLock::new(Replication::default()),
-                role_change: tokio::sync::Mutex::new(()),
-                wiring: OnceLock::new(),
-                coordination: OnceLock::new(),
-                started: Instant::now(),
-            }),
-        }
-    }
-
-    /// The node, or why requests cannot be served now.
-    pub fn node(&self) -> Result<&Node, ApiError> {
-        if self.inner.stopping.load(Ordering::Acquire) {
-            return Err(ApiError::ShuttingDown);
-        }
-        self.inner.node.get().ok_or(ApiError::Starting)
-    }
-
-    /// The node if recovery has finished, whatever the shutdown state.
-    pub fn node_if_open(&self) -> Option<&Node> {
-        self.inner.node.get()
-    }
-
-    /// Makes the recovered node available to requests.
-    pub fn set_node(&self, node: Node) {
-        let _ = self.inner.node.set(node);
-    }
-
-    /// Replaces the replication side; answers the one it replaces.
-    pub fn set_replication(&self, replication: Replication) -> Replication {
-        std::mem::replace(&mut *self.inner.replication.write().unwrap_or_else(PoisonError::into_inner), replication)
-    }
-
-    /// The replication side the node runs now.
-    pub fn current_replication(&self) -> Replication {
-        self.inner.replication.read().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    pub fn hub(&self) -> Option<MasterHub> {
-        match &*self.inner.replication.read().unwrap_or_else(PoisonError::into_inner) {
-            Replication::Master(hub) => Some(hub.clone()),
-            _ => None,
-        }
-    }
-
-    pub fn follower(&self) -> Option<Follower> {
-        match &*self.inner.replication.read().unwrap_or_else(PoisonError::into_inner) {
-            Replication::Slave(follower) => Some(follower.clone()),
-            _ => None,
-        }
-    }
-
-    /// Sets the replication client and this node's own URL (once, at start-up).
-    pub fn set_wiring(&self, client: ReplicationClient, self_url: String) {
-        let _ = self.inner.wiring.set((client, self_url));
-    }
-
-    /// The replication client and this node's own URL.
-    pub fn wiring(&self) -> (ReplicationClient, String) {
-        self.inner.wiring.get().cloned().expect("replication is wired at start-up")
-    }
-
-    /// Where the coordination loop reports (under failover, once at start-up).
-    pub fn set_coordination(&self, status: Arc<std::sync::Mutex<CoordinationStatus>>) {
-        let _ = self.inner.coordination.set(status);
-    }
-
-    /// What the coordination loop knows now, under failover.
-    pub fn coordination(&self) -> Option<CoordinationStatus> {
-        self.inner.coordination.get().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).now())
-    }
-
-    /// This node's own URL, once wired.
-    pub fn self_url(&self) -> Option<String> {
-        self.inner.wiring.get().map(|(_, url)| url.clone())
-    }
-
-    /// Held across a promotion or step-down.
-    pub async fn lock_role_change(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.inner.role_change.lock().await
-    }
-
-    /// From now on the API refuses new work with 503.
-    pub fn begin_shutdown(&self) {
-        self.inner.stopping.store(true, Ordering::Release);
-    }
-
-    /// The configuration in force now.
-    pub fn config(&self) -> arc_swap::Guard<Arc<AppConfig>> {
-        self.inner.config.load()
-    }
-
-    /// Puts `config` in force (after a refresh applied it to the node).
-    pub(crate) fn set_config(&self, config: AppConfig) {
-        self.inner.config.store(Arc::new(config));
-    }
-
-    /// Sets what re-reads the configuration sources (once, at start-up).
-    pub fn set_reloader(&self, reloader: crate::refresh::Reloader) {
-        let _ = self.inner.reloader.set(Arc::new(reloader));
-    }
-
-    /// What re-reads the configuration sources, when the node knows them.
-    pub fn reloader(&self) -> Option<Arc<crate::refresh::Reloader>> {
-        self.inner.reloader.get().cloned()
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
-    }
-
-    pub fn uptime(&self) -> Duration {
-        self.inner.started.elapsed()
-    }
-}
 
 /// Which routes a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,38 +49,6 @@ pub enum Routes {
     Api,
     /// `/actuator/*` and `/admin/*`: the management port.
     Management,
-}
-
-/// A router and the templates of its routes. Requests are timed and counted outside the
-/// router (see [`Api`]), which learns a request's route template from this table: every
-/// route is added through [`RouteTable::route`], so the two cannot disagree.
-pub(crate) struct RouteTable {
-    router: Router<AppState>,
-    templates: Vec<&'static str>,
-}
-
-impl RouteTable {
-    pub(crate) fn new() -> RouteTable {
-        RouteTable { router: Router::new(), templates: Vec::new() }
-    }
-
-    pub(crate) fn route(mut self, template: &'static str, methods: MethodRouter<AppState>) -> RouteTable {
-        self.router = self.router.route(template, methods);
-        self.templates.push(template);
-        self
-    }
-
-    pub(crate) fn merge(mut self, other: RouteTable) -> RouteTable {
-        self.router = self.router.merge(other.router);
-        self.templates.extend(other.templates);
-        self
-    }
-
-    /// Applies `layers` (route layers: authentication, guards) to the routes so far.
-    pub(crate) fn layered(mut self, layers: impl FnOnce(Router<AppState>) -> Router<AppState>) -> RouteTable {
-        self.router = layers(self.router);
-        self
-    }
 }
 
 /// Every route of the service.
@@ -264,14 +69,14 @@ pub fn router_of(state: AppState, which: Routes) -> Api {
         table =
             table.merge(actuator::router()).merge(admin::router(state.clone())).merge(replication::actuator_router());
     }
+    let (router, route_templates) = table.into_parts();
     let mut templates = matchit::Router::new();
-    for (index, template) in table.templates.iter().enumerate() {
+    for (index, template) in route_templates.iter().enumerate() {
         templates.insert(*template, index).expect("the router took the same template");
     }
-    let router =
-        table.router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state.clone());
-    let message_route = table.templates.iter().position(|t| *t == reads::MESSAGE_ROUTE);
-    let latencies = Latencies::new(state.metrics().http_requests.clone(), table.templates);
+    let router = router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state.clone());
+    let message_route = route_templates.iter().position(|t| *t == reads::MESSAGE_ROUTE);
+    let latencies = Latencies::new(state.metrics().http_requests.clone(), route_templates);
     Api { router, templates: Arc::new(templates), latencies: Arc::new(latencies), message_route, state }
 }
 
@@ -415,19 +220,13 @@ where
     }
 }
 
-/// The largest API request body: room for `limits.max-batch` ids written as 20-digit
-/// strings, plus JSON punctuation.
-pub(crate) fn api_body_limit(max_batch: usize) -> usize {
-    max_batch.saturating_mul(24).saturating_add(4096)
-}
-
 /// Why a request head is refused before routing: a target longer than
-/// [`error::MAX_URI_LEN`] (414), or headers larger than [`MAX_HEAD_BYTES`] (431). hyper's
+/// [`MAX_URI_LEN`] (414), or headers larger than [`MAX_HEAD_BYTES`] (431). hyper's
 /// own buffer limit is only approximate (a head read in one large chunk may pass it);
 /// this one is exact.
 fn oversized(request: &Request) -> Option<ApiError> {
     let len = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if len > error::MAX_URI_LEN {
+    if len > MAX_URI_LEN {
         return Some(ApiError::UriTooLong(len));
     }
     let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();

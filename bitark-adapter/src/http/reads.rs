@@ -2,7 +2,9 @@
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, FlexU64, IdString, QueryParams, UserId, UserMsg};
-use super::{AppState, RouteTable};
+use super::refusals::{BodyRefusals, LaggingReadRefusals, ReadRefusals, WriteRefusals};
+use super::routes::RouteTable;
+use crate::app::AppState;
 use axum::extract::{OriginalUri, State};
 use axum::http::{header, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
@@ -459,11 +461,7 @@ pub(crate) async fn write(
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 409, description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
-        (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
-        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`), `leader_lease_lapsed` (failover: this master could not renew its leader lease in time; not acknowledged, retry)", body = ErrorBody),
-        (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate unless a failover to a node without it comes first; its token then answers `write_lost`), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
+        WriteRefusals,
     )
 )]
 pub async fn mark_read(
@@ -482,11 +480,7 @@ pub async fn mark_read(
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 409, description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
-        (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
-        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`), `leader_lease_lapsed` (failover: this master could not renew its leader lease in time; not acknowledged, retry)", body = ErrorBody),
-        (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate unless a failover to a node without it comes first; its token then answers `write_lost`), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
+        WriteRefusals,
     )
 )]
 pub async fn mark_unread(
@@ -506,7 +500,7 @@ pub async fn mark_unread(
         (status = 200, description = "Read flag and the applied LSN", body = ReadStatus),
         (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`; `Location` is the same request on the master", body = ErrorBody),
         (status = 400, description = "Malformed id, minLsn or token", body = ErrorBody),
-        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader or linearizable read (`consistency=leader` is the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known", body = ErrorBody),
+        ReadRefusals,
         (status = 503, description = "`lsn_not_reached`: minLsn or token not reached in time; or starting; `leader_lease_lapsed`: a leader read on a master under failover whose leader lease is not known to hold; `not_committed`: a linearizable read whose state could not be made safe from a failover in time", body = ErrorBody),
     )
 )]
@@ -535,14 +529,9 @@ pub(crate) async fn read_status(state: &AppState, ids: UserMsg, query: &QueryPar
     responses(
         (status = 200, description = "Durable; the LSN of its record", body = LsnResponse),
         (status = 400, description = "Malformed body or id, empty batch, inverted range", body = ErrorBody),
-        (status = 408, description = "`request_timeout`: the body did not arrive within `server.request-timeout`", body = ErrorBody),
-        (status = 409, description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks", body = ErrorBody),
-        (status = 500, description = "`write_outcome_unknown`: the record was written but its fsync failed; it may or may not be present after a restart", body = ErrorBody),
-        (status = 503, description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`), `leader_lease_lapsed` (failover: this master could not renew its leader lease in time; not acknowledged, retry)", body = ErrorBody),
-        (status = 504, description = "`replication_timeout`: durable on the master (it will still replicate unless a failover to a node without it comes first; its token then answers `write_lost`), but not on enough slaves within `replication.ack-timeout`; with `lsn`, `epoch`, `ack`, `acked`, `required`", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`: the disk holding the log is full; `memory_limit`: above `limits.max-memory`. Not logged", body = ErrorBody),
+        BodyRefusals,
+        WriteRefusals,
         (status = 413, description = "Batch or range over the limit", body = ErrorBody),
-        (status = 415, description = "Body is not application/json", body = ErrorBody),
     )
 )]
 pub async fn mark_many(
@@ -576,13 +565,11 @@ pub async fn mark_many(
     request_body(content = CheckRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Flags in request order", body = CheckResult),
-        (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`", body = ErrorBody),
+        LaggingReadRefusals,
         (status = 400, description = "Malformed body, id, minLsn or token", body = ErrorBody),
-        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader or linearizable read (`consistency=leader` is the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known", body = ErrorBody),
-        (status = 408, description = "`request_timeout`: the body did not arrive within `server.request-timeout`", body = ErrorBody),
+        ReadRefusals,
+        BodyRefusals,
         (status = 413, description = "More ids than limits.max-batch", body = ErrorBody),
-        (status = 415, description = "Body is not application/json", body = ErrorBody),
-        (status = 503, description = "`lsn_not_reached`: minLsn not reached in time; or starting; `leader_lease_lapsed`: a leader read on a master under failover whose leader lease is not known to hold; `not_committed`: a linearizable read whose state could not be made safe from a failover in time", body = ErrorBody),
     )
 )]
 pub async fn check(
@@ -605,11 +592,10 @@ pub async fn check(
     params(("userId" = IdString, Path, description = "User id"), RangeQuery),
     responses(
         (status = 200, description = "Unread count", body = UnreadCount),
-        (status = 307, description = "`read_from_master`: a slave behind `minLsn`/`token` under `reads.on-lag: redirect`", body = ErrorBody),
+        LaggingReadRefusals,
         (status = 400, description = "Missing or malformed from/to, minLsn or token; inverted range", body = ErrorBody),
-        (status = 409, description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader or linearizable read (`consistency=leader` is the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known", body = ErrorBody),
+        ReadRefusals,
         (status = 413, description = "Range wider than limits.max-range", body = ErrorBody),
-        (status = 503, description = "`lsn_not_reached`: minLsn not reached in time; or starting; `leader_lease_lapsed`: a leader read on a master under failover whose leader lease is not known to hold; `not_committed`: a linearizable read whose state could not be made safe from a failover in time", body = ErrorBody),
     )
 )]
 pub async fn unread_count(

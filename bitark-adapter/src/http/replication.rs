@@ -4,7 +4,8 @@
 use super::auth::{self, Guard};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{parse_id, ApiJson, QueryParams, RawBody};
-use super::{AppState, RouteTable};
+use super::routes::RouteTable;
+use crate::app::AppState;
 use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -18,7 +19,7 @@ use bitark_common::replication::{
     RegisterResponse, CHUNK_CRC_HEADER, EPOCH_HEADER, WAL_CONTENT_TYPE,
 };
 use bitark_common::{Epoch, Lsn, Record};
-use bitark_engine::replication::full_sync::{FullSyncError, PullAnswer};
+use bitark_engine::replication::full_sync::PullAnswer;
 use bitark_engine::replication::heartbeat::HeartbeatError;
 use bitark_engine::replication::MasterHub;
 use bitark_engine::replication::{Follower, ReplicationStatus};
@@ -28,9 +29,6 @@ use bitark_infra::replication::BatchSender;
 
 /// The chunk checksum header, as a header name.
 const CHUNK_CRC: HeaderName = HeaderName::from_static(CHUNK_CRC_HEADER);
-
-/// Largest replication batch body accepted.
-pub(crate) const MAX_APPEND_BODY: usize = 64 << 20;
 
 pub(crate) fn internal_router(state: AppState) -> RouteTable {
     RouteTable::new()
@@ -223,19 +221,6 @@ async fn heartbeat(
 fn hub(state: &AppState) -> Result<MasterHub, ApiError> {
     state.node()?;
     state.hub().ok_or_else(|| ApiError::conflict("wrong_role", "this node is not a master with replication turned on"))
-}
-
-impl From<FullSyncError> for ApiError {
-    fn from(e: FullSyncError) -> Self {
-        let message = e.to_string();
-        match e {
-            FullSyncError::NotRegistered(_) => ApiError::conflict("not_registered", message),
-            FullSyncError::NotNeeded(_) => ApiError::conflict("full_sync_not_needed", message),
-            FullSyncError::UnknownTransfer(_) => ApiError::NotFound(message),
-            FullSyncError::BadOffset { .. } => ApiError::bad_request("invalid_offset", message),
-            FullSyncError::Storage(_) => ApiError::Failed { code: "full_sync_failed", message },
-        }
-    }
 }
 
 /// `pull(fromLsn)` (master only, stage 5): the log from `fromLsn` on, or 409

@@ -19,6 +19,7 @@
 //! passed); the others follow the winner, seen through a watch on the leader key.
 
 use crate::config::{CoordinationConfig, Role};
+use crate::error::RoleError;
 use crate::node::Node;
 use bitark_common::{Epoch, Lsn};
 use bitark_infra::etcd::{Etcd, EtcdError, Expect, KeyValue, Lease};
@@ -34,9 +35,9 @@ pub use status::{AckedFloor, CoordinationStatus, Leader, Member};
 /// How the coordination changes the node's role: the adapter's role switch.
 pub trait RoleSwitch: Send + Sync + 'static {
     /// Become master in `epoch` (this node won the election).
-    fn promote(&self, epoch: Epoch) -> impl Future<Output = Result<(), String>> + Send;
+    fn promote(&self, epoch: Epoch) -> impl Future<Output = Result<(), RoleError>> + Send;
     /// Follow the master at `url` (stepping down first when master).
-    fn follow(&self, url: String) -> impl Future<Output = Result<(), String>> + Send;
+    fn follow(&self, url: String) -> impl Future<Output = Result<(), RoleError>> + Send;
     /// Stop being master without a known successor: no hub, no follower, no writes.
     fn stand_by(&self) -> impl Future<Output = ()> + Send;
 }

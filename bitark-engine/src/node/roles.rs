@@ -3,6 +3,7 @@
 
 use super::{LiveFeatures, Node, RoleState};
 use crate::config::{AckMode, EngineConfig, Role};
+use crate::error::FeaturesError;
 use crate::replication::master::HubParts;
 use crate::replication::MasterHub;
 use bitark_common::replication::Features;
@@ -63,21 +64,18 @@ impl Node {
 
     /// Whether [`Node::set_features`] would take `features` with `ack` as
     /// `replication.ack`; changes nothing.
-    pub fn check_features(&self, features: Features, ack: AckMode) -> Result<(), String> {
-        if let Some((flag, missing)) = features.rollout_violations().first() {
-            return Err(format!("`{flag}` needs `{missing}` (rollout order: {})", Features::NAMES.join(", ")));
+    pub fn check_features(&self, features: Features, ack: AckMode) -> Result<(), FeaturesError> {
+        if let Some(&(flag, missing)) = features.rollout_violations().first() {
+            return Err(FeaturesError::OutOfOrder { flag, missing, order: Features::NAMES.join(", ") });
         }
         if features.failover != self.features().failover {
-            return Err("`failover` changes only with the configuration and a restart".into());
+            return Err(FeaturesError::Failover);
         }
         if ack != AckMode::Async && !features.ack_modes {
-            return Err(format!(
-                "replication.ack is `{}`, which needs `ack-modes`; change the configuration first",
-                ack.as_str()
-            ));
+            return Err(FeaturesError::AckNeedsAckModes(ack.as_str()));
         }
         if self.is_slave() && !features.notify {
-            return Err("a slave needs replication on (`notify`)".into());
+            return Err(FeaturesError::SlaveNeedsNotify);
         }
         Ok(())
     }
@@ -104,19 +102,19 @@ impl Node {
     /// caller restarts the replication side, whose links renegotiate. Refuses a set out
     /// of rollout order, a change of `failover` (it needs a restart), and an ack mode
     /// the new set cannot serve. Under fencing newly on, writes `epoch.bin` first.
-    pub fn set_features(&self, features: Features) -> Result<LiveFeatures, String> {
+    pub fn set_features(&self, features: Features) -> Result<LiveFeatures, FeaturesError> {
         let config = self.inner.config.load();
         self.check_features(features, config.replication.ack)?;
         let current = self.features();
         if features.fencing && !current.fencing {
             let data_dir = &config.node.data_dir;
-            if read_epoch_state(data_dir).map_err(|e| e.to_string())?.is_none() {
+            if read_epoch_state(data_dir)?.is_none() {
                 let state = self.epochs();
                 let state = EpochState {
                     master_id: if self.is_slave() { String::new() } else { config.node.id.clone() },
                     ..state
                 };
-                write_epoch_state(data_dir, &state).map_err(|e| e.to_string())?;
+                write_epoch_state(data_dir, &state)?;
                 *self.inner.state.epochs.lock().unwrap_or_else(PoisonError::into_inner) = state;
             }
         }
