@@ -1,6 +1,6 @@
 //! The application context: [`AppState`], what every part of the running node shares
-//! (the configuration in force, the node once recovered, the replication side it runs,
-//! the metrics), and the [`Reloader`] that re-reads the configuration sources.
+//! (the configuration in force, the node once recovered, its replication side, the
+//! metrics), and the [`Reloader`] that re-reads the configuration sources.
 //!
 //! It sits below the HTTP layer and beside the role changes ([`crate::roles`]) and
 //! refreshes ([`crate::refresh`]): they all take it, and it knows none of them. Why the
@@ -9,11 +9,11 @@
 use crate::config::{AppConfig, Sources};
 use bitark_engine::coordination::CoordinationStatus;
 use bitark_engine::replication::{Follower, MasterHub};
+use bitark_engine::replication_side::ReplicationSide;
 use bitark_engine::Node;
-use bitark_infra::replication::ReplicationClient;
 use bitark_infra::Metrics;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Why the node cannot serve a request now (503 on the HTTP side).
@@ -74,15 +74,6 @@ impl Reloader {
     }
 }
 
-/// The replication side a node runs.
-#[derive(Clone, Default)]
-pub enum Replication {
-    #[default]
-    None,
-    Master(MasterHub),
-    Slave(Follower),
-}
-
 /// The application context: cheap to clone, shared by every request, the role changes
 /// and the refreshes.
 #[derive(Clone)]
@@ -102,14 +93,9 @@ struct Inner {
     node: OnceLock<Node>,
     /// Set when shutdown begins; from then on the API answers 503 `shutting_down`.
     stopping: AtomicBool,
-    /// The replication side the node runs now: a master's hub or a slave's follower
-    /// (or neither). Swapped when the node is promoted or steps down.
-    replication: RwLock<Replication>,
-    /// Held while the role changes, so two role changes never interleave.
-    role_change: tokio::sync::Mutex<()>,
-    /// The replication client and the URL peers reach this node at, once replication
-    /// is wired.
-    wiring: OnceLock<(ReplicationClient, String)>,
+    /// The node's replication side (the hub or follower it runs, its role changes),
+    /// once replication is wired at start-up.
+    side: OnceLock<ReplicationSide>,
     /// Under failover, what the coordination loop knows.
     coordination: OnceLock<Arc<std::sync::Mutex<CoordinationStatus>>>,
     started: Instant,
@@ -124,9 +110,7 @@ impl AppState {
                 metrics,
                 node: OnceLock::new(),
                 stopping: AtomicBool::new(false),
-                replication: RwLock::new(Replication::default()),
-                role_change: tokio::sync::Mutex::new(()),
-                wiring: OnceLock::new(),
+                side: OnceLock::new(),
                 coordination: OnceLock::new(),
                 started: Instant::now(),
             }),
@@ -151,38 +135,22 @@ impl AppState {
         let _ = self.inner.node.set(node);
     }
 
-    /// Replaces the replication side; answers the one it replaces.
-    pub fn set_replication(&self, replication: Replication) -> Replication {
-        std::mem::replace(&mut *self.inner.replication.write().unwrap_or_else(PoisonError::into_inner), replication)
+    /// Sets the node's replication side (once, at start-up).
+    pub fn set_replication_side(&self, side: ReplicationSide) {
+        let _ = self.inner.side.set(side);
     }
 
-    /// The replication side the node runs now.
-    pub fn current_replication(&self) -> Replication {
-        self.inner.replication.read().unwrap_or_else(PoisonError::into_inner).clone()
+    /// The node's replication side, once wired.
+    pub fn replication_side(&self) -> Option<&ReplicationSide> {
+        self.inner.side.get()
     }
 
     pub fn hub(&self) -> Option<MasterHub> {
-        match &*self.inner.replication.read().unwrap_or_else(PoisonError::into_inner) {
-            Replication::Master(hub) => Some(hub.clone()),
-            _ => None,
-        }
+        self.replication_side().and_then(ReplicationSide::hub)
     }
 
     pub fn follower(&self) -> Option<Follower> {
-        match &*self.inner.replication.read().unwrap_or_else(PoisonError::into_inner) {
-            Replication::Slave(follower) => Some(follower.clone()),
-            _ => None,
-        }
-    }
-
-    /// Sets the replication client and this node's own URL (once, at start-up).
-    pub fn set_wiring(&self, client: ReplicationClient, self_url: String) {
-        let _ = self.inner.wiring.set((client, self_url));
-    }
-
-    /// The replication client and this node's own URL.
-    pub fn wiring(&self) -> (ReplicationClient, String) {
-        self.inner.wiring.get().cloned().expect("replication is wired at start-up")
+        self.replication_side().and_then(ReplicationSide::follower)
     }
 
     /// Where the coordination loop reports (under failover, once at start-up).
@@ -197,12 +165,7 @@ impl AppState {
 
     /// This node's own URL, once wired.
     pub fn self_url(&self) -> Option<String> {
-        self.inner.wiring.get().map(|(_, url)| url.clone())
-    }
-
-    /// Held across a promotion or step-down.
-    pub async fn lock_role_change(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.inner.role_change.lock().await
+        self.replication_side().map(|side| side.self_url().to_string())
     }
 
     /// From now on the API refuses new work with 503.

@@ -11,8 +11,9 @@
 //!   mapping, extractors that name bad input, request limits, request metrics.
 //! - [`openapi`]: the utoipa-generated OpenAPI document.
 //! - [`refresh`]: `POST /actuator/refresh` and SIGHUP: the reloadable keys put in force.
-//! - [`roles`]: the replication side the node runs (hub or follower and their
-//!   modules), promotion and step-down while the process runs.
+//! - [`roles`]: when the replication side starts and changes: at start-up, on an
+//!   admin request, on the election's word, on a newer epoch seen (the engine's
+//!   `ReplicationSide` sequences each change).
 //! - [`rollout`]: the `bitark rollout` command, a cluster moved stage by stage.
 //! - [`server`]: the HTTP/1.1 connection loop, generic over the service it serves:
 //!   connection cap, idle, header and body deadlines, JSON bodies for the errors hyper
@@ -137,7 +138,7 @@ pub async fn run(
         ms = report.duration.as_millis() as u64,
         "ready: serving reads and writes"
     );
-    roles::start(&state, &node, &config, local_addr, &metrics);
+    roles::start(&state, &node, &config, local_addr, &metrics).await;
     bitark_engine::archive::start(&node);
     state.set_node(node.clone());
     if state.reloader().is_some() {

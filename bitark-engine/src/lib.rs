@@ -14,6 +14,9 @@
 //! - [`replication`]: the master hub and senders, the slave follower, each stage's
 //!   logic (stage 5 full sync in `replication/full_sync.rs` and `full_sync_client.rs`,
 //!   stage 6 in `gc.rs`, stage 7 acks in `ack.rs`), their status.
+//! - [`replication_side`]: the one owner of the side a node runs (hub, follower or
+//!   neither) and the sequencing of its role changes: promotion, stepping down,
+//!   following a master, standing by, a change of the flags in force.
 //! - [`modules`]: the plugin modules: each flag-gated replication capability wired to
 //!   its stage's start function, and the list the adapter starts from.
 //! - [`coordination`]: automatic failover through etcd: the leader lease, the
@@ -49,6 +52,7 @@ pub mod node;
 pub mod readset;
 mod recovery;
 pub mod replication;
+pub mod replication_side;
 mod snapshot_requests;
 mod snapshotter;
 mod state;

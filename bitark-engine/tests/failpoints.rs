@@ -13,18 +13,17 @@ use bitark_infra::wal::{list_segments, replay, Applier, GroupCommit, WalHealth};
 use bitark_infra::{FsyncPolicy, Metrics, WalConfig};
 use std::path::Path;
 
+mod support;
+
+/// A log that retries a failed write every 20 ms.
 fn config(dir: &Path) -> EngineConfig {
-    let mut config = EngineConfig::default();
-    config.node.data_dir = dir.to_path_buf();
-    config.wal.fsync = FsyncPolicy::Batch;
+    let mut config = support::config(dir);
     config.wal.retry_interval = std::time::Duration::from_millis(20);
-    config.snapshot.every_records = 0;
-    config.snapshot.every = std::time::Duration::ZERO;
     config
 }
 
 fn open(dir: &Path) -> Node {
-    Node::open(config(dir), Metrics::standalone()).unwrap()
+    support::open(&config(dir))
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -10,19 +10,16 @@ use bitark_infra::wal::list_segments;
 use bitark_infra::{FsyncPolicy, Metrics};
 use std::path::Path;
 
+mod support;
+
+use support::open;
+
+/// Small segments, so that a test's log spans several.
 fn config(dir: &Path) -> EngineConfig {
-    let mut config = EngineConfig::default();
-    config.node.data_dir = dir.to_path_buf();
-    config.wal.fsync = FsyncPolicy::Batch;
+    let mut config = support::config(dir);
     config.wal.segment_size = bytesize::ByteSize::kib(64);
-    config.snapshot.every_records = 0;
-    config.snapshot.every = std::time::Duration::ZERO;
     config.limits.max_batch = 1000;
     config
-}
-
-fn open(config: &EngineConfig) -> Node {
-    Node::open(config.clone(), Metrics::standalone()).unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
