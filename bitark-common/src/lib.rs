@@ -9,6 +9,8 @@
 //!   lsn | payload | crc32`, used on disk and on the replication wire alike.
 //! - [`epoch`]: the epoch history (where each epoch began) and the write token
 //!   `"<epoch>:<lsn>"` that reads use to tell a lost write from one not reached yet.
+//! - [`shard`]: the shard map (which replication group owns which users), its
+//!   partitioner and hash ranges, and a group's [`Ownership`].
 //! - [`replication`]: replication flags and the JSON messages of `/internal/replication`.
 //! - [`error`]: the codec error, which keeps a short record (torn write) apart from a
 //!   damaged one (corruption).
@@ -19,9 +21,11 @@ pub mod error;
 pub mod ids;
 pub mod record;
 pub mod replication;
+pub mod shard;
 
 pub use command::Command;
 pub use epoch::{EpochEnd, EpochHistory, EpochStart, TokenCheck, WriteToken};
 pub use error::CodecError;
 pub use ids::{Epoch, Lsn, NodeId};
 pub use record::Record;
+pub use shard::{GroupId, HashRange, Ownership, Partitioner, ShardMap, ShardMapError};

@@ -22,6 +22,8 @@
 //! - [`coordination`]: automatic failover through etcd: the leader lease, the
 //!   election of the most advanced member, fencing by time; `coordination/status.rs`
 //!   the records it keeps and shows.
+//! - [`sharding`]: many replication groups: the shard map in etcd, changed by
+//!   compare-and-swap, and where each group keeps its keys.
 //! - [`readset`]: the per-user set, compact for the many users with few marks.
 //! - [`store`]: [`ReadStore`], users sharded over read-write locks, and its side of a
 //!   snapshot.
@@ -53,6 +55,7 @@ pub mod readset;
 mod recovery;
 pub mod replication;
 pub mod replication_side;
+pub mod sharding;
 mod snapshot_requests;
 mod snapshotter;
 mod state;

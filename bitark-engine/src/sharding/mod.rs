@@ -1,0 +1,19 @@
+//! Many replication groups, each owning part of the users: the shard map kept in etcd
+//! (`store.rs`) and the keys each group keeps under its own prefix.
+//!
+//! Keys, under `coordination.etcd.prefix`:
+//! - `<prefix>/shards/map`: the [`bitark_common::ShardMap`], JSON, changed by
+//!   compare-and-swap only;
+//! - `<prefix>/groups/<group>/…`: a group's own coordination keys (`leader`, `epoch`,
+//!   `acked`, `members/<node id>`), as an unsharded cluster keeps them at `<prefix>/…`.
+
+mod store;
+
+pub use store::{map_key, MapKv, ShardError, ShardMapStore, Versioned};
+
+use bitark_common::GroupId;
+
+/// The prefix of `group`'s coordination keys under `prefix`.
+pub fn group_prefix(prefix: &str, group: &GroupId) -> String {
+    format!("{prefix}/groups/{group}")
+}
