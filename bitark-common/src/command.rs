@@ -8,8 +8,12 @@
 //! - `MarkRead`, `MarkUnread`: `msg u64`
 //! - `MarkBatch`: `count u32`, `count × msg u64`
 //! - `MarkRange`: `from u64`, `to u64` (inclusive)
+//!
+//! `SetOwnership` names no user: its payload is the group's [`Ownership`] (see
+//! [`Ownership::encode`]). It replaces whatever ownership the node held before.
 
 use crate::error::CodecError;
+use crate::shard::Ownership;
 
 /// A state-changing command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +36,8 @@ pub enum Command {
         from: u64,
         to: u64,
     },
+    /// From this record on, the group serves exactly these ranges of the shard map.
+    SetOwnership(Ownership),
 }
 
 impl Command {
@@ -39,6 +45,7 @@ impl Command {
     pub const TYPE_MARK_UNREAD: u8 = 2;
     pub const TYPE_MARK_BATCH: u8 = 3;
     pub const TYPE_MARK_RANGE: u8 = 4;
+    pub const TYPE_SET_OWNERSHIP: u8 = 16;
 
     /// The record type byte of this command.
     pub fn type_byte(&self) -> u8 {
@@ -47,16 +54,19 @@ impl Command {
             Command::MarkUnread { .. } => Self::TYPE_MARK_UNREAD,
             Command::MarkBatch { .. } => Self::TYPE_MARK_BATCH,
             Command::MarkRange { .. } => Self::TYPE_MARK_RANGE,
+            Command::SetOwnership(_) => Self::TYPE_SET_OWNERSHIP,
         }
     }
 
-    /// The user whose read set this command changes.
-    pub fn user(&self) -> u64 {
+    /// The user whose read set this command changes; `None` for a record about the
+    /// node itself (ownership).
+    pub fn user(&self) -> Option<u64> {
         match self {
             Command::MarkRead { user, .. }
             | Command::MarkUnread { user, .. }
             | Command::MarkBatch { user, .. }
-            | Command::MarkRange { user, .. } => *user,
+            | Command::MarkRange { user, .. } => Some(*user),
+            Command::SetOwnership(_) => None,
         }
     }
 
@@ -66,12 +76,19 @@ impl Command {
             Command::MarkRead { .. } | Command::MarkUnread { .. } => 16,
             Command::MarkBatch { msgs, .. } => 12 + 8 * msgs.len(),
             Command::MarkRange { .. } => 24,
+            Command::SetOwnership(own) => own.encoded_len(),
         }
     }
 
     /// Appends the payload to `out`.
     pub fn encode_payload(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.user().to_le_bytes());
+        let Some(user) = self.user() else {
+            if let Command::SetOwnership(own) = self {
+                own.encode(out);
+            }
+            return;
+        };
+        out.extend_from_slice(&user.to_le_bytes());
         match self {
             Command::MarkRead { msg, .. } | Command::MarkUnread { msg, .. } => {
                 out.extend_from_slice(&msg.to_le_bytes());
@@ -86,6 +103,7 @@ impl Command {
                 out.extend_from_slice(&from.to_le_bytes());
                 out.extend_from_slice(&to.to_le_bytes());
             }
+            Command::SetOwnership(_) => {}
         }
     }
 
@@ -96,6 +114,11 @@ impl Command {
             Self::TYPE_MARK_UNREAD => "mark-unread",
             Self::TYPE_MARK_BATCH => "mark-batch",
             Self::TYPE_MARK_RANGE => "mark-range",
+            Self::TYPE_SET_OWNERSHIP => {
+                return Ownership::decode(payload)
+                    .map(Command::SetOwnership)
+                    .map_err(|reason| CodecError::BadPayload { kind: "set-ownership", reason });
+            }
             other => return Err(CodecError::UnknownType(other)),
         };
         let bad = |reason| CodecError::BadPayload { kind, reason };

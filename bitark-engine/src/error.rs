@@ -67,6 +67,38 @@ pub enum WriteError {
     /// Not logged.
     #[error("ack={} needs {required} ALIVE slaves, this master has {alive}; the write was not logged", ack.as_str())]
     NotEnoughReplicas { ack: AckMode, alive: usize, required: usize },
+    /// The user is outside the ranges this node's group serves (409 `wrong_shard`). Not
+    /// logged.
+    #[error("{0}")]
+    WrongShard(#[from] WrongShard),
+    /// An ownership of an older shard map version than the one in force (409). Not
+    /// logged.
+    #[error("this group serves shard map version {now} already; version {given} is older and was not logged")]
+    StaleOwnership { now: u64, given: u64 },
+}
+
+/// A user this node's group does not serve, by the ownership its log last set (409
+/// `wrong_shard`, for reads and writes alike). The owner is named from the shard
+/// directory when this node has read one.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "user {user} is not served by group {group} (shard map version {map_version}){}",
+    match (owner, owner_master) {
+        (Some(o), Some(url)) => format!("; it belongs to group {o}, whose master is at {url}"),
+        (Some(o), None) => format!("; it belongs to group {o}"),
+        _ => String::new(),
+    }
+)]
+pub struct WrongShard {
+    pub user: u64,
+    pub group: bitark_common::GroupId,
+    /// The newest shard map version this node knows: its ownership's, or the
+    /// directory's when that is newer.
+    pub map_version: u64,
+    /// The group that owns the user, by the directory.
+    pub owner: Option<bitark_common::GroupId>,
+    /// That group's master, by the directory.
+    pub owner_master: Option<String>,
 }
 
 impl From<ProposeError> for WriteError {

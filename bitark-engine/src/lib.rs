@@ -67,7 +67,7 @@ pub use config::{
 };
 pub use error::{
     ConsistencyError, FeaturesError, InvalidCommand, LeaderReadError, OpenError, ReplicateError, RoleError,
-    SnapshotError, WriteError,
+    SnapshotError, WriteError, WrongShard,
 };
 pub use node::Node;
 pub use recovery::RecoveryReport;

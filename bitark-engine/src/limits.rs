@@ -86,9 +86,9 @@ pub(crate) fn admit_marks(store: &ReadStore, max: u64, command: &Command) -> Res
     if max == 0 {
         return Ok(());
     }
-    let user = command.user();
+    let Some(user) = command.user() else { return Ok(()) };
     let added = match command {
-        Command::MarkUnread { .. } => return Ok(()),
+        Command::MarkUnread { .. } | Command::SetOwnership(_) => return Ok(()),
         Command::MarkRead { msg, .. } => u64::from(!store.is_read(user, *msg)),
         Command::MarkBatch { msgs, .. } => {
             let mut ids = msgs.clone();

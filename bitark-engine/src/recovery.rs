@@ -10,7 +10,7 @@ use crate::store::{LoadError, ReadStore};
 use bitark_common::{Command, Lsn};
 use bitark_infra::fsutil::remove_durable;
 use bitark_infra::fullsync::complete_install;
-use bitark_infra::snapshot::{list_snapshots, read_snapshot, Chunk, SnapshotPart};
+use bitark_infra::snapshot::{list_snapshots, read_snapshot, Chunk, InvalidPart, SnapshotPart};
 use bitark_infra::wal::{remove_all, replay, ReplayOutcome};
 use bitark_infra::StorageError;
 use roaring::RoaringTreemap;
@@ -117,7 +117,8 @@ fn replay_in_parallel(store: &ReadStore, wal_dir: &Path, after: Lsn) -> Result<R
         }
         let mut batches: Vec<Vec<Command>> = (0..workers).map(|_| Vec::with_capacity(REPLAY_BATCH)).collect();
         let outcome = replay(wal_dir, after, |record| {
-            let worker = store.shard_of(record.command.user()) % workers;
+            // Records about the node (ownership) all go to the first worker, in order.
+            let worker = record.command.user().map_or(0, |user| store.shard_of(user) % workers);
             batches[worker].push(record.command);
             if batches[worker].len() == REPLAY_BATCH {
                 let full = std::mem::replace(&mut batches[worker], Vec::with_capacity(REPLAY_BATCH));
@@ -185,6 +186,9 @@ pub(crate) fn load_snapshot(store: &ReadStore, path: &Path) -> Result<(), Storag
             match part {
                 SnapshotPart::Chunk(chunk) => {
                     let _ = senders[chunk.shard as usize % workers].send(Work::Shard(chunk));
+                }
+                SnapshotPart::Meta(body) => {
+                    store.load_meta(&body).map_err(|e| InvalidPart(e.to_string()))?;
                 }
                 SnapshotPart::User { user, marks, portable } => {
                     run.push(user, marks, portable);

@@ -143,6 +143,14 @@ impl Snapshotter {
                 }
             }
         }
+        // The ownership last: any record the users above reflect is applied, so it is
+        // at least as new as theirs (a replay past the snapshot sets it again in order).
+        if let Some(meta) = store.encode_meta() {
+            if let Err(e) = writer.add_meta(&meta) {
+                writer.abandon();
+                return Err(e.into());
+            }
+        }
         // Every record the snapshot may hold is at or below what is applied now.
         let covered = self.state.applied_lsn();
         if *self.state.durable.borrow() < covered {

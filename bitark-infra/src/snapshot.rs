@@ -33,6 +33,11 @@
 //! What the body's entries mean is the store's business: this module checks that every
 //! chunk is whole and intact, and that the counts add up to the header's.
 //!
+//! **Format 3** (written by a sharded node): format 2 plus chunks of shard
+//! [`META_SHARD`] holding no users, whose body is metadata of the node's state (its
+//! ownership of the shard map), as the engine encodes it. An unsharded node's files stay
+//! format 2, and a build that knows no metadata refuses a file that has some.
+//!
 //! **Format 1** (read only): per user `user u64 | marks u64 | len u32 | len bytes of the
 //! portable roaring serialization` (the 64-bit `RoaringTreemap` form).
 //!
@@ -50,6 +55,10 @@ use std::path::{Path, PathBuf};
 const MAGIC: &[u8; 8] = b"BITARKSN";
 /// The snapshot format this build writes.
 pub const FORMAT_VERSION: u32 = 2;
+/// Format 2 with metadata chunks ([`SnapshotWriter::add_meta`]).
+pub const FORMAT_WITH_META: u32 = 3;
+/// The shard number of a metadata chunk.
+pub const META_SHARD: u32 = u32::MAX;
 /// The first format, per-user portable roaring sets; still read.
 pub const FORMAT_V1: u32 = 1;
 const HEADER_LEN: usize = 64;
@@ -191,7 +200,7 @@ impl SnapshotWriter {
         shard_users: u64,
         body: &[u8],
     ) -> Result<(), StorageError> {
-        assert_eq!(self.version, FORMAT_VERSION, "add_chunk writes format {FORMAT_VERSION}");
+        assert!(matches!(self.version, FORMAT_VERSION | FORMAT_WITH_META), "add_chunk writes format 2 or 3");
         let mut head = [0u8; CHUNK_HEADER_LEN];
         head[0..4].copy_from_slice(&shard.to_le_bytes());
         head[4..8].copy_from_slice(&users.to_le_bytes());
@@ -205,6 +214,14 @@ impl SnapshotWriter {
         head[28..32].copy_from_slice(&crc.to_le_bytes());
         self.crc.update(&crc.to_le_bytes());
         self.append(&head, body, users as u64, marks)
+    }
+
+    /// Appends a metadata chunk: no users, `body` as the engine encodes it. The file
+    /// becomes format 3.
+    pub fn add_meta(&mut self, body: &[u8]) -> Result<(), StorageError> {
+        assert!(matches!(self.version, FORMAT_VERSION | FORMAT_WITH_META), "add_meta writes format 3");
+        self.version = FORMAT_WITH_META;
+        self.add_chunk(META_SHARD, 0, 0, 0, body)
     }
 
     /// Appends one user's set in the portable roaring serialization (format 1).
@@ -347,6 +364,8 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 pub enum SnapshotPart<'a> {
     /// Format 2: a whole chunk of one shard's entries, its checksum verified.
     Chunk(Chunk),
+    /// Format 3: the body of a metadata chunk, its checksum verified.
+    Meta(Vec<u8>),
     /// Format 1: one user's set in the portable roaring serialization.
     User { user: u64, marks: u64, portable: &'a [u8] },
 }
@@ -397,7 +416,7 @@ pub fn read_snapshot(
     let (lsn, epoch, users, marks) = (Lsn(u64_at(&h, 16)), Epoch(u64_at(&h, 24)), u64_at(&h, 32), u64_at(&h, 40));
     let read = Body { input: &mut input, size, corrupt: &corrupt };
     let (seen_users, seen_marks, crc) = match version {
-        FORMAT_VERSION => read.chunks(&mut load)?,
+        FORMAT_VERSION | FORMAT_WITH_META => read.chunks(version, &mut load)?,
         FORMAT_V1 => read.users(users, &mut load)?,
         _ => return Err(corrupt(8, format!("unsupported snapshot format version {version}"))),
     };
@@ -423,6 +442,7 @@ struct Body<'a, R, C> {
 impl<R: Read, C: Fn(u64, String) -> StorageError> Body<'_, R, C> {
     fn chunks(
         self,
+        version: u32,
         load: &mut impl FnMut(SnapshotPart<'_>) -> Result<(), InvalidPart>,
     ) -> Result<(u64, u64, u32), StorageError> {
         let corrupt = self.corrupt;
@@ -454,9 +474,16 @@ impl<R: Read, C: Fn(u64, String) -> StorageError> Body<'_, R, C> {
                 offset,
                 body,
             };
-            users += chunk.users as u64;
-            marks += chunk.marks;
-            load(SnapshotPart::Chunk(chunk)).map_err(|InvalidPart(reason)| corrupt(offset, reason))?;
+            let part = if chunk.shard != META_SHARD {
+                users += chunk.users as u64;
+                marks += chunk.marks;
+                SnapshotPart::Chunk(chunk)
+            } else if version == FORMAT_WITH_META && chunk.users == 0 && chunk.marks == 0 {
+                SnapshotPart::Meta(chunk.body)
+            } else {
+                return Err(corrupt(offset, format!("a metadata chunk in a format {version} snapshot")));
+            };
+            load(part).map_err(|InvalidPart(reason)| corrupt(offset, reason))?;
             offset += CHUNK_HEADER_LEN as u64 + len;
         }
         Ok((users, marks, crcs.finalize()))
@@ -526,10 +553,29 @@ mod tests {
             got.push(match part {
                 SnapshotPart::Chunk(c) => (c.shard as u64, c.users as u64, c.body),
                 SnapshotPart::User { user, marks, portable } => (user, marks, portable.to_vec()),
+                SnapshotPart::Meta(body) => (u64::from(META_SHARD), 0, body),
             });
             Ok(())
         })?;
         Ok((info, got))
+    }
+
+    #[test]
+    fn a_metadata_chunk_makes_format_3_and_reads_back_apart_from_the_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SnapshotWriter::create(dir.path(), Lsn(9), Epoch(2)).unwrap();
+        w.add_chunk(0, 1, 2, 1, b"ab").unwrap();
+        w.add_meta(b"owned").unwrap();
+        let info = w.finish().unwrap();
+        assert_eq!(info.version, FORMAT_WITH_META);
+        let (read, pieces) = read_all(&info.path).unwrap();
+        assert_eq!((read.version, read.users, read.marks), (FORMAT_WITH_META, 1, 2));
+        assert_eq!(pieces[1], (u64::from(META_SHARD), 0, b"owned".to_vec()));
+        // Without metadata the file stays format 2, and there a metadata chunk is damage.
+        let plain = write(dir.path(), 10, &[(0, 1, 2, b"ab"), (META_SHARD, 0, 0, b"x")]);
+        assert_eq!(plain.version, FORMAT_VERSION);
+        let e = read_all(&plain.path).unwrap_err().to_string();
+        assert!(e.contains("metadata chunk in a format 2 snapshot"), "{e}");
     }
 
     #[test]

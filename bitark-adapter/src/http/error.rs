@@ -55,6 +55,15 @@ pub struct ErrorBody {
     /// its key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problems: Option<Vec<String>>,
+    /// With `wrong_shard`: the newest shard map version the node knows; a router
+    /// refreshes its map only when this is newer than its own.
+    #[serde(rename = "mapVersion", skip_serializing_if = "Option::is_none")]
+    pub map_version: Option<u64>,
+    /// With `wrong_shard`: the group that owns the user, when the node knows it (its
+    /// master, when known, is `masterUrl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "eu-2")]
+    pub group: Option<String>,
 }
 
 /// An error answered to an HTTP client.
@@ -94,6 +103,12 @@ pub enum ApiError {
     /// 409: the user would hold more marks than `limits.max-marks-per-user`.
     #[error("{0}")]
     MarkLimit(String),
+    /// 409 `wrong_shard`: the user belongs to another replication group.
+    #[error(transparent)]
+    WrongShard(#[from] bitark_engine::WrongShard),
+    /// 409 `stale_ownership`: an ownership of an older shard map than the one in force.
+    #[error("{0}")]
+    StaleOwnership(String),
     /// 503: recovery has not finished yet.
     #[error("the node is starting (recovering its state); retry shortly")]
     Starting,
@@ -197,6 +212,8 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::MarkLimit(_) => (StatusCode::CONFLICT, "mark_limit"),
+            ApiError::WrongShard(_) => (StatusCode::CONFLICT, "wrong_shard"),
+            ApiError::StaleOwnership(_) => (StatusCode::CONFLICT, "stale_ownership"),
             ApiError::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::TooManyConnections(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
@@ -343,6 +360,8 @@ impl From<WriteError> for ApiError {
             WriteError::OutcomeUnknown(message) => ApiError::OutcomeUnknown(message),
             WriteError::Stopped(message) => ApiError::WritePathFailed(message),
             WriteError::MarkLimit(message) => ApiError::MarkLimit(message),
+            WriteError::WrongShard(refused) => ApiError::WrongShard(refused),
+            stale @ WriteError::StaleOwnership { .. } => ApiError::StaleOwnership(stale.to_string()),
             WriteError::LeaseLapsed(message) => ApiError::LeaseLapsed(message),
             WriteError::NotMaster { master_url } => ApiError::NotMaster { location: master_url.clone(), master_url },
             fenced @ WriteError::Fenced { .. } => {
@@ -394,6 +413,8 @@ impl ApiError {
             required: None,
             token: None,
             problems: None,
+            map_version: None,
+            group: None,
         };
         match self {
             ApiError::NotMaster { master_url, .. } => body.master_url = Some(master_url.clone()),
@@ -412,6 +433,11 @@ impl ApiError {
             ApiError::WriteLost { token, .. } => body.token = Some(token.clone()),
             ApiError::InvalidConfig(problems) => body.problems = Some(problems.clone()),
             ApiError::ReadFromMaster { master_url, .. } => body.master_url = Some(master_url.clone()),
+            ApiError::WrongShard(refused) => {
+                body.map_version = Some(refused.map_version);
+                body.group = refused.owner.as_ref().map(|g| g.to_string());
+                body.master_url = refused.owner_master.clone();
+            }
             _ => {}
         }
         body

@@ -248,12 +248,14 @@ pub struct RangeQuery {
     pub consistency: Option<ConsistencyParam>,
 }
 
-/// The node, once it holds the position the query asks for (`minLsn`, `token`).
+/// The node, once it holds the position the query asks for (`minLsn`, `token`), if its
+/// group serves `user`.
 /// The node is borrowed from `state`, not cloned: a clone is an atomic increment and
 /// decrement of one counter that every runtime thread's reads would share. `path` is the
 /// request's path, for a redirect to the master.
 async fn consistent_node<'s>(
     state: &'s AppState,
+    user: u64,
     query: &QueryParams,
     path: impl Fn() -> String,
 ) -> Result<Consistent<'s>, ApiError> {
@@ -261,6 +263,7 @@ async fn consistent_node<'s>(
     if node.is_replacing() {
         return Err(ApiError::Replacing);
     }
+    node.check_owner(user)?;
     if query.is_empty() {
         // The common read asks for no position: whatever is applied now.
         return Ok(Consistent { node, lsn: node.applied_lsn(), level: Level::default_on(node) });
@@ -515,7 +518,7 @@ pub async fn is_read(State(state): State<AppState>, ids: UserMsg, query: QueryPa
 pub(crate) async fn read_status(state: &AppState, ids: UserMsg, query: &QueryParams) -> Result<ReadStatus, ApiError> {
     // The path is rebuilt only for a redirect: the ids in their canonical form.
     let path = || format!("/api/v1/users/{}/reads/{}", ids.user, ids.msg);
-    let read = consistent_node(state, query, path).await?;
+    let read = consistent_node(state, ids.user, query, path).await?;
     let answer = ReadStatus { read: read.node.is_read(ids.user, ids.msg), lsn: read.lsn.0 };
     read.answer(answer, || query.after(&path())).await
 }
@@ -579,7 +582,7 @@ pub async fn check(
     query: QueryParams,
     ApiJson(body): ApiJson<CheckRequest>,
 ) -> Result<Json<CheckResult>, ApiError> {
-    let read = consistent_node(&state, &query, || uri.path().to_string()).await?;
+    let read = consistent_node(&state, user, &query, || uri.path().to_string()).await?;
     read.node.validate_batch_len(body.msg_ids.len())?;
     let ids: Vec<u64> = body.msg_ids.into_iter().map(|id| id.0).collect();
     let answer = CheckResult { read: read.node.check(user, &ids), lsn: read.lsn.0 };
@@ -605,7 +608,7 @@ pub async fn unread_count(
     query: QueryParams,
 ) -> Result<Json<UnreadCount>, ApiError> {
     let (from, to) = (query.required_id("from")?, query.required_id("to")?);
-    let read = consistent_node(&state, &query, || uri.path().to_string()).await?;
+    let read = consistent_node(&state, user, &query, || uri.path().to_string()).await?;
     let answer = UnreadCount { unread: read.node.unread_count(user, from, to)?, lsn: read.lsn.0 };
     read.answer(Json(answer), || query.after(uri.path())).await
 }

@@ -12,7 +12,7 @@ use utoipa::IntoResponses;
 pub(crate) enum WriteRefusals {
     #[response(
         status = 409,
-        description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks"
+        description = "`not_master`: this node is a slave, or a newer epoch has another master (with `masterUrl` and a `Location` header when known; the write was not acknowledged); `mark_limit`: the user would hold more than `limits.max-marks-per-user` marks; `wrong_shard`: the user belongs to another replication group (with `mapVersion`, and `group` and `masterUrl` of the owner when known; not logged)"
     )]
     NotMaster(ErrorBody),
     #[response(
@@ -43,7 +43,7 @@ pub(crate) enum WriteRefusals {
 pub(crate) enum ReadRefusals {
     #[response(
         status = 409,
-        description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader or linearizable read (`consistency=leader` is the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known"
+        description = "`write_lost`: the write `token` names was lost in a failover; `not_master`: a leader or linearizable read (`consistency=leader` is the default on a master under failover) on a slave or a fenced master, with `masterUrl` and `Location` when known; `wrong_shard`: the user belongs to another replication group (with `mapVersion`, and `group` and `masterUrl` of the owner when known)"
     )]
     LostOrNotLeader(ErrorBody),
 }

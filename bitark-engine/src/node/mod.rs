@@ -23,6 +23,7 @@ use std::time::SystemTime;
 mod backup;
 mod fencing;
 mod open;
+mod ownership;
 mod reads;
 mod replica;
 mod roles;
@@ -70,6 +71,11 @@ pub(crate) struct Inner {
     pub(crate) hub: RwLock<Option<MasterHub>>,
     /// The online backups this node serves.
     pub(crate) backups: crate::backup::Backups,
+    /// Orders ownership checks of writes against changes of ownership
+    /// (`ownership.rs`): writes hold it shared from check to proposal.
+    ownership_gate: RwLock<()>,
+    /// The shard directory, to name the owner of a user this node refuses.
+    shards: crate::sharding::ShardView,
     /// Held for the life of the node: the OS lock on `<data-dir>/LOCK`.
     _lock: DirLock,
 }

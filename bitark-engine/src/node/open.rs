@@ -134,6 +134,8 @@ impl Node {
                 }),
                 backups: Default::default(),
                 hub: RwLock::new(None),
+                ownership_gate: RwLock::new(()),
+                shards: Default::default(),
                 _lock: lock,
             }),
         })

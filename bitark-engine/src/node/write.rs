@@ -9,6 +9,10 @@ use crate::replication::ack::AckShortfall;
 use bitark_common::{Command, Lsn, Record};
 use bitark_infra::wal::{AppendOutcome, ProposeError};
 use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
+
+/// A write handed to the log, answered once it is durable and applied.
+pub(super) type Pending = tokio::sync::oneshot::Receiver<Result<Lsn, ProposeError>>;
 
 impl Node {
     /// Checks a command against the configured limits.
@@ -47,12 +51,7 @@ impl Node {
     /// Logs, fsyncs and applies `command`; answers its LSN once it is durable (under
     /// the configured fsync policy) and visible to readers.
     pub async fn write(&self, command: Command) -> Result<Lsn, WriteError> {
-        if self.is_slave() {
-            return Err(WriteError::NotMaster { master_url: self.master_url() });
-        }
-        if self.inner.wal.is_fenced() {
-            return Err(self.fenced_error());
-        }
+        self.admit_write()?;
         self.validate(&command)?;
         let metrics = &self.inner.state.metrics;
         let admitted = self.inner.memory.admit(&command).and_then(|()| {
@@ -63,9 +62,40 @@ impl Node {
             metrics.writes_rejected.with_label_values(&[reason]).inc();
             return Err(e);
         }
-        let pending = self.inner.wal.propose(command).inspect_err(|e| {
+        let pending = {
+            // Checked and proposed under one shared hold of the gate (see `ownership.rs`).
+            let _gate = self.inner.ownership_gate.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(user) = command.user() {
+                self.check_owner(user).inspect_err(|_| {
+                    metrics.writes_rejected.with_label_values(&["wrong-shard"]).inc();
+                })?;
+            }
+            self.propose(command)?
+        };
+        self.finish_write(pending).await
+    }
+
+    /// Refuses a write on a slave or on a master a newer epoch fenced.
+    pub(super) fn admit_write(&self) -> Result<(), WriteError> {
+        if self.is_slave() {
+            return Err(WriteError::NotMaster { master_url: self.master_url() });
+        }
+        if self.inner.wal.is_fenced() {
+            return Err(self.fenced_error());
+        }
+        Ok(())
+    }
+
+    /// Hands `command` to the group-commit writer, in the order of the calls.
+    pub(super) fn propose(&self, command: Command) -> Result<Pending, WriteError> {
+        let metrics = &self.inner.state.metrics;
+        Ok(self.inner.wal.propose(command).inspect_err(|e| {
             metrics.writes_rejected.with_label_values(&[reject_reason(e)]).inc();
-        })?;
+        })?)
+    }
+
+    /// Waits for a proposed write to be durable and applied.
+    pub(super) async fn finish_write(&self, pending: Pending) -> Result<Lsn, WriteError> {
         match pending.await {
             Ok(Err(ProposeError::Fenced)) => Err(self.fenced_error()),
             Ok(result) => Ok(result?),

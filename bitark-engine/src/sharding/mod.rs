@@ -1,5 +1,6 @@
 //! Many replication groups, each owning part of the users: the shard map kept in etcd
-//! (`store.rs`) and the keys each group keeps under its own prefix.
+//! (`store.rs`), what a node or router knows of
+//! the other groups (`directory.rs`), and the keys each group keeps under its own prefix.
 //!
 //! Keys, under `coordination.etcd.prefix`:
 //! - `<prefix>/shards/map`: the [`bitark_common::ShardMap`], JSON, changed by
@@ -7,8 +8,10 @@
 //! - `<prefix>/groups/<group>/…`: a group's own coordination keys (`leader`, `epoch`,
 //!   `acked`, `members/<node id>`), as an unsharded cluster keeps them at `<prefix>/…`.
 
+mod directory;
 mod store;
 
+pub use directory::{follow, read_directory, Directory, ShardView, WatchState};
 pub use store::{map_key, MapKv, ShardError, ShardMapStore, Versioned};
 
 use bitark_common::GroupId;

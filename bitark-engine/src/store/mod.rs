@@ -41,9 +41,9 @@ pub(crate) use snapshot::LoadError;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bitark_common::Command;
+use bitark_common::{Command, Ownership};
 use hashbrown::HashTable;
 use roaring::RoaringTreemap;
 
@@ -64,6 +64,9 @@ pub struct ReadStore {
     users: AtomicU64,
     /// Sum of the shards' `marks`.
     marks: AtomicU64,
+    /// The ranges of the shard map this node's group serves, as its log last set them;
+    /// `None` on a node that is not sharded. Read on every request, set by the log.
+    ownership: arc_swap::ArcSwapOption<Ownership>,
 }
 
 #[derive(Default)]
@@ -104,7 +107,18 @@ impl ReadStore {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             users: AtomicU64::new(0),
             marks: AtomicU64::new(0),
+            ownership: arc_swap::ArcSwapOption::empty(),
         }
+    }
+
+    /// The ownership the log last set, if any.
+    pub fn ownership(&self) -> Option<Arc<Ownership>> {
+        self.ownership.load_full()
+    }
+
+    /// Whether this node's group serves `user`: always on a node that is not sharded.
+    pub fn owns(&self, user: u64) -> bool {
+        self.ownership.load().as_ref().is_none_or(|own| own.owns(user))
     }
 
     /// Applies one command. Unreading an id that is not read changes nothing, and a user
@@ -115,6 +129,10 @@ impl ReadStore {
             Command::MarkUnread { user, msg } => (*user, Edit::Remove(*msg)),
             Command::MarkBatch { user, msgs } => (*user, Edit::InsertMany(msgs)),
             Command::MarkRange { user, from, to } => (*user, Edit::InsertRange { from: *from, to: *to }),
+            Command::SetOwnership(own) => {
+                self.ownership.store(Some(Arc::new(own.clone())));
+                return;
+            }
         };
         let slot = Slot::of(user);
         let mut shard = self.write(slot.shard);
@@ -221,8 +239,9 @@ impl ReadStore {
         self.account(&mut shard, delta);
     }
 
-    /// Removes every user.
+    /// Removes every user, and the ownership.
     pub fn clear(&self) {
+        self.ownership.store(None);
         for lock in self.shards.iter() {
             // The old tables are dropped after the lock is released, so readers of this
             // shard do not wait while millions of entries are freed.

@@ -42,10 +42,41 @@ pub(crate) enum LoadError {
     Counts { said_users: u64, said_marks: u64, users: u64, marks: u64 },
     #[error("user {user}: entry says {said} marks, set holds {held}")]
     Marks { user: u64, said: u64, held: u64 },
+    #[error("a metadata chunk: {0}")]
+    Meta(&'static str),
     #[error("snapshot worker panicked")]
     WorkerPanicked,
 }
 use crate::readset::{self, NewForm, KEY_LEN, PACKED_MAX};
+
+/// The first byte of a metadata chunk: what it holds.
+const META_OWNERSHIP: u8 = 1;
+
+impl ReadStore {
+    /// The snapshot's metadata chunk, for `SnapshotWriter::add_meta`: `kind u8 |
+    /// payload`, today only the ownership (`1 |` [`bitark_common::Ownership::encode`]).
+    /// `None` on a node that is not sharded, whose snapshots then keep format 2.
+    pub fn encode_meta(&self) -> Option<Vec<u8>> {
+        let own = self.ownership()?;
+        let mut body = Vec::with_capacity(1 + own.encoded_len());
+        body.push(META_OWNERSHIP);
+        own.encode(&mut body);
+        Some(body)
+    }
+
+    /// Takes a snapshot's metadata chunk back.
+    pub(crate) fn load_meta(&self, body: &[u8]) -> Result<(), LoadError> {
+        match body.split_first() {
+            Some((&META_OWNERSHIP, payload)) => {
+                let own = bitark_common::Ownership::decode(payload).map_err(LoadError::Meta)?;
+                self.apply(&bitark_common::Command::SetOwnership(own));
+                Ok(())
+            }
+            Some(_) => Err(LoadError::Meta("unknown kind")),
+            None => Err(LoadError::Meta("empty")),
+        }
+    }
+}
 
 /// One chunk of a shard's entries, ready for `SnapshotWriter::add_chunk`.
 #[derive(Debug, Default)]

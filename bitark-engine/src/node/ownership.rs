@@ -1,0 +1,67 @@
+//! Which users this node's group serves: the [`Ownership`] its log last set, checked on
+//! every read and write of a user, and the one way to change it, a logged record.
+//!
+//! The check and the change are ordered by the ownership gate: a write checks under the
+//! gate's shared hold and is proposed to the log before the hold ends, and a change of
+//! ownership is proposed under the exclusive hold. So every write in the log before an
+//! ownership record was admitted under the ownership before it, and none after it under
+//! an older one. A node without ownership (not sharded) serves every user.
+
+use super::Node;
+use crate::error::{WriteError, WrongShard};
+use crate::sharding::ShardView;
+use bitark_common::{Command, Lsn, Ownership};
+use std::sync::{Arc, PoisonError};
+
+impl Node {
+    /// The ownership the log last set; `None` on a node that is not sharded.
+    pub fn ownership(&self) -> Option<Arc<Ownership>> {
+        self.inner.state.store.ownership()
+    }
+
+    /// Whether this node's group serves `user`; the refusal names the group and map
+    /// version otherwise.
+    pub fn check_owner(&self, user: u64) -> Result<(), WrongShard> {
+        if self.inner.state.store.owns(user) {
+            return Ok(());
+        }
+        let own = self.ownership().expect("only a node with ownership refuses a user");
+        let directory = self.inner.shards.get();
+        let (owner, owner_master) = match &directory {
+            Some(d) => {
+                let (group, master) = d.owner_of(user);
+                (Some(group.clone()), master.map(str::to_string))
+            }
+            None => (None, None),
+        };
+        let map_version = own.map_version.max(directory.map_or(0, |d| d.map.version));
+        Err(WrongShard { user, group: own.group.clone(), map_version, owner, owner_master })
+    }
+
+    /// What this node knows of the other groups (filled by
+    /// [`crate::sharding::follow`] on a sharded node).
+    pub fn shard_view(&self) -> &ShardView {
+        &self.inner.shards
+    }
+
+    /// Logs `ownership` as the ranges this group serves from now on, through the same
+    /// write path as a user's write (master only, durable when answered). A map version
+    /// older than the one in force is refused as stale, the same one is answered with
+    /// no new record.
+    pub async fn set_ownership(&self, ownership: Ownership) -> Result<Option<Lsn>, WriteError> {
+        let pending = {
+            let _gate = self.inner.ownership_gate.write().unwrap_or_else(PoisonError::into_inner);
+            if let Some(now) = self.ownership() {
+                if *now == ownership {
+                    return Ok(None);
+                }
+                if now.map_version > ownership.map_version {
+                    return Err(WriteError::StaleOwnership { now: now.map_version, given: ownership.map_version });
+                }
+            }
+            self.admit_write()?;
+            self.propose(Command::SetOwnership(ownership))?
+        };
+        self.finish_write(pending).await.map(Some)
+    }
+}
