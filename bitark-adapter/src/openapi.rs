@@ -9,6 +9,7 @@ use crate::http::backup;
 use crate::http::error;
 use crate::http::extract;
 use crate::http::reads;
+use crate::http::receipts;
 use crate::http::replication;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -28,6 +29,7 @@ use utoipa::{Modify, OpenApi};
     ),
     paths(
         reads::mark_read, reads::mark_unread, reads::is_read, reads::mark_many, reads::check, reads::unread_count,
+        receipts::readers, receipts::check_pairs,
         actuator::health, actuator::liveness, actuator::readiness, actuator::info, actuator::prometheus,
         actuator::configprops, replication::replication_status, admin::snapshot, admin::digest,
         admin::promote, admin::demote, admin::change_features, admin::refresh,

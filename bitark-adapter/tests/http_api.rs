@@ -715,3 +715,60 @@ async fn internal_bodies_may_exceed_the_api_bound() {
     let (status, answer) = s.post("/api/v1/users/1/reads", body).await;
     assert_error(&(status, answer), StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "size limit");
 }
+
+#[tokio::test]
+async fn read_receipts_and_pair_checks_answer_in_request_order() {
+    let s = start();
+    for (user, msg) in [(1u64, 10u64), (3, 10), (3, 11), (u64::MAX, 10)] {
+        assert_eq!(s.call(Method::PUT, &format!("/api/v1/users/{user}/reads/{msg}"), None).await.0, StatusCode::OK);
+    }
+    let users = json!({"userIds": [3, "1", 2, "18446744073709551615", 3]});
+    let (status, body) = s.post("/api/v1/messages/10/readers", users).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"read": [true, true, false, true, true], "unavailable": []}));
+    let pairs =
+        json!({"pairs": [{"userId": 3, "msgId": 11}, {"userId": 1, "msgId": 11}, {"userId": "1", "msgId": "10"}]});
+    let (status, body) = s.post("/api/v1/reads/check", pairs).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["read"], json!([true, false, true]));
+
+    let many: Vec<u64> = (0..101).collect();
+    let too_many = s.post("/api/v1/messages/10/readers", json!({ "userIds": many })).await;
+    assert_error(&too_many, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", "101");
+    let bad = s.post("/api/v1/messages/10/readers", json!({"userIds": [-1]})).await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "invalid_body", "negative");
+    let bad = s.post("/api/v1/messages/x/readers", json!({"userIds": [1]})).await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "invalid_id", "msgId");
+    let bad = s.post("/api/v1/reads/check", json!({"pairs": [{"userId": 1}]})).await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "invalid_body", "msgId");
+}
+
+#[tokio::test]
+async fn a_user_of_another_group_is_409_wrong_shard_on_every_path_and_nothing_is_logged() {
+    use bitark_common::{GroupId, ShardMap};
+    let s = start();
+    let map = ShardMap::even(&[GroupId::new("a").unwrap(), GroupId::new("b").unwrap()]).unwrap();
+    s.node.set_ownership(map.ownership(&GroupId::new("a").unwrap())).await.unwrap();
+    let theirs = (1..).find(|u| map.owner_of(*u).group.as_str() == "b").unwrap();
+    let mine = (1..).find(|u| map.owner_of(*u).group.as_str() == "a").unwrap();
+    let applied = s.node.applied_lsn();
+    let refused = [
+        s.call(Method::PUT, &format!("/api/v1/users/{theirs}/reads/5"), None).await,
+        s.call(Method::DELETE, &format!("/api/v1/users/{theirs}/reads/5"), None).await,
+        s.post(&format!("/api/v1/users/{theirs}/reads"), json!({"msgIds": [1, 2]})).await,
+        s.get(&format!("/api/v1/users/{theirs}/reads/5")).await,
+        s.post(&format!("/api/v1/users/{theirs}/reads/check"), json!({"msgIds": [1]})).await,
+        s.get(&format!("/api/v1/users/{theirs}/unread-count?from=1&to=5")).await,
+        s.post("/api/v1/messages/5/readers", json!({"userIds": [mine, theirs]})).await,
+        s.post("/api/v1/reads/check", json!({"pairs": [{"userId": theirs, "msgId": 5}]})).await,
+    ];
+    for answer in &refused {
+        assert_error(answer, StatusCode::CONFLICT, "wrong_shard", &format!("user {theirs} is not served by group a"));
+        assert_eq!(answer.1["mapVersion"], 1, "{}", answer.1);
+    }
+    assert_eq!(s.node.applied_lsn(), applied, "nothing refused was logged");
+    let ok = s.call(Method::PUT, &format!("/api/v1/users/{mine}/reads/5"), None).await;
+    assert_eq!(ok.0, StatusCode::OK, "{}", ok.1);
+    let ok = s.get(&format!("/api/v1/users/{mine}/reads/5")).await;
+    assert_eq!(ok.1["read"], true);
+}

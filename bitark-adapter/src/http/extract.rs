@@ -246,6 +246,13 @@ impl<'de> Deserialize<'de> for FlexU64 {
     }
 }
 
+impl serde::Serialize for FlexU64 {
+    /// As a decimal string, which every JSON reader holds exactly.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
 impl utoipa::PartialSchema for FlexU64 {
     fn schema() -> RefOr<Schema> {
         OneOfBuilder::new()

@@ -15,6 +15,7 @@ pub mod body;
 pub mod error;
 pub mod extract;
 pub mod reads;
+pub mod receipts;
 pub mod refusals;
 pub mod replication;
 pub mod routes;
@@ -62,6 +63,7 @@ pub fn router_of(state: AppState, which: Routes) -> Api {
     if which != Routes::Management {
         table = table
             .merge(reads::router())
+            .merge(receipts::router())
             .merge(replication::internal_router(state.clone()))
             .route("/openapi.json", get(openapi_document));
     }
