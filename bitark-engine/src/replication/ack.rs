@@ -2,7 +2,7 @@
 //! only once enough slaves hold it durably, or with exactly what is known when
 //! `replication.ack-timeout` runs out.
 //!
-//! Senders bump [`HubInner::acks`] on every acknowledgement; a waiting write looks at
+//! Senders tell the hub of every acknowledgement ([`HubInner::acked`]); a waiting write looks at
 //! the links again on each bump, and at least every [`RECHECK`] so that a slave that
 //! stops being ALIVE while the write waits stops being waited for.
 
@@ -11,8 +11,6 @@ use super::status::SlaveState;
 use super::MasterHub;
 use crate::config::AckMode;
 use bitark_common::Lsn;
-use std::sync::atomic::Ordering;
-use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 /// Longest a waiting write goes without looking at the slaves' states again.
@@ -45,8 +43,8 @@ pub enum AckShortfall {
 impl MasterHub {
     /// ALIVE slaves now.
     pub fn alive_slaves(&self) -> usize {
-        let slaves = self.inner.slaves.read().unwrap_or_else(PoisonError::into_inner);
-        slaves.values().filter(|l| !l.is_closed() && l.lock().state() == SlaveState::Alive).count()
+        let slaves = self.inner.read_links();
+        slaves.iter().filter(|l| !l.is_closed() && l.lock().state() == SlaveState::Alive).count()
     }
 
     /// Whether a write under `mode` may be logged at all: enough ALIVE slaves exist, or
@@ -66,10 +64,9 @@ impl MasterHub {
         let hub = &self.inner;
         let started = Instant::now();
         let deadline = started + hub.config().ack_timeout;
-        let mut acks = hub.acks.subscribe();
+        let mut acks = hub.subscribe_acks();
         // Senders holding back a small batch send it now.
-        hub.ack_wanted.fetch_max(lsn.0, Ordering::AcqRel);
-        hub.hurry.notify_waiters();
+        hub.want_ack(lsn);
         let result = loop {
             let count = count(hub, lsn, mode);
             if count.done() {
@@ -82,9 +79,9 @@ impl MasterHub {
             let _ = tokio::time::timeout((deadline - now).min(RECHECK), acks.changed()).await;
         };
         let label = [mode.as_str()];
-        hub.metrics.replication_ack_wait_seconds.with_label_values(&label).observe(started.elapsed().as_secs_f64());
+        hub.metrics().replication_ack_wait_seconds.with_label_values(&label).observe(started.elapsed().as_secs_f64());
         if result.is_err() {
-            hub.metrics.replication_ack_timeouts.with_label_values(&label).inc();
+            hub.metrics().replication_ack_timeouts.with_label_values(&label).inc();
         }
         result
     }
@@ -103,8 +100,8 @@ fn required_alive(hub: &HubInner, mode: AckMode) -> usize {
 /// Slaves holding `lsn`, and how many the mode needs now: `semi` a fixed number, `all`
 /// every slave that holds it plus every ALIVE slave that does not yet.
 fn count(hub: &HubInner, lsn: Lsn, mode: AckMode) -> AckCount {
-    let slaves = hub.slaves.read().unwrap_or_else(PoisonError::into_inner);
-    let views = slaves.values().filter(|l| !l.is_closed()).map(|link| {
+    let slaves = hub.read_links();
+    let views = slaves.iter().filter(|l| !l.is_closed()).map(|link| {
         let s = link.lock();
         AckView { verified: s.verified, state: s.state(), last_ack: s.last_ack, progress: s.features.progress }
     });

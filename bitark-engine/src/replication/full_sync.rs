@@ -32,7 +32,7 @@ use bitark_infra::fullsync::{chunk_checksum, file_checksum, read_chunk};
 use bitark_infra::snapshot::list_snapshots;
 use bitark_infra::wal::{CursorRead, WalCursor};
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Why a full-sync call was refused.
@@ -57,7 +57,7 @@ pub enum FullSyncError {
 
 /// The registered link of `slave` in `session`, if any.
 fn link_of(hub: &HubInner, slave: &str, session: &str) -> Option<Arc<SlaveLink>> {
-    let link = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).get(slave).cloned()?;
+    let link = hub.link(slave)?;
     let same = link.lock().slave_session == session;
     same.then_some(link)
 }
@@ -73,7 +73,7 @@ pub(crate) async fn current_snapshot(
     pin: Option<u64>,
 ) -> Result<(PathBuf, SnapshotRef), FullSyncError> {
     let storage = |e: bitark_infra::StorageError| FullSyncError::Storage(e.to_string());
-    let dir = hub.dir.snapshots();
+    let dir = hub.dir().snapshots();
     let newest = {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || list_snapshots(&dir))
@@ -91,7 +91,7 @@ pub(crate) async fn current_snapshot(
     let (lsn, path) = match chosen {
         Some(chosen) => chosen,
         None => {
-            let info = hub.state.snapshots.now().await.map_err(|e| match e {
+            let info = hub.state().snapshots.now().await.map_err(|e| match e {
                 SnapshotError::Busy => FullSyncError::Storage("the snapshotter is busy".into()),
                 e => FullSyncError::Storage(e.to_string()),
             })?;
@@ -99,10 +99,10 @@ pub(crate) async fn current_snapshot(
         }
     };
     if let Some(id) = pin {
-        hub.state.retention.pin(id, lsn, Instant::now() + hub.config().full_sync.pin_timeout);
+        hub.state().retention.pin(id, lsn, Instant::now() + hub.config().full_sync.pin_timeout);
     }
     let cached = {
-        let transfers = hub.full_sync.lock();
+        let transfers = hub.transfers();
         let size = file_len(&path).ok();
         size.and_then(|size| transfers.checksums.get(&(lsn.0, size)).map(|crc| (size, *crc)))
     };
@@ -114,7 +114,7 @@ pub(crate) async fn current_snapshot(
                 .await
                 .map_err(|e| FullSyncError::Storage(e.to_string()))?
                 .map_err(storage)?;
-            hub.full_sync.lock().checksums.insert((lsn.0, size), crc);
+            hub.transfers().checksums.insert((lsn.0, size), crc);
             (size, crc)
         }
     };
@@ -126,7 +126,7 @@ pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Resu
     let link = link_of(hub, &request.slave_id, &request.session)
         .ok_or_else(|| FullSyncError::NotRegistered(request.slave_id.clone()))?;
     // Going on with a transfer it has.
-    if let Some((id, t)) = hub.full_sync.lock().running.iter().find(|(_, t)| t.slave == request.slave_id) {
+    if let Some((id, t)) = hub.transfers().running.iter().find(|(_, t)| t.slave == request.slave_id) {
         if t.session == request.session {
             return Ok(granted(hub, *id, t.snapshot, t.chunk_size));
         }
@@ -141,7 +141,7 @@ pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Resu
     // A transfer of an earlier process of the slave ends here.
     end_transfers_of_gone(hub, &request.slave_id);
     {
-        let mut transfers = hub.full_sync.lock();
+        let mut transfers = hub.transfers();
         if !transfers.queue.contains(&request.slave_id) {
             transfers.queue.push_back(request.slave_id.clone());
         }
@@ -161,20 +161,20 @@ pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Resu
         }
     }
     let id = {
-        let mut transfers = hub.full_sync.lock();
+        let mut transfers = hub.transfers();
         transfers.next_id += 1;
         let id = transfers.next_id;
         transfers.starting.insert(request.slave_id.clone(), id);
         id
     };
     let found = current_snapshot(hub, request.resume, Some(id)).await;
-    let mut transfers = hub.full_sync.lock();
+    let mut transfers = hub.transfers();
     transfers.starting.remove(&request.slave_id);
     transfers.queue.retain(|s| *s != request.slave_id);
     let (path, snapshot) = match found {
         Ok(found) => found,
         Err(e) => {
-            hub.state.retention.unpin(id);
+            hub.state().retention.unpin(id);
             return Err(e);
         }
     };
@@ -199,7 +199,7 @@ pub(crate) async fn start(hub: &Arc<HubInner>, request: FullSyncRequest) -> Resu
     }
     drop(transfers);
     let outcome = if resumed { "resumed" } else { "started" };
-    hub.metrics.full_syncs.with_label_values(&[outcome]).inc();
+    hub.metrics().full_syncs.with_label_values(&[outcome]).inc();
     tracing::info!(slave = %request.slave_id, id, lsn = snapshot.lsn, bytes = snapshot.size, outcome, "full sync");
     {
         let mut s = link.lock();
@@ -246,7 +246,7 @@ pub(crate) async fn chunk(
     offset: u64,
 ) -> Result<(Vec<u8>, u32), FullSyncError> {
     let rate = hub.config().full_sync.max_bytes_per_second.as_u64();
-    let plan = hub.full_sync.lock().plan_chunk(id, session, offset, rate);
+    let plan = hub.transfers().plan_chunk(id, session, offset, rate);
     let ChunkPlan { path, size, len, not_before } = plan.map_err(|refused| match refused {
         ChunkRefused::Unknown => FullSyncError::UnknownTransfer(id),
         ChunkRefused::BadOffset { size } => FullSyncError::BadOffset { offset, size },
@@ -263,7 +263,7 @@ pub(crate) async fn chunk(
         Ok(bytes) => bytes,
         // The snapshot went (a pin that expired): the slave must ask for a new transfer.
         Err(_) if !path.exists() => {
-            let slave = hub.full_sync.lock().running.get(&id).map(|t| t.slave.clone());
+            let slave = hub.transfers().running.get(&id).map(|t| t.slave.clone());
             if let Some(slave) = slave {
                 end_transfers_of(hub, &slave, "failed");
             }
@@ -273,14 +273,14 @@ pub(crate) async fn chunk(
     };
     let crc = chunk_checksum(&bytes);
     let slave = {
-        let mut transfers = hub.full_sync.lock();
+        let mut transfers = hub.transfers();
         let Some(t) = transfers.running.get_mut(&id) else { return Err(FullSyncError::UnknownTransfer(id)) };
         t.last_progress = Instant::now();
-        hub.state.retention.pin(id, Lsn(t.snapshot.lsn), Instant::now() + hub.config().full_sync.pin_timeout);
+        hub.state().retention.pin(id, Lsn(t.snapshot.lsn), Instant::now() + hub.config().full_sync.pin_timeout);
         t.slave.clone()
     };
-    hub.metrics.full_sync_bytes.inc_by(bytes.len() as u64);
-    if let Some(link) = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).get(&slave) {
+    hub.metrics().full_sync_bytes.inc_by(bytes.len() as u64);
+    if let Some(link) = hub.link(&slave) {
         let mut s = link.lock();
         if s.state() == SlaveState::FullSyncing {
             s.full_sync = Some((offset + bytes.len() as u64, size));
@@ -293,23 +293,23 @@ pub(crate) async fn chunk(
 /// its catch-up from the WAL. Called on registrations and heartbeats.
 pub(crate) fn progressed(hub: &HubInner, link: &SlaveLink, applied: Lsn) {
     let durable = hub.durable_lsn();
-    let mut transfers = hub.full_sync.lock();
-    let Some((&id, t)) = transfers.running.iter_mut().find(|(_, t)| t.slave == link.id) else { return };
+    let mut transfers = hub.transfers();
+    let Some((&id, t)) = transfers.running.iter_mut().find(|(_, t)| t.slave == link.id()) else { return };
     if t.catching_up_to.is_some() || applied < Lsn(t.snapshot.lsn) {
         return;
     }
     t.catching_up_to = Some(durable);
     t.last_progress = Instant::now();
     drop(transfers);
-    hub.state.retention.pin(id, applied, Instant::now() + hub.config().full_sync.pin_timeout);
+    hub.state().retention.pin(id, applied, Instant::now() + hub.config().full_sync.pin_timeout);
     let mut s = link.lock();
     s.last_ack = s.last_ack.max(applied);
     s.next_send = applied.next();
     s.set_state(if applied >= durable { SlaveState::Alive } else { SlaveState::Slow });
     s.behind_since = (applied < durable).then(Instant::now);
-    tracing::info!(slave = %link.id, %applied, "full-sync snapshot installed by the slave; catching it up from the WAL");
+    tracing::info!(slave = %link.id(), %applied, "full-sync snapshot installed by the slave; catching it up from the WAL");
     drop(s);
-    link.wake.notify_one();
+    link.wake();
 }
 
 const STALLED: &str = "its full sync made no progress within replication.full-sync.pin-timeout";
@@ -323,17 +323,18 @@ const OVERTAKEN: &str =
 /// slaves that left the cluster leave the queue.
 pub(crate) fn tick(hub: &HubInner) {
     let pin_timeout = hub.config().full_sync.pin_timeout;
-    let slaves = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).clone();
-    let mut transfers = hub.full_sync.lock();
+    let links = hub.links();
+    let link_named = |slave: &str| links.iter().find(|link| link.id() == slave);
+    let mut transfers = hub.transfers();
     // A slave that went DEAD, or left, gives its place up; it asks again when it is back.
     transfers.queue.retain(|slave| {
-        slaves.get(slave).is_some_and(|link| {
+        link_named(slave).is_some_and(|link| {
             matches!(link.lock().state(), SlaveState::FullSyncQueued | SlaveState::NeedsFullSync | SlaveState::Outdated)
         })
     });
     let mut ended = Vec::new();
     for (&id, t) in &transfers.running {
-        let link = slaves.get(&t.slave).filter(|link| link.lock().slave_session == t.session);
+        let link = link_named(&t.slave).filter(|link| link.lock().slave_session == t.session);
         match (link, t.catching_up_to) {
             (None, _) => ended.push((id, "failed", "the slave that held it is gone")),
             (Some(link), Some(target)) => {
@@ -345,7 +346,7 @@ pub(crate) fn tick(hub: &HubInner) {
                     // the pin must not hold the WAL for it.
                     ended.push((id, "failed", STALLED));
                 } else {
-                    hub.state.retention.pin(id, s.last_ack, Instant::now() + pin_timeout);
+                    hub.state().retention.pin(id, s.last_ack, Instant::now() + pin_timeout);
                 }
             }
             (Some(_), None) if t.last_progress.elapsed() >= pin_timeout => ended.push((id, "failed", STALLED)),
@@ -360,11 +361,11 @@ pub(crate) fn tick(hub: &HubInner) {
     let released = !ended.is_empty();
     for (id, outcome, why) in ended {
         if let Some(t) = transfers.running.remove(&id) {
-            hub.state.retention.unpin(id);
-            hub.metrics.full_syncs.with_label_values(&[outcome]).inc();
+            hub.state().retention.unpin(id);
+            hub.metrics().full_syncs.with_label_values(&[outcome]).inc();
             tracing::info!(slave = %t.slave, id, outcome, reason = why, "full-sync transfer ended");
             if outcome == "failed" {
-                if let Some(link) = slaves.get(&t.slave) {
+                if let Some(link) = link_named(&t.slave) {
                     let mut s = link.lock();
                     if s.state() == SlaveState::FullSyncing {
                         s.set_state(SlaveState::NeedsFullSync);
@@ -376,7 +377,7 @@ pub(crate) fn tick(hub: &HubInner) {
     }
     // A pin let go: what it held may be collected now, not at the next snapshot.
     if released {
-        hub.state.snapshots.collect();
+        hub.state().snapshots.collect();
     }
 }
 
@@ -394,18 +395,18 @@ pub(crate) fn end_transfers_of_gone(hub: &HubInner, slave: &str) {
 }
 
 fn end_transfers(hub: &HubInner, slave: &str, outcome: &str, grace: Option<Duration>) {
-    let mut transfers = hub.full_sync.lock();
+    let mut transfers = hub.transfers();
     let ids: Vec<u64> = transfers.running.iter().filter(|(_, t)| t.slave == slave).map(|(id, _)| *id).collect();
     if !ids.is_empty() && grace.is_none() {
-        hub.state.snapshots.collect();
+        hub.state().snapshots.collect();
     }
     for id in ids {
         transfers.running.remove(&id);
         match grace {
-            Some(grace) => hub.state.retention.expire_at(id, Instant::now() + grace),
-            None => hub.state.retention.unpin(id),
+            Some(grace) => hub.state().retention.expire_at(id, Instant::now() + grace),
+            None => hub.state().retention.unpin(id),
         }
-        hub.metrics.full_syncs.with_label_values(&[outcome]).inc();
+        hub.metrics().full_syncs.with_label_values(&[outcome]).inc();
     }
 }
 
@@ -419,7 +420,7 @@ pub enum PullAnswer {
 
 /// `pull(fromLsn)`: the next records, or the snapshot to full-sync from.
 pub(crate) async fn pull(hub: &Arc<HubInner>, from: Lsn) -> Result<PullAnswer, FullSyncError> {
-    let mut cursor = WalCursor::new(&hub.dir.wal(), from);
+    let mut cursor = WalCursor::new(&hub.dir().wal(), from);
     let (max, up_to) = (hub.config().batch_max_records, hub.durable_lsn());
     let read = tokio::task::spawn_blocking(move || cursor.read(max, 4 << 20, up_to))
         .await

@@ -15,12 +15,10 @@
 //! [`ClusterGc`] runs [`evaluate`] on the master's module tick; the snapshotter asks
 //! [`crate::state::Retention`] for the result before it deletes anything.
 
-use super::link::HubInner;
+use super::link::{HubInner, LogRates};
 use super::status::{SlaveState, SlaveStatus};
 use crate::config::{GcMode, MaxLag};
 use bitark_common::Lsn;
-use std::sync::atomic::Ordering;
-use std::sync::PoisonError;
 
 /// How far behind each limit a slave is, and where the limits are.
 struct Lag {
@@ -31,8 +29,7 @@ struct Lag {
 
 fn lag_of(hub: &HubInner, last_ack: Lsn, behind_since: Option<std::time::Instant>, durable: Lsn) -> Lag {
     let records = durable.0.saturating_sub(last_ack.0);
-    let bytes =
-        if records == 0 { 0 } else { hub.bytes.lock().unwrap_or_else(PoisonError::into_inner).bytes_after(last_ack) };
+    let bytes = if records == 0 { 0 } else { hub.bytes_after(last_ack) };
     let seconds = if records == 0 { 0.0 } else { behind_since.map_or(0.0, |t| t.elapsed().as_secs_f64()) };
     Lag { records, bytes, seconds }
 }
@@ -63,7 +60,7 @@ fn bounded(hub: &HubInner) -> bool {
 /// Marks slaves past `max-lag` OUTDATED (bounded mode) and tells the snapshotter how far
 /// back the slaves that hold the WAL need it; asks for a collection when that moved.
 pub(crate) fn evaluate(hub: &HubInner) {
-    let state = &hub.state;
+    let state = hub.state();
     if !hub.features().cluster_gc {
         state.retention.set_cluster(None);
         return;
@@ -71,22 +68,21 @@ pub(crate) fn evaluate(hub: &HubInner) {
     let durable = hub.durable_lsn();
     let max = bounded(hub).then(|| hub.config().max_lag.clone());
     let mut floor: Option<Lsn> = None;
-    let links: Vec<_> = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
-    for link in links {
+    for link in hub.links() {
         let mut s = link.lock();
         let lag = || lag_of(hub, s.last_ack, s.behind_since, durable);
         match judge(s.state(), s.last_ack, max.as_ref(), lag) {
             Verdict::Ignored => {}
             Verdict::Outdated(why) => {
-                tracing::warn!(slave = %link.id, %why, "slave past replication.max-lag: OUTDATED, it must full-sync");
+                tracing::warn!(slave = %link.id(), %why, "slave past replication.max-lag: OUTDATED, it must full-sync");
                 s.set_state(SlaveState::Outdated);
                 s.last_error = Some(format!("{why}: the WAL is no longer kept for it; it must full-sync"));
-                s.clear_buffer(&hub.buffered);
+                s.clear_buffer(hub.send_budget());
             }
             Verdict::Holds(lsn) => floor = Some(floor.map_or(lsn, |f| f.min(lsn))),
         }
     }
-    let previous = hub.gc_floor.swap(floor.map_or(u64::MAX, |f| f.0), Ordering::AcqRel);
+    let previous = hub.swap_gc_floor(floor);
     state.retention.set_cluster(floor);
     // The WAL slaves held back may go: do not wait for the next snapshot.
     if released(previous, floor) {
@@ -136,10 +132,7 @@ pub(crate) fn fill_headroom(hub: &HubInner, status: &mut SlaveStatus) {
         return;
     }
     let max = &hub.config().max_lag;
-    let (rate, record_bytes) = {
-        let bytes = hub.bytes.lock().unwrap_or_else(PoisonError::into_inner);
-        (bytes.rate(), bytes.record_bytes())
-    };
+    let LogRates { bytes_per_second: rate, bytes_per_record: record_bytes } = hub.log_rates();
     let mut room: Option<f64> = None;
     let mut limit = |left: f64| room = Some(room.map_or(left, |r| r.min(left)).max(0.0));
     if max.bytes.as_u64() > 0 {

@@ -20,7 +20,6 @@ use bitark_common::replication::{HeartbeatRequest, HeartbeatResponse};
 use bitark_common::Lsn;
 use bitark_infra::replication::TransportError;
 use rand::Rng;
-use std::sync::PoisonError;
 use std::time::Instant;
 
 /// Why a heartbeat was not taken.
@@ -40,8 +39,8 @@ impl MasterHub {
     /// A heartbeat from a slave: it is alive, and stands at `appliedLsn`.
     pub fn heartbeat(&self, request: &HeartbeatRequest) -> Result<HeartbeatResponse, HeartbeatError> {
         let hub = &self.inner;
-        let link = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).get(&request.slave_id).cloned();
-        let link = link
+        let link = hub
+            .link(&request.slave_id)
             .filter(|link| link.lock().slave_session == request.session)
             .ok_or_else(|| HeartbeatError::NotRegistered(request.slave_id.clone()))?;
         let durable = hub.durable_lsn();
@@ -56,7 +55,7 @@ impl MasterHub {
         let was = s.state();
         s.answered(Lsn(request.applied_lsn), durable, Instant::now());
         if was == SlaveState::Dead {
-            tracing::info!(slave = %link.id, applied = request.applied_lsn, now = s.state().as_str(), "DEAD slave answered again");
+            tracing::info!(slave = %link.id(), applied = request.applied_lsn, now = s.state().as_str(), "DEAD slave answered again");
         }
         let answer = HeartbeatResponse {
             state: s.state().as_str().to_string(),
@@ -64,7 +63,7 @@ impl MasterHub {
             durable_lsn: durable.0,
         };
         drop(s);
-        link.wake.notify_one();
+        link.wake();
         Ok(answer)
     }
 }
@@ -72,20 +71,19 @@ impl MasterHub {
 /// Marks slaves DEAD once silent for `dead-after`, and keeps their heartbeat age current.
 fn mark_silent_slaves_dead(hub: &HubInner) {
     let dead_after = hub.config().dead_after;
-    let links: Vec<_> = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
-    for link in links {
+    for link in hub.links() {
         let mut s = link.lock();
         if !s.features.heartbeat {
             continue;
         }
         let silent = s.last_seen.elapsed();
-        hub.metrics.replication_heartbeat_age.with_label_values(&[&link.id]).set(silent.as_secs_f64());
+        hub.metrics().replication_heartbeat_age.with_label_values(&[link.id()]).set(silent.as_secs_f64());
         if silent >= dead_after && !matches!(s.state(), SlaveState::Dead | SlaveState::Diverged) {
-            tracing::warn!(slave = %link.id, silent_ms = silent.as_millis() as u64, was = s.state().as_str(), "slave silent: DEAD");
+            tracing::warn!(slave = %link.id(), silent_ms = silent.as_millis() as u64, was = s.state().as_str(), "slave silent: DEAD");
             s.set_state(SlaveState::Dead);
             s.last_error = Some(format!("no heartbeat for {} ms (replication.dead-after)", silent.as_millis()));
-            s.clear_buffer(&hub.buffered);
-            hub.metrics.replication_dead_detections.with_label_values(&[&link.id]).inc();
+            s.clear_buffer(hub.send_budget());
+            hub.metrics().replication_dead_detections.with_label_values(&[link.id()]).inc();
             drop(s);
             refresh_metrics(hub, &link);
         }
@@ -98,22 +96,22 @@ fn mark_silent_slaves_dead(hub: &HubInner) {
 /// follow, rather than only once a slave contacts it.
 fn probe_dead_slaves(hub: &MasterHub) {
     let weak = std::sync::Arc::downgrade(&hub.inner);
-    hub.inner.runtime.spawn(async move {
+    hub.inner.runtime().spawn(async move {
         loop {
             let Some(hub) = weak.upgrade() else { return };
-            if hub.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            if hub.is_stopped() {
                 return;
             }
             let wait = hub.config().dead_after;
-            let links: Vec<_> = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
-            let dead: Vec<String> = links
+            let dead: Vec<String> = hub
+                .links()
                 .iter()
                 .filter_map(|link| {
                     let s = link.lock();
                     (s.state() == SlaveState::Dead).then(|| s.url.clone())
                 })
                 .collect();
-            let client = hub.client.clone();
+            let client = hub.client().clone();
             drop(hub);
             for url in dead {
                 // A former slave that is master of a newer epoch now: follow it.

@@ -1,11 +1,15 @@
 //! What the master's replication parts share: the hub's state ([`HubInner`]), one
-//! [`SlaveLink`] per slave, and the byte index that turns an LSN lag into bytes.
+//! [`SlaveLink`] per slave, and the [`SendBudget`] all send buffers draw on.
 //!
 //! The hub (`master.rs`), the per-slave sender (`sender.rs`) and the URL check
-//! (`verify.rs`) all work on these types and on nothing of each other.
+//! (`verify.rs`) all work on these types and on nothing of each other. `HubInner` keeps
+//! its fields to itself: each caller goes through a method that names what it does
+//! with the hub (reads the links, draws on the send budget, waits for durability or for
+//! acknowledgements, notes the log written).
 
+use super::byte_index::ByteIndex;
 use super::status::SlaveState;
-use super::transfers::FullSyncServer;
+use super::transfers::{FullSyncServer, Transfers};
 use crate::config::{LiveConfig, ReplicationConfig, ReplicationNow};
 use crate::state::State;
 use bitark_common::replication::Features;
@@ -15,14 +19,151 @@ use bitark_infra::wal::WalHandle;
 use bitark_infra::{DataDir, Metrics};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
+use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify};
 
+/// About the most bytes one batch carries, from the buffer or read back from the WAL.
+pub(crate) const BATCH_BYTES: usize = 4 << 20;
+
+/// What a master hub is made of.
+pub(crate) struct HubParts {
+    pub node_id: String,
+    pub config: LiveConfig,
+    pub features: Features,
+    pub dir: DataDir,
+    pub client: ReplicationClient,
+    pub metrics: Metrics,
+    pub durable: watch::Receiver<Lsn>,
+    pub wal: WalHandle,
+    pub state: Arc<State>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// A master's replication state, shared by the hub and every sender task.
+pub(crate) struct HubInner {
+    node_id: String,
+    /// Random per process start; lets slaves notice that the master forgot them.
+    session: String,
+    /// The master's own flags; each link runs those it shares with its slave. Changed
+    /// while the hub runs by [`crate::replication::MasterHub::set_features`].
+    features: RwLock<Features>,
+    /// The node's configuration in force; read through [`HubInner::config`].
+    config: LiveConfig,
+    /// The data directory: the log senders read, the snapshots a full sync sends.
+    dir: DataDir,
+    client: ReplicationClient,
+    metrics: Metrics,
+    /// The durable LSN: only records at or below it are sent.
+    durable: watch::Receiver<Lsn>,
+    /// The last LSN logged (durable or not), as the commit path saw it.
+    committed: AtomicU64,
+    /// To ask for an fsync when records wait only for durability (`fsync: interval |
+    /// never`).
+    wal: WalHandle,
+    /// The slaves by id. A std `RwLock`: the writer thread takes it briefly on every
+    /// commit, never across an await.
+    links: RwLock<HashMap<String, Arc<SlaveLink>>>,
+    /// Bytes held in all send buffers together (`replication.buffer.total-max-bytes`).
+    send_budget: SendBudget,
+    /// Set by a sender that found records applied but not yet durable; the next
+    /// durable LSN wakes every sender.
+    waiting_for_durable: AtomicBool,
+    /// LSN → bytes of log, for lag in bytes. A std `Mutex`: the commit path and status
+    /// reads hold it only to note or look up a point.
+    bytes: Mutex<ByteIndex>,
+    /// The node's shared state: retention of log and snapshots, the snapshotter.
+    state: Arc<State>,
+    /// Full-sync transfers and their queue (stage 5).
+    full_sync: FullSyncServer,
+    /// The cluster GC floor last published (`u64::MAX`: none), to see it move.
+    gc_floor: AtomicU64,
+    /// Bumped on every slave acknowledgement, for writes waiting under `semi`/`all`: a
+    /// watch, so that a write sees every bump after it subscribed and none is queued.
+    acks: watch::Sender<u64>,
+    /// The highest LSN a write waits to see acknowledged (`semi`/`all`): a sender never
+    /// holds back a batch a waiting write needs (`replication.batch-linger`).
+    ack_wanted: AtomicU64,
+    /// Wakes the senders holding back a batch when a write starts waiting for it.
+    hurry: Notify,
+    /// Set when the hub stops (the node stepped down): no more registrations.
+    stopped: AtomicBool,
+    runtime: tokio::runtime::Handle,
+}
+
+/// What the hub was handed, and what it shows of itself.
 impl HubInner {
+    /// A hub's state with no slave yet; its log index starts at the durable LSN.
+    pub fn new(parts: HubParts) -> HubInner {
+        let start = *parts.durable.borrow();
+        HubInner {
+            node_id: parts.node_id,
+            session: format!("{:016x}", rand::random::<u64>()),
+            features: RwLock::new(parts.features),
+            config: parts.config,
+            dir: parts.dir,
+            client: parts.client,
+            metrics: parts.metrics,
+            durable: parts.durable,
+            committed: AtomicU64::new(start.0),
+            wal: parts.wal,
+            links: RwLock::new(HashMap::new()),
+            send_budget: SendBudget::default(),
+            waiting_for_durable: AtomicBool::new(false),
+            bytes: Mutex::new(ByteIndex::new(start)),
+            state: parts.state,
+            full_sync: FullSyncServer::default(),
+            gc_floor: AtomicU64::new(u64::MAX),
+            acks: watch::channel(0).0,
+            ack_wanted: AtomicU64::new(0),
+            hurry: Notify::new(),
+            stopped: AtomicBool::new(false),
+            runtime: parts.runtime,
+        }
+    }
+
+    /// This master's node id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The session of this master process.
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    pub fn client(&self) -> &ReplicationClient {
+        &self.client
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn dir(&self) -> &DataDir {
+        &self.dir
+    }
+
+    /// The node's shared state: retention, the snapshotter, the epoch history.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Where senders, checks and ticks run.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
     /// The master's own flags now.
     pub fn features(&self) -> Features {
-        *self.features.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.features.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs with `features` from now on; links take them up when their slaves register
+    /// again.
+    pub fn set_features(&self, features: Features) {
+        *self.features.write().unwrap_or_else(PoisonError::into_inner) = features;
     }
 
     /// The `replication` section in force now (its reloadable keys change while the
@@ -30,61 +171,7 @@ impl HubInner {
     pub fn config(&self) -> ReplicationNow {
         ReplicationNow::of(&self.config)
     }
-}
 
-/// A master's replication state, shared by the hub and every sender task.
-/// About the most bytes one batch carries, from the buffer or read back from the WAL.
-pub(crate) const BATCH_BYTES: usize = 4 << 20;
-
-pub(crate) struct HubInner {
-    pub(super) node_id: String,
-    /// Random per process start; lets slaves notice that the master forgot them.
-    pub(super) session: String,
-    /// The master's own flags; each link runs those it shares with its slave. Changed
-    /// while the hub runs by [`crate::replication::MasterHub::set_features`].
-    pub(super) features: std::sync::RwLock<Features>,
-    /// The node's configuration in force; read through [`HubInner::config`].
-    pub(super) config: LiveConfig,
-    /// The data directory: the log senders read, the snapshots a full sync sends.
-    pub(super) dir: DataDir,
-    pub(super) client: ReplicationClient,
-    pub(super) metrics: Metrics,
-    /// The durable LSN: only records at or below it are sent.
-    pub(super) durable: watch::Receiver<Lsn>,
-    /// The last LSN logged (durable or not), as the commit path saw it.
-    pub(super) committed: AtomicU64,
-    /// To ask for an fsync when records wait only for durability (`fsync: interval |
-    /// never`).
-    pub(super) wal: WalHandle,
-    /// The slaves by id. A std `RwLock`: the writer thread takes it briefly on every
-    /// commit, never across an await.
-    pub(super) slaves: RwLock<HashMap<String, Arc<SlaveLink>>>,
-    /// Bytes held in all send buffers together (`replication.buffer.total-max-bytes`).
-    pub(super) buffered: AtomicUsize,
-    /// Set by a sender that found records applied but not yet durable; the next
-    /// durable LSN wakes every sender.
-    pub(super) waiting_for_durable: AtomicBool,
-    /// LSN → bytes of log, for lag in bytes.
-    pub(super) bytes: Mutex<ByteIndex>,
-    /// The node's shared state: retention of log and snapshots, the snapshotter.
-    pub(super) state: Arc<State>,
-    /// Full-sync transfers and their queue (stage 5).
-    pub(super) full_sync: FullSyncServer,
-    /// The cluster GC floor last published (`u64::MAX`: none), to see it move.
-    pub(super) gc_floor: AtomicU64,
-    /// Bumped on every slave acknowledgement, for writes waiting under `semi`/`all`.
-    pub(super) acks: watch::Sender<u64>,
-    /// The highest LSN a write waits to see acknowledged (`semi`/`all`): a sender never
-    /// holds back a batch a waiting write needs (`replication.batch-linger`).
-    pub(super) ack_wanted: AtomicU64,
-    /// Wakes the senders holding back a batch when a write starts waiting for it.
-    pub(super) hurry: Notify,
-    /// Set when the hub stops (the node stepped down): no more registrations.
-    pub(super) stopped: AtomicBool,
-    pub(super) runtime: tokio::runtime::Handle,
-}
-
-impl HubInner {
     pub fn durable_lsn(&self) -> Lsn {
         *self.durable.borrow()
     }
@@ -92,17 +179,220 @@ impl HubInner {
     pub fn committed_lsn(&self) -> Lsn {
         Lsn(self.committed.load(Ordering::Acquire))
     }
+
+    /// The hub stops for good (the node stepped down): no more registrations.
+    pub fn mark_stopped(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// The full-sync transfers and their queue, locked.
+    pub fn transfers(&self) -> MutexGuard<'_, Transfers> {
+        self.full_sync.lock()
+    }
+
+    /// Publishes the cluster GC floor (`None`: no slave holds the log) and answers the
+    /// one published before it (`u64::MAX`: none).
+    pub fn swap_gc_floor(&self, floor: Option<Lsn>) -> u64 {
+        self.gc_floor.swap(floor.map_or(u64::MAX, |f| f.0), Ordering::AcqRel)
+    }
+}
+
+/// The links to the slaves.
+impl HubInner {
+    /// The link of slave `id`, if the hub follows it.
+    pub fn link(&self, id: &str) -> Option<Arc<SlaveLink>> {
+        self.read_links().0.get(id).cloned()
+    }
+
+    /// Every link now, copied out so that the caller may lock each at leisure.
+    pub fn links(&self) -> Vec<Arc<SlaveLink>> {
+        self.read_links().iter().cloned().collect()
+    }
+
+    /// The links, held still until the guard goes: no link comes or goes meanwhile. The
+    /// commit path's way to them, without copying anything.
+    pub fn read_links(&self) -> LinksRead<'_> {
+        LinksRead(self.links.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The links to add to or remove from, held against every reader until the guard
+    /// goes, so that a check and the change it decides are one step.
+    pub fn write_links(&self) -> LinksWrite<'_> {
+        LinksWrite(self.links.write().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Wakes every link's sender to look again at what it holds.
+    pub fn wake_senders(&self) {
+        for link in self.read_links().iter() {
+            link.wake();
+        }
+    }
+
+    /// The bytes held in all send buffers together.
+    pub fn send_budget(&self) -> &SendBudget {
+        &self.send_budget
+    }
+}
+
+/// Durability, and the log written.
+impl HubInner {
+    /// A sender holds records back until they are durable: asks the log for an fsync,
+    /// and for every sender to be woken when the durable LSN next moves.
+    pub fn wait_for_durable(&self) {
+        self.waiting_for_durable.store(true, Ordering::Release);
+        self.wal.request_sync();
+    }
+
+    /// Whether a sender waits for the durable LSN to move; the next call answers
+    /// `false` until one waits again.
+    pub fn take_durable_waiters(&self) -> bool {
+        self.waiting_for_durable.swap(false, Ordering::AcqRel)
+    }
+
+    /// The commit path logged `bytes` of log through `last`.
+    pub fn logged(&self, last: Lsn, bytes: u64) {
+        self.byte_index().push(last, bytes);
+        self.committed.store(last.0, Ordering::Release);
+    }
+
+    /// Bytes of log after `lsn` (see [`ByteIndex::bytes_after`]).
+    pub fn bytes_after(&self, lsn: Lsn) -> u64 {
+        self.byte_index().bytes_after(lsn)
+    }
+
+    /// Bytes of log written per second lately, and the average bytes of one record.
+    pub fn log_rates(&self) -> LogRates {
+        let index = self.byte_index();
+        LogRates { bytes_per_second: index.rate(), bytes_per_record: index.record_bytes() }
+    }
+
+    fn byte_index(&self) -> MutexGuard<'_, ByteIndex> {
+        self.bytes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Writes waiting for acknowledgements (`semi`/`all`), and the senders they wait on.
+impl HubInner {
+    /// A slave acknowledged records: waiting writes look again.
+    pub fn acked(&self) {
+        self.acks.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes on every acknowledgement from now on.
+    pub fn subscribe_acks(&self) -> watch::Receiver<u64> {
+        self.acks.subscribe()
+    }
+
+    /// A write waits to see `lsn` acknowledged: senders holding back a batch that
+    /// reaches it send now.
+    pub fn want_ack(&self, lsn: Lsn) {
+        self.ack_wanted.fetch_max(lsn.0, Ordering::AcqRel);
+        self.hurry.notify_waiters();
+    }
+
+    /// The highest LSN a write has waited to see acknowledged.
+    pub fn ack_wanted(&self) -> Lsn {
+        Lsn(self.ack_wanted.load(Ordering::Acquire))
+    }
+
+    /// Completes when a write next starts waiting for an acknowledgement.
+    pub fn hurried(&self) -> Notified<'_> {
+        self.hurry.notified()
+    }
+}
+
+/// How fast the log grows (see [`HubInner::log_rates`]).
+pub(crate) struct LogRates {
+    /// Bytes of log written per second lately (0 when nothing is written).
+    pub bytes_per_second: f64,
+    /// Average bytes of one record written by this process (0 before any).
+    pub bytes_per_record: f64,
+}
+
+/// The links under the map's read lock ([`HubInner::read_links`]).
+pub(crate) struct LinksRead<'a>(RwLockReadGuard<'a, HashMap<String, Arc<SlaveLink>>>);
+
+impl LinksRead<'_> {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<SlaveLink>> {
+        self.0.values()
+    }
+}
+
+/// The links under the map's write lock ([`HubInner::write_links`]).
+pub(crate) struct LinksWrite<'a>(RwLockWriteGuard<'a, HashMap<String, Arc<SlaveLink>>>);
+
+impl LinksWrite<'_> {
+    pub fn get(&self, id: &str) -> Option<Arc<SlaveLink>> {
+        self.0.get(id).cloned()
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.contains_key(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Adds `link` under its slave's id; the caller has removed any link it replaces.
+    pub fn insert(&mut self, link: Arc<SlaveLink>) {
+        self.0.insert(link.id.clone(), link);
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Arc<SlaveLink>> {
+        self.0.remove(id)
+    }
+
+    /// Removes and answers the links `forget` picks.
+    pub fn remove_where(&mut self, forget: impl Fn(&SlaveLink) -> bool) -> Vec<Arc<SlaveLink>> {
+        let ids: Vec<String> = self.0.values().filter(|link| forget(link)).map(|link| link.id.clone()).collect();
+        ids.iter().filter_map(|id| self.0.remove(id)).collect()
+    }
+
+    /// Removes and answers every link.
+    pub fn remove_all(&mut self) -> impl Iterator<Item = Arc<SlaveLink>> + '_ {
+        self.0.drain().map(|(_, link)| link)
+    }
+}
+
+/// The bytes held in all send buffers together, against
+/// `replication.buffer.total-max-bytes`. Each buffer adds what it queues and releases
+/// what it drops or sends; only the commit path decides on the total.
+#[derive(Default)]
+pub(crate) struct SendBudget(AtomicUsize);
+
+impl SendBudget {
+    pub fn add(&self, bytes: usize) {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn release(&self, bytes: usize) {
+        self.0.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub fn total(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// One slave: its state behind a mutex the commit path and its sender share, and the
 /// notify that wakes the sender.
 pub(crate) struct SlaveLink {
-    pub(super) id: String,
+    id: String,
     /// A std `Mutex`: held only to copy records in or out, never across an await.
-    pub(super) state: Mutex<LinkState>,
-    pub(super) wake: Notify,
+    state: Mutex<LinkState>,
+    /// A `Notify`: a wake-up sent while the sender is busy is kept for its next wait.
+    wake: Notify,
     /// Set when the link is replaced or forgotten: its sender and checks stop.
-    pub(super) closed: AtomicBool,
+    closed: AtomicBool,
 }
 
 impl SlaveLink {
@@ -110,11 +400,31 @@ impl SlaveLink {
         SlaveLink { id, state: Mutex::new(state), wake: Notify::new(), closed: AtomicBool::new(false) }
     }
 
+    /// The slave's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The link's state. A panic elsewhere while the lock was held cannot leave it
     /// half-changed in a way that matters more than stopping replication would, so a
     /// poisoned lock is used as it is.
     pub fn lock(&self) -> MutexGuard<'_, LinkState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the sender to look at the link again.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Completes at the sender's next wake-up.
+    pub fn woken(&self) -> Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// The link is replaced or forgotten: its sender and checks stop.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     pub fn is_closed(&self) -> bool {
@@ -228,11 +538,11 @@ impl LinkState {
     }
 
     /// Queues `records` for sending.
-    pub fn push(&mut self, records: &[Record], total: &AtomicUsize, committed: Instant) {
+    pub fn push(&mut self, records: &[Record], budget: &SendBudget, committed: Instant) {
         for record in records {
             let bytes = record.encoded_len();
             self.buffer_bytes += bytes;
-            total.fetch_add(bytes, Ordering::Relaxed);
+            budget.add(bytes);
             self.buffer.push_back(Queued { record: record.clone(), bytes, committed });
         }
     }
@@ -251,116 +561,18 @@ impl LinkState {
     }
 
     /// Drops buffered records the slave no longer needs.
-    pub fn trim_sent(&mut self, total: &AtomicUsize) {
+    pub fn trim_sent(&mut self, budget: &SendBudget) {
         while self.buffer.front().is_some_and(|q| q.record.lsn < self.next_send) {
             let q = self.buffer.pop_front().expect("front exists");
             self.buffer_bytes -= q.bytes;
-            total.fetch_sub(q.bytes, Ordering::Relaxed);
+            budget.release(q.bytes);
         }
     }
 
-    pub fn clear_buffer(&mut self, total: &AtomicUsize) {
-        total.fetch_sub(self.buffer_bytes, Ordering::Relaxed);
+    pub fn clear_buffer(&mut self, budget: &SendBudget) {
+        budget.release(self.buffer_bytes);
         self.buffer.clear();
         self.buffer_bytes = 0;
-    }
-}
-
-/// Cumulative bytes of log at sampled LSNs, so `bytes_after(lsn)` can say how many bytes
-/// of log follow an LSN without reading the log. A point is kept about every `step`
-/// bytes; when there are too many points, every other one goes and `step` doubles, so
-/// memory stays bounded and the error stays below `step` bytes.
-pub(crate) struct ByteIndex {
-    /// `(last LSN of a batch, bytes of log written through it)`, ascending.
-    points: VecDeque<(u64, u64)>,
-    /// Bytes written through the newest LSN.
-    total: u64,
-    newest: u64,
-    /// The LSN the index started at.
-    start: u64,
-    step: u64,
-    /// Bytes of log written per second, smoothed; sampled about once a second.
-    rate: f64,
-    sampled: (Instant, u64),
-}
-
-const MAX_POINTS: usize = 1 << 16;
-
-impl ByteIndex {
-    pub fn new(start: Lsn) -> ByteIndex {
-        ByteIndex {
-            points: VecDeque::from([(start.0, 0)]),
-            total: 0,
-            newest: start.0,
-            start: start.0,
-            step: 64 * 1024,
-            rate: 0.0,
-            sampled: (Instant::now(), 0),
-        }
-    }
-
-    /// Bytes of log written per second lately (0 when nothing is written).
-    pub fn rate(&self) -> f64 {
-        let (at, total) = self.sampled;
-        // A sample older than a few seconds means writes stopped since.
-        if at.elapsed().as_secs_f64() > 5.0 && total == self.total {
-            0.0
-        } else {
-            self.rate
-        }
-    }
-
-    /// Average bytes of one record written by this process (0 before any).
-    pub fn record_bytes(&self) -> f64 {
-        let records = self.newest - self.start;
-        if records == 0 {
-            0.0
-        } else {
-            self.total as f64 / records as f64
-        }
-    }
-
-    /// Notes `bytes` more of log, through `last`.
-    pub fn push(&mut self, last: Lsn, bytes: u64) {
-        self.total += bytes;
-        self.newest = last.0;
-        let (at, total) = self.sampled;
-        let elapsed = at.elapsed().as_secs_f64();
-        if elapsed >= 1.0 {
-            let now = (self.total - total) as f64 / elapsed;
-            self.rate = if self.rate == 0.0 { now } else { 0.5 * self.rate + 0.5 * now };
-            self.sampled = (Instant::now(), self.total);
-        }
-        let (_, at) = *self.points.back().expect("never empty");
-        if self.total - at >= self.step {
-            self.points.push_back((last.0, self.total));
-            if self.points.len() > MAX_POINTS {
-                self.points = self.points.iter().copied().step_by(2).collect();
-                self.step *= 2;
-            }
-        }
-    }
-
-    /// Bytes of log after `lsn`: exact to within one step; for an LSN older than this
-    /// process's log, the bytes since the process started (a lower bound).
-    pub fn bytes_after(&self, lsn: Lsn) -> u64 {
-        if lsn.0 >= self.newest {
-            return 0;
-        }
-        let at = self.points.partition_point(|(l, _)| *l <= lsn.0);
-        let through = match at {
-            0 => 0,
-            i => {
-                let (l0, b0) = self.points[i - 1];
-                let (l1, b1) = self.points.get(i).copied().unwrap_or((self.newest, self.total));
-                if l1 > l0 {
-                    b0 + (b1 - b0) * (lsn.0 - l0) / (l1 - l0)
-                } else {
-                    b0
-                }
-            }
-        };
-        self.total - through
     }
 }
 
@@ -374,7 +586,7 @@ mod tests {
         let mut s = LinkState::registered(String::new(), Features::default(), String::new(), Lsn(lsn - 1));
         let command = Command::MarkBatch { user: 1, msgs: (0..msgs as u64).collect() };
         let record = Record { epoch: Epoch(1), lsn: Lsn(lsn), time: 0, command };
-        s.push(&[record], &AtomicUsize::new(0), Instant::now());
+        s.push(&[record], &SendBudget::default(), Instant::now());
         s
     }
 
@@ -407,31 +619,5 @@ mod tests {
             ..Default::default()
         };
         assert!(small.batch_ready(&tight), "half of buffer.max-bytes");
-    }
-
-    #[test]
-    fn byte_index_answers_bytes_after_an_lsn() {
-        let mut index = ByteIndex::new(Lsn(100));
-        for lsn in 101..=100_100u64 {
-            index.push(Lsn(lsn), 44);
-        }
-        assert_eq!(index.bytes_after(Lsn(100_100)), 0);
-        let exact = |lsn: u64| (100_100 - lsn) * 44;
-        for lsn in [100, 101, 5_000, 50_000, 99_999] {
-            let got = index.bytes_after(Lsn(lsn));
-            assert!(got.abs_diff(exact(lsn)) <= index.step, "after {lsn}: {got} vs {}", exact(lsn));
-        }
-        assert_eq!(index.bytes_after(Lsn(3)), 100_000 * 44, "older than the index: what this process wrote");
-    }
-
-    #[test]
-    fn byte_index_stays_bounded() {
-        let mut index = ByteIndex::new(Lsn(0));
-        for lsn in 1..=3_000_000u64 {
-            index.push(Lsn(lsn), 1000);
-        }
-        assert!(index.points.len() <= MAX_POINTS);
-        let got = index.bytes_after(Lsn(1_000_000));
-        assert!(got.abs_diff(2_000_000_000) <= index.step, "{got}");
     }
 }

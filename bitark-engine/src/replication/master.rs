@@ -14,23 +14,19 @@
 //! records that are durable on the master's own disk.
 
 use super::full_sync;
-use super::link::{ByteIndex, HubInner, LinkState, SlaveLink};
+use super::link::{HubInner, LinkState, LinksRead, LinksWrite, SendBudget, SlaveLink};
 use super::status::{SlaveState, SlaveStatus};
 use super::view::{refresh_metrics, status_of};
 use super::{sender, verify};
-use crate::config::LiveConfig;
-use crate::state::{CommitListener, State};
+use crate::state::CommitListener;
 use bitark_common::replication::{Features, FullSyncAnswer, FullSyncRequest, RegisterRequest, RegisterResponse};
 use bitark_common::{Lsn, Record};
-use bitark_infra::replication::ReplicationClient;
-use bitark_infra::wal::{list_segments, WalHandle};
-use bitark_infra::{DataDir, Metrics};
+use bitark_infra::wal::list_segments;
 use full_sync::{FullSyncError, PullAnswer};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
+
+pub(crate) use super::link::HubParts;
 
 /// Why a registration was refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -71,20 +67,6 @@ pub struct MasterHub {
     pub(crate) inner: Arc<HubInner>,
 }
 
-/// What a master hub is made of.
-pub(crate) struct HubParts {
-    pub node_id: String,
-    pub config: LiveConfig,
-    pub features: Features,
-    pub dir: DataDir,
-    pub client: ReplicationClient,
-    pub metrics: Metrics,
-    pub durable: watch::Receiver<Lsn>,
-    pub wal: WalHandle,
-    pub state: Arc<State>,
-    pub runtime: tokio::runtime::Handle,
-}
-
 impl CommitListener for MasterHub {
     fn on_commit(&self, records: &[Record]) {
         MasterHub::on_commit(self, records)
@@ -100,7 +82,7 @@ impl MasterHub {
     /// as long as the hub lives: the tick of the master's modules.
     pub(crate) fn every_tick(&self, work: fn(&HubInner)) {
         let weak = Arc::downgrade(&self.inner);
-        self.inner.runtime.spawn(async move {
+        self.inner.runtime().spawn(async move {
             loop {
                 let Some(hub) = weak.upgrade() else { return };
                 work(&hub);
@@ -113,36 +95,8 @@ impl MasterHub {
 
     /// A hub for a master; senders and checks run on `parts.runtime`.
     pub(crate) fn new(parts: HubParts) -> MasterHub {
-        let features = parts.features;
-        let session = format!("{:016x}", rand::random::<u64>());
-        let start = *parts.durable.borrow();
-        let hub = MasterHub {
-            inner: Arc::new(HubInner {
-                node_id: parts.node_id,
-                session,
-                features: std::sync::RwLock::new(features),
-                config: parts.config,
-                dir: parts.dir,
-                client: parts.client,
-                metrics: parts.metrics,
-                durable: parts.durable,
-                committed: AtomicU64::new(start.0),
-                wal: parts.wal,
-                slaves: RwLock::new(HashMap::new()),
-                buffered: AtomicUsize::new(0),
-                waiting_for_durable: AtomicBool::new(false),
-                bytes: Mutex::new(ByteIndex::new(start)),
-                state: parts.state,
-                full_sync: Default::default(),
-                gc_floor: AtomicU64::new(u64::MAX),
-                acks: watch::channel(0).0,
-                ack_wanted: AtomicU64::new(0),
-                hurry: Notify::new(),
-                stopped: AtomicBool::new(false),
-                runtime: parts.runtime,
-            }),
-        };
-        hub.inner.runtime.spawn(forget_silent_slaves(Arc::downgrade(&hub.inner)));
+        let hub = MasterHub { inner: Arc::new(HubInner::new(parts)) };
+        hub.inner.runtime().spawn(forget_silent_slaves(Arc::downgrade(&hub.inner)));
         hub
     }
 
@@ -151,15 +105,15 @@ impl MasterHub {
     pub(crate) fn contact_static_slaves(&self) {
         for url in self.inner.config().slaves.clone() {
             let hub = Arc::downgrade(&self.inner);
-            self.inner.runtime.spawn(async move {
+            self.inner.runtime().spawn(async move {
                 loop {
                     let Some(hub) = hub.upgrade() else { return };
-                    let following = hub.slaves.read().unwrap_or_else(PoisonError::into_inner).values().any(|link| {
+                    let following = hub.read_links().iter().any(|link| {
                         let s = link.lock();
                         s.url == url && s.verified
                     });
                     if !following {
-                        match hub.client.reconnect(&url).await {
+                        match hub.client().reconnect(&url).await {
                             Ok(()) => tracing::debug!(%url, "asked a listed slave to register"),
                             Err(e) => tracing::debug!(%url, error = %e, "listed slave not reachable yet"),
                         }
@@ -178,7 +132,7 @@ impl MasterHub {
     pub fn register(&self, request: RegisterRequest) -> Result<RegisterResponse, RegisterError> {
         let result = self.try_register(request);
         if let Err(e) = &result {
-            self.inner.metrics.replication_registrations_refused.with_label_values(&[e.reason()]).inc();
+            self.inner.metrics().replication_registrations_refused.with_label_values(&[e.reason()]).inc();
         }
         result
     }
@@ -186,14 +140,14 @@ impl MasterHub {
     fn try_register(&self, request: RegisterRequest) -> Result<RegisterResponse, RegisterError> {
         check_request(&request)?;
         let hub = &self.inner;
-        if hub.stopped.load(Ordering::Acquire) {
+        if hub.is_stopped() {
             return Err(RegisterError::Stopped);
         }
         let features = hub.features().common(request.features);
         let applied = Lsn(request.applied_lsn);
         let durable = hub.durable_lsn();
-        let mut slaves = hub.slaves.write().unwrap_or_else(PoisonError::into_inner);
-        let existing = slaves.get(&request.slave_id).cloned();
+        let mut slaves = hub.write_links();
+        let existing = slaves.get(&request.slave_id);
         let same_process = existing.as_ref().is_some_and(|link| {
             let s = link.lock();
             s.slave_session == request.session && s.url == request.url
@@ -217,7 +171,7 @@ impl MasterHub {
                 master_lsn: durable.0,
             };
             tracing::error!(slave = %request.slave_id, slave_lsn = %applied, master_lsn = %durable, "slave is ahead of this master: DIVERGED");
-            if !slaves.contains_key(&request.slave_id) && slaves.len() >= hub.config().max_slaves {
+            if !slaves.contains(&request.slave_id) && slaves.len() >= hub.config().max_slaves {
                 return Err(error);
             }
             // Shown (and kept out of replication) until the slave comes back as a new process.
@@ -235,7 +189,7 @@ impl MasterHub {
                 let mut s = link.lock();
                 s.answered(applied, durable, Instant::now());
                 if s.features != features {
-                    tracing::info!(slave = %link.id, features = ?features.enabled(), "slave features changed");
+                    tracing::info!(slave = %link.id(), features = ?features.enabled(), "slave features changed");
                     s.features = features;
                 }
                 let check = !s.verified && !s.verifying;
@@ -243,7 +197,7 @@ impl MasterHub {
                 if check {
                     verify::start(hub.clone(), link.clone());
                 }
-                link.wake.notify_one();
+                link.wake();
                 link
             }
             existing => {
@@ -278,13 +232,13 @@ impl MasterHub {
         drop(s);
         refresh_metrics(hub, &link);
         Ok(RegisterResponse {
-            master_id: hub.node_id.clone(),
+            master_id: hub.node_id().to_string(),
             features,
             durable_lsn: durable.0,
-            session: hub.session.clone(),
+            session: hub.session().to_string(),
             state: state.as_str().to_string(),
             reason: reason.filter(|_| state != SlaveState::Alive),
-            history: features.fencing.then(|| hub.state.history()),
+            history: features.fencing.then(|| hub.state().history()),
         })
     }
 
@@ -292,7 +246,7 @@ impl MasterHub {
     /// time) in place of any old one, with its own sender task.
     fn replace_link(
         &self,
-        slaves: &mut HashMap<String, Arc<SlaveLink>>,
+        slaves: &mut LinksWrite<'_>,
         request: &RegisterRequest,
         features: Features,
         applied: Lsn,
@@ -303,14 +257,14 @@ impl MasterHub {
         }
         let state = LinkState::registered(request.url.clone(), features, request.session.clone(), applied);
         let link = Arc::new(SlaveLink::new(request.slave_id.clone(), state));
-        slaves.insert(request.slave_id.clone(), link.clone());
-        hub.runtime.spawn(sender::run(hub.clone(), link.clone()));
+        slaves.insert(link.clone());
+        hub.runtime().spawn(sender::run(hub.clone(), link.clone()));
         link
     }
 
     /// The oldest LSN the WAL still holds, if it holds any.
     fn oldest_retained(&self) -> Option<Lsn> {
-        list_segments(&self.inner.dir.wal()).ok()?.first().map(|segment| segment.first_lsn)
+        list_segments(&self.inner.dir().wal()).ok()?.first().map(|segment| segment.first_lsn)
     }
 
     /// Hands a logged batch to every verified slave's buffer; called on the WAL writer
@@ -320,15 +274,14 @@ impl MasterHub {
         let hub = &self.inner;
         let bytes: usize = records.iter().map(Record::encoded_len).sum();
         if let Some(last) = records.last() {
-            hub.bytes.lock().unwrap_or_else(PoisonError::into_inner).push(last.lsn, bytes as u64);
-            hub.committed.store(last.lsn.0, Ordering::Release);
+            hub.logged(last.lsn, bytes as u64);
         }
-        let slaves = hub.slaves.read().unwrap_or_else(PoisonError::into_inner);
+        let slaves = hub.read_links();
         let config = hub.config();
         let limits = &config.buffer;
         let committed = Instant::now();
         self.make_room(&slaves, bytes * slaves.len(), committed);
-        for link in slaves.values() {
+        for link in slaves.iter() {
             let mut s = link.lock();
             // A slave being verified gets the records committed meanwhile, sent once it
             // is verified: at stages 1 and 2 nothing could send them later.
@@ -338,45 +291,43 @@ impl MasterHub {
             let overflows = s.buffer.len() + records.len() > limits.max_records
                 || s.buffer_bytes + bytes > limits.max_bytes.as_u64() as usize;
             if overflows {
-                overflow(&mut s, link, &hub.buffered, records[records.len() - 1].lsn, committed);
+                overflow(&mut s, link, hub.send_budget(), records[records.len() - 1].lsn, committed);
             } else {
-                s.push(records, &hub.buffered, committed);
+                s.push(records, hub.send_budget(), committed);
             }
             // A sender holding back a small batch needs no wake-up until the batch is full.
             let wake = overflows || !s.lingering || s.batch_ready(&config);
             drop(s);
             if wake {
-                link.wake.notify_one();
+                link.wake();
             }
         }
-        hub.metrics.replication_buffered_bytes.set(hub.buffered.load(Ordering::Relaxed) as i64);
+        hub.metrics().replication_buffered_bytes.set(hub.send_budget().total() as i64);
     }
 
     /// Keeps all send buffers together under `buffer.total-max-bytes` before `incoming`
     /// more bytes are queued: the largest buffer (the slave furthest behind) overflows
     /// first, never a healthy slave that happens to be filled next.
-    fn make_room(&self, slaves: &HashMap<String, Arc<SlaveLink>>, incoming: usize, now: Instant) {
+    fn make_room(&self, slaves: &LinksRead<'_>, incoming: usize, now: Instant) {
         let hub = &self.inner;
         let max = hub.config().buffer.total_max_bytes.as_u64() as usize;
-        while hub.buffered.load(Ordering::Relaxed) + incoming > max {
-            let largest = slaves.values().max_by_key(|link| link.lock().buffer_bytes);
+        while hub.send_budget().total() + incoming > max {
+            let largest = slaves.iter().max_by_key(|link| link.lock().buffer_bytes);
             let Some(link) = largest.filter(|link| link.lock().buffer_bytes > 0) else { return };
             let mut s = link.lock();
             let through = s.buffer.back().map(|q| q.record.lsn).unwrap_or(s.next_send);
-            tracing::warn!(slave = %link.id, bytes = s.buffer_bytes, "send buffers over replication.buffer.total-max-bytes: the largest overflows");
-            overflow(&mut s, link, &hub.buffered, through, now);
+            tracing::warn!(slave = %link.id(), bytes = s.buffer_bytes, "send buffers over replication.buffer.total-max-bytes: the largest overflows");
+            overflow(&mut s, link, hub.send_budget(), through, now);
             drop(s);
-            link.wake.notify_one();
+            link.wake();
         }
     }
 
     /// The durable LSN moved: senders holding records back for it go on.
     pub fn on_durable(&self) {
         let hub = &self.inner;
-        if hub.waiting_for_durable.swap(false, Ordering::AcqRel) {
-            for link in hub.slaves.read().unwrap_or_else(PoisonError::into_inner).values() {
-                link.wake.notify_one();
-            }
+        if hub.take_durable_waiters() {
+            hub.wake_senders();
         }
     }
 
@@ -384,18 +335,18 @@ impl MasterHub {
     /// link closes and its sender ends; the ticks end once the last handle goes.
     pub fn stop(&self) {
         let hub = &self.inner;
-        hub.stopped.store(true, Ordering::Release);
-        let mut slaves = hub.slaves.write().unwrap_or_else(PoisonError::into_inner);
-        for (_, link) in slaves.drain() {
+        hub.mark_stopped();
+        let mut slaves = hub.write_links();
+        for link in slaves.remove_all() {
             close(hub, &link);
         }
-        hub.state.retention.set_cluster(None);
+        hub.state().retention.set_cluster(None);
     }
 
     /// Every slave as the master sees it.
     pub fn slaves(&self) -> Vec<SlaveStatus> {
-        let slaves = self.inner.slaves.read().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<SlaveStatus> = slaves.values().map(|link| status_of(&self.inner, link)).collect();
+        let slaves = self.inner.read_links();
+        let mut out: Vec<SlaveStatus> = slaves.iter().map(|link| status_of(&self.inner, link)).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
@@ -408,10 +359,10 @@ impl MasterHub {
     /// Runs with `features` from now on: every slave is asked to register again, and its
     /// link then runs the flags both sides have. Batches in flight finish as they are.
     pub fn set_features(&self, features: Features) {
-        *self.inner.features.write().unwrap_or_else(PoisonError::into_inner) = features;
+        self.inner.set_features(features);
         for url in self.slaves().into_iter().map(|s| s.url) {
-            let client = self.inner.client.clone();
-            self.inner.runtime.spawn(async move {
+            let client = self.inner.client().clone();
+            self.inner.runtime().spawn(async move {
                 if let Err(e) = client.reconnect(&url).await {
                     tracing::warn!(%url, error = %e, "cannot ask a slave to register again after a flag change");
                 }
@@ -422,14 +373,12 @@ impl MasterHub {
     /// Wakes every sender to look again at what it holds back: after a reload, the
     /// batch settings may be other than those it is waiting under.
     pub fn wake_senders(&self) {
-        for link in self.inner.slaves.read().unwrap_or_else(PoisonError::into_inner).values() {
-            link.wake.notify_one();
-        }
+        self.inner.wake_senders();
     }
 
     /// The session of this master process.
     pub fn session(&self) -> &str {
-        &self.inner.session
+        self.inner.session()
     }
 
     /// `pull(fromLsn)` (stage 5): the log from `from` on, or the snapshot to full-sync
@@ -451,16 +400,16 @@ impl MasterHub {
 
 /// Drops `s`'s buffer, which cannot take the records through `last`: the slave is
 /// caught up from the WAL later (SLOW), or, at stages 1 and 2, misses them (GAP).
-fn overflow(s: &mut LinkState, link: &SlaveLink, total: &AtomicUsize, last: Lsn, now: Instant) {
+fn overflow(s: &mut LinkState, link: &SlaveLink, budget: &SendBudget, last: Lsn, now: Instant) {
     if s.features.bounded_buffer {
-        tracing::warn!(slave = %link.id, depth = s.buffer.len(), "send buffer full: slave marked SLOW");
+        tracing::warn!(slave = %link.id(), depth = s.buffer.len(), "send buffer full: slave marked SLOW");
         s.set_state(SlaveState::Slow);
-        s.clear_buffer(total);
+        s.clear_buffer(budget);
         s.behind_since.get_or_insert(now);
     } else {
         let first = s.buffer.front().map(|q| q.record.lsn).unwrap_or(s.next_send);
-        tracing::warn!(slave = %link.id, %first, %last, "send buffer full: records dropped, the slave misses them (GAP)");
-        s.clear_buffer(total);
+        tracing::warn!(slave = %link.id(), %first, %last, "send buffer full: records dropped, the slave misses them (GAP)");
+        s.clear_buffer(budget);
         s.next_send = s.next_send.max(last.next());
         s.set_state(SlaveState::Gap);
         s.last_error = Some(format!(
@@ -490,14 +439,14 @@ fn check_request(request: &RegisterRequest) -> Result<(), RegisterError> {
 }
 
 /// Drops `link` for good: its sender stops, its buffer is freed, its metric series
-/// go. The caller has removed it from `slaves`.
+/// go. The caller has removed it from the links, and holds them until this is done.
 fn close(hub: &HubInner, link: &SlaveLink) {
-    link.closed.store(true, Ordering::Release);
-    full_sync::end_transfers_of_gone(hub, &link.id);
-    link.lock().clear_buffer(&hub.buffered);
-    link.wake.notify_one();
-    let m = &hub.metrics;
-    let id = [link.id.as_str()];
+    link.close();
+    full_sync::end_transfers_of_gone(hub, link.id());
+    link.lock().clear_buffer(hub.send_budget());
+    link.wake();
+    let m = hub.metrics();
+    let id = [link.id()];
     for family in [
         &m.replication_ack_lsn,
         &m.replication_lag_records,
@@ -526,7 +475,7 @@ fn close(hub: &HubInner, link: &SlaveLink) {
     let _ = m.replication_send_seconds.remove_label_values(&id);
     let _ = m.replication_ack_lag_seconds.remove_label_values(&id);
     for state in SlaveState::ALL {
-        let _ = m.replication_slave_state.remove_label_values(&[&link.id, state.as_str()]);
+        let _ = m.replication_slave_state.remove_label_values(&[link.id(), state.as_str()]);
     }
 }
 
@@ -536,17 +485,10 @@ async fn forget_silent_slaves(hub: std::sync::Weak<HubInner>) {
         let Some(inner) = hub.upgrade() else { return };
         let forget_after = inner.config().forget_after;
         {
-            let mut slaves = inner.slaves.write().unwrap_or_else(PoisonError::into_inner);
-            let silent: Vec<String> = slaves
-                .values()
-                .filter(|link| link.lock().last_seen.elapsed() >= forget_after)
-                .map(|link| link.id.clone())
-                .collect();
-            for id in silent {
-                if let Some(link) = slaves.remove(&id) {
-                    tracing::warn!(slave = %id, ?forget_after, "slave silent too long: forgotten");
-                    close(&inner, &link);
-                }
+            let mut slaves = inner.write_links();
+            for link in slaves.remove_where(|link| link.lock().last_seen.elapsed() >= forget_after) {
+                tracing::warn!(slave = %link.id(), ?forget_after, "slave silent too long: forgotten");
+                close(&inner, &link);
             }
         }
         drop(inner);

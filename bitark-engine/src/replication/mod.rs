@@ -1,14 +1,15 @@
 //! Master/slave replication, stage by stage behind `replication.features`. Nothing here
 //! imports the node: the master side works on the shared `State` and the WAL handle,
-//! the slave side on a [`replica::Replica`]. The files form layers: `status` and
-//! `transfers` at the bottom, then `link`, `gc`, `view`, the sender and verifier,
-//! `full_sync`, `master`, and the stages built on the hub (`heartbeat`, `ack`).
+//! the slave side on a [`replica::Replica`]. The files form layers: `status`,
+//! `transfers` and `byte_index` at the bottom, then `link`, `gc`, `view`, the sender and
+//! verifier, `full_sync`, `master`, and the stages built on the hub (`heartbeat`, `ack`).
 //!
 //! - [`master`]: [`MasterHub`]: registrations (bounded, verified, replaced, forgotten),
 //!   one bounded send buffer per slave filled from the commit path without ever
 //!   blocking it.
-//! - `link`: what the master's parts share: the hub state, one link per slave, the
-//!   LSN-to-bytes index. Its fields are visible to this folder only.
+//! - `link`: what the master's parts share: the hub state behind methods that say what
+//!   each caller does with it, one link per slave, the send budget.
+//! - `byte_index`: how many bytes of log follow an LSN, for lag and headroom in bytes.
 //! - `view`: what the master shows of one link: its status and its metric series.
 //! - `transfers`: stage 5's bookkeeping: running transfers, the queue, chunk planning
 //!   and pacing.
@@ -31,6 +32,7 @@
 //! - [`status`]: what `/actuator/replication` shows.
 
 pub mod ack;
+mod byte_index;
 pub mod fencing;
 pub mod full_sync;
 mod full_sync_client;

@@ -18,7 +18,6 @@ use bitark_common::{Lsn, Record};
 use bitark_infra::replication::{BatchSender, TransportError};
 use bitark_infra::wal::{CursorRead, WalCursor};
 use rand::Rng;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,13 +60,13 @@ pub(crate) async fn run(hub: Arc<HubInner>, link: Arc<SlaveLink>) {
 
 async fn wait(hub: &HubInner, link: &SlaveLink) {
     refresh_metrics(hub, link);
-    let _ = tokio::time::timeout(IDLE_WAIT, link.wake.notified()).await;
+    let _ = tokio::time::timeout(IDLE_WAIT, link.woken()).await;
 }
 
 /// Holds a small batch back for `delay`, until commits fill it or a write starts
 /// waiting for it.
 async fn linger(hub: &HubInner, link: &SlaveLink, delay: Duration) {
-    let hurry = hub.hurry.notified();
+    let hurry = hub.hurried();
     tokio::pin!(hurry);
     // Registered before looking, so that a write that starts waiting after the look
     // still cuts the delay short.
@@ -77,14 +76,14 @@ async fn linger(hub: &HubInner, link: &SlaveLink, delay: Duration) {
     }
     tokio::select! {
         _ = hurry => {}
-        _ = link.wake.notified() => {}
+        _ = link.woken() => {}
         _ = tokio::time::sleep(delay) => {}
     }
 }
 
 /// Whether a write waits for an acknowledgement of `next_send` or a later record.
 fn wanted_now(hub: &HubInner, next_send: Lsn) -> bool {
-    hub.ack_wanted.load(Ordering::Acquire) >= next_send.0
+    hub.ack_wanted() >= next_send
 }
 
 /// Decides what to send next, under the slave's lock.
@@ -92,14 +91,14 @@ fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
     let durable = hub.durable_lsn();
     let mut s = link.lock();
     s.lingering = false;
-    s.trim_sent(&hub.buffered);
+    s.trim_sent(hub.send_budget());
     if !s.verified || s.state().is_stuck() {
         return Step::Wait;
     }
     if s.next_send > durable {
         if s.next_send <= hub.committed_lsn() {
             // Logged, not durable yet (`fsync: interval | never`): ask for an fsync.
-            hold_for_durable(hub);
+            hub.wait_for_durable();
             return Step::Wait;
         }
         s.behind_since = None;
@@ -146,17 +145,11 @@ fn next_step(hub: &HubInner, link: &SlaveLink) -> Step {
             Step::Send(take_batch(&s, hub.config().batch_max_records, durable))
         }
         Some(_) => {
-            hold_for_durable(hub);
+            hub.wait_for_durable();
             Step::Wait
         }
         None => Step::Wait,
     }
-}
-
-/// Asks the log for an fsync and to be woken when it is done.
-fn hold_for_durable(hub: &HubInner) {
-    hub.waiting_for_durable.store(true, Ordering::Release);
-    hub.wal.request_sync();
 }
 
 /// Copies the front of the buffer: up to `max` records, about `BATCH_BYTES`, none
@@ -184,7 +177,7 @@ async fn catch_up(
 ) -> Option<Vec<Record>> {
     // A cursor left behind `from` (the buffer served the records between) moves on from
     // where it stopped, instead of finding `from` again from the start of its segment.
-    let mut reader = cursor.take().unwrap_or_else(|| WalCursor::new(&hub.dir.wal(), from));
+    let mut reader = cursor.take().unwrap_or_else(|| WalCursor::new(&hub.dir().wal(), from));
     let up_to = hub.durable_lsn();
     let max = hub.config().batch_max_records;
     let (reader, read) = tokio::task::spawn_blocking(move || {
@@ -200,20 +193,20 @@ async fn catch_up(
     }
     match read {
         Ok(CursorRead::Records(records)) if !records.is_empty() => {
-            hub.metrics.replication_catchup_records.with_label_values(&[&link.id]).inc_by(records.len() as u64);
+            hub.metrics().replication_catchup_records.with_label_values(&[link.id()]).inc_by(records.len() as u64);
             Some(records)
         }
         Ok(CursorRead::Records(_)) => None,
         Ok(CursorRead::Purged { oldest }) => {
             let mut s = link.lock();
-            tracing::warn!(slave = %link.id, needs = %from, %oldest, "slave needs records the WAL no longer holds");
+            tracing::warn!(slave = %link.id(), needs = %from, %oldest, "slave needs records the WAL no longer holds");
             s.set_state(SlaveState::NeedsFullSync);
             s.last_error = Some(format!("needs LSN {from}, the WAL starts at LSN {oldest}: a full sync is required"));
-            s.clear_buffer(&hub.buffered);
+            s.clear_buffer(hub.send_budget());
             None
         }
         Err(e) => {
-            tracing::error!(slave = %link.id, error = %e, "cannot read the WAL to catch a slave up");
+            tracing::error!(slave = %link.id(), error = %e, "cannot read the WAL to catch a slave up");
             link.lock().last_error = Some(e.to_string());
             None
         }
@@ -233,13 +226,13 @@ async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
     for record in &records {
         record.encode_into(&mut body);
     }
-    let labels = [link.id.as_str()];
-    let m = &hub.metrics;
+    let labels = [link.id()];
+    let m = hub.metrics();
     m.replication_sent_batches.with_label_values(&labels).inc();
     m.replication_sent_records.with_label_values(&labels).inc_by(records.len() as u64);
     let started = Instant::now();
-    let sender = BatchSender { master_id: &hub.node_id, master_session: &hub.session, slave_session: &slave_session };
-    let result = hub.client.append(&url, &sender, body).await;
+    let sender = BatchSender { master_id: hub.node_id(), master_session: hub.session(), slave_session: &slave_session };
+    let result = hub.client().append(&url, &sender, body).await;
     if link.is_closed() {
         // Forgotten or replaced meanwhile: its metric series are gone and stay gone.
         return;
@@ -265,7 +258,7 @@ async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
                 if s.state() != SlaveState::Gap {
                     recovered(&mut s, link);
                 }
-                hub.acks.send_modify(|n| *n = n.wrapping_add(1));
+                hub.acked();
                 None
             }
             Ok(None) => {
@@ -301,21 +294,21 @@ async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
                     s.last_error = Some(format!(
                         "the slave expects LSN {expected} next, which this stage cannot resend; records after it are sent on and refused"
                     ));
-                    tracing::warn!(slave = %link.id, %expected, "slave misses records this stage cannot resend (GAP)");
+                    tracing::warn!(slave = %link.id(), %expected, "slave misses records this stage cannot resend (GAP)");
                 } else if features.reliable {
                     m.replication_retries.with_label_values(&labels).inc();
                     s.last_error = Some(e.to_string());
                     if s.state() != SlaveState::Slow {
                         s.set_state(SlaveState::Unreachable);
                     }
-                    tracing::debug!(slave = %link.id, error = %e, ?backoff, "send failed; retrying");
+                    tracing::debug!(slave = %link.id(), error = %e, ?backoff, "send failed; retrying");
                 } else {
                     // Dropped: this stage does not resend, so the slave now misses them.
                     s.next_send = last.next();
                     s.set_state(SlaveState::Gap);
                     s.last_error =
                         Some(format!("sending records {first}..={last} failed and this stage cannot resend them: {e}"));
-                    tracing::warn!(slave = %link.id, %first, %last, error = %e, "send failed; records dropped (GAP)");
+                    tracing::warn!(slave = %link.id(), %first, %last, error = %e, "send failed; records dropped (GAP)");
                 }
                 Some(backoff)
             }
@@ -329,7 +322,7 @@ async fn send(hub: &Arc<HubInner>, link: &SlaveLink, records: Vec<Record>) {
 
 fn recovered(s: &mut LinkState, link: &SlaveLink) {
     if s.state() != SlaveState::Alive {
-        tracing::info!(slave = %link.id, ack = %s.last_ack, from = s.state().as_str(), "slave caught up: ALIVE");
+        tracing::info!(slave = %link.id(), ack = %s.last_ack, from = s.state().as_str(), "slave caught up: ALIVE");
     }
     s.set_state(SlaveState::Alive);
 }
@@ -345,9 +338,9 @@ fn backoff(retry: &RetryConfig, retries: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replication::link::SendBudget;
     use bitark_common::replication::Features;
     use bitark_common::{Command, Epoch};
-    use std::sync::atomic::AtomicUsize;
 
     /// A link that registered at 0 with records 1..=`last` queued, each `msgs` ids.
     fn link_with(last: u64, msgs: u64) -> LinkState {
@@ -360,7 +353,7 @@ mod tests {
                 command: Command::MarkBatch { user: lsn, msgs: (0..msgs).collect() },
             })
             .collect();
-        s.push(&records, &AtomicUsize::new(0), Instant::now());
+        s.push(&records, &SendBudget::default(), Instant::now());
         s
     }
 

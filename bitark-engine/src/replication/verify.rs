@@ -29,7 +29,7 @@ pub(crate) fn start(hub: Arc<HubInner>, link: Arc<SlaveLink>) {
         }
         s.verifying = true;
     }
-    let runtime = hub.runtime.clone();
+    let runtime = hub.runtime().clone();
     runtime.spawn(run(hub, link));
 }
 
@@ -45,12 +45,14 @@ async fn run(hub: Arc<HubInner>, link: Arc<SlaveLink>) {
             let s = link.lock();
             (s.url.clone(), s.slave_session.clone())
         };
-        let problem = match hub.client.status(&url).await {
-            Ok(status) if status.node_id != link.id || status.session != session => Some(format!(
+        let problem = match hub.client().status(&url).await {
+            Ok(status) if status.node_id != link.id() || status.session != session => Some(format!(
                 "{url} answers as node `{}` (session {}), not as slave `{}` (session {session})",
-                status.node_id, status.session, link.id
+                status.node_id,
+                status.session,
+                link.id()
             )),
-            Ok(status) if status.master_session != hub.session => {
+            Ok(status) if status.master_session != hub.session() => {
                 Some(format!("{url} does not follow this master yet (it follows session `{}`)", status.master_session))
             }
             Ok(_) => None,
@@ -66,13 +68,13 @@ async fn run(hub: Arc<HubInner>, link: Arc<SlaveLink>) {
                         s.set_state(SlaveState::Alive);
                     }
                 }
-                tracing::info!(slave = %link.id, %url, "slave verified; sending it records");
+                tracing::info!(slave = %link.id(), %url, "slave verified; sending it records");
                 refresh_metrics(&hub, &link);
-                link.wake.notify_one();
+                link.wake();
                 return;
             }
             Some(problem) => {
-                tracing::debug!(slave = %link.id, attempt, %problem, "slave not verified yet");
+                tracing::debug!(slave = %link.id(), attempt, %problem, "slave not verified yet");
                 link.lock().last_error = Some(problem);
             }
         }
@@ -82,8 +84,8 @@ async fn run(hub: Arc<HubInner>, link: Arc<SlaveLink>) {
     {
         let mut s = link.lock();
         s.verifying = false;
-        s.clear_buffer(&hub.buffered);
+        s.clear_buffer(hub.send_budget());
     }
     refresh_metrics(&hub, &link);
-    tracing::warn!(slave = %link.id, "slave URL could not be verified; its next registration tries again");
+    tracing::warn!(slave = %link.id(), "slave URL could not be verified; its next registration tries again");
 }

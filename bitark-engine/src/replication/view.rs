@@ -4,8 +4,6 @@
 use super::gc::fill_headroom;
 use super::link::{HubInner, SlaveLink};
 use super::status::{SlaveState, SlaveStatus};
-use std::sync::atomic::Ordering;
-use std::sync::PoisonError;
 
 /// One slave's status.
 pub(crate) fn status_of(hub: &HubInner, link: &SlaveLink) -> SlaveStatus {
@@ -18,13 +16,9 @@ pub(crate) fn status_of(hub: &HubInner, link: &SlaveLink) -> SlaveStatus {
         let oldest = s.buffer.front().filter(|q| q.record.lsn == s.last_ack.next()).map(|q| q.committed);
         oldest.or(s.behind_since).map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0)
     };
-    let lag_bytes = if lag_records == 0 {
-        0
-    } else {
-        hub.bytes.lock().unwrap_or_else(PoisonError::into_inner).bytes_after(s.last_ack)
-    };
+    let lag_bytes = if lag_records == 0 { 0 } else { hub.bytes_after(s.last_ack) };
     let mut status = SlaveStatus {
-        id: link.id.clone(),
+        id: link.id().to_string(),
         url: s.url.clone(),
         state: s.state(),
         features: s.features,
@@ -54,8 +48,8 @@ pub(crate) fn refresh_metrics(hub: &HubInner, link: &SlaveLink) {
         return;
     }
     let status = status_of(hub, link);
-    let m = &hub.metrics;
-    let id = [link.id.as_str()];
+    let m = hub.metrics();
+    let id = [link.id()];
     m.replication_ack_lsn.with_label_values(&id).set(status.last_ack_lsn as i64);
     m.replication_lag_records.with_label_values(&id).set(status.lag_records as i64);
     m.replication_lag_bytes.with_label_values(&id).set(status.lag_bytes as i64);
@@ -64,7 +58,7 @@ pub(crate) fn refresh_metrics(hub: &HubInner, link: &SlaveLink) {
     m.replication_buffer_bytes.with_label_values(&id).set(status.buffer_bytes as i64);
     // A buffer dropped outside a commit (a check given up, a slave marked DEAD) changes the
     // total as well.
-    m.replication_buffered_bytes.set(hub.buffered.load(Ordering::Relaxed) as i64);
+    m.replication_buffered_bytes.set(hub.send_budget().total() as i64);
     match status.headroom_bytes {
         Some(bytes) => m.replication_headroom_bytes.with_label_values(&id).set(bytes as i64),
         None => drop(m.replication_headroom_bytes.remove_label_values(&id)),
@@ -74,6 +68,6 @@ pub(crate) fn refresh_metrics(hub: &HubInner, link: &SlaveLink) {
         None => drop(m.replication_headroom_seconds.remove_label_values(&id)),
     }
     for state in SlaveState::ALL {
-        m.replication_slave_state.with_label_values(&[&link.id, state.as_str()]).set((state == status.state) as i64);
+        m.replication_slave_state.with_label_values(&[link.id(), state.as_str()]).set((state == status.state) as i64);
     }
 }
