@@ -772,3 +772,25 @@ async fn a_user_of_another_group_is_409_wrong_shard_on_every_path_and_nothing_is
     let ok = s.get(&format!("/api/v1/users/{mine}/reads/5")).await;
     assert_eq!(ok.1["read"], true);
 }
+
+#[tokio::test]
+async fn a_sharded_node_names_its_group_in_write_tokens_and_takes_both_forms_back() {
+    use bitark_common::{GroupId, HashRange, ShardMap};
+    let s = start();
+    let map = ShardMap::even(&[GroupId::new("a").unwrap()]).unwrap();
+    let plain = s.call(Method::PUT, "/api/v1/users/1/reads/5", None).await;
+    let plain_token = plain.1["token"].as_str().unwrap().to_string();
+    assert_eq!(plain_token.split(':').count(), 2, "not sharded: {plain_token}");
+    let map = map.assign(HashRange::ALL, &GroupId::new("a").unwrap()).unwrap();
+    s.node.set_ownership(map.ownership(&GroupId::new("a").unwrap())).await.unwrap();
+    let written = s.call(Method::PUT, "/api/v1/users/1/reads/6", None).await;
+    let token = written.1["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("a:"), "{token}");
+    for t in [&token, &plain_token] {
+        let read = s.get(&format!("/api/v1/users/1/reads/6?token={t}")).await;
+        assert_eq!(read.0, StatusCode::OK, "{t}: {}", read.1);
+    }
+    let other = token.replacen("a:", "b:", 1);
+    let refused = s.get(&format!("/api/v1/users/1/reads/6?token={other}")).await;
+    assert_error(&refused, StatusCode::BAD_REQUEST, "invalid_token", "token of group b; this node is of group a");
+}

@@ -202,12 +202,58 @@ impl FromStr for WriteToken {
     }
 }
 
+/// A write token with the group that gave it: `<group>:<epoch>:<lsn>` from a sharded
+/// node, the two-part `<epoch>:<lsn>` (no group) from a node that is not sharded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopedToken {
+    pub group: Option<crate::shard::GroupId>,
+    pub token: WriteToken,
+}
+
+impl fmt::Display for ScopedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.group {
+            Some(group) => write!(f, "{group}:{}", self.token),
+            None => self.token.fmt(f),
+        }
+    }
+}
+
+impl FromStr for ScopedToken {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.bytes().filter(|b| *b == b':').count() != 2 {
+            return text.parse().map(|token| ScopedToken { group: None, token });
+        }
+        let (group, rest) = text.split_once(':').expect("two colons");
+        let group = crate::shard::GroupId::new(group).map_err(|e| format!("`{text}`: {e}"))?;
+        let token = rest.parse::<WriteToken>().map_err(|_| {
+            format!("`{text}` is not a write token `<group>:<epoch>:<lsn>` (or `<epoch>:<lsn>`) of decimal integers")
+        })?;
+        Ok(ScopedToken { group: Some(group), token })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn history(entries: &[(u64, u64)]) -> EpochHistory {
         EpochHistory::new(entries.iter().map(|&(epoch, start_lsn)| EpochStart { epoch, start_lsn }).collect()).unwrap()
+    }
+
+    #[test]
+    fn a_token_names_its_group_when_it_has_one() {
+        let scoped: ScopedToken = "eu-2:3:42".parse().unwrap();
+        assert_eq!(scoped.group.as_ref().map(|g| g.as_str()), Some("eu-2"));
+        assert_eq!(scoped.token, WriteToken { epoch: Epoch(3), lsn: Lsn(42) });
+        assert_eq!(scoped.to_string(), "eu-2:3:42");
+        let plain: ScopedToken = "3:42".parse().unwrap();
+        assert_eq!((plain.to_string(), plain.group), ("3:42".to_string(), None));
+        for bad in ["EU:3:42", "a:b:c", "a:0:1", "a:1:2:3", ":1:2", "1:2:"] {
+            assert!(bad.parse::<ScopedToken>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod replication;
 pub mod shard;
 
 pub use command::Command;
-pub use epoch::{EpochEnd, EpochHistory, EpochStart, TokenCheck, WriteToken};
+pub use epoch::{EpochEnd, EpochHistory, EpochStart, ScopedToken, TokenCheck, WriteToken};
 pub use error::CodecError;
 pub use ids::{Epoch, Lsn, NodeId};
 pub use record::Record;

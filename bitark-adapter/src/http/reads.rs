@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Json;
-use bitark_common::{Command, Epoch, Lsn, TokenCheck, WriteToken};
+use bitark_common::{Command, Epoch, GroupId, Lsn, ScopedToken, TokenCheck, WriteToken};
 use bitark_engine::{AckMode, ConsistencyError, LeaderReadError, Node, OnLag, WriteError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -36,8 +36,9 @@ pub struct LsnResponse {
     pub lsn: u64,
     /// Epoch of the master that wrote it.
     pub epoch: u64,
-    /// `"<epoch>:<lsn>"`: pass it as `?token=` to a read on any node to read this write
-    /// (or learn, with 409 `write_lost`, that a failover lost it).
+    /// `"<epoch>:<lsn>"`, or `"<group>:<epoch>:<lsn>"` from a sharded node: pass it as
+    /// `?token=` to a read on any node of the group (or through a router) to read this
+    /// write (or learn, with 409 `write_lost`, that a failover lost it).
     #[schema(example = "1:42")]
     pub token: String,
 }
@@ -64,18 +65,24 @@ impl IntoResponse for ReadStatus {
     }
 }
 
-/// A write's answer: [`LsnResponse`] for the record at `lsn`, written by `epoch`.
+/// A write's answer: [`LsnResponse`] for the record at `lsn`, written by `epoch` in
+/// `group` (a sharded node's; its token then names it).
 pub struct Written {
     pub lsn: Lsn,
     pub epoch: Epoch,
+    pub group: Option<GroupId>,
 }
 
 impl IntoResponse for Written {
     fn into_response(self) -> Response {
         let (mut lsn, mut epoch) = (itoa::Buffer::new(), itoa::Buffer::new());
         let (lsn, epoch) = (lsn.format(self.lsn.0).as_bytes(), epoch.format(self.epoch.0).as_bytes());
-        let mut body = Vec::with_capacity(32 + 2 * (lsn.len() + epoch.len()));
-        for part in [&b"{\"lsn\":"[..], lsn, b",\"epoch\":", epoch, b",\"token\":\"", epoch, b":", lsn, b"\"}"] {
+        let group = self.group.as_ref().map_or(&b""[..], |g| g.as_str().as_bytes());
+        let colon = if group.is_empty() { &b""[..] } else { b":" };
+        let mut body = Vec::with_capacity(32 + 2 * (lsn.len() + epoch.len()) + group.len());
+        for part in
+            [&b"{\"lsn\":"[..], lsn, b",\"epoch\":", epoch, b",\"token\":\"", group, colon, epoch, b":", lsn, b"\"}"]
+        {
             body.extend_from_slice(part);
         }
         json_answer(body)
@@ -165,9 +172,10 @@ pub struct ConsistencyQuery {
     /// otherwise, or, on a slave with `reads.on-lag: redirect`, 307 to the master.
     #[param(rename = "minLsn", value_type = Option<IdString>)]
     pub min_lsn: Option<u64>,
-    /// A write's `token` (`"<epoch>:<lsn>"`): as `minLsn`, and 409 `write_lost` when this
+    /// A write's `token` (`"<epoch>:<lsn>"`, or `"<group>:<epoch>:<lsn>"` from a sharded
+    /// node): as `minLsn`, and 409 `write_lost` when this
     /// node's epoch history shows that write was lost in a failover.
-    #[param(pattern = "^[0-9]+:[0-9]+$", example = "1:42")]
+    #[param(pattern = "^([a-z0-9][a-z0-9-]{0,31}:)?[0-9]+:[0-9]+$", example = "1:42")]
     pub token: Option<String>,
     /// See [`ConsistencyParam`].
     #[param(inline)]
@@ -240,8 +248,9 @@ pub struct RangeQuery {
     /// Wait (up to `reads.min-lsn-wait`) until this LSN is applied.
     #[param(rename = "minLsn", value_type = Option<IdString>)]
     pub min_lsn: Option<u64>,
-    /// A write's `token` (`"<epoch>:<lsn>"`); see the other reads.
-    #[param(pattern = "^[0-9]+:[0-9]+$", example = "1:42")]
+    /// A write's `token` (`"<epoch>:<lsn>"` or `"<group>:<epoch>:<lsn>"`); see the other
+    /// reads.
+    #[param(pattern = "^([a-z0-9][a-z0-9-]{0,31}:)?[0-9]+:[0-9]+$", example = "1:42")]
     pub token: Option<String>,
     /// See [`ConsistencyParam`].
     #[param(inline)]
@@ -285,10 +294,7 @@ async fn consistent_node<'s>(
         // Refused before any wait: a slave or a fenced master never answers one.
         leader_still(node, &path())?;
     }
-    let token = query
-        .text("token")
-        .map(|t| t.parse::<WriteToken>().map_err(|e| ApiError::bad_request("invalid_token", format!("`token`: {e}"))))
-        .transpose()?;
+    let token = query.text("token").map(|t| scoped_token(node, t)).transpose()?;
     let min = query.id("minLsn")?.map(Lsn).max(token.map(|t| t.lsn));
     let holds = |node: &Node| token.map_or(TokenCheck::Holds, |t| node.check_token(t));
     if let (Some(t), TokenCheck::Lost { owner }) = (token, holds(node)) {
@@ -401,6 +407,22 @@ fn write_lost(token: WriteToken, owner: bitark_common::Epoch) -> ApiError {
     ApiError::WriteLost { message: lost.to_string(), token: token.to_string() }
 }
 
+/// The `token` of a read: `<epoch>:<lsn>`, or `<group>:<epoch>:<lsn>` of this node's
+/// group.
+fn scoped_token(node: &Node, text: &str) -> Result<WriteToken, ApiError> {
+    let invalid = |why: String| ApiError::bad_request("invalid_token", format!("`token`: {why}"));
+    let scoped = text.parse::<ScopedToken>().map_err(invalid)?;
+    let mine = node.ownership().map(|own| own.group.clone());
+    match (scoped.group, mine) {
+        (None, _) => Ok(scoped.token),
+        (Some(given), Some(mine)) if given == mine => Ok(scoped.token),
+        (Some(given), Some(mine)) => {
+            Err(invalid(format!("`{text}` is a token of group {given}; this node is of group {mine}")))
+        }
+        (Some(given), None) => Err(invalid(format!("`{text}` is a token of group {given}; this node is not sharded"))),
+    }
+}
+
 /// The same request on the master, for a slave behind what the read asks for;
 /// `path` is the request's path and query.
 fn read_from_master(node: &Node, path: &str) -> ApiError {
@@ -442,7 +464,7 @@ pub(crate) async fn write(
     };
     let path = || uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     match node.write_acked(command, ack).await {
-        Ok(lsn) => Ok(Written { lsn, epoch: node.epoch() }),
+        Ok(lsn) => Ok(Written { lsn, epoch: node.epoch(), group: node.ownership().map(|own| own.group.clone()) }),
         // A slave points the client at the same request on the master.
         Err(WriteError::NotMaster { master_url }) => {
             Err(ApiError::NotMaster { location: format!("{}{}", master_url.trim_end_matches('/'), path()), master_url })
@@ -633,9 +655,11 @@ mod tests {
                 assert_eq!(body(ReadStatus { read, lsn: a }.into_response()).await, (json.clone(), expected));
             }
             let (lsn, epoch) = (Lsn(a), Epoch(b));
-            let token = WriteToken { epoch, lsn }.to_string();
-            let expected = serde_json::to_string(&LsnResponse { lsn: a, epoch: b, token }).unwrap();
-            assert_eq!(body(Written { lsn, epoch }.into_response()).await, (json.clone(), expected));
+            for group in [None, Some(GroupId::new("eu-2").unwrap())] {
+                let token = ScopedToken { group: group.clone(), token: WriteToken { epoch, lsn } }.to_string();
+                let expected = serde_json::to_string(&LsnResponse { lsn: a, epoch: b, token }).unwrap();
+                assert_eq!(body(Written { lsn, epoch, group }.into_response()).await, (json.clone(), expected));
+            }
         }
     }
 }
