@@ -109,7 +109,7 @@ pub async fn run(
     };
     tokio::pin!(server);
 
-    let engine = config.engine();
+    let engine = config.engine.clone();
     let opening = {
         let metrics = metrics.clone();
         tokio::task::spawn_blocking(move || Node::open(engine, metrics))

@@ -196,8 +196,9 @@ fn main() -> ExitCode {
         action: Some(BackupAction::Prune { target, keep_full, keep_wal, dry_run }), ..
     }) = cli.command
     {
-        let retention = &config.backup.retention;
-        let Some(target) = target.or_else(|| Some(config.backup.archive.target.clone()).filter(|t| !t.is_empty()))
+        let retention = &config.engine.backup.retention;
+        let Some(target) =
+            target.or_else(|| Some(config.engine.backup.archive.target.clone()).filter(|t| !t.is_empty()))
         else {
             eprintln!("bitark backup prune: give the target (backup.archive.target is not set)");
             return ExitCode::from(2);
@@ -317,9 +318,9 @@ async fn serve(config: AppConfig, reloader: Reloader) -> Result<(), Box<dyn std:
     let addr = SocketAddr::new(config.server.bind, config.server.port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!(
-        node = %config.node.id,
-        data_dir = %config.node.data_dir.display(),
-        fsync = ?config.wal.fsync,
+        node = %config.engine.node.id,
+        data_dir = %config.engine.node.data_dir.display(),
+        fsync = ?config.engine.wal.fsync,
         "listening on http://{}",
         listener.local_addr()?
     );

@@ -120,14 +120,14 @@ async fn refresh_once(state: &AppState) -> Result<RefreshReport, RefreshError> {
     // The flags change only when the configuration's flags changed: an override made
     // with PUT /admin/replication/features stays otherwise.
     let live = node.live_features();
-    let configured = next.replication.effective_features();
-    let flags = (configured != running.replication.effective_features())
+    let configured = next.engine.replication.effective_features();
+    let flags = (configured != running.engine.replication.effective_features())
         .then_some(Features { failover: live.features.failover, ..configured });
-    node.check_features(flags.unwrap_or(live.features), next.replication.ack)
+    node.check_features(flags.unwrap_or(live.features), next.engine.replication.ack)
         .map_err(|e| RefreshError::Refused(e.to_string()))?;
 
     let before = node.config();
-    node.reconfigure(&next.engine());
+    node.reconfigure(&next.engine);
     if let Some(flags) = flags.filter(|f| *f != live.features) {
         if let Err(e) = crate::roles::change_features(state, flags).await {
             node.reconfigure(&before);

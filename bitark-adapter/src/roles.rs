@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 /// Starts the replication side the node's role asks for (neither when replication
 /// is off), and under fencing the watch for newer epochs.
 pub async fn start(state: &AppState, node: &Node, config: &AppConfig, local_addr: SocketAddr, metrics: &Metrics) {
-    let replication = &config.replication;
+    let replication = &config.engine.replication;
     let features = replication.effective_features();
     for (name, on) in Features::NAMES.iter().zip(features.flags()) {
         metrics.replication_feature.with_label_values(&[name]).set(on as i64);
@@ -114,14 +114,14 @@ pub async fn promote(state: &AppState) -> Result<(Epoch, Lsn), RoleError> {
 /// lease.
 fn refuse_under_failover(state: &AppState) -> Result<(), RoleError> {
     let node = state.node().map_err(|e| RoleError::Busy(e.to_string()))?;
-    if node.fencing() && !state.config().replication.effective_features().fencing {
+    if node.fencing() && !state.config().engine.replication.effective_features().fencing {
         return Err(RoleError::WrongRole(
             "fencing is on only until the next restart (PUT /admin/replication/features): a role changed now would \
              not survive one; turn fencing on in the configuration first"
                 .into(),
         ));
     }
-    if state.config().replication.effective_features().failover {
+    if state.config().engine.replication.effective_features().failover {
         return Err(RoleError::WrongRole(
             "replication.features.failover is on: etcd elects the master; stop the master (or turn failover off) \
              instead"

@@ -24,11 +24,11 @@ struct Server {
 
 fn config(dir: &std::path::Path) -> AppConfig {
     let mut config = AppConfig::default();
-    config.node.data_dir = dir.to_path_buf();
-    config.wal.fsync = FsyncPolicy::Never;
-    config.limits.max_batch = 100;
-    config.limits.max_range = 1000;
-    config.reads.min_lsn_wait = Duration::from_millis(100);
+    config.engine.node.data_dir = dir.to_path_buf();
+    config.engine.wal.fsync = FsyncPolicy::Never;
+    config.engine.limits.max_batch = 100;
+    config.engine.limits.max_range = 1000;
+    config.engine.reads.min_lsn_wait = Duration::from_millis(100);
     config
 }
 
@@ -37,7 +37,7 @@ fn start_with(edit: impl FnOnce(&mut AppConfig)) -> Server {
     let mut config = config(dir.path());
     edit(&mut config);
     let metrics = Metrics::standalone();
-    let node = Node::open(config.engine(), metrics.clone()).unwrap();
+    let node = Node::open(config.engine.clone(), metrics.clone()).unwrap();
     let state = AppState::new(config, metrics);
     state.set_node(node.clone());
     Server { app: router(state.clone()), state, node, _dir: dir }
@@ -310,7 +310,7 @@ async fn unknown_routes_and_methods_answer_json() {
 
 #[tokio::test]
 async fn min_lsn_waits_for_a_write_and_times_out_clearly() {
-    let s = start_with(|c| c.reads.min_lsn_wait = Duration::from_secs(30));
+    let s = start_with(|c| c.engine.reads.min_lsn_wait = Duration::from_secs(30));
     let reader = {
         let app = s.app.clone();
         tokio::spawn(async move {
@@ -379,7 +379,7 @@ async fn unknown_methods_fold_into_one_metric_label() {
 
 #[tokio::test]
 async fn a_user_cannot_hold_more_marks_than_the_limit() {
-    let s = start_with(|c| c.limits.max_marks_per_user = 10);
+    let s = start_with(|c| c.engine.limits.max_marks_per_user = 10);
     let ids: Vec<u64> = (0..11).collect();
     let answer = s.post("/api/v1/users/1/reads", json!({ "msgIds": ids })).await;
     assert_error(&answer, StatusCode::CONFLICT, "mark_limit", "limits.max-marks-per-user");
@@ -405,7 +405,7 @@ async fn a_user_cannot_hold_more_marks_than_the_limit() {
 #[tokio::test]
 async fn above_the_memory_limit_writes_that_add_marks_get_507_and_reads_go_on() {
     // One byte: any process is above it.
-    let s = start_with(|c| c.limits.max_memory = bytesize::ByteSize::b(1));
+    let s = start_with(|c| c.engine.limits.max_memory = bytesize::ByteSize::b(1));
     let answer = s.call(Method::PUT, "/api/v1/users/1/reads/2", None).await;
     assert_error(&answer, StatusCode::INSUFFICIENT_STORAGE, "memory_limit", "limits.max-memory");
     assert_error(

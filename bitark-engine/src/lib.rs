@@ -5,7 +5,7 @@
 //! # Layout
 //! - [`config`]: one file per section the engine owns (`node`, `snapshot`, `limits`,
 //!   `reads` in `config/node.rs`; `replication`, `coordination`, `backup`), and the
-//!   whole [`EngineConfig`] with what reloads.
+//!   whole [`EngineConfig`]: the key of each section, what reloads.
 //! - [`node`]: [`Node`], the handle the adapter uses, one file per job: `open`
 //!   (recovery, epochs, the starting role), `write` (validation, proposing, acks,
 //!   replicated records), `reads` (answers, LSN waits, leader reads), `roles` (role,

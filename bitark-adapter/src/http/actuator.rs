@@ -110,10 +110,10 @@ fn wal_component(state: &AppState) -> Component {
 
 fn disk_component(state: &AppState) -> Component {
     let config = state.config();
-    let dir = &config.node.data_dir;
+    let dir = &config.engine.node.data_dir;
     match bitark_infra::process::disk_space(dir) {
         Ok((free, total)) => {
-            let threshold = config.wal.segment_size.as_u64();
+            let threshold = config.engine.wal.segment_size.as_u64();
             let status = if free >= threshold { "UP" } else { "OUT_OF_SERVICE" };
             Component::new(
                 status,
@@ -294,14 +294,14 @@ pub struct RecoveryInfo {
     responses((status = 200, description = "Build and node information", body = Info)))]
 pub async fn info(State(state): State<AppState>) -> Json<Info> {
     let config = state.config();
-    let role = match config.node.role {
+    let role = match config.engine.node.role {
         bitark_engine::Role::Master => "master",
         bitark_engine::Role::Slave => "slave",
     };
     let node = state.node_if_open();
     Json(Info {
         app: AppInfo { name: "bitark", version: env!("CARGO_PKG_VERSION") },
-        node: NodeInfo { id: config.node.id.clone(), role },
+        node: NodeInfo { id: config.engine.node.id.clone(), role },
         uptime_seconds: state.uptime().as_secs(),
         applied_lsn: node.map(|n| n.applied_lsn().0),
         durable_lsn: node.map(|n| n.durable_lsn().0),
@@ -323,7 +323,7 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
 #[utoipa::path(get, path = "/actuator/prometheus", tag = "actuator",
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
-    if let Ok((free, total)) = bitark_infra::process::disk_space(&state.config().node.data_dir) {
+    if let Ok((free, total)) = bitark_infra::process::disk_space(&state.config().engine.node.data_dir) {
         state.metrics().disk_free_bytes.set(free as i64);
         state.metrics().disk_total_bytes.set(total as i64);
     }

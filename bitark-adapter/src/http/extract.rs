@@ -190,7 +190,7 @@ impl FromRequest<AppState> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let limit = body_limit(req.uri().path(), state.config().limits.max_batch);
+        let limit = body_limit(req.uri().path(), state.config().engine.limits.max_batch);
         // The deadline is set here, as the body is about to be read: only requests that
         // have one to read pay for a timer.
         let req = DeadlineBody::wrap(req, state.config().server.request_timeout);

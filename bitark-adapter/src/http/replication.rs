@@ -106,7 +106,7 @@ const EPOCH: HeaderName = HeaderName::from_static(EPOCH_HEADER);
 async fn epochs(State(state): State<AppState>) -> Result<Json<EpochsAnswer>, ApiError> {
     let node = state.node()?;
     Ok(Json(EpochsAnswer {
-        node_id: state.config().node.id.clone(),
+        node_id: state.config().engine.node.id.clone(),
         history: node.epochs().history,
         durable_lsn: node.durable_lsn().0,
     }))
@@ -192,7 +192,7 @@ async fn status(State(state): State<AppState>) -> Result<Json<NodeStatus>, ApiEr
     let config = state.config();
     let follower = state.follower();
     Ok(Json(NodeStatus {
-        node_id: config.node.id.clone(),
+        node_id: config.engine.node.id.clone(),
         role: if node.is_slave() { "slave" } else { "master" }.into(),
         applied_lsn: node.applied_lsn().0,
         features: node.features(),
@@ -285,7 +285,7 @@ pub async fn replication_status(State(state): State<AppState>) -> Result<Json<Re
     let live = node.live_features();
     Ok(Json(ReplicationStatus {
         role: if node.is_slave() { "slave" } else { "master" },
-        node_id: config.node.id.clone(),
+        node_id: config.engine.node.id.clone(),
         epoch: epochs.history.current().0,
         highest_epoch: epochs.highest().0,
         fenced: !node.is_slave() && node.is_fenced(),

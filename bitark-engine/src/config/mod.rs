@@ -1,10 +1,13 @@
 //! The configuration sections the engine owns, one file per section: `node.rs` (`node`,
 //! `snapshot`, `limits`, `reads`), `replication.rs`, `coordination.rs`, `backup.rs`;
-//! here the whole [`EngineConfig`], what reloads, and the checks across sections.
+//! here the whole [`EngineConfig`], where each section sits in the configuration tree
+//! ([`EngineConfig::from_sections`]), what reloads, and the checks across sections.
 //! Each struct is the declaration of its section: every field documented with its
 //! default; `problems()` lists every invalid value by key.
 
 use bitark_common::replication::Features;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::sync::Arc;
 
 mod backup;
@@ -40,8 +43,20 @@ impl std::ops::Deref for ReplicationNow {
     }
 }
 
-/// Everything the engine needs to open a node.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The sections of the configuration tree, visited one at a time by top-level key and
+/// type. The adapter's loader parses each section from its sources on its own, so that a
+/// bad value in one does not hide the problems of the others, and learns from the visit
+/// every key the tree takes; its OpenAPI document describes each section the same way.
+pub trait Sections {
+    /// The section under the top-level key `name`.
+    fn section<T: DeserializeOwned + Default + utoipa::ToSchema>(&mut self, name: &'static str) -> T;
+}
+
+/// Everything the engine needs to open a node: the engine's sections of the configuration
+/// tree, each under the key [`EngineConfig::from_sections`] gives it. Other crates'
+/// sections sit beside them at the top level, so this serializes as those keys alone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct EngineConfig {
     pub node: NodeConfig,
     pub wal: bitark_infra::WalConfig,
@@ -54,6 +69,21 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// The engine's sections, each taken from `sections` under its key: where a field of
+    /// this struct sits in the configuration tree.
+    pub fn from_sections(sections: &mut impl Sections) -> EngineConfig {
+        EngineConfig {
+            node: sections.section("node"),
+            wal: sections.section("wal"),
+            snapshot: sections.section("snapshot"),
+            limits: sections.section("limits"),
+            reads: sections.section("reads"),
+            replication: sections.section("replication"),
+            coordination: sections.section("coordination"),
+            backup: sections.section("backup"),
+        }
+    }
+
     /// The keys that take effect while the node runs (a key ending in `.` stands for
     /// every key under it). Every other key of the engine's sections needs a restart.
     /// `replication.features.failover` is the one flag that does.
@@ -177,6 +207,28 @@ mod tests {
         let mut config = EngineConfig::default();
         edit(&mut config);
         config.problems()
+    }
+
+    /// Answers every section's defaults, noting its key.
+    struct Keys(Vec<&'static str>);
+
+    impl Sections for Keys {
+        fn section<T: DeserializeOwned + Default + utoipa::ToSchema>(&mut self, name: &'static str) -> T {
+            self.0.push(name);
+            T::default()
+        }
+    }
+
+    #[test]
+    fn each_section_is_read_from_the_key_it_is_written_under() {
+        let mut keys = Keys(Vec::new());
+        assert_eq!(EngineConfig::from_sections(&mut keys), EngineConfig::default());
+        let written = serde_json::to_value(EngineConfig::default()).unwrap();
+        let mut written: Vec<&str> = written.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut read = keys.0;
+        written.sort_unstable();
+        read.sort_unstable();
+        assert_eq!(read, written);
     }
 
     #[test]

@@ -9,15 +9,17 @@
 //!    standing for `-` (`BITARK_WAL__SEGMENT_SIZE=16MiB` sets `wal.segment-size`);
 //! 5. command-line flags `--port`, `--bind`, `--data-dir`.
 //!
-//! Each crate owns the struct of its section; this module composes them. Unknown keys
-//! and bad values stop start-up with a message naming the key and the file it came from;
+//! Each crate owns the structs of its sections and says under which key each sits
+//! (`EngineConfig::from_sections` for the engine's); [`AppConfig`] composes them, and
+//! `sections.rs` walks the composed tree section by section: to parse it, to know its
+//! keys, to describe it in the OpenAPI document. Unknown keys and bad values stop
+//! start-up with a message naming the key and the file it came from;
 //! [`AppConfig::problems`] then lists every invalid value at once.
 
-use bitark_engine::{
-    BackupConfig, CoordinationConfig, EngineConfig, LimitsConfig, NodeConfig, ReadsConfig, ReplicationConfig,
-    SnapshotConfig,
-};
-use bitark_infra::WalConfig;
+mod sections;
+
+use bitark_engine::config::Sections;
+use bitark_engine::EngineConfig;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -27,21 +29,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The defaults, compiled in.
-pub const EMBEDDED_DEFAULTS: &str = include_str!("../../application.yml");
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../../../application.yml");
 
-/// The whole configuration tree.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+/// The whole configuration tree: the adapter's sections around the engine's, all of them
+/// at the top level. [`AppConfig::from_sections`] says which key holds which; loading
+/// parses the tree through it, section by section, rather than through a `Deserialize` of
+/// this struct, which would stop at the first bad section.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct AppConfig {
     pub server: ServerConfig,
-    pub node: NodeConfig,
-    pub wal: WalConfig,
-    pub snapshot: SnapshotConfig,
-    pub limits: LimitsConfig,
-    pub reads: ReadsConfig,
-    pub replication: ReplicationConfig,
-    pub coordination: CoordinationConfig,
-    pub backup: BackupConfig,
+    /// The sections the engine declares, each at the top level beside the adapter's.
+    #[serde(flatten)]
+    pub engine: EngineConfig,
     pub security: SecurityConfig,
     pub management: ManagementConfig,
     pub logging: LoggingConfig,
@@ -265,55 +265,27 @@ impl AppConfig {
         if let Some(dir) = &sources.data_dir {
             figment = figment.merge(Serialized::default("node.data-dir", dir));
         }
-        let problems = match figment.extract::<AppConfig>() {
+        let problems = match sections::parse(&figment) {
             Ok(config) => match config.problems() {
                 problems if problems.is_empty() => return Ok(config),
                 problems => problems,
             },
-            Err(whole) => Self::problems_by_section(&figment, whole),
+            Err(problems) => problems,
         };
         Err(ConfigError::Problems(problems))
     }
 
-    /// Every problem of a configuration that does not parse: the values of the wrong type
-    /// or form in each section, found by parsing the sections one by one, then the invalid
-    /// values of the sections that did parse. serde stops at a tree's first error, so
-    /// parsing the whole tree would name only one.
-    fn problems_by_section(figment: &Figment, whole: figment::Error) -> Vec<String> {
-        let mut parsed = AppConfig::default();
-        let (mut lines, mut failed) = (Vec::new(), Vec::new());
-        let mut section = |name: &'static str, parse: &mut dyn FnMut(&Figment) -> Result<(), Box<figment::Error>>| {
-            if figment.find_value(name).is_ok() {
-                if let Err(errors) = parse(figment) {
-                    // figment names a section's keys from the inside out, the section last.
-                    lines.extend((*errors).into_iter().map(|mut e| {
-                        if e.path.last().is_some_and(|last| last == name) {
-                            e.path.pop();
-                        }
-                        e.path.insert(0, name.to_string());
-                        error_line(&e)
-                    }));
-                    failed.push(name);
-                }
-            }
-        };
-        macro_rules! sections {
-            ($($field:ident: $name:literal),* $(,)?) => {
-                $(section($name, &mut |f| Ok(parsed.$field = f.extract_inner($name).map_err(Box::new)?));)*
-            };
+    /// Every section, each taken from `sections` under its key, in the order
+    /// `application.yml` documents them: the adapter's here, the engine's where the engine
+    /// says.
+    fn from_sections(sections: &mut impl Sections) -> AppConfig {
+        AppConfig {
+            server: sections.section("server"),
+            engine: EngineConfig::from_sections(sections),
+            security: sections.section("security"),
+            management: sections.section("management"),
+            logging: sections.section("logging"),
         }
-        sections! {
-            server: "server", node: "node", wal: "wal", snapshot: "snapshot", limits: "limits",
-            reads: "reads", replication: "replication", coordination: "coordination", backup: "backup",
-            security: "security", management: "management", logging: "logging",
-        }
-        if lines.is_empty() {
-            // Not inside a section (an unknown one, say): the whole tree's error says where.
-            return error_lines(whole);
-        }
-        let in_failed = |problem: &String| failed.iter().any(|name| problem.starts_with(&format!("{name}.")));
-        lines.extend(parsed.problems().into_iter().filter(|p| !in_failed(p)));
-        lines
     }
 
     /// Every invalid value, each naming its key.
@@ -325,7 +297,7 @@ impl AppConfig {
         if self.management.server.port.is_some_and(|p| p != 0 && p == self.server.port) {
             out.push("management.server.port: must differ from server.port (leave it unset to share it)".into());
         }
-        out.extend(self.engine().problems());
+        out.extend(self.engine.problems());
         if self.replicates() && self.security.cluster_token.expose().is_none() && !self.security.allow_insecure_cluster
         {
             out.push(
@@ -340,7 +312,7 @@ impl AppConfig {
 
     /// True when this node takes part in replication (a slave, or a master with it on).
     pub fn replicates(&self) -> bool {
-        self.node.role == bitark_engine::Role::Slave || self.replication.effective_features().any()
+        self.engine.node.role == bitark_engine::Role::Slave || self.engine.replication.effective_features().any()
     }
 
     /// Whether the dotted `key` takes effect on a refresh (`POST /actuator/refresh`,
@@ -353,12 +325,8 @@ impl AppConfig {
 
     /// This configuration with the reloadable keys of `new`: what runs after a refresh.
     pub fn with_reloaded(&self, new: &AppConfig) -> AppConfig {
-        let engine = self.engine().with_reloaded(&new.engine());
         AppConfig {
-            snapshot: engine.snapshot,
-            limits: engine.limits,
-            reads: engine.reads,
-            replication: engine.replication,
+            engine: self.engine.with_reloaded(&new.engine),
             logging: LoggingConfig { level: new.logging.level.clone(), ..self.logging.clone() },
             ..self.clone()
         }
@@ -390,20 +358,6 @@ impl AppConfig {
         out.sort_by(|x, y| x.0.cmp(&y.0));
         out
     }
-
-    /// The sections the engine consumes.
-    pub fn engine(&self) -> EngineConfig {
-        EngineConfig {
-            node: self.node.clone(),
-            wal: self.wal.clone(),
-            snapshot: self.snapshot.clone(),
-            limits: self.limits.clone(),
-            reads: self.reads.clone(),
-            replication: self.replication.clone(),
-            coordination: self.coordination.clone(),
-            backup: self.backup.clone(),
-        }
-    }
 }
 
 /// The leaves of `value` as (dotted key, value); a list is one leaf.
@@ -417,24 +371,6 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, serde
         }
         leaf => out.push((prefix.to_string(), leaf.clone())),
     }
-}
-
-/// One line per error, each naming the key and the source it came from.
-fn error_lines(errors: figment::Error) -> Vec<String> {
-    errors.into_iter().map(|e| error_line(&e)).collect()
-}
-
-/// One error as a line naming its key and the source it came from.
-fn error_line(e: &figment::Error) -> String {
-    let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
-    let source = match e.metadata.as_ref() {
-        Some(meta) => match &meta.source {
-            Some(source) => format!("{source}"),
-            None => meta.name.to_string(),
-        },
-        None => "configuration".to_string(),
-    };
-    format!("{key}: {} (from {source})", e.kind)
 }
 
 #[cfg(test)]
@@ -456,9 +392,9 @@ mod tests {
 
     #[test]
     fn embedded_defaults_parse_to_the_documented_defaults() {
-        let config: AppConfig = Figment::new().merge(Yaml::string(EMBEDDED_DEFAULTS)).extract().unwrap();
+        let config = sections::parse(&Figment::new().merge(Yaml::string(EMBEDDED_DEFAULTS))).unwrap();
         let mut expected = AppConfig::default();
-        expected.node.data_dir = PathBuf::from("./data");
+        expected.engine.node.data_dir = PathBuf::from("./data");
         assert_eq!(config, expected, "application.yml and the Default impls must agree");
     }
 
@@ -485,9 +421,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.server.port, 9100);
-        assert_eq!(config.wal.segment_size, bytesize::ByteSize::mib(1));
-        assert_eq!(config.reads.min_lsn_wait, Duration::from_millis(250));
-        assert_eq!(config.node.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.engine.wal.segment_size, bytesize::ByteSize::mib(1));
+        assert_eq!(config.engine.reads.min_lsn_wait, Duration::from_millis(250));
+        assert_eq!(config.engine.node.data_dir, PathBuf::from("/tmp/x"));
         let flagged = load_in(dir.path(), Sources { port: Some(1234), ..Sources::default() }).unwrap();
         assert_eq!(flagged.server.port, 1234);
     }
@@ -503,7 +439,7 @@ mod tests {
             let sources = Sources { config_file: Some(dir.path().join("application.yml")), ..Sources::default() };
             let config = AppConfig::load_with_env(&sources, Env::prefixed("BITARK_ENVTEST_")).unwrap();
             assert_eq!(config.server.port, 7000);
-            assert_eq!(config.wal.segment_size, bytesize::ByteSize::mib(2));
+            assert_eq!(config.engine.wal.segment_size, bytesize::ByteSize::mib(2));
             Ok(())
         });
     }
@@ -515,6 +451,18 @@ mod tests {
         let err = load_in(dir.path(), Sources::default()).unwrap_err().to_string();
         assert!(err.contains("segmnt-size"), "{err}");
         assert!(err.contains("application.yml"), "{err}");
+    }
+
+    #[test]
+    fn every_unknown_section_is_named_with_its_file_beside_the_other_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("application.yml"), "servr:\n  port: 1\nwall: {}\nnode:\n  role: boss\n").unwrap();
+        let Err(ConfigError::Problems(found)) = load_in(dir.path(), Sources::default()) else { panic!("accepted") };
+        assert_eq!(found.len(), 3, "{found:?}");
+        for (line, key) in found.iter().zip(["servr:", "wall:", "node.role:"]) {
+            assert!(line.starts_with(key) && line.ends_with("application.yml)"), "{found:?}");
+        }
+        assert!(found[0].contains("`server`, `node`, `wal`"), "the known sections in order: {found:?}");
     }
 
     #[test]
@@ -616,21 +564,21 @@ mod tests {
         let running = AppConfig::default();
         let mut new = AppConfig::default();
         new.server.port = 9999;
-        new.node.id = "other".into();
-        new.wal.queue_capacity = 7;
-        new.snapshot.keep = 5;
-        new.limits.max_batch = 3;
-        new.reads.min_lsn_wait = Duration::from_millis(5);
-        new.replication.stage = 3.0;
-        new.replication.features.failover = true;
-        new.replication.master_url = "http://x:1".into();
-        new.replication.buffer.max_records = 9;
-        new.replication.retry.max_backoff = Duration::from_secs(9);
-        new.replication.full_sync.chunk_size = bytesize::ByteSize::mib(1);
-        new.replication.max_lag.records = 4;
-        new.replication.ack_timeout = Duration::from_secs(1);
-        new.replication.request_timeout = Duration::from_secs(1);
-        new.coordination.lease_ttl = Duration::from_secs(4);
+        new.engine.node.id = "other".into();
+        new.engine.wal.queue_capacity = 7;
+        new.engine.snapshot.keep = 5;
+        new.engine.limits.max_batch = 3;
+        new.engine.reads.min_lsn_wait = Duration::from_millis(5);
+        new.engine.replication.stage = 3.0;
+        new.engine.replication.features.failover = true;
+        new.engine.replication.master_url = "http://x:1".into();
+        new.engine.replication.buffer.max_records = 9;
+        new.engine.replication.retry.max_backoff = Duration::from_secs(9);
+        new.engine.replication.full_sync.chunk_size = bytesize::ByteSize::mib(1);
+        new.engine.replication.max_lag.records = 4;
+        new.engine.replication.ack_timeout = Duration::from_secs(1);
+        new.engine.replication.request_timeout = Duration::from_secs(1);
+        new.engine.coordination.lease_ttl = Duration::from_secs(4);
         new.security.admin_token = Secret::new("s3cret");
         new.logging.level = "debug".into();
         new.logging.format = LogFormat::Json;
