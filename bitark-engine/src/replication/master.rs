@@ -147,6 +147,11 @@ impl MasterHub {
         let applied = Lsn(request.applied_lsn);
         let durable = hub.durable_lsn();
         let mut slaves = hub.write_links();
+        // Again under the lock `stop` clears the links under: a registration that passed
+        // the check above while the hub stopped must not add a link after the clearing.
+        if hub.is_stopped() {
+            return Err(RegisterError::Stopped);
+        }
         let existing = slaves.get(&request.slave_id);
         let same_process = existing.as_ref().is_some_and(|link| {
             let s = link.lock();
