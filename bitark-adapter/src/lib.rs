@@ -15,6 +15,10 @@
 //!   admin request, on the election's word, on a newer epoch seen (the engine's
 //!   `ReplicationSide` sequences each change).
 //! - [`rollout`]: the `bitark rollout` command, a cluster moved stage by stage.
+//! - [`router`]: `bitark router`, the public API of every replication group behind one
+//!   address: each request sent to the group that owns its user, cross-user reads fanned
+//!   out.
+//! - [`shards`]: `bitark shards init | show | assign`, the shard map in etcd.
 //! - [`server`]: the HTTP/1.1 connection loop, generic over the service it serves:
 //!   connection cap, idle, header and body deadlines, JSON bodies for the errors hyper
 //!   answers by itself.
@@ -31,7 +35,9 @@ pub mod openapi;
 pub mod refresh;
 pub mod roles;
 pub mod rollout;
+pub mod router;
 pub mod server;
+pub mod shards;
 
 pub use config::AppConfig;
 

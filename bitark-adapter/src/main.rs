@@ -80,6 +80,26 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
     },
+    /// Read or change the shard map in etcd: which replication group owns which users.
+    Shards {
+        #[command(subcommand)]
+        action: ShardsAction,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Run a router: the public API of every group behind one address, sending each
+    /// request to the group that owns its user (stateless; run as many as you like).
+    Router {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Longest a request waits for its group to have a master (during a failover)
+        /// before it is answered 503.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        failover_wait: std::time::Duration,
+        /// Longest one request to a node may take.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        node_timeout: std::time::Duration,
+    },
     /// Print the OpenAPI document and exit.
     Openapi,
     /// Print the effective configuration (secrets masked) and exit.
@@ -107,6 +127,46 @@ enum Command {
         /// master's management URL).
         #[arg(long)]
         management_port: Option<u16>,
+    },
+}
+
+/// Where a command finds the shard map: etcd and the key prefix (default from the
+/// configuration's coordination.etcd.*).
+#[derive(clap::Args)]
+struct EtcdArgs {
+    /// etcd client URL (repeat for several members).
+    #[arg(long = "etcd", value_name = "URL")]
+    endpoints: Vec<String>,
+    /// Key prefix (coordination.etcd.prefix).
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ShardsAction {
+    /// Write the first shard map: the hash space cut evenly over the groups, in order.
+    Init {
+        /// Group names, comma separated: a,b,c.
+        #[arg(long, value_delimiter = ',', required = true)]
+        groups: Vec<String>,
+    },
+    /// Print the shard map and each group's master.
+    Show {
+        /// The map as JSON, as etcd holds it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a hash range to a group in the next map version (ownership only: the data
+    /// of users already in the range is not moved).
+    Assign {
+        /// START..END in hex, END exclusive; `end` for the end of the space:
+        /// 0x8000000000000000..end.
+        range: String,
+        /// The group that owns it from now on.
+        group: String,
+        /// Refuse unless the map is still at this version.
+        #[arg(long)]
+        expect_version: Option<u64>,
     },
 }
 
@@ -211,6 +271,38 @@ fn main() -> ExitCode {
         };
         return offline("backup prune", bitark_adapter::backups::prune(plan, say));
     }
+    let etcd_place = |etcd: &EtcdArgs| bitark_adapter::shards::Place {
+        endpoints: if etcd.endpoints.is_empty() {
+            config.engine.coordination.etcd.endpoints.clone()
+        } else {
+            etcd.endpoints.clone()
+        },
+        prefix: etcd.prefix.clone().unwrap_or_else(|| config.engine.coordination.etcd.prefix.clone()),
+        timeout: config.engine.coordination.etcd.timeout.max(std::time::Duration::from_secs(2)),
+    };
+    if let Some(Command::Shards { action, etcd }) = &cli.command {
+        use bitark_adapter::shards::Action;
+        let action = match action {
+            ShardsAction::Init { groups } => Action::Init { groups: groups.clone() },
+            ShardsAction::Show { json } => Action::Show { json: *json },
+            ShardsAction::Assign { range, group, expect_version } => {
+                Action::Assign { range: range.clone(), group: group.clone(), expect_version: *expect_version }
+            }
+        };
+        let place = etcd_place(etcd);
+        return offline("shards", async move { bitark_adapter::shards::run(place, action, say).await });
+    }
+    if let Some(Command::Router { etcd, failover_wait, node_timeout }) = &cli.command {
+        let options = bitark_adapter::router::RouterOptions {
+            place: etcd_place(etcd),
+            failover_wait: *failover_wait,
+            node_timeout: *node_timeout,
+            refresh: config.engine.cluster.refresh,
+        };
+        init_logging(&config.logging);
+        let addr = SocketAddr::new(config.server.bind, config.server.port);
+        return serve_router(addr, options);
+    }
     if let Some(Command::Config) = cli.command {
         println!("{}", serde_json::to_string_pretty(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
@@ -247,10 +339,7 @@ fn say(line: &str) {
 }
 
 /// Runs a command that needs no server of its own to the end.
-fn offline(
-    name: &str,
-    work: impl std::future::Future<Output = Result<(), bitark_adapter::backups::Error>>,
-) -> ExitCode {
+fn offline<E: std::fmt::Display>(name: &str, work: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -262,6 +351,30 @@ fn offline(
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bitark {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve_router(addr: SocketAddr, options: bitark_adapter::router::RouterOptions) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bitark router: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        bitark_adapter::router::run(listener, options, shutdown).await
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bitark router: {e}");
             ExitCode::FAILURE
         }
     }

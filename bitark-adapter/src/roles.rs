@@ -18,6 +18,7 @@ use bitark_common::{Epoch, Lsn};
 use bitark_engine::coordination::{Coordinator, RoleSwitch};
 use bitark_engine::node::LiveFeatures;
 use bitark_engine::replication_side::ReplicationSide;
+use bitark_engine::sharding::member;
 use bitark_engine::{Node, RoleError};
 use bitark_infra::replication::ReplicationClient;
 use bitark_infra::Metrics;
@@ -39,6 +40,13 @@ pub async fn start(state: &AppState, node: &Node, config: &AppConfig, local_addr
     state.set_replication_side(side.clone());
     // Always: fencing may be turned on while the node runs.
     tokio::spawn(watch_epochs(state.clone(), client));
+    if let Some(group) = config.engine.cluster.group_id() {
+        // In a static group nothing else names the master in etcd.
+        let announce = !features.failover;
+        if let Err(e) = member::run(node.clone(), group, side.self_url().to_string(), announce).await {
+            tracing::error!(error = %e, "cannot reach etcd: this node serves no user until it can read the shard map");
+        }
+    }
     if !features.any() {
         return;
     }

@@ -97,14 +97,7 @@ pub async fn readers(
     ApiJson(body): ApiJson<ReadersRequest>,
 ) -> Result<Json<ReceiptsResult>, ApiError> {
     let msg = parse_id("msgId", &msg)?;
-    let node = state.node()?;
-    if node.is_replacing() {
-        return Err(ApiError::Replacing);
-    }
-    node.validate_batch_len(body.user_ids.len())?;
-    for user in &body.user_ids {
-        node.check_owner(user.0)?;
-    }
+    let node = serving(&state, body.user_ids.iter().map(|u| u.0))?;
     let read = body.user_ids.iter().map(|user| Some(node.is_read(user.0, msg))).collect();
     Ok(Json(ReceiptsResult { read, unavailable: Vec::new() }))
 }
@@ -126,14 +119,21 @@ pub async fn check_pairs(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<PairsRequest>,
 ) -> Result<Json<ReceiptsResult>, ApiError> {
+    let node = serving(&state, body.pairs.iter().map(|p| p.user_id.0))?;
+    let read = body.pairs.iter().map(|p| Some(node.is_read(p.user_id.0, p.msg_id.0))).collect();
+    Ok(Json(ReceiptsResult { read, unavailable: Vec::new() }))
+}
+
+/// The node, when it can answer for every one of `users` now: not replacing its state,
+/// at most `limits.max-batch` of them, each of its group.
+fn serving(state: &AppState, users: impl ExactSizeIterator<Item = u64>) -> Result<&bitark_engine::Node, ApiError> {
     let node = state.node()?;
     if node.is_replacing() {
         return Err(ApiError::Replacing);
     }
-    node.validate_batch_len(body.pairs.len())?;
-    for pair in &body.pairs {
-        node.check_owner(pair.user_id.0)?;
+    node.validate_batch_len(users.len())?;
+    for user in users {
+        node.check_owner(user)?;
     }
-    let read = body.pairs.iter().map(|p| Some(node.is_read(p.user_id.0, p.msg_id.0))).collect();
-    Ok(Json(ReceiptsResult { read, unavailable: Vec::new() }))
+    Ok(node)
 }

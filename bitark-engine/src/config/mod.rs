@@ -11,11 +11,13 @@ use serde::Serialize;
 use std::sync::Arc;
 
 mod backup;
+mod cluster;
 mod coordination;
 mod node;
 mod replication;
 
 pub use backup::*;
+pub use cluster::*;
 pub use coordination::*;
 pub use node::*;
 pub use replication::*;
@@ -66,6 +68,7 @@ pub struct EngineConfig {
     pub replication: ReplicationConfig,
     pub coordination: CoordinationConfig,
     pub backup: BackupConfig,
+    pub cluster: ClusterConfig,
 }
 
 impl EngineConfig {
@@ -81,6 +84,7 @@ impl EngineConfig {
             replication: sections.section("replication"),
             coordination: sections.section("coordination"),
             backup: sections.section("backup"),
+            cluster: sections.section("cluster"),
         }
     }
 
@@ -173,6 +177,7 @@ impl EngineConfig {
         }
         out.extend(self.replication.problems(self.node.role));
         out.extend(self.coordination.problems(self.failover()));
+        out.extend(self.cluster.problems(self.coordination.etcd.endpoints.len()));
         if self.node.data_dir.as_os_str().is_empty() {
             out.push("node.data-dir: must not be empty".into());
         }

@@ -1,6 +1,7 @@
 //! Automatic failover through etcd (`replication.features.failover`): the policy.
 //!
-//! Keys, under `coordination.etcd.prefix`:
+//! Keys, under `coordination.etcd.prefix` (a sharded node's under
+//! `<prefix>/groups/<cluster.group>`, see [`group_keys`]):
 //! - `<prefix>/members/<node id>`: every node's [`Member`] record (its URL, epoch and
 //!   durable LSN), refreshed every quarter of the lease TTL, attached to the node's
 //!   lease: a node that stops renewing drops out.
@@ -94,7 +95,7 @@ impl Coordinator {
     }
 
     fn keys(&self) -> Keys {
-        let prefix = &self.config.etcd.prefix;
+        let prefix = group_keys(&self.config.etcd.prefix, &self.node.config().cluster);
         Keys {
             leader: format!("{prefix}/leader"),
             epoch: format!("{prefix}/epoch"),
@@ -400,6 +401,15 @@ impl Coordinator {
 
 fn parse_counter(kv: &KeyValue) -> Option<u64> {
     std::str::from_utf8(&kv.value).ok()?.trim().parse().ok()
+}
+
+/// Where a node's coordination keys sit: under `prefix`, or under its group's prefix
+/// when it is sharded (`cluster.group`).
+pub fn group_keys(prefix: &str, cluster: &crate::config::ClusterConfig) -> String {
+    match cluster.group_id() {
+        Some(group) => crate::sharding::group_prefix(prefix, &group),
+        None => prefix.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     /// Orders ownership checks of writes against changes of ownership
     /// (`ownership.rs`): writes hold it shared from check to proposal.
     ownership_gate: RwLock<()>,
+    /// `cluster.group`, when the node is sharded (restart-only).
+    group: Option<bitark_common::GroupId>,
     /// The shard directory, to name the owner of a user this node refuses.
     shards: crate::sharding::ShardView,
     /// Held for the life of the node: the OS lock on `<data-dir>/LOCK`.

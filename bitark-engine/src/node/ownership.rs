@@ -5,7 +5,8 @@
 //! gate's shared hold and is proposed to the log before the hold ends, and a change of
 //! ownership is proposed under the exclusive hold. So every write in the log before an
 //! ownership record was admitted under the ownership before it, and none after it under
-//! an older one. A node without ownership (not sharded) serves every user.
+//! an older one. A node that is not sharded serves every user; a node of a group
+//! (`cluster.group`) serves nobody before its log holds an ownership.
 
 use super::Node;
 use crate::error::{WriteError, WrongShard};
@@ -22,10 +23,14 @@ impl Node {
     /// Whether this node's group serves `user`; the refusal names the group and map
     /// version otherwise.
     pub fn check_owner(&self, user: u64) -> Result<(), WrongShard> {
-        if self.inner.state.store.owns(user) {
+        let store = &self.inner.state.store;
+        // A node of a group (`cluster.group`) serves nobody until its log says what.
+        if store.owns(user) && (self.inner.group.is_none() || store.has_ownership()) {
             return Ok(());
         }
-        let own = self.ownership().expect("only a node with ownership refuses a user");
+        let own = self.ownership();
+        let group = own.as_ref().map(|o| o.group.clone()).or_else(|| self.inner.group.clone());
+        let group = group.expect("only a sharded node refuses a user");
         let directory = self.inner.shards.get();
         let (owner, owner_master) = match &directory {
             Some(d) => {
@@ -34,8 +39,8 @@ impl Node {
             }
             None => (None, None),
         };
-        let map_version = own.map_version.max(directory.map_or(0, |d| d.map.version));
-        Err(WrongShard { user, group: own.group.clone(), map_version, owner, owner_master })
+        let map_version = own.map_or(0, |o| o.map_version).max(directory.map_or(0, |d| d.map.version));
+        Err(WrongShard { user, group, map_version, owner, owner_master })
     }
 
     /// What this node knows of the other groups (filled by

@@ -5,7 +5,7 @@
 
 use super::group_prefix;
 use super::store::{ShardError, ShardMapStore, Versioned};
-use crate::coordination::Leader;
+use crate::coordination::{Leader, Member};
 use bitark_common::{GroupId, ShardMap};
 use bitark_infra::etcd::Etcd;
 use std::collections::HashMap;
@@ -19,6 +19,9 @@ pub struct Directory {
     /// Each group's master URL, from its leader key; a group without one has no
     /// reachable master now.
     pub masters: HashMap<GroupId, String>,
+    /// Each group's members that publish a record (under failover), master included:
+    /// where a read with a write token may go.
+    pub members: HashMap<GroupId, Vec<String>>,
 }
 
 impl Directory {
@@ -42,10 +45,22 @@ pub struct WatchState {
 }
 
 /// A shared, swappable [`Directory`] and the state of the watch that fills it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ShardView {
     directory: Arc<arc_swap::ArcSwapOption<Directory>>,
     watch: Arc<Mutex<WatchState>>,
+    /// Bumped by every change of the directory.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for ShardView {
+    fn default() -> Self {
+        ShardView {
+            directory: Arc::default(),
+            watch: Arc::default(),
+            changes: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
 }
 
 impl ShardView {
@@ -59,8 +74,17 @@ impl ShardView {
         self.directory.load().as_ref().map_or(0, |d| d.map.version)
     }
 
+    /// Replaces the directory; a different one wakes every subscriber.
     pub fn set(&self, directory: Directory) {
-        self.directory.store(Some(Arc::new(directory)));
+        if self.get().as_deref() != Some(&directory) {
+            self.directory.store(Some(Arc::new(directory)));
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Told of every change of the directory.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn watch_state(&self) -> WatchState {
@@ -88,16 +112,22 @@ pub async fn read_directory(etcd: &Etcd, prefix: &str) -> Result<Option<Director
     let Some(Versioned { map, .. }) = ShardMapStore::new(etcd.clone(), prefix).read().await? else {
         return Ok(None);
     };
-    let mut masters = HashMap::new();
+    let (mut masters, mut members) = (HashMap::new(), HashMap::new());
     for group in map.groups() {
-        let key = format!("{}/leader", group_prefix(prefix, &group));
-        if let (Some(kv), _) = etcd.get(&key).await? {
+        let keys = group_prefix(prefix, &group);
+        if let (Some(kv), _) = etcd.get(&format!("{keys}/leader")).await? {
             if let Ok(leader) = serde_json::from_slice::<Leader>(&kv.value) {
-                masters.insert(group, leader.url);
+                masters.insert(group.clone(), leader.url);
             }
         }
+        let records = etcd.get_prefix(&format!("{keys}/members/")).await?;
+        let urls: Vec<String> =
+            records.iter().filter_map(|kv| serde_json::from_slice::<Member>(&kv.value).ok()).map(|m| m.url).collect();
+        if !urls.is_empty() {
+            members.insert(group, urls);
+        }
     }
-    Ok(Some(Directory { map, masters }))
+    Ok(Some(Directory { map, masters, members }))
 }
 
 /// Keeps `view` fresh until the process ends: reads the directory, then again on every

@@ -1,6 +1,7 @@
 //! Many replication groups, each owning part of the users: the shard map kept in etcd
 //! (`store.rs`), what a node or router knows of
-//! the other groups (`directory.rs`), and the keys each group keeps under its own prefix.
+//! the other groups (`directory.rs`), a node's part in its group (`member.rs`:
+//! following the map, logging its ownership, announcing a static master), and the keys each group keeps under its own prefix.
 //!
 //! Keys, under `coordination.etcd.prefix`:
 //! - `<prefix>/shards/map`: the [`bitark_common::ShardMap`], JSON, changed by
@@ -9,6 +10,7 @@
 //!   `acked`, `members/<node id>`), as an unsharded cluster keeps them at `<prefix>/…`.
 
 mod directory;
+pub mod member;
 mod store;
 
 pub use directory::{follow, read_directory, Directory, ShardView, WatchState};

@@ -121,6 +121,11 @@ impl ReadStore {
         self.ownership.load().as_ref().is_none_or(|own| own.owns(user))
     }
 
+    /// Whether the log set an ownership.
+    pub fn has_ownership(&self) -> bool {
+        self.ownership.load().is_some()
+    }
+
     /// Applies one command. Unreading an id that is not read changes nothing, and a user
     /// left with no read ids is removed.
     pub fn apply(&self, cmd: &Command) {

@@ -1,0 +1,259 @@
+//! One request to the group that owns it, and the redirects it follows on the way.
+//!
+//! A request is sent again only when the node cannot have acted on it: the connection
+//! was refused, or the node answered that it did not serve it (`wrong_shard`,
+//! `not_master`, `starting`, `shutting_down`, `leader_lease_lapsed`: nothing logged). A
+//! request that reached a node and got no answer is answered 502 and never sent twice,
+//! so a write is acknowledged to the client exactly when a master acknowledged it.
+
+use super::Shared;
+use crate::http::extract::parse_id;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bitark_common::GroupId;
+use bitark_engine::sharding::Directory;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The largest request body the router takes (a node's own limits are lower).
+const MAX_BODY: usize = 16 << 20;
+/// Sends of one request, redirects included.
+const MAX_SENDS: usize = 8;
+
+/// Whom a request is for.
+#[derive(Clone, Debug)]
+pub(super) enum Target {
+    /// The group that owns this user, by the map in force at each send.
+    User(u64),
+    /// This group, whatever the map says now (a part of a fanned-out request).
+    Group(GroupId),
+}
+
+/// A node's answer, as the router passes it on.
+pub(super) struct Answer {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub location: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
+/// Why no node answered.
+#[derive(Debug)]
+pub(super) struct Failure {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Failure {
+    pub(super) fn into_response(self) -> Response {
+        refusal(self.status, self.code, self.message)
+    }
+}
+
+/// A JSON error of the router's own, shaped like a node's.
+pub(super) fn refusal(status: StatusCode, code: &str, message: String) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": code, "message": message }))).into_response()
+}
+
+/// The fields of a node's error the router acts on.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ErrorPeek {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    map_version: Option<u64>,
+    #[serde(default)]
+    master_url: Option<String>,
+}
+
+/// Picks a member for a read that carries a write token, in turn.
+static NEXT_MEMBER: AtomicUsize = AtomicUsize::new(0);
+
+fn base_url(directory: &Directory, group: &GroupId, any_member: bool) -> Option<String> {
+    if any_member {
+        if let Some(members) = directory.members.get(group).filter(|m| !m.is_empty()) {
+            return Some(members[NEXT_MEMBER.fetch_add(1, Ordering::Relaxed) % members.len()].clone());
+        }
+    }
+    directory.masters.get(group).cloned()
+}
+
+/// Sends `method path` with `body` to the node `target` names, following redirects for
+/// up to `--failover-wait`. Answers the group it went to and the node's answer.
+pub(super) async fn send(
+    shared: &Shared,
+    target: Target,
+    method: &Method,
+    path: &str,
+    content_type: Option<&HeaderValue>,
+    body: Bytes,
+    any_member: bool,
+) -> Result<(GroupId, Answer), Failure> {
+    let deadline = Instant::now() + shared.options.failover_wait;
+    let mut direct: Option<String> = None;
+    for _ in 0..MAX_SENDS {
+        let directory = shared.view.get().ok_or_else(|| Failure {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "no_shard_map",
+            message: format!("the router has not read a shard map from etcd at {} yet", shared.prefix),
+        })?;
+        let group = match &target {
+            Target::User(user) => directory.map.owner_of(*user).group.clone(),
+            Target::Group(group) => group.clone(),
+        };
+        let Some(base) = direct.take().or_else(|| base_url(&directory, &group, any_member)) else {
+            shared.metrics.redirects.with_label_values(&["no_master"]).inc();
+            if wait_for_change(shared, deadline).await {
+                continue;
+            }
+            return Err(Failure {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "no_master",
+                message: format!("group {group} has no master in etcd (waited {:?})", shared.options.failover_wait),
+            });
+        };
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let mut request = shared.client.request(method.clone(), &url).body(body.clone());
+        if let Some(ct) = content_type {
+            request = request.header(header::CONTENT_TYPE, ct.clone());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) if e.is_connect() => {
+                // Not delivered: the master is gone or moving. Read etcd again and retry.
+                shared.metrics.redirects.with_label_values(&["unreachable"]).inc();
+                shared.refresh().await;
+                if pause(deadline).await {
+                    continue;
+                }
+                return Err(unreachable(&group, &base, &e));
+            }
+            Err(e) => return Err(unreachable(&group, &base, &e)),
+        };
+        let status = response.status();
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let location = response.headers().get(header::LOCATION).cloned();
+        let body_bytes = response.bytes().await.map_err(|e| unreachable(&group, &base, &e))?;
+        if status == StatusCode::CONFLICT || status == StatusCode::SERVICE_UNAVAILABLE {
+            let peek: ErrorPeek = serde_json::from_slice(&body_bytes).unwrap_or_default();
+            match peek.error.as_str() {
+                "wrong_shard" if matches!(target, Target::User(_)) => {
+                    let theirs = peek.map_version.unwrap_or(0);
+                    if theirs > directory.map.version {
+                        shared.metrics.redirects.with_label_values(&["wrong_shard"]).inc();
+                        shared.refresh().await;
+                        continue;
+                    }
+                    // The node has not logged the map the router uses yet: it soon will.
+                    if theirs < directory.map.version && pause(deadline).await {
+                        continue;
+                    }
+                }
+                "not_master" => {
+                    shared.metrics.redirects.with_label_values(&["not_master"]).inc();
+                    match peek.master_url.filter(|u| !u.is_empty() && *u != base) {
+                        Some(master) => direct = Some(master),
+                        None => {
+                            shared.refresh().await;
+                            if !pause(deadline).await {
+                                return Ok((group, Answer { status, content_type, location, body: body_bytes }));
+                            }
+                        }
+                    }
+                    continue;
+                }
+                "starting" | "shutting_down" | "leader_lease_lapsed" if pause(deadline).await => {
+                    shared.refresh().await;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        return Ok((group, Answer { status, content_type, location, body: body_bytes }));
+    }
+    Err(Failure {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "too_many_redirects",
+        message: format!("the request was redirected {MAX_SENDS} times without an answer; retry"),
+    })
+}
+
+fn unreachable(group: &GroupId, base: &str, e: &reqwest::Error) -> Failure {
+    let (status, code) = if e.is_timeout() {
+        (StatusCode::GATEWAY_TIMEOUT, "node_timeout")
+    } else if e.is_connect() {
+        (StatusCode::SERVICE_UNAVAILABLE, "unreachable")
+    } else {
+        (StatusCode::BAD_GATEWAY, "node_failed")
+    };
+    let outcome = if e.is_connect() { "" } else { " (a write may or may not have been applied: read it back)" };
+    Failure { status, code, message: format!("group {group}'s node at {base} did not answer: {e}{outcome}") }
+}
+
+/// Waits a moment before another send, unless that would pass `deadline`.
+async fn pause(deadline: Instant) -> bool {
+    let step = Duration::from_millis(50);
+    if Instant::now() + step >= deadline {
+        return false;
+    }
+    tokio::time::sleep(step).await;
+    true
+}
+
+/// Waits for the directory to change (a new master), up to `deadline`.
+async fn wait_for_change(shared: &Shared, deadline: Instant) -> bool {
+    let mut changes = shared.view.subscribe();
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return false;
+    }
+    let _ = tokio::time::timeout(left.min(Duration::from_millis(250)), changes.changed()).await;
+    shared.refresh().await;
+    Instant::now() < deadline
+}
+
+/// Every request the router does not answer itself: one user's, sent to its group.
+pub(super) async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let Some(rest) = path.strip_prefix("/api/v1/users/") else {
+        return refusal(StatusCode::NOT_FOUND, "not_found", format!("no route for {path}"));
+    };
+    let user = match parse_id("userId", rest.split('/').next().unwrap_or("")) {
+        Ok(user) => user,
+        Err(e) => return e.into_response(),
+    };
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(body) => body,
+        Err(e) => return refusal(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body: {e}")),
+    };
+    let read = matches!(parts.method, Method::GET | Method::HEAD)
+        || (parts.method == Method::POST && path.ends_with("/reads/check"));
+    let token = parts.uri.query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("token=")));
+    let path_and_query = parts.uri.path_and_query().map_or(path, |p| p.as_str());
+    let content_type = parts.headers.get(header::CONTENT_TYPE);
+    let sent =
+        send(&shared, Target::User(user), &parts.method, path_and_query, content_type, body, read && token).await;
+    let (group, response) = match sent {
+        Ok((group, answer)) => {
+            let mut response = (answer.status, answer.body).into_response();
+            for (name, value) in [(header::CONTENT_TYPE, answer.content_type), (header::LOCATION, answer.location)] {
+                if let Some(value) = value {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            (group.to_string(), response)
+        }
+        Err(failure) => ("none".to_string(), failure.into_response()),
+    };
+    let m = &shared.metrics;
+    m.requests.with_label_values(&[&group, response.status().as_str()]).inc();
+    m.seconds.with_label_values(&[&group]).observe(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,71 @@
+//! The router's metrics, on a registry of its own (`/actuator/prometheus`):
+//! - `bitark_router_requests_total{group, status}`: requests answered, by owning group
+//!   (`none` when no group could be named) and HTTP status;
+//! - `bitark_router_request_seconds{group}`: time to answer, node round trips included;
+//! - `bitark_router_redirects_total{kind}`: redirects followed: `wrong_shard` (a newer
+//!   map), `not_master` (a new master), `no_master` (waited for one), `unreachable`
+//!   (a master that did not take the connection);
+//! - `bitark_router_map_version`: the shard map version in use;
+//! - `bitark_router_etcd_connected`: 1 while the watch on etcd answers, 0 while the
+//!   router serves from its cached map.
+
+use super::Shared;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct RouterMetrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub seconds: HistogramVec,
+    pub redirects: IntCounterVec,
+    pub map_version: IntGauge,
+    pub etcd_connected: IntGauge,
+}
+
+impl RouterMetrics {
+    pub fn new() -> Result<RouterMetrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("bitark_router_requests_total", "Requests the router answered, by owning group and status"),
+            &["group", "status"],
+        )?;
+        let buckets = vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        let seconds = HistogramVec::new(
+            HistogramOpts::new("bitark_router_request_seconds", "Time the router took to answer, by owning group")
+                .buckets(buckets),
+            &["group"],
+        )?;
+        let redirects = IntCounterVec::new(
+            Opts::new("bitark_router_redirects_total", "Redirects the router followed, by kind"),
+            &["kind"],
+        )?;
+        let map_version = IntGauge::new("bitark_router_map_version", "Version of the shard map the router uses")?;
+        let etcd_connected =
+            IntGauge::new("bitark_router_etcd_connected", "1 while the router's watch on etcd answers, else 0")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(seconds.clone()))?;
+        registry.register(Box::new(redirects.clone()))?;
+        registry.register(Box::new(map_version.clone()))?;
+        registry.register(Box::new(etcd_connected.clone()))?;
+        for kind in ["wrong_shard", "not_master", "no_master", "unreachable"] {
+            redirects.with_label_values(&[kind]);
+        }
+        Ok(RouterMetrics { registry, requests, seconds, redirects, map_version, etcd_connected })
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+    }
+}
+
+/// Keeps the gauges of the map version and of etcd's state current.
+pub(super) async fn track(shared: Arc<Shared>) {
+    let mut changes = shared.view.subscribe();
+    loop {
+        shared.metrics.map_version.set(shared.view.map_version() as i64);
+        shared.metrics.etcd_connected.set(i64::from(shared.view.watch_state().connected));
+        let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+    }
+}

@@ -1,0 +1,123 @@
+//! A sharded node's part in its group (`cluster.group`): it keeps the shard directory
+//! fresh, and while it is the group's master it logs the ownership the newest map gives
+//! its group and, in a static group (no failover election), announces itself in the
+//! group's leader key so routers and other groups find it.
+//!
+//! The ownership is only ever raised to a newer map version (see
+//! [`crate::Node::set_ownership`]), and a node serves what its log says, never what etcd
+//! said last: a stale read of etcd delays a change, it never widens what is served.
+
+use super::directory::{follow, ShardView};
+use super::group_prefix;
+use crate::coordination::Leader;
+use crate::Node;
+use bitark_common::{GroupId, Ownership, ShardMap};
+use bitark_infra::etcd::{Etcd, EtcdError};
+use std::time::Duration;
+
+/// What the group member does next with the map it sees: the ownership to log, if any.
+pub fn ownership_to_log(map: &ShardMap, group: &GroupId, logged: Option<&Ownership>) -> Option<Ownership> {
+    let wanted = map.ownership(group);
+    match logged {
+        Some(now) if now.map_version >= wanted.map_version => None,
+        _ => Some(wanted),
+    }
+}
+
+/// Runs the member's loops until the process ends. `self_url` is where this node
+/// serves; `announce` is true in a static group (its master is master by
+/// configuration, so nothing else writes the leader key).
+pub async fn run(node: Node, group: GroupId, self_url: String, announce: bool) -> Result<(), EtcdError> {
+    let config = node.config();
+    let prefix = config.coordination.etcd.prefix.clone();
+    let etcd = Etcd::connect(&config.coordination.etcd.endpoints, config.coordination.etcd.timeout)?;
+    let view = node.shard_view().clone();
+    tokio::spawn(follow(etcd.clone(), prefix.clone(), view.clone(), config.cluster.refresh));
+    if announce {
+        let leader_key = format!("{}/leader", group_prefix(&prefix, &group));
+        tokio::spawn(announce_master(node.clone(), etcd, leader_key, self_url, config.coordination.lease_ttl));
+    }
+    tokio::spawn(keep_ownership(node, group, view));
+    Ok(())
+}
+
+/// While this node is master: log the ownership of every newer map the view shows.
+async fn keep_ownership(node: Node, group: GroupId, view: ShardView) {
+    let mut changes = view.subscribe();
+    let every = node.config().cluster.refresh;
+    loop {
+        if !node.is_slave() {
+            if let Some(directory) = view.get() {
+                if let Some(own) = ownership_to_log(&directory.map, &group, node.ownership().as_deref()) {
+                    let (version, ranges) = (own.map_version, own.ranges.len());
+                    match node.set_ownership(own).await {
+                        Ok(lsn) => tracing::info!(%group, version, ranges, lsn = ?lsn.map(|l| l.0), "ownership logged"),
+                        Err(e) => tracing::warn!(%group, version, error = %e, "cannot log the ownership; retrying"),
+                    }
+                }
+            }
+        }
+        // A promotion shows as no change of the view: look again at least every `every`.
+        let _ = tokio::time::timeout(every.min(Duration::from_secs(1)), changes.changed()).await;
+    }
+}
+
+/// In a static group: while this node is master, its [`Leader`] record is the group's
+/// leader key, on a lease it renews; a node that is not master (or stopped) lets it go.
+async fn announce_master(node: Node, etcd: Etcd, key: String, url: String, ttl: Duration) {
+    let mut lease: Option<i64> = None;
+    loop {
+        let master = !node.is_slave();
+        let result: Result<(), EtcdError> = async {
+            match (master, lease) {
+                (true, None) => {
+                    let granted = etcd.grant(ttl).await?;
+                    let record =
+                        Leader { node_id: node.config().node.id.clone(), url: url.clone(), epoch: node.epoch().0 };
+                    let value = serde_json::to_vec(&record).expect("a leader record serializes");
+                    etcd.put(&key, value, granted.id).await?;
+                    lease = Some(granted.id);
+                }
+                (true, Some(id)) => {
+                    if etcd.keep_alive(id).await?.is_none() {
+                        lease = None;
+                    }
+                }
+                (false, Some(id)) => {
+                    lease = None;
+                    etcd.revoke(id).await?;
+                }
+                (false, None) => {}
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cannot announce this master in etcd; retrying");
+            lease = None;
+        }
+        tokio::time::sleep(ttl / 3).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitark_common::HashRange;
+
+    fn g(name: &str) -> GroupId {
+        GroupId::new(name).unwrap()
+    }
+
+    #[test]
+    fn only_a_newer_map_is_logged() {
+        let map = ShardMap::even(&[g("a"), g("b")]).unwrap();
+        let first = ownership_to_log(&map, &g("a"), None).expect("nothing logged yet");
+        assert_eq!(first.map_version, 1);
+        assert_eq!(ownership_to_log(&map, &g("a"), Some(&first)), None, "the same version again");
+        let next = map.assign(HashRange::ALL, &g("b")).unwrap();
+        let second = ownership_to_log(&next, &g("a"), Some(&first)).expect("a newer map");
+        assert!(second.ranges.is_empty(), "group a owns nothing in version 2");
+        assert_eq!(ownership_to_log(&map, &g("a"), Some(&second)), None, "an older map is never logged");
+    }
+}
