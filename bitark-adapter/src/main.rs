@@ -135,10 +135,10 @@ enum Command {
 #[derive(clap::Args)]
 struct EtcdArgs {
     /// etcd client URL (repeat for several members).
-    #[arg(long = "etcd", value_name = "URL")]
+    #[arg(long = "etcd", value_name = "URL", global = true)]
     endpoints: Vec<String>,
     /// Key prefix (coordination.etcd.prefix).
-    #[arg(long)]
+    #[arg(long, global = true)]
     prefix: Option<String>,
 }
 
@@ -366,8 +366,12 @@ fn serve_router(addr: SocketAddr, options: bitark_adapter::router::RouterOptions
     };
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
         };
         bitark_adapter::router::run(listener, options, shutdown).await
     });

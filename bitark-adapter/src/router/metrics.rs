@@ -6,11 +6,13 @@
 //!   map), `not_master` (a new master), `no_master` (waited for one), `unreachable`
 //!   (a master that did not take the connection);
 //! - `bitark_router_map_version`: the shard map version in use;
+//! - `bitark_router_group_has_master{group}`: 1 while the router knows the group's
+//!   master, 0 while none is known (its users cannot be written);
 //! - `bitark_router_etcd_connected`: 1 while the watch on etcd answers, 0 while the
 //!   router serves from its cached map.
 
 use super::Shared;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ pub struct RouterMetrics {
     pub seconds: HistogramVec,
     pub redirects: IntCounterVec,
     pub map_version: IntGauge,
+    pub group_has_master: IntGaugeVec,
     pub etcd_connected: IntGauge,
 }
 
@@ -41,17 +44,22 @@ impl RouterMetrics {
             &["kind"],
         )?;
         let map_version = IntGauge::new("bitark_router_map_version", "Version of the shard map the router uses")?;
+        let group_has_master = IntGaugeVec::new(
+            Opts::new("bitark_router_group_has_master", "1 while the router knows the group's master, else 0"),
+            &["group"],
+        )?;
         let etcd_connected =
             IntGauge::new("bitark_router_etcd_connected", "1 while the router's watch on etcd answers, else 0")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(seconds.clone()))?;
         registry.register(Box::new(redirects.clone()))?;
         registry.register(Box::new(map_version.clone()))?;
+        registry.register(Box::new(group_has_master.clone()))?;
         registry.register(Box::new(etcd_connected.clone()))?;
         for kind in ["wrong_shard", "not_master", "no_master", "unreachable"] {
             redirects.with_label_values(&[kind]);
         }
-        Ok(RouterMetrics { registry, requests, seconds, redirects, map_version, etcd_connected })
+        Ok(RouterMetrics { registry, requests, seconds, redirects, map_version, group_has_master, etcd_connected })
     }
 
     /// The text exposition of every metric.
@@ -66,6 +74,12 @@ pub(super) async fn track(shared: Arc<Shared>) {
     loop {
         shared.metrics.map_version.set(shared.view.map_version() as i64);
         shared.metrics.etcd_connected.set(i64::from(shared.view.watch_state().connected));
+        if let Some(directory) = shared.view.get() {
+            for group in directory.map.groups() {
+                let known = directory.masters.contains_key(&group);
+                shared.metrics.group_has_master.with_label_values(&[group.as_str()]).set(i64::from(known));
+            }
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
     }
 }

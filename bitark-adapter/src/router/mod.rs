@@ -116,6 +116,8 @@ pub async fn run(
     let app = Router::new()
         .route("/openapi.json", get(openapi_document))
         .route("/actuator/health", get(health))
+        .route("/actuator/health/readiness", get(readiness))
+        .route("/actuator/health/liveness", get(|| async { Json(serde_json::json!({ "status": "UP" })) }))
         .route("/actuator/prometheus", get(prometheus_text))
         .route(READERS_ROUTE, post(fanout::readers))
         .route(PAIRS_ROUTE, post(fanout::pairs))
@@ -157,6 +159,14 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     });
     let code = if directory.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()
+}
+
+/// Ready once a shard map was read: before it the router can send nothing anywhere.
+async fn readiness(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.view.get() {
+        Some(_) => Json(serde_json::json!({ "status": "UP" })).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "DOWN" }))).into_response(),
+    }
 }
 
 async fn prometheus_text(State(shared): State<Arc<Shared>>, _request: Request) -> Response {

@@ -24,6 +24,7 @@ pub mod failover;
 pub mod fake_master;
 pub mod proxy;
 pub mod s3;
+pub mod sharded;
 pub mod workload;
 
 use bitark_adapter::http::admin::{Digest, SnapshotTaken};

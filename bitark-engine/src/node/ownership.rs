@@ -23,6 +23,11 @@ impl Node {
     /// Whether this node's group serves `user`; the refusal names the group and map
     /// version otherwise.
     pub fn check_owner(&self, user: u64) -> Result<(), WrongShard> {
+        self.owner_refusal(user, "read")
+    }
+
+    /// [`Node::check_owner`], counting a refusal under `kind` (`read` or `write`).
+    pub(super) fn owner_refusal(&self, user: u64, kind: &str) -> Result<(), WrongShard> {
         let store = &self.inner.state.store;
         // A node of a group (`cluster.group`) serves nobody until its log says what.
         if store.owns(user) && (self.inner.group.is_none() || store.has_ownership()) {
@@ -40,7 +45,18 @@ impl Node {
             None => (None, None),
         };
         let map_version = own.map_or(0, |o| o.map_version).max(directory.map_or(0, |d| d.map.version));
+        self.inner.state.metrics.shard_wrong_shard.with_label_values(&[kind]).inc();
         Err(WrongShard { user, group, map_version, owner, owner_master })
+    }
+
+    /// Sets the `bitark_shard_*` gauges from the ownership in force.
+    pub fn publish_ownership(&self) {
+        let m = &self.inner.state.metrics;
+        let own = self.ownership();
+        let ranges = own.as_ref().map_or(&[][..], |o| &o.ranges[..]);
+        m.shard_map_version.set(own.as_ref().map_or(0, |o| o.map_version) as i64);
+        m.shard_owned_ranges.set(ranges.len() as i64);
+        m.shard_owned_fraction.set(ranges.iter().map(|(r, _)| r.share()).sum());
     }
 
     /// What this node knows of the other groups (filled by

@@ -66,7 +66,7 @@ impl Node {
             // Checked and proposed under one shared hold of the gate (see `ownership.rs`).
             let _gate = self.inner.ownership_gate.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(user) = command.user() {
-                self.check_owner(user).inspect_err(|_| {
+                self.owner_refusal(user, "write").inspect_err(|_| {
                     metrics.writes_rejected.with_label_values(&["wrong-shard"]).inc();
                 })?;
             }

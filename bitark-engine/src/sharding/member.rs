@@ -46,6 +46,7 @@ async fn keep_ownership(node: Node, group: GroupId, view: ShardView) {
     let mut changes = view.subscribe();
     let every = node.config().cluster.refresh;
     loop {
+        node.publish_ownership();
         if !node.is_slave() {
             if let Some(directory) = view.get() {
                 if let Some(own) = ownership_to_log(&directory.map, &group, node.ownership().as_deref()) {

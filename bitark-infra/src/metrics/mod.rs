@@ -17,6 +17,7 @@
 //!   buffers, batches, heartbeats, GC headroom, write acknowledgement.
 //! - `full_sync`: full syncs and resyncs after local corruption.
 //! - `failover`: epochs, fencing, role changes and etcd coordination.
+//! - `shard`: a sharded node's ownership and the users of other groups it refused.
 
 mod backup;
 mod config;
@@ -25,6 +26,7 @@ mod full_sync;
 mod http;
 mod replication;
 mod resources;
+mod shard;
 mod snapshot;
 mod store;
 mod wal;
@@ -87,6 +89,16 @@ pub struct Metrics {
     pub reads_waiting_for_lsn: IntGauge,
     /// `bitark_writes_rejected_total{reason}`: writes refused before logging.
     pub writes_rejected: IntCounterVec,
+
+    // A sharded node (`shard.rs`)
+    /// `bitark_shard_map_version`: the map version of the ownership served (0: none).
+    pub shard_map_version: IntGauge,
+    /// `bitark_shard_owned_ranges`: ranges the group owns.
+    pub shard_owned_ranges: IntGauge,
+    /// `bitark_shard_owned_fraction`: the share of the hash space it owns.
+    pub shard_owned_fraction: prometheus::Gauge,
+    /// `bitark_shard_wrong_shard_total{kind="read|write"}`: users of other groups refused.
+    pub shard_wrong_shard: IntCounterVec,
 
     // Snapshots and the start-up recovery that reads them back (`snapshot.rs`)
     /// `bitark_snapshot_duration_seconds`
@@ -262,6 +274,10 @@ impl Metrics {
             store_marks: store::marks(r)?,
             reads_waiting_for_lsn: store::reads_waiting_for_lsn(r)?,
             writes_rejected: store::writes_rejected(r)?,
+            shard_map_version: shard::map_version(r)?,
+            shard_owned_ranges: shard::owned_ranges(r)?,
+            shard_owned_fraction: shard::owned_fraction(r)?,
+            shard_wrong_shard: shard::wrong_shard(r)?,
             snapshot_duration_seconds: snapshot::duration_seconds(r)?,
             snapshot_size_bytes: snapshot::size_bytes(r)?,
             snapshot_last_lsn: snapshot::last_lsn(r)?,

@@ -1,0 +1,193 @@
+//! Two replication groups over one shard map in etcd, with routers in front, as real
+//! processes: every user's reads and writes land on the group that owns it; a node
+//! refuses a user of another group with `wrong_shard` and logs nothing; cross-user reads
+//! come back in request order; a router killed mid-traffic loses nothing acknowledged;
+//! with etcd stopped the router serves from its cached map and says so.
+
+mod support;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+use support::sharded::{shards, Sharded, WITHIN};
+use support::{wait_until, Api, CallError};
+
+/// `method path` with `body` to `base`: status and JSON body.
+async fn call(base: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let mut request = client.request(method, format!("{base}{path}"));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("the call is answered");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn users_held(api: &Api) -> u64 {
+    api.digest().await.expect("a digest").users
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_user_lands_on_its_group_and_the_other_group_refuses_it() {
+    let Some(s) = Sharded::start(&["a", "b"], 1).await else { return };
+    let router = s.router().await;
+    let via = router.url();
+    let users: Vec<u64> = (1000..1200).collect();
+    let mut tokens = HashMap::new();
+    for &user in &users {
+        let (status, body) = call(&via, Method::PUT, &format!("/api/v1/users/{user}/reads/7"), None).await;
+        assert_eq!(status, StatusCode::OK, "user {user}: {body}");
+        let token = body["token"].as_str().unwrap().to_string();
+        assert!(token.starts_with(&format!("{}:", s.names[s.group_of(user)])), "user {user}: token {token}");
+        tokens.insert(user, token);
+    }
+    // Through the router, with and without the write's token.
+    for &user in &users {
+        let (status, body) = call(&via, Method::GET, &format!("/api/v1/users/{user}/reads/7"), None).await;
+        assert_eq!((status, &body["read"]), (StatusCode::OK, &json!(true)), "user {user}: {body}");
+        let path = format!("/api/v1/users/{user}/reads/7?token={}", tokens[&user]);
+        assert_eq!(call(&via, Method::GET, &path, None).await.0, StatusCode::OK);
+    }
+    // Straight to the nodes: the owner holds the write, the other group refuses the user.
+    for &user in &users {
+        let (mine, theirs) = (s.group_of(user), 1 - s.group_of(user));
+        let path = format!("/api/v1/users/{user}/reads/7");
+        let owner = call(&s.groups[mine].master.url(), Method::GET, &path, None).await;
+        assert_eq!(owner.1["read"], true, "user {user} on its own group");
+        let before = s.groups[theirs].master.api().digest().await.unwrap().applied_lsn;
+        let refused = call(&s.groups[theirs].master.url(), Method::PUT, &path, None).await;
+        assert_eq!(
+            (refused.0, refused.1["error"].as_str()),
+            (StatusCode::CONFLICT, Some("wrong_shard")),
+            "{}",
+            refused.1
+        );
+        assert_eq!(refused.1["group"], s.names[mine], "{}", refused.1);
+        assert_eq!(refused.1["masterUrl"], s.groups[mine].master.url(), "{}", refused.1);
+        let after = s.groups[theirs].master.api().digest().await.unwrap().applied_lsn;
+        assert_eq!(before, after, "a refused write is not logged");
+        let slave = call(&s.groups[theirs].slaves[0].url(), Method::GET, &path, None).await;
+        assert_eq!(slave.1["error"], "wrong_shard", "a slave serves only its group's users too");
+    }
+    // Each group holds exactly its own users (and the one each start-up check marked).
+    for g in 0..2 {
+        let expected = users.iter().filter(|u| s.group_of(**u) == g).count() as u64 + 1;
+        assert_eq!(users_held(&s.groups[g].master.api()).await, expected, "group {}", s.names[g]);
+        s.groups[g].wait_for_convergence(WITHIN).await;
+    }
+
+    // Read receipts of 100 users over both groups, in request order.
+    let asked: Vec<u64> = (1100..1200).chain([5, 6]).collect();
+    let (status, body) =
+        call(&via, Method::POST, "/api/v1/messages/7/readers", Some(json!({ "userIds": asked }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let expected: Vec<Value> = asked.iter().map(|u| json!(users.contains(u))).collect();
+    assert_eq!(body["read"], json!(expected));
+    assert_eq!(body["unavailable"], json!([]));
+    let pairs =
+        json!({"pairs": [{"userId": 1000, "msgId": 7}, {"userId": 5, "msgId": 7}, {"userId": 1001, "msgId": 8}]});
+    let (status, body) = call(&via, Method::POST, "/api/v1/reads/check", Some(pairs)).await;
+    assert_eq!((status, &body["read"]), (StatusCode::OK, &json!([true, false, false])), "{body}");
+
+    // The router counts by group; `shards show` names both groups and their masters.
+    let text = Api::new(&via).metrics_text().await.unwrap();
+    for name in &s.names {
+        assert!(text.contains(&format!("bitark_router_requests_total{{group=\"{name}\",status=\"200\"}}")), "{text}");
+    }
+    assert!(text.contains("bitark_router_map_version 1"), "{text}");
+    let (ok, out, err) = shards(&s.etcd, &["show"]);
+    assert!(ok, "{err}");
+    for g in 0..2 {
+        assert!(out.contains(&s.groups[g].master.url()), "{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_map_is_changed_only_whole_and_by_name() {
+    let Some(s) = Sharded::start(&["a", "b"], 0).await else { return };
+    let (ok, _, err) = shards(&s.etcd, &["init", "--groups", "c"]);
+    assert!(!ok && err.contains("exists already"), "{err}");
+    let (ok, _, err) = shards(&s.etcd, &["assign", "5..3", "b"]);
+    assert!(!ok && err.contains("is empty"), "{err}");
+    let (ok, _, err) = shards(&s.etcd, &["assign", "0..end", "B:1"]);
+    assert!(!ok && err.contains("no group name"), "{err}");
+    let (ok, _, err) = shards(&s.etcd, &["assign", "0..end", "b", "--expect-version", "7"]);
+    assert!(!ok && err.contains("changed meanwhile"), "{err}");
+    // Group b takes the whole space: a's master logs that it owns nothing and refuses
+    // the user it served, b's serves it.
+    let user = s.users_of(0, 1)[0];
+    let (ok, out, err) = shards(&s.etcd, &["assign", "0..end", "b", "--expect-version", "1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("version 2"), "{out}");
+    let a = s.groups[0].master.api();
+    wait_until(WITHIN, "group a to give the user up", async || {
+        matches!(a.mark_read(user, 1).await, Err(CallError::Status(StatusCode::CONFLICT, _)))
+    })
+    .await;
+    let b = s.groups[1].master.api();
+    wait_until(WITHIN, "group b to take the user", async || b.mark_read(user, 1).await.is_ok()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_router_killed_mid_traffic_loses_nothing_acknowledged() {
+    let Some(s) = Sharded::start(&["a", "b"], 0).await else { return };
+    let mut router = s.router().await;
+    let via = router.url();
+    let writer = tokio::spawn(async move {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+        let mut acknowledged = Vec::new();
+        for i in 0..100_000u64 {
+            let (user, msg) = (2000 + i % 64, i);
+            let sent = client.put(format!("{via}/api/v1/users/{user}/reads/{msg}")).send().await;
+            match sent {
+                Ok(r) if r.status() == StatusCode::OK => acknowledged.push((user, msg)),
+                Ok(_) => {}
+                Err(_) => break, // the router is gone
+            }
+        }
+        acknowledged
+    });
+    wait_until(WITHIN, "writes to flow through the router", async || {
+        support::counter(&router, "bitark_router_requests_total", &[("status", "200")]).await > 50
+    })
+    .await;
+    router.sigkill();
+    let acknowledged = writer.await.unwrap();
+    assert!(acknowledged.len() > 50);
+    router.respawn();
+    router.wait_ready().await;
+    let api = router.api();
+    for (user, msg) in acknowledged {
+        assert_eq!(api.check(user, &[msg]).await.unwrap(), vec![true], "user {user} msg {msg}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_etcd_stopped_the_router_serves_from_its_cache_and_says_so() {
+    let Some(mut s) = Sharded::start(&["a", "b"], 0).await else { return };
+    let router = s.router().await;
+    let via = router.url();
+    let health = || async { call(&via, Method::GET, "/actuator/health", None).await };
+    wait_until(WITHIN, "the router to know both masters", async || {
+        let (_, body) = health().await;
+        body["groups"]["a"]["master"].is_string() && body["groups"]["b"]["master"].is_string()
+    })
+    .await;
+    s.etcd.kill();
+    wait_until(WITHIN, "the router to see etcd gone", async || health().await.1["status"] == "DEGRADED").await;
+    let (status, body) = health().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["etcd"]["connected"], false, "{body}");
+    for user in 3000..3050u64 {
+        let (status, body) = call(&via, Method::PUT, &format!("/api/v1/users/{user}/reads/9"), None).await;
+        assert_eq!(status, StatusCode::OK, "user {user} with etcd stopped: {body}");
+    }
+    // A node still refuses a user of the other group: it decides by its own log.
+    let theirs = s.users_of(1, 1)[0];
+    let refused = call(&s.groups[0].master.url(), Method::GET, &format!("/api/v1/users/{theirs}/reads/9"), None).await;
+    assert_eq!(refused.1["error"], "wrong_shard");
+    s.etcd.resume().await;
+    wait_until(WITHIN, "the router to read etcd again", async || health().await.1["status"] == "UP").await;
+}

@@ -1,0 +1,27 @@
+//! Families of a sharded node (`cluster.group`): the ownership its log holds and the
+//! requests it refused for users of other groups.
+
+use super::reg;
+use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry, Result};
+
+pub(super) fn map_version(r: &Registry) -> Result<IntGauge> {
+    reg(r, IntGauge::new("bitark_shard_map_version", "Shard map version of the ownership this node serves (0: none)")?)
+}
+
+pub(super) fn owned_ranges(r: &Registry) -> Result<IntGauge> {
+    reg(r, IntGauge::new("bitark_shard_owned_ranges", "Hash ranges this node's group owns")?)
+}
+
+pub(super) fn owned_fraction(r: &Registry) -> Result<Gauge> {
+    reg(r, Gauge::new("bitark_shard_owned_fraction", "Share of the hash space this node's group owns, 0 to 1")?)
+}
+
+pub(super) fn wrong_shard(r: &Registry) -> Result<IntCounterVec> {
+    reg(
+        r,
+        IntCounterVec::new(
+            Opts::new("bitark_shard_wrong_shard_total", "Requests refused for a user of another group"),
+            &["kind"],
+        )?,
+    )
+}
