@@ -9,6 +9,8 @@ mod support;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use support::sharded::{shards, Sharded, WITHIN};
 use support::{wait_until, Api, CallError};
@@ -190,4 +192,109 @@ async fn with_etcd_stopped_the_router_serves_from_its_cache_and_says_so() {
     assert_eq!(refused.1["error"], "wrong_shard");
     s.etcd.resume().await;
     wait_until(WITHIN, "the router to read etcd again", async || health().await.1["status"] == "UP").await;
+}
+
+/// What a [`writer`] got: each acknowledged (user, message, token), and how many of its
+/// writes were refused or failed.
+type Written = (Vec<(u64, u64, String)>, usize);
+
+/// A writer through the router marking `users` in turn until stopped.
+fn writer(
+    via: String,
+    users: Vec<u64>,
+    query: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Written> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let (mut acknowledged, mut failed) = (Vec::new(), 0);
+        let mut msg = 0u64;
+        while !stop.load(Ordering::Acquire) {
+            msg += 1;
+            let user = users[msg as usize % users.len()];
+            let sent = client.put(format!("{via}/api/v1/users/{user}/reads/{msg}{query}")).send().await;
+            match sent {
+                Ok(r) if r.status() == StatusCode::OK => {
+                    let body: Value = r.json().await.unwrap();
+                    acknowledged.push((user, msg, body["token"].as_str().unwrap().to_string()));
+                }
+                _ => {
+                    failed += 1;
+                    // Pace the retries while the group has no master (not a synchronisation).
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        (acknowledged, failed)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_in_one_group_under_router_traffic_leaves_the_other_group_untouched() {
+    use support::cluster::{Cluster, Role};
+    use support::failover::{Failover, ELECT_WITHIN};
+    use support::sharded::{member_of, router_builder, PREFIX};
+    let group_a = |_: usize, b: support::NodeBuilder| {
+        b.env("BITARK_CLUSTER__GROUP", "a")
+            .env("BITARK_CLUSTER__REFRESH", "500ms")
+            .env("BITARK_COORDINATION__ETCD__PREFIX", PREFIX)
+    };
+    let Some(mut a) = Failover::start(3, group_a).await else { return };
+    let (ok, _, err) = shards(&a.etcd, &["init", "--groups", "a,b"]);
+    assert!(ok, "{err}");
+    let url = a.etcd.url();
+    let b = Cluster::start_with(0, "0", move |_: Role, _, builder| member_of(builder, &url, "b")).await;
+    let router = router_builder(&a.etcd).start().await;
+    let via = router.url();
+    let map = bitark_common::ShardMap::even(&[
+        bitark_common::GroupId::new("a").unwrap(),
+        bitark_common::GroupId::new("b").unwrap(),
+    ])
+    .unwrap();
+    let of = |g: &str| (1..).filter(|u| map.owner_of(*u).group.as_str() == g).take(16).collect::<Vec<u64>>();
+    let (users_a, users_b) = (of("a"), of("b"));
+    let api = Api::new(&via);
+    wait_until(WITHIN, "both groups to serve through the router", async || {
+        api.mark_read(users_a[0], 0).await.is_ok() && api.mark_read(users_b[0], 0).await.is_ok()
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let in_a = writer(via.clone(), users_a.clone(), "?ack=all", stop.clone());
+    let in_b = writer(via.clone(), users_b.clone(), "", stop.clone());
+    wait_until(WITHIN, "writes to flow to group a", async || {
+        support::counter(&router, "bitark_router_requests_total", &[("group", "a"), ("status", "200")]).await > 100
+    })
+    .await;
+    let old = a.master(ELECT_WITHIN, None).await;
+    a.nodes[old].sigkill();
+    let new = a.master(ELECT_WITHIN, Some(old)).await;
+    let before = support::counter(&router, "bitark_router_requests_total", &[("group", "a"), ("status", "200")]).await;
+    wait_until(WITHIN, "group a's new master to take writes through the router", async || {
+        support::counter(&router, "bitark_router_requests_total", &[("group", "a"), ("status", "200")]).await
+            > before + 100
+    })
+    .await;
+    stop.store(true, Ordering::Release);
+    let ((taken_a, _failed_a), (taken_b, failed_b)) = (in_a.await.unwrap(), in_b.await.unwrap());
+    assert_eq!(failed_b, 0, "group b's users saw no failure while group a failed over");
+    assert!(!taken_b.is_empty());
+    // Every acknowledged write is readable through the router; the newest with its token.
+    let mut by_user: HashMap<u64, Vec<u64>> = HashMap::new();
+    for (user, msg, _) in taken_a.iter().chain(&taken_b) {
+        by_user.entry(*user).or_default().push(*msg);
+    }
+    for (user, msgs) in &by_user {
+        for part in msgs.chunks(500) {
+            assert!(api.check(*user, part).await.unwrap().iter().all(|read| *read), "user {user} lost a write");
+        }
+    }
+    for (user, msg, token) in taken_a.iter().rev().take(20).chain(taken_b.iter().rev().take(20)) {
+        let path = format!("/api/v1/users/{user}/reads/{msg}?token={token}");
+        let (status, body) = call(&via, Method::GET, &path, None).await;
+        assert_eq!((status, &body["read"]), (StatusCode::OK, &json!(true)), "user {user} msg {msg}: {body}");
+    }
+    let (ok, out, _) = shards(&a.etcd, &["show"]);
+    assert!(ok && out.contains(&a.inbound[new].url()), "{out}");
+    drop(b);
 }
