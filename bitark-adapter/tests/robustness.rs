@@ -22,6 +22,12 @@
 //! - the digests of all nodes are equal, no node exited on its own, and no answer was a
 //!   5xx the README does not document.
 //!
+//! Sharded (`…_through_a_router_over_two_groups_…`): the same three failover nodes are
+//! group `a` of a shard map in etcd, a static master is group `b`, and every client goes
+//! through a `bitark router` (itself behind a proxy, and SIGKILLed among the faults).
+//! Users 1 and 2 belong to group `a`, user 3 ([`OTHER_USER`], written with the default
+//! ack) to group `b`, whose acknowledged writes must all hold.
+//!
 //! `a_seeded_mix_of_faults_keeps_every_promise` is the bounded CI mode
 //! (`ROBUSTNESS_SEED`, `ROBUSTNESS_FAULTS` change it). The long mode, `--ignored`,
 //! injects 100 faults and prints the figures that go into `BENCHMARKS.md`:
@@ -46,6 +52,9 @@ use support::proxy::Mode;
 /// The user whose keys are written with `ack=semi`; [`ASYNC_USER`]'s with the default.
 const SEMI_USER: u64 = 1;
 const ASYNC_USER: u64 = 2;
+/// In the sharded run: a user of the static group `b` (users 1 and 2 hash into the
+/// upper half of the space, which the map gives `a`; user 3 into the lower half).
+const OTHER_USER: u64 = 3;
 const CLIENTS: usize = 4;
 /// Longest a client waits for an answer: past it the operation is indeterminate.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -54,7 +63,15 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 async fn a_seeded_mix_of_faults_keeps_every_promise() {
     let seed = env_or("ROBUSTNESS_SEED", 20261207);
     let faults = env_or("ROBUSTNESS_FAULTS", 8) as usize;
-    let Some(report) = run(seed, faults, 6).await else { return };
+    let Some(report) = run(seed, faults, 6, false).await else { return };
+    println!("{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_seeded_mix_of_faults_through_a_router_over_two_groups_keeps_every_promise() {
+    let seed = env_or("ROBUSTNESS_SEED", 20261207);
+    let faults = env_or("ROBUSTNESS_FAULTS", 8) as usize;
+    let Some(report) = run(seed, faults, 6, true).await else { return };
     println!("{report}");
 }
 
@@ -64,7 +81,9 @@ async fn a_seeded_mix_of_faults_keeps_every_promise() {
 async fn a_hundred_faults_keep_every_promise() {
     let seed = env_or("ROBUSTNESS_SEED", 1);
     let faults = env_or("ROBUSTNESS_FAULTS", 100) as usize;
-    let Some(report) = run(seed, faults, 40).await else { return };
+    let Some(report) = run(seed, faults, 40, std::env::var_os("ROBUSTNESS_SHARDED").is_some()).await else {
+        return;
+    };
     println!("{report}");
 }
 
@@ -114,11 +133,16 @@ struct Op {
 struct Directory {
     urls: RwLock<Vec<String>>,
     peer_urls: Vec<String>,
+    /// In the sharded run every request goes to the router, whatever node it names.
+    router: Option<String>,
 }
 
 impl Directory {
     fn url(&self, node: usize) -> String {
-        self.urls.read().unwrap()[node].clone()
+        match &self.router {
+            Some(router) => router.clone(),
+            None => self.urls.read().unwrap()[node].clone(),
+        }
     }
 
     fn index_of_peer_url(&self, url: &str) -> Option<usize> {
@@ -138,18 +162,34 @@ fn documented_5xx(code: &str) -> Option<Outcome> {
         | "full_sync_in_progress"
         | "too_many_connections" => Some(Outcome::NotApplied),
         "leader_lease_lapsed" | "replication_timeout" | "write_outcome_unknown" => Some(Outcome::Indeterminate),
+        // A router's own: nothing reached a node, or what did got no answer.
+        "no_master" | "unreachable" | "no_shard_map" | "too_many_redirects" => Some(Outcome::NotApplied),
+        "node_timeout" | "node_failed" => Some(Outcome::Indeterminate),
         // Reads only.
         "not_committed" | "lsn_not_reached" => Some(Outcome::NotApplied),
         _ => None,
     }
 }
 
-async fn run(seed: u64, faults: usize, msgs: u64) -> Option<String> {
-    let mut cluster = Failover::start(3, |_, b| b.env("BITARK_REPLICATION__ACK_TIMEOUT", "1s")).await?;
+async fn run(seed: u64, faults: usize, msgs: u64, sharded: bool) -> Option<String> {
+    let mut cluster = Failover::start(3, |_, b| {
+        let b = b.env("BITARK_REPLICATION__ACK_TIMEOUT", "1s");
+        if sharded {
+            b.env("BITARK_CLUSTER__GROUP", "a")
+                .env("BITARK_CLUSTER__REFRESH", "500ms")
+                .env("BITARK_COORDINATION__ETCD__PREFIX", support::sharded::PREFIX)
+        } else {
+            b
+        }
+    })
+    .await?;
+    let mut front = if sharded { Some(Front::start(&cluster).await) } else { None };
     let directory = Arc::new(Directory {
         urls: RwLock::new(cluster.nodes.iter().map(|n| n.url()).collect()),
         peer_urls: cluster.inbound.iter().map(|p| p.url()).collect(),
+        router: front.as_ref().map(|f| f.proxy.url()),
     });
+    let users: &'static [u64] = if sharded { &[SEMI_USER, ASYNC_USER, OTHER_USER] } else { &[SEMI_USER, ASYNC_USER] };
     let history = Arc::new(Mutex::new(Vec::new()));
     let undocumented = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -166,7 +206,7 @@ async fn run(seed: u64, faults: usize, msgs: u64) -> Option<String> {
                     .unwrap();
                 let mut node = client % 3;
                 while !stop.load(Ordering::Relaxed) {
-                    let user = if rng.gen_bool(0.5) { SEMI_USER } else { ASYNC_USER };
+                    let user = users[rng.gen_range(0..users.len())];
                     let msg = rng.gen_range(0..msgs);
                     let kind = match rng.gen_range(0..10) {
                         0..=3 => Kind::Read,
@@ -190,7 +230,10 @@ async fn run(seed: u64, faults: usize, msgs: u64) -> Option<String> {
     let mut by_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut masters = vec![cluster.master(ELECT_WITHIN, None).await];
     for _ in 0..faults {
-        let fault = inject(&mut cluster, &directory, &mut rng).await;
+        let fault = match front.as_mut() {
+            Some(front) if rng.gen_range(0..5) == 0 => front.sigkill_and_restart().await,
+            _ => inject(&mut cluster, &directory, &mut rng).await,
+        };
         *by_kind.entry(fault).or_default() += 1;
         let master = cluster.master(ELECT_WITHIN, None).await;
         if masters.last() != Some(&master) {
@@ -213,10 +256,11 @@ async fn run(seed: u64, faults: usize, msgs: u64) -> Option<String> {
     assert!(undocumented.is_empty(), "answers the README does not document: {undocumented:#?}");
 
     let mut history = history.lock().unwrap().clone();
-    let lost = check_tokens(&cluster, last, &history).await;
+    let reads_at = directory.router.clone().unwrap_or_else(|| cluster.nodes[last].url());
+    let lost = check_tokens(&reads_at, &history).await;
     // A final read of every key, on the healed master, after everything else.
     let http = reqwest::Client::new();
-    for user in [SEMI_USER, ASYNC_USER] {
+    for &user in users {
         for msg in 0..msgs {
             let (op, _) = one_op(&http, &directory, CLIENTS, last, user, msg, Kind::Read).await;
             assert!(matches!(op.outcome, Outcome::Done(_)), "the final read of ({user}, {msg}): {op:?}");
@@ -319,9 +363,10 @@ async fn one_op(
     (Op { client, user, msg, kind, node, invoked, returned, outcome, answer, token, undocumented }, next)
 }
 
-/// Reads the token of every acknowledged write on the master: a `semi` one must hold,
+/// Reads the token of every acknowledged write at `base` (the healed master, or the
+/// router): a `semi` one must hold,
 /// an `async` one must hold or answer `write_lost`. Answers the tokens of the lost ones.
-async fn check_tokens(cluster: &Failover, master: usize, history: &[Op]) -> Vec<String> {
+async fn check_tokens(base: &str, history: &[Op]) -> Vec<String> {
     let http = reqwest::Client::new();
     let mut lost = Vec::new();
     let mut checked = HashMap::new();
@@ -330,8 +375,8 @@ async fn check_tokens(cluster: &Failover, master: usize, history: &[Op]) -> Vec<
         if checked.contains_key(token) {
             continue;
         }
-        let url = format!("{}/api/v1/users/{}/reads/{}?token={token}", cluster.nodes[master].url(), op.user, op.msg);
-        let response = http.get(&url).send().await.expect("the healed master answers");
+        let url = format!("{base}/api/v1/users/{}/reads/{}?token={token}", op.user, op.msg);
+        let response = http.get(&url).send().await.expect("the healed master (or the router) answers");
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         match (status, body["error"].as_str()) {
@@ -435,6 +480,45 @@ fn describe(ops: &[Op]) -> String {
         .collect();
     lines.sort_by_key(|l| l.0);
     lines.into_iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n")
+}
+
+/// The sharded run's front: the static group `b` and a router behind a proxy, whose URL
+/// stays the same when the router is killed and started again.
+struct Front {
+    _group_b: support::cluster::Cluster,
+    router: support::Node,
+    proxy: support::proxy::Proxy,
+}
+
+impl Front {
+    /// Writes the map (`b` the lower half, `a` the upper), starts group `b` and a router.
+    async fn start(cluster: &Failover) -> Front {
+        use support::sharded::{member_of, router_builder, shards};
+        let (ok, _, err) = shards(&cluster.etcd, &["init", "--groups", "b,a"]);
+        assert!(ok, "{err}");
+        let url = cluster.etcd.url();
+        let group_b =
+            support::cluster::Cluster::start_with(0, "0", move |_, _, builder| member_of(builder, &url, "b")).await;
+        let proxy = support::proxy::Proxy::start().await;
+        let mut router = router_builder(&cluster.etcd).spawn();
+        proxy.set_upstream(router.wait_listening().await);
+        router.wait_ready().await;
+        let front = Front { _group_b: group_b, router, proxy };
+        let api = support::Api::new(&front.proxy.url());
+        support::wait_until(ELECT_WITHIN, "both groups to take writes through the router", async || {
+            api.mark_read(OTHER_USER, 1_000_000).await.is_ok() && api.mark_read(SEMI_USER, 1_000_000).await.is_ok()
+        })
+        .await;
+        front
+    }
+
+    async fn sigkill_and_restart(&mut self) -> &'static str {
+        self.router.sigkill();
+        self.router.respawn();
+        self.proxy.set_upstream(self.router.wait_listening().await);
+        self.router.wait_ready().await;
+        "sigkill router"
+    }
 }
 
 /// Injects one fault chosen by `rng`, lets it act, and heals it. Answers its kind.
