@@ -1,13 +1,14 @@
 //! The monitoring kit in `ops/`: the Grafana dashboard and the Prometheus alert rules.
 //!
 //! - Read as files: every dashboard panel queries the `datasource` variable and keeps to
-//!   the nodes of the `instance` variable, and every metric the dashboard and the rules
-//!   name is a family `bitark-infra/src/metrics/` registers.
+//!   the instances of the `instance` variable, and every metric the dashboard and the
+//!   rules name is a family `bitark-infra/src/metrics/` (a node's) or
+//!   `bitark-adapter/src/router/metrics.rs` (a router's) registers.
 //! - Against a real Prometheus (Debian's `prometheus`) that scrapes a master and a slave
-//!   every second, and, where etcd is installed, a node under failover, and loads
-//!   `ops/prometheus/alerts.yml`: once traffic has gone through, every dashboard query
-//!   returns data, the rules load, and every alert expression evaluates. A renamed metric
-//!   or label therefore fails here.
+//!   every second, and, where etcd is installed, a node under failover and two sharded
+//!   groups with a router in front, and loads `ops/prometheus/alerts.yml`: once traffic
+//!   has gone through, every dashboard query returns data, the rules load, and every
+//!   alert expression evaluates. A renamed metric or label therefore fails here.
 //!
 //! Without `prometheus` the live test is skipped, loudly, unless
 //! `TESTS_REQUIRE_PROMETHEUS` is set (as `.ci/run` does).
@@ -24,6 +25,7 @@ use std::time::Duration;
 use support::cluster::{Cluster, Role, CONVERGE_WITHIN};
 use support::failover::Failover;
 use support::proxy::Mode;
+use support::sharded::Sharded;
 use support::{counter, poll_until, wait_until, CallError, Node, NodeBuilder, PROCESS_TIMEOUT};
 use tempfile::TempDir;
 
@@ -34,6 +36,15 @@ const REQUIRE: &str = "TESTS_REQUIRE_PROMETHEUS";
 /// Families that only have series on a node under failover (they count etcd calls):
 /// without etcd, no node of the test runs failover and their panels stay empty.
 const FAILOVER_ONLY: [&str; 2] = ["bitark_coordination_lease_renewals_total", "bitark_coordination_elections_total"];
+
+/// Prefixes of the sharding families: a router's, and a sharded node's ownership and
+/// refusals. Without etcd no group and no router runs, so the router's series and the
+/// refusals do not exist, and the shard panels, which keep to the nodes that serve an
+/// ownership, may stay empty.
+const SHARDED_ONLY: [&str; 2] = ["bitark_shard_", "bitark_router_"];
+
+/// The router's families, beside the nodes' in `bitark-infra/src/metrics/`.
+const ROUTER_METRICS: &str = "src/router/metrics.rs";
 
 /// `limits.max-marks-per-user` of the test cluster, so that one write can be refused.
 const MARK_LIMIT: u64 = 1000;
@@ -54,7 +65,7 @@ fn dashboard() -> Value {
     serde_json::from_str(&read(&path)).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
-/// The `instance` variable's query, `label_values(<family>, instance)`.
+/// The `instance` variable's query, `label_values(<series selector>, instance)`.
 fn instance_definition(dashboard: &Value) -> &str {
     let mut variables = dashboard["templating"]["list"].as_array().into_iter().flatten();
     let instance = variables.find(|v| v["name"] == "instance").expect("an `instance` variable");
@@ -131,18 +142,24 @@ fn selectors(expr: &str) -> Vec<(&str, Option<&str>)> {
         .collect()
 }
 
-/// Every sample name the families in `bitark-infra/src/metrics/` export (each of its
-/// files defines the families of one subsystem): each registered name, and for a
-/// histogram its `_bucket`, `_sum` and `_count` series.
+/// Whether `name` is a family of [`SHARDED_ONLY`].
+fn sharded_only(name: &str) -> bool {
+    SHARDED_ONLY.iter().any(|prefix| name.starts_with(prefix))
+}
+
+/// Every sample name the families in `bitark-infra/src/metrics/` (each of its files
+/// defines the families of one subsystem of a node) and in [`ROUTER_METRICS`] export:
+/// each registered name, and for a histogram its `_bucket`, `_sum` and `_count` series.
 fn registered_names() -> BTreeSet<String> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bitark-infra/src/metrics");
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+    let mut sources: Vec<PathBuf> = entries
+        .map(|entry| entry.unwrap_or_else(|e| panic!("read {}: {e}", dir.display())).path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+        .collect();
+    sources.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(ROUTER_METRICS));
     let mut names = BTreeSet::new();
-    for entry in entries {
-        let path = entry.unwrap_or_else(|e| panic!("read {}: {e}", dir.display())).path();
-        if path.extension().is_none_or(|ext| ext != "rs") {
-            continue;
-        }
+    for path in sources {
         let source = read(&path);
         for (at, _) in source.match_indices("\"bitark_") {
             let name = &source[at + 1..];
@@ -156,6 +173,7 @@ fn registered_names() -> BTreeSet<String> {
         }
     }
     assert!(names.len() > 50, "found only {} metric names in {}", names.len(), dir.display());
+    assert!(names.contains("bitark_router_map_version"), "no router family found in {ROUTER_METRICS}");
     names
 }
 
@@ -197,8 +215,13 @@ fn every_dashboard_panel_queries_the_chosen_data_source_and_keeps_to_the_chosen_
     assert_eq!(instance["datasource"]["uid"], "${datasource}", "the `instance` variable's data source");
     let definition = instance_definition(&dashboard);
     assert!(
-        definition.starts_with("label_values(bitark_") && definition.ends_with(", instance)"),
-        "the `instance` variable lists the instances of a BitArk family: {definition}"
+        definition.starts_with("label_values(") && definition.ends_with(", instance)"),
+        "the `instance` variable lists the values of `instance`: {definition}"
+    );
+    let families = metric_names(definition);
+    assert!(
+        families.iter().any(|n| !sharded_only(n)) && families.iter().any(|n| n.starts_with("bitark_router_")),
+        "the `instance` variable lists the instances of a node family and of a router family: {definition}"
     );
 
     let panels = panels(&dashboard);
@@ -241,7 +264,11 @@ fn the_dashboard_and_the_alert_rules_name_only_metrics_bitark_registers() {
     unknown.extend(
         metric_names(&rules).into_iter().filter(|n| !registered.contains(*n)).map(|n| format!("alerts.yml: {n}")),
     );
-    assert!(unknown.is_empty(), "names no family of bitark-infra/src/metrics/ exports:\n{}", unknown.join("\n"));
+    assert!(
+        unknown.is_empty(),
+        "names no family of bitark-infra/src/metrics/ or {ROUTER_METRICS} exports:\n{}",
+        unknown.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -252,11 +279,25 @@ async fn every_dashboard_query_returns_data_and_every_alert_rule_evaluates_on_pr
     let cluster = Cluster::start_with(1, "6", |role, _, builder| configure(role, builder)).await;
     // A node under failover, for the coordination families; only where etcd runs.
     let failover = Failover::start(1, |_, builder| builder).await;
-    let mut jobs = vec![("bitark", vec![address(&cluster.master), address(&cluster.slaves[0])])];
+    // Two groups, each a master, and a router in front; only where etcd runs.
+    let sharded = Sharded::start(&["a", "b"], 0).await;
+    let router = match &sharded {
+        Some(sharded) => Some(sharded.router().await),
+        None => None,
+    };
+    let mut jobs = vec![("bitark".to_owned(), vec![address(&cluster.master), address(&cluster.slaves[0])])];
     if let Some(failover) = &failover {
-        jobs.push(("bitark-failover", vec![address(&failover.nodes[0])]));
+        jobs.push(("bitark-failover".to_owned(), vec![address(&failover.nodes[0])]));
     } else {
         eprintln!("NOTE: without etcd the {FAILOVER_ONLY:?} panels are not checked for data");
+    }
+    if let (Some(sharded), Some(router)) = (&sharded, &router) {
+        for (name, group) in sharded.names.iter().zip(&sharded.groups) {
+            jobs.push((format!("bitark-{name}"), vec![address(&group.master)]));
+        }
+        jobs.push(("bitark-router".to_owned(), vec![address(router)]));
+    } else {
+        eprintln!("NOTE: without etcd the shard and router panels and alerts are not checked for data");
     }
     let prometheus = Prometheus::start(&jobs).await;
     let targets: Vec<SocketAddr> = jobs.iter().flat_map(|(_, targets)| targets.clone()).collect();
@@ -267,13 +308,19 @@ async fn every_dashboard_query_returns_data_and_every_alert_rule_evaluates_on_pr
     .await;
 
     drive_traffic(&cluster).await;
+    if let (Some(sharded), Some(router)) = (&sharded, &router) {
+        drive_sharded_traffic(sharded, router).await;
+    }
 
     // Every dashboard query parses at once; each then returns data once Prometheus has
     // scraped what the traffic did and its rate windows hold two samples.
     let dashboard = dashboard();
     let queries = queries(&dashboard);
-    let may_be_empty =
-        |query: &Query| failover.is_none() && metric_names(&query.expr).iter().any(|n| FAILOVER_ONLY.contains(n));
+    let may_be_empty = |query: &Query| {
+        let names = metric_names(&query.expr);
+        (failover.is_none() && names.iter().any(|n| FAILOVER_ONLY.contains(n)))
+            || (sharded.is_none() && names.iter().any(|n| sharded_only(n)))
+    };
     let mut empty = Vec::new();
     let complete = poll_until(SCRAPED_WITHIN, async || {
         empty.clear();
@@ -291,17 +338,18 @@ async fn every_dashboard_query_returns_data_and_every_alert_rule_evaluates_on_pr
     .await;
     assert!(complete, "dashboard queries without data after {SCRAPED_WITHIN:?}:\n{}", empty.join("\n"));
 
-    // The `instance` variable lists every node scraped.
+    // The `instance` variable lists every node and router scraped.
     let definition = instance_definition(&dashboard);
-    let family = definition.trim_start_matches("label_values(").split(',').next().expect("a family");
-    let listed = prometheus.instances_of(family).await;
+    let selector = definition.strip_prefix("label_values(").and_then(|d| d.strip_suffix(", instance)"));
+    let listed = prometheus.instances_of(selector.expect("a series selector")).await;
     for target in &targets {
         assert!(listed.contains(&target.to_string()), "`{definition}` lists {listed:?}, not {target}");
     }
 
     // The rules load, all of them, and evaluate without error. Each series selector of
-    // each rule matched series during the test: a renamed metric, label or label value
-    // would leave an alert that can never fire.
+    // each rule matched series during the test (those of the sharding families where
+    // groups and a router ran): a renamed metric, label or label value would leave an
+    // alert that can never fire.
     let names = alert_names(&alert_rules_text());
     let mut rules = Vec::new();
     wait_until(SCRAPED_WITHIN, "every alert rule to be evaluated", async || {
@@ -318,6 +366,9 @@ async fn every_dashboard_query_returns_data_and_every_alert_rule_evaluates_on_pr
             panic!("the expression of alert {} does not run: {error}\n{expr}", rule["name"]);
         }
         for (name, matchers) in selectors(expr) {
+            if sharded.is_none() && sharded_only(name) {
+                continue;
+            }
             let selector = format!("{name}{{{}}}", matchers.unwrap_or_default());
             let seen = prometheus.query(&format!("last_over_time({selector}[10m])")).await;
             let seen = seen.unwrap_or_else(|error| panic!("alert {}: {selector}: {error}", rule["name"]));
@@ -392,6 +443,25 @@ async fn drive_traffic(cluster: &Cluster) {
     }
 }
 
+/// Writes and reads of users of both groups through the router, and one write of a user
+/// of group a sent straight to group b's master, which refuses it (`wrong_shard`).
+async fn drive_sharded_traffic(sharded: &Sharded, router: &Node) {
+    let via = router.api();
+    for group in 0..sharded.groups.len() {
+        for user in sharded.users_of(group, 10) {
+            via.mark_read(user, 1).await.expect("a write through the router");
+            let read = via.check(user, &[1, 2]).await.expect("a read through the router");
+            assert_eq!(read, [true, false], "user {user} through the router");
+        }
+    }
+    let user = sharded.users_of(0, 1)[0];
+    let refused = sharded.groups[1].master.api().mark_read(user, 2).await;
+    assert!(
+        matches!(&refused, Err(CallError::Status(StatusCode::CONFLICT, body)) if body.contains("wrong_shard")),
+        "group b's master on a user of group a: {refused:?}"
+    );
+}
+
 fn prometheus_binary() -> String {
     std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into())
 }
@@ -428,7 +498,7 @@ struct Prometheus {
 
 impl Prometheus {
     /// Starts it with one scrape job per `(name, targets)` and waits until it is ready.
-    async fn start(jobs: &[(&str, Vec<SocketAddr>)]) -> Prometheus {
+    async fn start(jobs: &[(String, Vec<SocketAddr>)]) -> Prometheus {
         let dir = tempfile::tempdir().expect("Prometheus directory");
         let rules = ops_path("prometheus/alerts.yml").canonicalize().expect("alerts.yml");
         let mut config = format!(
@@ -484,10 +554,10 @@ impl Prometheus {
         }
     }
 
-    /// The values of the `instance` label on the series of `family`.
-    async fn instances_of(&self, family: &str) -> Vec<String> {
-        let answer = self.get("/api/v1/label/instance/values", &[("match[]", family)]).await;
-        let values = answer["data"].as_array().unwrap_or_else(|| panic!("label values of {family}: {answer}"));
+    /// The values of the `instance` label on the series `selector` matches.
+    async fn instances_of(&self, selector: &str) -> Vec<String> {
+        let answer = self.get("/api/v1/label/instance/values", &[("match[]", selector)]).await;
+        let values = answer["data"].as_array().unwrap_or_else(|| panic!("label values of {selector}: {answer}"));
         values.iter().filter_map(|value| value.as_str().map(str::to_owned)).collect()
     }
 
