@@ -6,6 +6,7 @@
 //! request that reached a node and got no answer is answered 502 and never sent twice,
 //! so a write is acknowledged to the client exactly when a master acknowledged it.
 
+use super::client::{Answer, SendError};
 use super::Shared;
 use crate::http::extract::parse_id;
 use axum::body::Bytes;
@@ -30,14 +31,6 @@ pub(super) enum Target {
     User(u64),
     /// This group, whatever the map says now (a part of a fanned-out request).
     Group(GroupId),
-}
-
-/// A node's answer, as the router passes it on.
-pub(super) struct Answer {
-    pub status: StatusCode,
-    pub content_type: Option<HeaderValue>,
-    pub location: Option<HeaderValue>,
-    pub body: Bytes,
 }
 
 /// Why no node answered.
@@ -118,13 +111,9 @@ pub(super) async fn send(
             });
         };
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let mut request = shared.client.request(method.clone(), &url).body(body.clone());
-        if let Some(ct) = content_type {
-            request = request.header(header::CONTENT_TYPE, ct.clone());
-        }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(e) if e.is_connect() => {
+        let answer = match shared.client.send(method, &url, content_type, body.clone()).await {
+            Ok(answer) => answer,
+            Err(e) if !e.delivered() => {
                 // Not delivered: the master is gone or moving. Read etcd again and retry.
                 shared.metrics.redirects.with_label_values(&["unreachable"]).inc();
                 shared.refresh().await;
@@ -135,12 +124,9 @@ pub(super) async fn send(
             }
             Err(e) => return Err(unreachable(&group, &base, &e)),
         };
-        let status = response.status();
-        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-        let location = response.headers().get(header::LOCATION).cloned();
-        let body_bytes = response.bytes().await.map_err(|e| unreachable(&group, &base, &e))?;
+        let status = answer.status;
         if status == StatusCode::CONFLICT || status == StatusCode::SERVICE_UNAVAILABLE {
-            let peek: ErrorPeek = serde_json::from_slice(&body_bytes).unwrap_or_default();
+            let peek: ErrorPeek = serde_json::from_slice(&answer.body).unwrap_or_default();
             match peek.error.as_str() {
                 "wrong_shard" if matches!(target, Target::User(_)) => {
                     let theirs = peek.map_version.unwrap_or(0);
@@ -161,7 +147,7 @@ pub(super) async fn send(
                         None => {
                             shared.refresh().await;
                             if !pause(deadline).await {
-                                return Ok((group, Answer { status, content_type, location, body: body_bytes }));
+                                return Ok((group, answer));
                             }
                         }
                     }
@@ -174,7 +160,7 @@ pub(super) async fn send(
                 _ => {}
             }
         }
-        return Ok((group, Answer { status, content_type, location, body: body_bytes }));
+        return Ok((group, answer));
     }
     Err(Failure {
         status: StatusCode::SERVICE_UNAVAILABLE,
@@ -183,15 +169,13 @@ pub(super) async fn send(
     })
 }
 
-fn unreachable(group: &GroupId, base: &str, e: &reqwest::Error) -> Failure {
-    let (status, code) = if e.is_timeout() {
-        (StatusCode::GATEWAY_TIMEOUT, "node_timeout")
-    } else if e.is_connect() {
-        (StatusCode::SERVICE_UNAVAILABLE, "unreachable")
-    } else {
-        (StatusCode::BAD_GATEWAY, "node_failed")
+fn unreachable(group: &GroupId, base: &str, e: &SendError) -> Failure {
+    let (status, code) = match e {
+        SendError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "node_timeout"),
+        SendError::Connect(_) => (StatusCode::SERVICE_UNAVAILABLE, "unreachable"),
+        SendError::Failed(_) => (StatusCode::BAD_GATEWAY, "node_failed"),
     };
-    let outcome = if e.is_connect() { "" } else { " (a write may or may not have been applied: read it back)" };
+    let outcome = if e.delivered() { " (a write may or may not have been applied: read it back)" } else { "" };
     Failure { status, code, message: format!("group {group}'s node at {base} did not answer: {e}{outcome}") }
 }
 

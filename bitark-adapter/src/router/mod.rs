@@ -10,6 +10,7 @@
 //!   from a node that knows a newer map (the router reads the map again), `not_master`
 //!   (it follows the new master), no master during a failover (it waits up to
 //!   `--failover-wait`).
+//! - `client.rs`: the pooled HTTP/1.1 client to the nodes.
 //! - `fanout.rs`: the cross-user reads, split by group and put back in request order.
 //! - `metrics.rs`: the router's own Prometheus metrics.
 //!
@@ -17,6 +18,7 @@
 //! its health says so; a node never serves a user it does not own whatever the router
 //! believes (the node checks its own log).
 
+mod client;
 mod fanout;
 mod forward;
 mod metrics;
@@ -53,7 +55,7 @@ pub(crate) struct Shared {
     pub view: ShardView,
     pub etcd: Etcd,
     pub prefix: String,
-    pub client: reqwest::Client,
+    pub client: client::NodeClient,
     pub options: RouterOptions,
     pub metrics: RouterMetrics,
 }
@@ -80,8 +82,6 @@ pub enum RouterError {
     Etcd(#[from] EtcdError),
     #[error("HTTP server: {0}")]
     Listener(#[from] std::io::Error),
-    #[error("HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -96,12 +96,7 @@ pub async fn run(
         return Err(RouterError::NoEtcd);
     }
     let etcd = Etcd::connect(&options.place.endpoints, options.place.timeout)?;
-    let client = reqwest::Client::builder()
-        .timeout(options.node_timeout)
-        .connect_timeout(options.node_timeout.min(Duration::from_secs(1)))
-        .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        .build()?;
+    let client = client::NodeClient::new(options.node_timeout);
     let shared = Arc::new(Shared {
         view: ShardView::default(),
         etcd: etcd.clone(),
