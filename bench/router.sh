@@ -13,7 +13,8 @@
 #   - a router in front of both groups.
 # Each round (the order of the two sides alternates between rounds) runs with
 # wrk -t2 -c64 (and -t1 -c1 for the unloaded latency):
-#   is-read      GET of a random user among 200,000: router vs group a's master;
+#   is-read      GET of a random user among 200,000: router vs group a's master (with
+#                the CPU per request of the router process and of the master);
 #   is-read c1   the same with one connection: the latency a router adds to a request;
 #   mark         a durable PUT of a random user: router vs group a's master;
 #   cpu          is-read straight to group a's master vs the plain node: CPU time of
@@ -96,6 +97,7 @@ node b "$bport" b
 node plain "$pport"; plain_pid=$node_pid
 (cd "$work" && BITARK_LOG=warn exec "$bin" --port "$rport" router --etcd "$etcd_url" --prefix /bench 2>"$work/router.log") &
 pids+=($!)
+router_pid=$!
 wait_for "group a" curl -sf -X PUT "$a/api/v1/users/1/reads/1"
 wait_for plain curl -sf -X PUT "$plain/api/v1/users/1/reads/1"
 wait_for router curl -sf "$router/api/v1/users/1/reads/1"
@@ -157,7 +159,7 @@ pair() { # round scenario script connections left-side left-url [left-pid] right
   fi
 }
 for r in $(seq 1 "$rounds"); do
-  pair "$r" is-read is-read.lua 64 router "$router" "" direct "$a" ""
+  pair "$r" is-read is-read.lua 64 router "$router" "$router_pid" direct "$a" "$a_pid"
   pair "$r" is-read-c1 is-read.lua 1 router "$router" "" direct "$a" ""
   pair "$r" mark mark.lua 64 router "$router" "" direct "$a" ""
   pair "$r" cpu is-read.lua 64 sharded "$a" "$a_pid" plain "$plain" "$plain_pid"
@@ -186,5 +188,6 @@ printf '  %-40s %s\n' \
   "durable mark c64 throughput, router / direct" "$(ratio mark router direct 4)×" \
   "durable mark added p50 / p99" "$(diff_ms mark router direct 5) ms / $(diff_ms mark router direct 6) ms" \
   "CPU per is-read, sharded / plain" "$(ratio cpu sharded plain 7)×" \
+  "CPU per is-read, the router / the master" "$(ratio is-read router direct 7)×" \
   "receipts (100 users, 2 groups) via router" "$(awk '$2 == "receipts" && $3 == "router" { print $4 }' "$results" | median)/s, p50 $(awk '$2 == "receipts" && $3 == "router" { print $5 / 1000 }' "$results" | median) ms, p99 $(awk '$2 == "receipts" && $3 == "router" { print $6 / 1000 }' "$results" | median) ms" \
   "receipts via router / one plain node" "$(ratio receipts router plain 4)×"
