@@ -16,16 +16,23 @@ use axum::response::{IntoResponse, Response};
 use bitark_common::GroupId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Rounds of splitting again after a group named a newer map.
 const ROUNDS: usize = 3;
 
 /// `POST /api/v1/messages/{msgId}/readers` for users of every group.
 pub(super) async fn readers(State(shared): State<Arc<Shared>>, Path(msg): Path<String>, body: Bytes) -> Response {
-    if let Err(e) = parse_id("msgId", &msg) {
+    let started = Instant::now();
+    let response = readers_answer(&shared, &msg, &body).await;
+    counted(&shared, started, response)
+}
+
+async fn readers_answer(shared: &Shared, msg: &str, body: &Bytes) -> Response {
+    if let Err(e) = parse_id("msgId", msg) {
         return e.into_response();
     }
-    let request: ReadersRequest = match serde_json::from_slice(&body) {
+    let request: ReadersRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return invalid_body(&e),
     };
@@ -35,12 +42,18 @@ pub(super) async fn readers(State(shared): State<Arc<Shared>>, Path(msg): Path<S
         let ids: Vec<_> = indices.iter().map(|&i| request.user_ids[i]).collect();
         serde_json::to_vec(&ReadersRequest { user_ids: ids }).expect("ids serialize")
     };
-    fan_out(&shared, &users, &path, part).await
+    fan_out(shared, &users, &path, part).await
 }
 
 /// `POST /api/v1/reads/check` for users of every group.
 pub(super) async fn pairs(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    let request: PairsRequest = match serde_json::from_slice(&body) {
+    let started = Instant::now();
+    let response = pairs_answer(&shared, &body).await;
+    counted(&shared, started, response)
+}
+
+async fn pairs_answer(shared: &Shared, body: &Bytes) -> Response {
+    let request: PairsRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return invalid_body(&e),
     };
@@ -49,7 +62,15 @@ pub(super) async fn pairs(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
         let pairs: Vec<UserMsgPair> = indices.iter().map(|&i| request.pairs[i]).collect();
         serde_json::to_vec(&PairsRequest { pairs }).expect("pairs serialize")
     };
-    fan_out(&shared, &users, "/api/v1/reads/check", part).await
+    fan_out(shared, &users, "/api/v1/reads/check", part).await
+}
+
+/// Counts a cross-user read under the group label `fanout`.
+fn counted(shared: &Shared, started: Instant, response: Response) -> Response {
+    let m = &shared.metrics;
+    m.requests.with_label_values(&["fanout", response.status().as_str()]).inc();
+    m.seconds.with_label_values(&["fanout"]).observe(started.elapsed().as_secs_f64());
+    response
 }
 
 fn invalid_body(e: &serde_json::Error) -> Response {

@@ -1,6 +1,7 @@
 //! The router's metrics, on a registry of its own (`/actuator/prometheus`):
 //! - `bitark_router_requests_total{group, status}`: requests answered, by owning group
-//!   (`none` when no group could be named) and HTTP status;
+//!   (`none` when no group could be named, `fanout` for the cross-user reads) and HTTP
+//!   status;
 //! - `bitark_router_request_seconds{group}`: time to answer, node round trips included;
 //! - `bitark_router_redirects_total{kind}`: redirects followed: `wrong_shard` (a newer
 //!   map), `not_master` (a new master), `no_master` (waited for one), `unreachable`
