@@ -124,40 +124,28 @@ pub(super) async fn send(
             }
             Err(e) => return Err(unreachable(&group, &base, &e)),
         };
-        let status = answer.status;
-        if status == StatusCode::CONFLICT || status == StatusCode::SERVICE_UNAVAILABLE {
-            let peek: ErrorPeek = serde_json::from_slice(&answer.body).unwrap_or_default();
-            match peek.error.as_str() {
-                "wrong_shard" if matches!(target, Target::User(_)) => {
-                    let theirs = peek.map_version.unwrap_or(0);
-                    if theirs > directory.map.version {
-                        shared.metrics.redirects.with_label_values(&["wrong_shard"]).inc();
-                        shared.refresh().await;
-                        continue;
-                    }
-                    // The node has not logged the map the router uses yet: it soon will.
-                    if theirs < directory.map.version && pause(deadline).await {
-                        continue;
-                    }
+        match next_step(&answer, directory.map.version, &base, matches!(target, Target::User(_))) {
+            Step::Answer => {}
+            Step::NewerMap => {
+                shared.metrics.redirects.with_label_values(&["wrong_shard"]).inc();
+                shared.refresh().await;
+                continue;
+            }
+            Step::Follow(master) => {
+                shared.metrics.redirects.with_label_values(&["not_master"]).inc();
+                direct = Some(master);
+                continue;
+            }
+            Step::Wait { refresh, kind } => {
+                if let Some(kind) = kind {
+                    shared.metrics.redirects.with_label_values(&[kind]).inc();
                 }
-                "not_master" => {
-                    shared.metrics.redirects.with_label_values(&["not_master"]).inc();
-                    match peek.master_url.filter(|u| !u.is_empty() && *u != base) {
-                        Some(master) => direct = Some(master),
-                        None => {
-                            shared.refresh().await;
-                            if !pause(deadline).await {
-                                return Ok((group, answer));
-                            }
-                        }
-                    }
-                    continue;
-                }
-                "starting" | "shutting_down" | "leader_lease_lapsed" if pause(deadline).await => {
+                if refresh {
                     shared.refresh().await;
+                }
+                if pause(deadline).await {
                     continue;
                 }
-                _ => {}
             }
         }
         return Ok((group, answer));
@@ -167,6 +155,46 @@ pub(super) async fn send(
         code: "too_many_redirects",
         message: format!("the request was redirected {MAX_SENDS} times without an answer; retry"),
     })
+}
+
+/// What to do with a node's answer.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Pass it on.
+    Answer,
+    /// The node knows a newer map: read it and send again.
+    NewerMap,
+    /// Send to the master the node named.
+    Follow(String),
+    /// Nothing was done and it may soon be: wait a moment (reading etcd again first when
+    /// `refresh`) and send again, or pass the answer on once the wait is over.
+    Wait { refresh: bool, kind: Option<&'static str> },
+}
+
+/// The router's rule for an answer of the node at `base`, under a map of version `ours`;
+/// `by_user` when the map chose the group (a fanned-out part is for one group whatever
+/// the map says, and its `wrong_shard` is the fan-out's to handle).
+fn next_step(answer: &Answer, ours: u64, base: &str, by_user: bool) -> Step {
+    if answer.status != StatusCode::CONFLICT && answer.status != StatusCode::SERVICE_UNAVAILABLE {
+        return Step::Answer;
+    }
+    let peek: ErrorPeek = serde_json::from_slice(&answer.body).unwrap_or_default();
+    match peek.error.as_str() {
+        "wrong_shard" if by_user => match peek.map_version.unwrap_or(0) {
+            theirs if theirs > ours => Step::NewerMap,
+            // The node has not logged the map the router uses yet: it soon will.
+            theirs if theirs < ours => Step::Wait { refresh: false, kind: None },
+            _ => Step::Answer,
+        },
+        "not_master" => {
+            match peek.master_url.filter(|u| !u.is_empty() && u.trim_end_matches('/') != base.trim_end_matches('/')) {
+                Some(master) => Step::Follow(master),
+                None => Step::Wait { refresh: true, kind: Some("not_master") },
+            }
+        }
+        "starting" | "shutting_down" | "leader_lease_lapsed" => Step::Wait { refresh: true, kind: None },
+        _ => Step::Answer,
+    }
 }
 
 fn unreachable(group: &GroupId, base: &str, e: &SendError) -> Failure {
@@ -240,4 +268,56 @@ pub(super) async fn forward(State(shared): State<Arc<Shared>>, request: Request)
     m.requests.with_label_values(&[&group, response.status().as_str()]).inc();
     m.seconds.with_label_values(&[&group]).observe(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: serde_json::Value) -> Answer {
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            content_type: None,
+            location: None,
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    #[test]
+    fn wrong_shard_reads_the_map_again_only_from_a_node_that_knows_a_newer_one() {
+        let refused = |v: u64| answer(409, serde_json::json!({"error": "wrong_shard", "mapVersion": v}));
+        assert_eq!(next_step(&refused(5), 4, "http://a", true), Step::NewerMap);
+        assert_eq!(next_step(&refused(3), 4, "http://a", true), Step::Wait { refresh: false, kind: None });
+        assert_eq!(next_step(&refused(4), 4, "http://a", true), Step::Answer, "the same map: the node is right");
+        assert_eq!(next_step(&refused(9), 4, "http://a", false), Step::Answer, "a fanned-out part");
+    }
+
+    #[test]
+    fn not_master_follows_the_named_master_once_and_otherwise_waits_for_etcd() {
+        let named = answer(409, serde_json::json!({"error": "not_master", "masterUrl": "http://b/"}));
+        assert_eq!(next_step(&named, 1, "http://a", true), Step::Follow("http://b/".into()));
+        assert_eq!(
+            next_step(&named, 1, "http://b", true),
+            Step::Wait { refresh: true, kind: Some("not_master") },
+            "a node naming itself is not followed"
+        );
+        let unnamed = answer(409, serde_json::json!({"error": "not_master"}));
+        assert_eq!(next_step(&unnamed, 1, "http://a", true), Step::Wait { refresh: true, kind: Some("not_master") });
+    }
+
+    #[test]
+    fn only_answers_that_say_nothing_was_done_are_waited_out() {
+        for code in ["starting", "shutting_down", "leader_lease_lapsed"] {
+            let a = answer(503, serde_json::json!({ "error": code }));
+            assert_eq!(next_step(&a, 1, "http://a", true), Step::Wait { refresh: true, kind: None }, "{code}");
+        }
+        for (status, code) in
+            [(503, "not_enough_replicas"), (409, "mark_limit"), (409, "write_lost"), (504, "replication_timeout")]
+        {
+            let a = answer(status, serde_json::json!({ "error": code }));
+            assert_eq!(next_step(&a, 1, "http://a", true), Step::Answer, "{code}");
+        }
+        assert_eq!(next_step(&answer(200, serde_json::json!({"read": true})), 1, "http://a", true), Step::Answer);
+        assert_eq!(next_step(&answer(409, serde_json::json!("not json")), 1, "http://a", true), Step::Answer);
+    }
 }
