@@ -73,10 +73,18 @@ async fn every_user_lands_on_its_group_and_the_other_group_refuses_it() {
         let slave = call(&s.groups[theirs].slaves[0].url(), Method::GET, &path, None).await;
         assert_eq!(slave.1["error"], "wrong_shard", "a slave serves only its group's users too");
     }
-    // Each group holds exactly its own users (and the one each start-up check marked).
+    // Each group holds exactly its own users (and the one each start-up check marked),
+    // all of them in its one range, as its range gauges count them.
     for g in 0..2 {
         let expected = users.iter().filter(|u| s.group_of(**u) == g).count() as u64 + 1;
         assert_eq!(users_held(&s.groups[g].master.api()).await, expected, "group {}", s.names[g]);
+        let master = &s.groups[g].master;
+        let range = s.map.ranges[g].range.to_string();
+        wait_until(WITHIN, "the range gauges to count the group's users", async || {
+            support::metric(master, "bitark_shard_range_users", &[("range", &range)]).await == Some(expected as f64)
+        })
+        .await;
+        assert_eq!(support::metric(master, "bitark_shard_unowned_users", &[]).await, Some(0.0));
         s.groups[g].wait_for_convergence(WITHIN).await;
     }
 

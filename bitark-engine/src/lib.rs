@@ -71,4 +71,4 @@ pub use error::{
 };
 pub use node::Node;
 pub use recovery::RecoveryReport;
-pub use store::{ReadStore, StoreDigest};
+pub use store::{RangeCounts, ReadStore, StoreDigest};

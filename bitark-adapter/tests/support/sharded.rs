@@ -44,6 +44,7 @@ pub fn member_of(builder: NodeBuilder, etcd_url: &str, name: &str) -> NodeBuilde
     builder
         .env("BITARK_CLUSTER__GROUP", name)
         .env("BITARK_CLUSTER__REFRESH", "500ms")
+        .env("BITARK_CLUSTER__RANGE_STATS_EVERY", "200ms")
         .env("BITARK_COORDINATION__ETCD__ENDPOINTS", format!("[\"{etcd_url}\"]"))
         .env("BITARK_COORDINATION__ETCD__PREFIX", PREFIX)
 }

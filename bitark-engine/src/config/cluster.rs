@@ -21,11 +21,17 @@ pub struct ClusterConfig {
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String)]
     pub refresh: Duration,
+    /// How often a sharded node counts the users and marks of each range it owns
+    /// (`bitark_shard_range_users`, `_range_marks`, `bitark_shard_unowned_users`): one walk
+    /// of the whole store, like a digest. `0s`: never. Default `1m`.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
+    pub range_stats_every: Duration,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { group: None, refresh: Duration::from_secs(5) }
+        ClusterConfig { group: None, refresh: Duration::from_secs(5), range_stats_every: Duration::from_secs(60) }
     }
 }
 

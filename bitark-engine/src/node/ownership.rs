@@ -59,6 +59,23 @@ impl Node {
         m.shard_owned_fraction.set(ranges.iter().map(|(r, _)| r.share()).sum());
     }
 
+    /// Counts the users and marks of each owned range and of those outside them, and
+    /// sets the `bitark_shard_range_*` gauges. One walk of the store: blocking.
+    pub fn publish_range_counts(&self) {
+        let Some(own) = self.ownership() else { return };
+        let ranges: Vec<_> = own.ranges.iter().map(|(r, _)| *r).collect();
+        let counts = self.inner.state.store.count_by_range(own.partitioner, &ranges);
+        let m = &self.inner.state.metrics;
+        m.shard_range_users.reset();
+        m.shard_range_marks.reset();
+        for (range, (users, marks)) in ranges.iter().zip(&counts.ranges) {
+            let label = range.to_string();
+            m.shard_range_users.with_label_values(&[&label]).set(*users as i64);
+            m.shard_range_marks.with_label_values(&[&label]).set(*marks as i64);
+        }
+        m.shard_unowned_users.set(counts.outside.0 as i64);
+    }
+
     /// What this node knows of the other groups (filled by
     /// [`crate::sharding::follow`] on a sharded node).
     pub fn shard_view(&self) -> &ShardView {

@@ -37,8 +37,21 @@ pub async fn run(node: Node, group: GroupId, self_url: String, announce: bool) -
         let leader_key = format!("{}/leader", group_prefix(&prefix, &group));
         tokio::spawn(announce_master(node.clone(), etcd, leader_key, self_url, config.coordination.lease_ttl));
     }
+    let every = config.cluster.range_stats_every;
+    if !every.is_zero() {
+        tokio::spawn(count_ranges(node.clone(), every));
+    }
     tokio::spawn(keep_ownership(node, group, view));
     Ok(())
+}
+
+/// Every `every`: the users and marks of each owned range, off the runtime's threads.
+async fn count_ranges(node: Node, every: Duration) {
+    loop {
+        let counting = node.clone();
+        let _ = tokio::task::spawn_blocking(move || counting.publish_range_counts()).await;
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// While this node is master: log the ownership of every newer map the view shows.

@@ -43,7 +43,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bitark_common::{Command, Ownership};
+use bitark_common::{Command, HashRange, Ownership, Partitioner};
 use hashbrown::HashTable;
 use roaring::RoaringTreemap;
 
@@ -99,6 +99,14 @@ impl Delta {
         };
         Delta { users, added: outcome.added, removed: outcome.removed }
     }
+}
+
+/// What [`ReadStore::count_by_range`] found: (users, marks) per range, and of the users
+/// in no range.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeCounts {
+    pub ranges: Vec<(u64, u64)>,
+    pub outside: (u64, u64),
 }
 
 impl ReadStore {
@@ -183,6 +191,25 @@ impl ReadStore {
             self.walk_shard(shard, |user, set| digest.add(user, set));
         }
         digest.finish()
+    }
+
+    /// Users and marks in each of `ranges` (sorted, by `partitioner`'s hash), and those
+    /// of users in none of them, one shard at a time.
+    pub fn count_by_range(&self, partitioner: Partitioner, ranges: &[HashRange]) -> RangeCounts {
+        let mut counts = RangeCounts { ranges: vec![(0, 0); ranges.len()], outside: (0, 0) };
+        for shard in 0..SHARDS {
+            self.walk_shard(shard, |user, set| {
+                let hash = partitioner.hash(user);
+                let i = ranges.partition_point(|r| r.start <= hash);
+                let slot = match i.checked_sub(1).filter(|&i| ranges[i].contains(hash)) {
+                    Some(i) => &mut counts.ranges[i],
+                    None => &mut counts.outside,
+                };
+                slot.0 += 1;
+                slot.1 += set.len();
+            });
+        }
+        counts
     }
 
     pub fn shard_count(&self) -> usize {
@@ -655,6 +682,30 @@ mod tests {
         store.insert_user_set(9, RoaringTreemap::new());
         assert_eq!(form_of(&store, 9), None);
         assert_eq!((store.user_count(), store.mark_count()), (0, 0));
+    }
+
+    #[test]
+    fn users_and_marks_are_counted_by_hash_range() {
+        use bitark_common::{HashRange, Partitioner};
+        let store = ReadStore::new();
+        for user in 0..500u64 {
+            store.apply(&Command::MarkRange { user, from: 0, to: user % 7 });
+        }
+        let p = Partitioner::SplitMix64;
+        let ranges = [HashRange::new(0, 1 << 62).unwrap(), HashRange::new(1 << 63, 3 << 62).unwrap()];
+        let counts = store.count_by_range(p, &ranges);
+        let mut expected = RangeCounts { ranges: vec![(0, 0); 2], outside: (0, 0) };
+        for user in 0..500u64 {
+            let h = p.hash(user);
+            let slot = match ranges.iter().position(|r| r.contains(h)) {
+                Some(i) => &mut expected.ranges[i],
+                None => &mut expected.outside,
+            };
+            slot.0 += 1;
+            slot.1 += user % 7 + 1;
+        }
+        assert_eq!(counts, expected);
+        assert!(counts.ranges.iter().all(|(users, _)| *users > 0) && counts.outside.0 > 0);
     }
 
     #[test]

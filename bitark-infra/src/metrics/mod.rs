@@ -99,6 +99,13 @@ pub struct Metrics {
     pub shard_owned_fraction: prometheus::Gauge,
     /// `bitark_shard_wrong_shard_total{kind="read|write"}`: users of other groups refused.
     pub shard_wrong_shard: IntCounterVec,
+    /// `bitark_shard_range_users{range}`: users in each owned range (counted every
+    /// `cluster.range-stats-every`).
+    pub shard_range_users: IntGaugeVec,
+    /// `bitark_shard_range_marks{range}`: marks in each owned range.
+    pub shard_range_marks: IntGaugeVec,
+    /// `bitark_shard_unowned_users`: users held outside the owned ranges.
+    pub shard_unowned_users: IntGauge,
 
     // Snapshots and the start-up recovery that reads them back (`snapshot.rs`)
     /// `bitark_snapshot_duration_seconds`
@@ -278,6 +285,9 @@ impl Metrics {
             shard_owned_ranges: shard::owned_ranges(r)?,
             shard_owned_fraction: shard::owned_fraction(r)?,
             shard_wrong_shard: shard::wrong_shard(r)?,
+            shard_range_users: shard::range_users(r)?,
+            shard_range_marks: shard::range_marks(r)?,
+            shard_unowned_users: shard::unowned_users(r)?,
             snapshot_duration_seconds: snapshot::duration_seconds(r)?,
             snapshot_size_bytes: snapshot::size_bytes(r)?,
             snapshot_last_lsn: snapshot::last_lsn(r)?,

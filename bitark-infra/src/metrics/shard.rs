@@ -2,7 +2,7 @@
 //! requests it refused for users of other groups.
 
 use super::reg;
-use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry, Result};
+use prometheus::{Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, Result};
 
 pub(super) fn map_version(r: &Registry) -> Result<IntGauge> {
     reg(r, IntGauge::new("bitark_shard_map_version", "Shard map version of the ownership this node serves (0: none)")?)
@@ -24,4 +24,22 @@ pub(super) fn wrong_shard(r: &Registry) -> Result<IntCounterVec> {
             &["kind"],
         )?,
     )
+}
+
+pub(super) fn range_users(r: &Registry) -> Result<IntGaugeVec> {
+    reg(r, IntGaugeVec::new(Opts::new("bitark_shard_range_users", "Users held in each owned hash range"), &["range"])?)
+}
+
+pub(super) fn range_marks(r: &Registry) -> Result<IntGaugeVec> {
+    reg(
+        r,
+        IntGaugeVec::new(
+            Opts::new("bitark_shard_range_marks", "Read marks held in each owned hash range"),
+            &["range"],
+        )?,
+    )
+}
+
+pub(super) fn unowned_users(r: &Registry) -> Result<IntGauge> {
+    reg(r, IntGauge::new("bitark_shard_unowned_users", "Users held outside the ranges this node's group owns")?)
 }
