@@ -90,12 +90,7 @@ pub async fn run(
     let local_addr = listener.local_addr()?;
     warn_about_exposure(&config, local_addr);
     let (stop_server, stopped) = tokio::sync::watch::channel(false);
-    let limits = server::Limits {
-        max_connections: connection_cap(config.server.max_connections),
-        header_read_timeout: config.server.header_read_timeout,
-        idle_timeout: config.server.idle_timeout,
-        request_timeout: config.server.request_timeout,
-    };
+    let limits = server::Limits::of(&config.server, 1);
     let (public, management) = match management {
         Some(listener) => (http::Routes::Api, Some(listener)),
         None => (http::Routes::All, None),
@@ -184,7 +179,7 @@ fn spawn_server(
     let shutdown = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    tokio::spawn(server::serve(listener, service, limits, metrics, shutdown, drain))
+    tokio::spawn(server::serve(listener, service, limits, metrics.connections(), shutdown, drain))
 }
 
 /// SIGHUP re-reads the configuration, as `POST /actuator/refresh` does; the outcome is
@@ -206,30 +201,6 @@ async fn refresh_on_hangup(state: app::AppState) {
     }
     #[cfg(not(unix))]
     let _ = state;
-}
-
-/// `server.max-connections`, lowered to what the open-files limit leaves for the node's
-/// own files, so that clients can never take the descriptors the log needs.
-fn connection_cap(configured: usize) -> usize {
-    match bitark_infra::process::open_files_limit() {
-        Ok((soft, _)) => {
-            let cap = server::effective_max_connections(configured, soft);
-            if cap < configured {
-                tracing::warn!(
-                    configured,
-                    cap,
-                    open_files_limit = soft,
-                    reserve = server::FD_RESERVE,
-                    "server.max-connections lowered to fit the open-files limit; raise `ulimit -n` to allow more"
-                );
-            }
-            cap
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the open-files limit; using server.max-connections as it is");
-            configured
-        }
-    }
 }
 
 /// Warns, at every start, about endpoints that are open to whoever can reach them.

@@ -293,13 +293,16 @@ fn main() -> ExitCode {
         return offline("shards", async move { bitark_adapter::shards::run(place, action, say).await });
     }
     if let Some(Command::Router { etcd, failover_wait, node_timeout }) = &cli.command {
+        init_logging(&config.logging);
+        raise_open_files_limit();
         let options = bitark_adapter::router::RouterOptions {
             place: etcd_place(etcd),
             failover_wait: *failover_wait,
             node_timeout: *node_timeout,
             refresh: config.engine.cluster.refresh,
+            limits: bitark_adapter::server::Limits::of(&config.server, 2),
+            drain: config.server.shutdown_timeout,
         };
-        init_logging(&config.logging);
         let addr = SocketAddr::new(config.server.bind, config.server.port);
         return serve_router(addr, options);
     }
@@ -308,14 +311,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let set_log_level = init_logging(&config.logging);
-    // Connections, log segments and snapshots all take descriptors: use what is allowed.
-    match bitark_infra::process::raise_open_files_limit() {
-        Ok((before, (soft, hard))) if before < soft => {
-            tracing::info!(from = before, to = soft, hard, "raised the open-files limit to its hard limit")
-        }
-        Ok((_, (soft, hard))) => tracing::info!(soft, hard, "open-files limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
-    }
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -336,6 +332,17 @@ fn main() -> ExitCode {
 
 fn say(line: &str) {
     println!("{line}");
+}
+
+/// Connections, log segments and snapshots all take descriptors: use what is allowed.
+fn raise_open_files_limit() {
+    match bitark_infra::process::raise_open_files_limit() {
+        Ok((before, (soft, hard))) if before < soft => {
+            tracing::info!(from = before, to = soft, hard, "raised the open-files limit to its hard limit")
+        }
+        Ok((_, (soft, hard))) => tracing::info!(soft, hard, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
 }
 
 /// Runs a command that needs no server of its own to the end.

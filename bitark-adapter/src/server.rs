@@ -35,7 +35,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::Response;
-use bitark_infra::Metrics;
+use bitark_infra::metrics::Connections;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -70,6 +70,41 @@ pub struct Limits {
     pub request_timeout: Duration,
 }
 
+impl Limits {
+    /// The limits `config` sets, with `server.max-connections` lowered to what the
+    /// open-files limit leaves for the process's own files when each connection may
+    /// take `descriptors_per_connection` (a router's takes one to a node as well), so
+    /// that clients can never take the descriptors the log needs.
+    pub fn of(config: &crate::config::ServerConfig, descriptors_per_connection: u64) -> Limits {
+        let configured = config.max_connections;
+        let max_connections = match bitark_infra::process::open_files_limit() {
+            Ok((soft, _)) => {
+                let cap = effective_max_connections(configured, soft / descriptors_per_connection.max(1));
+                if cap < configured {
+                    tracing::warn!(
+                        configured,
+                        cap,
+                        open_files_limit = soft,
+                        reserve = FD_RESERVE,
+                        "server.max-connections lowered to fit the open-files limit; raise `ulimit -n` to allow more"
+                    );
+                }
+                cap
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the open-files limit; using server.max-connections as it is");
+                configured
+            }
+        };
+        Limits {
+            max_connections,
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+            request_timeout: config.request_timeout,
+        }
+    }
+}
+
 /// The connection cap in force: `configured`, lowered to what an open-files limit of
 /// `files` leaves after [`FD_RESERVE`].
 pub fn effective_max_connections(configured: usize, files: u64) -> usize {
@@ -87,7 +122,7 @@ pub async fn serve<S, F>(
     listener: TcpListener,
     service: S,
     limits: Limits,
-    metrics: Metrics,
+    metrics: Connections,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) where
@@ -123,7 +158,7 @@ pub async fn serve<S, F>(
             _ = &mut shutdown => break,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics.http_connections_refused.inc();
+            metrics.refused.inc();
             match refusing.clone().try_acquire_owned() {
                 Ok(refusal) => {
                     let max = limits.max_connections;
@@ -158,7 +193,7 @@ pub async fn serve<S, F>(
         let connection = graceful.watch(builder.serve_connection(io, answer));
         let (metrics, limits) = (metrics.clone(), limits.clone());
         tokio::spawn(async move {
-            metrics.http_connections_open.inc();
+            metrics.open.inc();
             tokio::select! {
                 result = connection => {
                     if let Err(e) = result {
@@ -166,11 +201,11 @@ pub async fn serve<S, F>(
                     }
                 }
                 reason = tracker.expired(&limits) => {
-                    metrics.http_connections_expired.with_label_values(&[reason]).inc();
+                    metrics.expired.with_label_values(&[reason]).inc();
                     tracing::debug!(reason, "connection closed");
                 }
             }
-            metrics.http_connections_open.dec();
+            metrics.open.dec();
             drop(permit);
         });
     }

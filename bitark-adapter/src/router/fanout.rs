@@ -5,7 +5,7 @@
 //! request itself (400, 413) fails the whole request with its answer, since every group
 //! would; when no group answers the request fails with the first group's error.
 
-use super::forward::{refusal, send, Failure, Target};
+use super::forward::{refusal, send, Failure, Outgoing, Target};
 use super::Shared;
 use crate::http::extract::parse_id;
 use crate::http::receipts::{GroupFailure, PairsRequest, ReadersRequest, ReceiptsResult, UserMsgPair};
@@ -96,8 +96,15 @@ async fn fan_out(shared: &Shared, users: &[u64], path: &str, part: impl Fn(&[usi
             let body = Bytes::from(part(&indices));
             let json = &json;
             async move {
-                let sent =
-                    send(shared, Target::Group(group.clone()), &Method::POST, path, Some(json), body, false).await;
+                let out = Outgoing {
+                    method: &Method::POST,
+                    path,
+                    content_type: Some(json),
+                    body,
+                    read: true,
+                    any_member: false,
+                };
+                let sent = send(shared, Target::Group(group.clone()), &out).await;
                 (group, indices, sent)
             }
         });

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 /// The largest request body the router takes (a node's own limits are lower).
 const MAX_BODY: usize = 16 << 20;
+/// Where every one-user endpoint starts.
+pub(super) const USERS: &str = "/api/v1/users/";
 /// Sends of one request, redirects included.
 const MAX_SENDS: usize = 8;
 
@@ -76,17 +78,22 @@ fn base_url(directory: &Directory, group: &GroupId, any_member: bool) -> Option<
     directory.masters.get(group).cloned()
 }
 
-/// Sends `method path` with `body` to the node `target` names, following redirects for
-/// up to `--failover-wait`. Answers the group it went to and the node's answer.
-pub(super) async fn send(
-    shared: &Shared,
-    target: Target,
-    method: &Method,
-    path: &str,
-    content_type: Option<&HeaderValue>,
-    body: Bytes,
-    any_member: bool,
-) -> Result<(GroupId, Answer), Failure> {
+/// One request as the router sends it on.
+pub(super) struct Outgoing<'a> {
+    pub method: &'a Method,
+    /// Path and query.
+    pub path: &'a str,
+    pub content_type: Option<&'a HeaderValue>,
+    pub body: Bytes,
+    /// A read: sent again when a connection closed before any answer.
+    pub read: bool,
+    /// A read with a write token: any member of the group may answer it.
+    pub any_member: bool,
+}
+
+/// Sends `out` to the node `target` names, following redirects for up to
+/// `--failover-wait`. Answers the group it went to and the node's answer.
+pub(super) async fn send(shared: &Shared, target: Target, out: &Outgoing<'_>) -> Result<(GroupId, Answer), Failure> {
     let deadline = Instant::now() + shared.options.failover_wait;
     let mut direct: Option<String> = None;
     for _ in 0..MAX_SENDS {
@@ -99,7 +106,7 @@ pub(super) async fn send(
             Target::User(user) => directory.map.owner_of(*user).group.clone(),
             Target::Group(group) => group.clone(),
         };
-        let Some(base) = direct.take().or_else(|| base_url(&directory, &group, any_member)) else {
+        let Some(base) = direct.take().or_else(|| base_url(&directory, &group, out.any_member)) else {
             shared.metrics.redirects.with_label_values(&["no_master"]).inc();
             if wait_for_change(shared, deadline).await {
                 continue;
@@ -110,8 +117,8 @@ pub(super) async fn send(
                 message: format!("group {group} has no master in etcd (waited {:?})", shared.options.failover_wait),
             });
         };
-        let url = format!("{}{path}", base.trim_end_matches('/'));
-        let answer = match shared.client.send(method, &url, content_type, body.clone()).await {
+        let sent = shared.client.send(out.method, &base, out.path, out.content_type, &out.body, out.read).await;
+        let answer = match sent {
             Ok(answer) => answer,
             Err(e) if !e.delivered() => {
                 // Not delivered: the master is gone or moving. Read etcd again and retry.
@@ -234,7 +241,7 @@ pub(super) async fn forward(State(shared): State<Arc<Shared>>, request: Request)
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
-    let Some(rest) = path.strip_prefix("/api/v1/users/") else {
+    let Some(rest) = path.strip_prefix(USERS) else {
         return refusal(StatusCode::NOT_FOUND, "not_found", format!("no route for {path}"));
     };
     let user = match parse_id("userId", rest.split('/').next().unwrap_or("")) {
@@ -250,8 +257,9 @@ pub(super) async fn forward(State(shared): State<Arc<Shared>>, request: Request)
     let token = parts.uri.query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("token=")));
     let path_and_query = parts.uri.path_and_query().map_or(path, |p| p.as_str());
     let content_type = parts.headers.get(header::CONTENT_TYPE);
-    let sent =
-        send(&shared, Target::User(user), &parts.method, path_and_query, content_type, body, read && token).await;
+    let out =
+        Outgoing { method: &parts.method, path: path_and_query, content_type, body, read, any_member: read && token };
+    let sent = send(&shared, Target::User(user), &out).await;
     let (group, response) = match sent {
         Ok((group, answer)) => {
             let mut response = (answer.status, answer.body).into_response();

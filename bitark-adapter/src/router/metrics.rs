@@ -10,9 +10,12 @@
 //! - `bitark_router_group_has_master{group}`: 1 while the router knows the group's
 //!   master, 0 while none is known (its users cannot be written);
 //! - `bitark_router_etcd_connected`: 1 while the watch on etcd answers, 0 while the
-//!   router serves from its cached map.
+//!   router serves from its cached map;
+//! - `bitark_http_connections_open`, `_refused_total`, `_expired_total{reason}`: the
+//!   client connections, as on a node.
 
 use super::Shared;
+use bitark_infra::metrics::Connections;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +28,7 @@ pub struct RouterMetrics {
     pub map_version: IntGauge,
     pub group_has_master: IntGaugeVec,
     pub etcd_connected: IntGauge,
+    pub connections: Connections,
 }
 
 impl RouterMetrics {
@@ -60,7 +64,17 @@ impl RouterMetrics {
         for kind in ["wrong_shard", "not_master", "no_master", "unreachable"] {
             redirects.with_label_values(&[kind]);
         }
-        Ok(RouterMetrics { registry, requests, seconds, redirects, map_version, group_has_master, etcd_connected })
+        let connections = Connections::new(&registry)?;
+        Ok(RouterMetrics {
+            registry,
+            requests,
+            seconds,
+            redirects,
+            map_version,
+            group_has_master,
+            etcd_connected,
+            connections,
+        })
     }
 
     /// The text exposition of every metric.

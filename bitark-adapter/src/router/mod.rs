@@ -35,6 +35,7 @@ use bitark_infra::etcd::{Etcd, EtcdError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 pub use metrics::RouterMetrics;
 
@@ -48,6 +49,10 @@ pub struct RouterOptions {
     pub node_timeout: Duration,
     /// How often the map is read again without a change seen.
     pub refresh: Duration,
+    /// What a client connection may hold and for how long (`server.*`, as on a node).
+    pub limits: crate::server::Limits,
+    /// How long open requests may finish after a stop.
+    pub drain: Duration,
 }
 
 /// What every request of a router shares.
@@ -108,7 +113,7 @@ pub async fn run(
     tokio::spawn(follow(etcd, options.place.prefix.clone(), shared.view.clone(), options.refresh));
     tokio::spawn(metrics::track(shared.clone()));
     tracing::info!(prefix = %options.place.prefix, "router listening on http://{}", listener.local_addr()?);
-    let app = Router::new()
+    let routes = Router::new()
         .route("/openapi.json", get(openapi_document))
         .route("/actuator/health", get(health))
         .route("/actuator/health/readiness", get(readiness))
@@ -117,8 +122,24 @@ pub async fn run(
         .route(READERS_ROUTE, post(fanout::readers))
         .route(PAIRS_ROUTE, post(fanout::pairs))
         .fallback(forward::forward)
-        .with_state(shared);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        .with_state(shared.clone());
+    let connections = shared.metrics.connections.clone();
+    // One user's requests, nearly all of them, go straight to the forwarding; the
+    // router's own endpoints and the fanned-out reads through the route table.
+    let service = move |request: Request| {
+        let (shared, routes) = (shared.clone(), routes.clone());
+        async move {
+            if request.uri().path().starts_with(forward::USERS) {
+                forward::forward(State(shared), request).await
+            } else {
+                match routes.oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        }
+    };
+    crate::server::serve(listener, service, options.limits.clone(), connections, shutdown, options.drain).await;
     Ok(())
 }
 

@@ -41,3 +41,23 @@ pub(super) fn connections_expired(r: &Registry) -> Result<IntCounterVec> {
         )?,
     )
 }
+
+/// The connection families of one HTTP server, for a process that serves HTTP without
+/// the rest of a node's metrics (the router).
+#[derive(Clone)]
+pub struct Connections {
+    pub open: IntGauge,
+    pub refused: IntCounter,
+    pub expired: IntCounterVec,
+}
+
+impl Connections {
+    /// Registers the three families on `registry`.
+    pub fn new(registry: &Registry) -> Result<Connections> {
+        Ok(Connections {
+            open: connections_open(registry)?,
+            refused: connections_refused(registry)?,
+            expired: connections_expired(registry)?,
+        })
+    }
+}

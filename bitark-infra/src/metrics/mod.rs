@@ -31,6 +31,8 @@ mod snapshot;
 mod store;
 mod wal;
 
+pub use http::Connections;
+
 use prometheus::{
     exponential_buckets, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Registry,
@@ -258,6 +260,15 @@ fn latency_buckets() -> Vec<f64> {
 }
 
 impl Metrics {
+    /// The families of connections to the HTTP server.
+    pub fn connections(&self) -> Connections {
+        Connections {
+            open: self.http_connections_open.clone(),
+            refused: self.http_connections_refused.clone(),
+            expired: self.http_connections_expired.clone(),
+        }
+    }
+
     /// Creates every family and registers it on `registry`.
     pub fn new(registry: Registry) -> Result<Self, prometheus::Error> {
         let r = &registry;
