@@ -453,9 +453,14 @@ impl Ownership {
 
     /// Whether `user` falls in an owned range.
     pub fn owns(&self, user: u64) -> bool {
+        self.range_of(user).is_some()
+    }
+
+    /// The index in `ranges` of the owned range `user` falls in.
+    pub fn range_of(&self, user: u64) -> Option<usize> {
         let hash = self.partitioner.hash(user);
         let i = self.ranges.partition_point(|(r, _)| r.start <= hash);
-        i > 0 && self.ranges[i - 1].0.contains(hash)
+        (i > 0 && self.ranges[i - 1].0.contains(hash)).then(|| i - 1)
     }
 }
 

@@ -126,3 +126,45 @@ fn a_node_that_is_not_sharded_keeps_format_2_snapshots() {
     assert_eq!(read_snapshot(&info.path, |_| Ok(())).unwrap().version, FORMAT_VERSION);
     node.shutdown();
 }
+
+/// `bitark_shard_range_requests_total{range, kind}` of this node's registry.
+fn range_requests(node: &Node, range: &HashRange, kind: &str) -> u64 {
+    node.metrics().shard_range_requests.with_label_values(&[&range.to_string(), kind]).get()
+}
+
+#[test]
+fn requests_are_counted_by_owned_range_and_a_range_given_away_leaves_the_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let node = open(&config(dir.path()));
+    let half = 1u128 << 63;
+    let quarter = HashRange::new((3u128 << 62) as u64, 1u128 << 64).unwrap();
+    // Group a owns the lower half and the top quarter: two ranges.
+    let map = map().assign(quarter, &g("a")).unwrap();
+    rt.block_on(node.set_ownership(map.ownership(&g("a")))).unwrap();
+    let lower = HashRange::new(0, half).unwrap();
+    let in_range = |range: &HashRange, n| -> Vec<u64> {
+        (1..).filter(|u| range.contains(map.partitioner.hash(*u))).take(n).collect()
+    };
+    for user in in_range(&lower, 3) {
+        mark(&node, &rt, user).unwrap();
+        node.check_owner(user).unwrap();
+    }
+    let top = in_range(&quarter, 2);
+    for user in &top {
+        node.check_owner(*user).unwrap();
+    }
+    mark(&node, &rt, users_of(&map, "b", 1)[0]).unwrap_err();
+    assert_eq!((range_requests(&node, &lower, "write"), range_requests(&node, &lower, "read")), (3, 3));
+    assert_eq!((range_requests(&node, &quarter, "write"), range_requests(&node, &quarter, "read")), (0, 2));
+
+    // The top quarter goes to group b: its counters leave, the lower half's go on.
+    let map = map.assign(quarter, &g("b")).unwrap();
+    rt.block_on(node.set_ownership(map.ownership(&g("a")))).unwrap();
+    mark(&node, &rt, in_range(&lower, 1)[0]).unwrap();
+    assert_eq!(range_requests(&node, &lower, "write"), 4);
+    node.check_owner(top[0]).unwrap_err();
+    let text = prometheus::TextEncoder::new().encode_to_string(&node.metrics().registry.gather()).unwrap();
+    assert!(!text.contains(&quarter.to_string()), "a range no longer owned is not reported:\n{text}");
+    node.shutdown();
+}

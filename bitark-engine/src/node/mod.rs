@@ -74,6 +74,9 @@ pub(crate) struct Inner {
     /// Orders ownership checks of writes against changes of ownership
     /// (`ownership.rs`): writes hold it shared from check to proposal.
     ownership_gate: RwLock<()>,
+    /// The request counters of the owned ranges (`ownership.rs`), for the ownership
+    /// they were made for.
+    range_requests: arc_swap::ArcSwapOption<ownership::RangeRequests>,
     /// `cluster.group`, when the node is sharded (restart-only).
     group: Option<bitark_common::GroupId>,
     /// The shard directory, to name the owner of a user this node refuses.

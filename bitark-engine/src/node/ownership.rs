@@ -11,8 +11,18 @@
 use super::Node;
 use crate::error::{WriteError, WrongShard};
 use crate::sharding::ShardView;
+use crate::store::Owned;
 use bitark_common::{Command, Lsn, Ownership};
+use prometheus::IntCounter;
 use std::sync::{Arc, PoisonError};
+
+/// `bitark_shard_range_requests_total` of each owned range of one ownership.
+pub(crate) struct RangeRequests {
+    map_version: u64,
+    labels: Vec<String>,
+    read: Vec<IntCounter>,
+    write: Vec<IntCounter>,
+}
 
 impl Node {
     /// The ownership the log last set; `None` on a node that is not sharded.
@@ -28,10 +38,14 @@ impl Node {
 
     /// [`Node::check_owner`], counting a refusal under `kind` (`read` or `write`).
     pub(super) fn owner_refusal(&self, user: u64, kind: &str) -> Result<(), WrongShard> {
-        let store = &self.inner.state.store;
-        // A node of a group (`cluster.group`) serves nobody until its log says what.
-        if store.owns(user) && (self.inner.group.is_none() || store.has_ownership()) {
-            return Ok(());
+        match self.inner.state.store.owned(user) {
+            // A node of a group (`cluster.group`) serves nobody until its log says what.
+            Owned::Unset if self.inner.group.is_none() => return Ok(()),
+            Owned::Range { index, map_version, ranges } => {
+                self.count_range_request(index, map_version, ranges, kind);
+                return Ok(());
+            }
+            Owned::Unset | Owned::Outside => {}
         }
         let own = self.ownership();
         let group = own.as_ref().map(|o| o.group.clone()).or_else(|| self.inner.group.clone());
@@ -47,6 +61,43 @@ impl Node {
         let map_version = own.map_or(0, |o| o.map_version).max(directory.map_or(0, |d| d.map.version));
         self.inner.state.metrics.shard_wrong_shard.with_label_values(&[kind]).inc();
         Err(WrongShard { user, group, map_version, owner, owner_master })
+    }
+
+    /// Counts a `kind` request of a user in the owned range at `index`, making the
+    /// counters anew when the ownership changed since they were made.
+    fn count_range_request(&self, index: usize, map_version: u64, ranges: usize, kind: &str) {
+        let fresh = |c: &RangeRequests| c.map_version == map_version && c.read.len() == ranges;
+        if !self.inner.range_requests.load().as_deref().is_some_and(fresh) {
+            self.make_range_counters();
+        }
+        if let Some(counters) = self.inner.range_requests.load().as_deref() {
+            let family = if kind == "write" { &counters.write } else { &counters.read };
+            if let Some(counter) = family.get(index) {
+                counter.inc();
+            }
+        }
+    }
+
+    /// The counters of the ownership in force; those of ranges no longer owned leave
+    /// the family.
+    fn make_range_counters(&self) {
+        let Some(own) = self.ownership() else { return };
+        let family = &self.inner.state.metrics.shard_range_requests;
+        let labels: Vec<String> = own.ranges.iter().map(|(r, _)| r.to_string()).collect();
+        let made = RangeRequests {
+            map_version: own.map_version,
+            read: labels.iter().map(|l| family.with_label_values(&[l, "read"])).collect(),
+            write: labels.iter().map(|l| family.with_label_values(&[l, "write"])).collect(),
+            labels,
+        };
+        if let Some(before) = self.inner.range_requests.swap(Some(Arc::new(made))) {
+            let now = self.inner.range_requests.load();
+            let kept = now.as_ref().map_or(&[][..], |c| &c.labels[..]);
+            for label in before.labels.iter().filter(|l| !kept.contains(l)) {
+                let _ = family.remove_label_values(&[label, "read"]);
+                let _ = family.remove_label_values(&[label, "write"]);
+            }
+        }
     }
 
     /// Sets the `bitark_shard_*` gauges from the ownership in force.

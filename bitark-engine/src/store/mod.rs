@@ -109,6 +109,18 @@ pub struct RangeCounts {
     pub outside: (u64, u64),
 }
 
+/// Whether the ownership the log set covers a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owned {
+    /// The log set no ownership.
+    Unset,
+    /// In the owned range at `index` of the ownership of `map_version` (with `ranges`
+    /// ranges).
+    Range { index: usize, map_version: u64, ranges: usize },
+    /// In no owned range.
+    Outside,
+}
+
 impl ReadStore {
     pub fn new() -> Self {
         ReadStore {
@@ -124,9 +136,15 @@ impl ReadStore {
         self.ownership.load_full()
     }
 
-    /// Whether this node's group serves `user`: always on a node that is not sharded.
-    pub fn owns(&self, user: u64) -> bool {
-        self.ownership.load().as_ref().is_none_or(|own| own.owns(user))
+    /// Whether, and in which range, the ownership in force covers `user`.
+    pub fn owned(&self, user: u64) -> Owned {
+        match self.ownership.load().as_ref() {
+            None => Owned::Unset,
+            Some(own) => match own.range_of(user) {
+                Some(index) => Owned::Range { index, map_version: own.map_version, ranges: own.ranges.len() },
+                None => Owned::Outside,
+            },
+        }
     }
 
     /// Whether the log set an ownership.

@@ -108,6 +108,9 @@ pub struct Metrics {
     pub shard_range_marks: IntGaugeVec,
     /// `bitark_shard_unowned_users`: users held outside the owned ranges.
     pub shard_unowned_users: IntGauge,
+    /// `bitark_shard_range_requests_total{range, kind="read|write"}`: requests served
+    /// for users of each owned range.
+    pub shard_range_requests: IntCounterVec,
 
     // Snapshots and the start-up recovery that reads them back (`snapshot.rs`)
     /// `bitark_snapshot_duration_seconds`
@@ -299,6 +302,7 @@ impl Metrics {
             shard_range_users: shard::range_users(r)?,
             shard_range_marks: shard::range_marks(r)?,
             shard_unowned_users: shard::unowned_users(r)?,
+            shard_range_requests: shard::range_requests(r)?,
             snapshot_duration_seconds: snapshot::duration_seconds(r)?,
             snapshot_size_bytes: snapshot::size_bytes(r)?,
             snapshot_last_lsn: snapshot::last_lsn(r)?,

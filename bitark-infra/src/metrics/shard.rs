@@ -40,6 +40,16 @@ pub(super) fn range_marks(r: &Registry) -> Result<IntGaugeVec> {
     )
 }
 
+pub(super) fn range_requests(r: &Registry) -> Result<IntCounterVec> {
+    reg(
+        r,
+        IntCounterVec::new(
+            Opts::new("bitark_shard_range_requests_total", "Reads and writes of users in each owned hash range"),
+            &["range", "kind"],
+        )?,
+    )
+}
+
 pub(super) fn unowned_users(r: &Registry) -> Result<IntGauge> {
     reg(r, IntGauge::new("bitark_shard_unowned_users", "Users held outside the ranges this node's group owns")?)
 }
