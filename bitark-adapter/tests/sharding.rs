@@ -45,12 +45,28 @@ async fn every_user_lands_on_its_group_and_the_other_group_refuses_it() {
         assert!(token.starts_with(&format!("{}:", s.names[s.group_of(user)])), "user {user}: token {token}");
         tokens.insert(user, token);
     }
-    // Through the router, with and without the write's token.
+    // Through the router, with and without the write's token. A read with a token may
+    // go to any member: the router knows each static group's slave as well.
+    wait_until(WITHIN, "the router to know every member of both groups", async || {
+        let (_, health) = call(&via, Method::GET, "/actuator/health", None).await;
+        s.names.iter().all(|g| health["groups"][g]["members"].as_array().is_some_and(|m| m.len() == 2))
+    })
+    .await;
+    let slave_reads = async |g: usize| {
+        let range = s.map.ranges[g].range.to_string();
+        let labels = [("range", range.as_str()), ("kind", "read")];
+        support::metric(&s.groups[g].slaves[0], "bitark_shard_range_requests_total", &labels).await.unwrap_or(0.0)
+    };
+    let before = [slave_reads(0).await, slave_reads(1).await];
     for &user in &users {
         let (status, body) = call(&via, Method::GET, &format!("/api/v1/users/{user}/reads/7"), None).await;
         assert_eq!((status, &body["read"]), (StatusCode::OK, &json!(true)), "user {user}: {body}");
         let path = format!("/api/v1/users/{user}/reads/7?token={}", tokens[&user]);
-        assert_eq!(call(&via, Method::GET, &path, None).await.0, StatusCode::OK);
+        let (status, body) = call(&via, Method::GET, &path, None).await;
+        assert_eq!((status, &body["read"]), (StatusCode::OK, &json!(true)), "user {user} with its token: {body}");
+    }
+    for (g, before) in before.into_iter().enumerate() {
+        assert!(slave_reads(g).await > before, "group {}'s slave served none of the reads with a token", s.names[g]);
     }
     // Straight to the nodes: the owner holds the write, the other group refuses the user.
     for &user in &users {

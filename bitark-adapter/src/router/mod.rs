@@ -147,7 +147,8 @@ async fn openapi_document() -> Response {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], crate::openapi::document()).into_response()
 }
 
-/// `UP` with a fresh map, `DEGRADED` while etcd cannot be read (serving from the cached
+/// Each group's master and the members a read with a write token may go to; `UP` with
+/// a fresh map, `DEGRADED` while etcd cannot be read (serving from the cached
 /// map), `DOWN` (503) before any map was read.
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let watch = shared.view.watch_state();
@@ -163,7 +164,10 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
             d.map
                 .groups()
                 .into_iter()
-                .map(|g| (g.to_string(), serde_json::json!({ "master": d.masters.get(&g) })))
+                .map(|g| {
+                    let members = d.members.get(&g).cloned().unwrap_or_default();
+                    (g.to_string(), serde_json::json!({ "master": d.masters.get(&g), "members": members }))
+                })
                 .collect()
         })
         .unwrap_or_default();

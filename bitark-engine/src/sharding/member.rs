@@ -1,7 +1,9 @@
 //! A sharded node's part in its group (`cluster.group`): it keeps the shard directory
 //! fresh, and while it is the group's master it logs the ownership the newest map gives
-//! its group and, in a static group (no failover election), announces itself in the
-//! group's leader key so routers and other groups find it.
+//! its group. In a static group (no failover election) it also announces itself, as the
+//! failover election does in a group under failover: the master in the group's leader
+//! key, so routers and other groups find it, and every member under `members/<node id>`,
+//! so routers can send reads that carry a write token to any of them.
 //!
 //! The ownership is only ever raised to a newer map version (see
 //! [`crate::Node::set_ownership`]), and a node serves what its log says, never what etcd
@@ -9,7 +11,7 @@
 
 use super::directory::{follow, ShardView};
 use super::group_prefix;
-use crate::coordination::Leader;
+use crate::coordination::{Leader, Member};
 use crate::Node;
 use bitark_common::{GroupId, Ownership, ShardMap};
 use bitark_infra::etcd::{Etcd, EtcdError};
@@ -34,8 +36,28 @@ pub async fn run(node: Node, group: GroupId, self_url: String, announce: bool) -
     let view = node.shard_view().clone();
     tokio::spawn(follow(etcd.clone(), prefix.clone(), view.clone(), config.cluster.refresh));
     if announce {
-        let leader_key = format!("{}/leader", group_prefix(&prefix, &group));
-        tokio::spawn(announce_master(node.clone(), etcd, leader_key, self_url, config.coordination.lease_ttl));
+        let keys = group_prefix(&prefix, &group);
+        let ttl = config.coordination.lease_ttl;
+        let (id, url) = (config.node.id.clone(), self_url.clone());
+        let master = node.clone();
+        let leader = move || {
+            let record = Leader { node_id: id.clone(), url: url.clone(), epoch: master.epoch().0 };
+            (!master.is_slave()).then(|| serde_json::to_vec(&record).expect("a leader record serializes"))
+        };
+        tokio::spawn(keep_announced(etcd.clone(), format!("{keys}/leader"), ttl, leader));
+        let (id, member) = (config.node.id.clone(), node.clone());
+        let record = move || {
+            // Never a candidate: an election that a flag change starts publishes its own.
+            let record = Member {
+                node_id: id.clone(),
+                url: self_url.clone(),
+                epoch: member.epoch().0,
+                durable_lsn: 0,
+                eligible: false,
+            };
+            (!member.features().failover).then(|| serde_json::to_vec(&record).expect("a member record serializes"))
+        };
+        tokio::spawn(keep_announced(etcd, format!("{keys}/members/{}", config.node.id), ttl, record));
     }
     let every = config.cluster.range_stats_every;
     if !every.is_zero() {
@@ -76,38 +98,35 @@ async fn keep_ownership(node: Node, group: GroupId, view: ShardView) {
     }
 }
 
-/// In a static group: while this node is master, its [`Leader`] record is the group's
-/// leader key, on a lease it renews; a node that is not master (or stopped) lets it go.
-async fn announce_master(node: Node, etcd: Etcd, key: String, url: String, ttl: Duration) {
+/// Keeps `key` holding what `record` answers, on a lease renewed every third of `ttl`,
+/// while it answers a record; when it answers `None` the lease is revoked and the key
+/// goes with it. A stopped process lets the lease lapse.
+async fn keep_announced(etcd: Etcd, key: String, ttl: Duration, record: impl Fn() -> Option<Vec<u8>>) {
     let mut lease: Option<i64> = None;
     loop {
-        let master = !node.is_slave();
         let result: Result<(), EtcdError> = async {
-            match (master, lease) {
-                (true, None) => {
+            match (record(), lease) {
+                (Some(value), None) => {
                     let granted = etcd.grant(ttl).await?;
-                    let record =
-                        Leader { node_id: node.config().node.id.clone(), url: url.clone(), epoch: node.epoch().0 };
-                    let value = serde_json::to_vec(&record).expect("a leader record serializes");
                     etcd.put(&key, value, granted.id).await?;
                     lease = Some(granted.id);
                 }
-                (true, Some(id)) => {
+                (Some(_), Some(id)) => {
                     if etcd.keep_alive(id).await?.is_none() {
                         lease = None;
                     }
                 }
-                (false, Some(id)) => {
+                (None, Some(id)) => {
                     lease = None;
                     etcd.revoke(id).await?;
                 }
-                (false, None) => {}
+                (None, None) => {}
             }
             Ok(())
         }
         .await;
         if let Err(e) = result {
-            tracing::debug!(error = %e, "cannot announce this master in etcd; retrying");
+            tracing::debug!(%key, error = %e, "cannot announce this node in etcd; retrying");
             lease = None;
         }
         tokio::time::sleep(ttl / 3).await;
