@@ -69,6 +69,25 @@ pub(crate) struct NodeClient {
     connect_timeout: Duration,
 }
 
+/// Why an answer could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AnswerError {
+    #[error("a malformed answer: {0}")]
+    Malformed(httparse::Error),
+    #[error("a malformed status {0}")]
+    Status(u16),
+    #[error("a malformed content-length `{0}`")]
+    Length(String),
+    #[error("a malformed chunk size")]
+    ChunkSize,
+    #[error("the answer is over {MAX_ANSWER} bytes")]
+    TooLarge,
+    #[error("the connection closed mid-answer")]
+    Truncated,
+    #[error("reading the answer: {0}")]
+    Io(std::io::Error),
+}
+
 /// How one exchange on one connection ended, when it gave no answer.
 enum Broken {
     /// The request was not written whole: the node cannot have acted on it.
@@ -76,7 +95,7 @@ enum Broken {
     /// Written, and the connection closed before a byte of an answer.
     Unanswered,
     /// Written, and the answer broke off or could not be read.
-    Failed(String),
+    Failed(AnswerError),
 }
 
 impl NodeClient {
@@ -107,7 +126,7 @@ impl NodeClient {
                     Err(Broken::Unanswered) => {
                         return Err(SendError::Failed("the connection closed before an answer".into()))
                     }
-                    Err(Broken::Failed(e)) => return Err(SendError::Failed(e)),
+                    Err(Broken::Failed(e)) => return Err(SendError::Failed(e.to_string())),
                 }
             }
             let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority))
@@ -119,7 +138,7 @@ impl NodeClient {
                 Ok((answer, stream)) => Ok(self.checkin(authority, answer, stream)),
                 Err(Broken::Unsent(e)) => Err(SendError::Connect(format!("the request could not be written: {e}"))),
                 Err(Broken::Unanswered) => Err(SendError::Failed("the connection closed before an answer".into())),
-                Err(Broken::Failed(e)) => Err(SendError::Failed(e)),
+                Err(Broken::Failed(e)) => Err(SendError::Failed(e.to_string())),
             }
         };
         tokio::time::timeout(self.timeout, exchange).await.unwrap_or(Err(SendError::Timeout(self.timeout)))
@@ -204,7 +223,7 @@ async fn exchange(
     loop {
         if buf.len() == buf.capacity() {
             if buf.len() >= MAX_ANSWER {
-                return Err(Broken::Failed(format!("the answer is over {MAX_ANSWER} bytes")));
+                return Err(Broken::Failed(AnswerError::TooLarge));
             }
             buf.reserve(buf.len());
         }
@@ -212,13 +231,13 @@ async fn exchange(
             Ok(read) => read,
             // Reset before a byte of an answer: as if closed.
             Err(e) if buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => 0,
-            Err(e) => return Err(Broken::Failed(e.to_string())),
+            Err(e) => return Err(Broken::Failed(AnswerError::Io(e))),
         };
         let closed = read == 0;
         match parse_answer(&buf, closed, *method == Method::HEAD).map_err(Broken::Failed)? {
             Parsed::Done(answer, keep) => return Ok(((answer, keep && !closed), stream)),
             Parsed::More if closed && buf.is_empty() => return Err(Broken::Unanswered),
-            Parsed::More if closed => return Err(Broken::Failed("the connection closed mid-answer".into())),
+            Parsed::More if closed => return Err(Broken::Failed(AnswerError::Truncated)),
             Parsed::More => {}
         }
     }
@@ -234,15 +253,15 @@ enum Parsed {
 
 /// Parses an answer from `buf`; `closed` when the node closed the connection after it,
 /// `head` for an answer to HEAD (no body whatever its length says).
-fn parse_answer(buf: &[u8], closed: bool, head: bool) -> Result<Parsed, String> {
+fn parse_answer(buf: &[u8], closed: bool, head: bool) -> Result<Parsed, AnswerError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(buf).map_err(|e| format!("a malformed answer: {e}"))? {
+    let head_len = match response.parse(buf).map_err(AnswerError::Malformed)? {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial => return Ok(Parsed::More),
     };
     let code = response.code.unwrap_or(0);
-    let status = StatusCode::from_u16(code).map_err(|_| format!("a malformed status {code}"))?;
+    let status = StatusCode::from_u16(code).map_err(|_| AnswerError::Status(code))?;
     let mut keep = response.version == Some(1);
     let (mut content_type, mut location, mut length, mut chunked) = (None, None, None, false);
     for h in response.headers.iter() {
@@ -253,7 +272,7 @@ fn parse_answer(buf: &[u8], closed: bool, head: bool) -> Result<Parsed, String> 
             location = value();
         } else if h.name.eq_ignore_ascii_case("content-length") {
             let text = std::str::from_utf8(h.value).unwrap_or("").trim();
-            length = Some(text.parse::<usize>().map_err(|_| format!("a malformed content-length `{text}`"))?);
+            length = Some(text.parse::<usize>().map_err(|_| AnswerError::Length(text.to_string()))?);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = h.value.eq_ignore_ascii_case(b"chunked");
         } else if h.name.eq_ignore_ascii_case("connection") {
@@ -283,14 +302,14 @@ fn parse_answer(buf: &[u8], closed: bool, head: bool) -> Result<Parsed, String> 
 }
 
 /// The body of a whole chunked transfer, or `None` while it is incomplete.
-fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>, String> {
+fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>, AnswerError> {
     let mut body = Vec::new();
     loop {
-        let (skip, size) = match httparse::parse_chunk_size(rest).map_err(|_| "a malformed chunk size".to_string())? {
+        let (skip, size) = match httparse::parse_chunk_size(rest).map_err(|_| AnswerError::ChunkSize)? {
             httparse::Status::Complete(found) => found,
             httparse::Status::Partial => return Ok(None),
         };
-        let size = usize::try_from(size).map_err(|_| "a chunk too large".to_string())?;
+        let size = usize::try_from(size).map_err(|_| AnswerError::TooLarge)?;
         rest = &rest[skip..];
         if size == 0 {
             // No trailers from a node: the last chunk ends with an empty line.
