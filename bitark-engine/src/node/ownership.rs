@@ -24,6 +24,15 @@ pub(crate) struct RangeRequests {
     write: Vec<IntCounter>,
 }
 
+impl RangeRequests {
+    fn count(&self, index: usize, kind: &str) {
+        let family = if kind == "write" { &self.write } else { &self.read };
+        if let Some(counter) = family.get(index) {
+            counter.inc();
+        }
+    }
+}
+
 impl Node {
     /// The ownership the log last set; `None` on a node that is not sharded.
     pub fn ownership(&self) -> Option<Arc<Ownership>> {
@@ -66,14 +75,16 @@ impl Node {
     /// Counts a `kind` request of a user in the owned range at `index`, making the
     /// counters anew when the ownership changed since they were made.
     fn count_range_request(&self, index: usize, map_version: u64, ranges: usize, kind: &str) {
-        let fresh = |c: &RangeRequests| c.map_version == map_version && c.read.len() == ranges;
-        if !self.inner.range_requests.load().as_deref().is_some_and(fresh) {
-            self.make_range_counters();
-        }
-        if let Some(counters) = self.inner.range_requests.load().as_deref() {
-            let family = if kind == "write" { &counters.write } else { &counters.read };
-            if let Some(counter) = family.get(index) {
-                counter.inc();
+        let fresh = |c: &&RangeRequests| c.map_version == map_version && c.read.len() == ranges;
+        let counters = self.inner.range_requests.load();
+        match counters.as_deref().filter(fresh) {
+            Some(counters) => counters.count(index, kind),
+            None => {
+                drop(counters);
+                self.make_range_counters();
+                if let Some(counters) = self.inner.range_requests.load().as_deref() {
+                    counters.count(index, kind);
+                }
             }
         }
     }

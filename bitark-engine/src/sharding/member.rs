@@ -36,28 +36,7 @@ pub async fn run(node: Node, group: GroupId, self_url: String, announce: bool) -
     let view = node.shard_view().clone();
     tokio::spawn(follow(etcd.clone(), prefix.clone(), view.clone(), config.cluster.refresh));
     if announce {
-        let keys = group_prefix(&prefix, &group);
-        let ttl = config.coordination.lease_ttl;
-        let (id, url) = (config.node.id.clone(), self_url.clone());
-        let master = node.clone();
-        let leader = move || {
-            let record = Leader { node_id: id.clone(), url: url.clone(), epoch: master.epoch().0 };
-            (!master.is_slave()).then(|| serde_json::to_vec(&record).expect("a leader record serializes"))
-        };
-        tokio::spawn(keep_announced(etcd.clone(), format!("{keys}/leader"), ttl, leader));
-        let (id, member) = (config.node.id.clone(), node.clone());
-        let record = move || {
-            // Never a candidate: an election that a flag change starts publishes its own.
-            let record = Member {
-                node_id: id.clone(),
-                url: self_url.clone(),
-                epoch: member.epoch().0,
-                durable_lsn: 0,
-                eligible: false,
-            };
-            (!member.features().failover).then(|| serde_json::to_vec(&record).expect("a member record serializes"))
-        };
-        tokio::spawn(keep_announced(etcd, format!("{keys}/members/{}", config.node.id), ttl, record));
+        announce_static(&node, &etcd, &group_prefix(&prefix, &group), self_url);
     }
     let every = config.cluster.range_stats_every;
     if !every.is_zero() {
@@ -65,6 +44,27 @@ pub async fn run(node: Node, group: GroupId, self_url: String, announce: bool) -
     }
     tokio::spawn(keep_ownership(node, group, view));
     Ok(())
+}
+
+/// In a static group: the master's [`Leader`] record in the group's leader key while it
+/// is master, and this member's [`Member`] record while the group runs no election.
+fn announce_static(node: &Node, etcd: &Etcd, keys: &str, url: String) {
+    let config = node.config();
+    let (ttl, id) = (config.coordination.lease_ttl, config.node.id.clone());
+    let (master, leader_id, leader_url) = (node.clone(), id.clone(), url.clone());
+    let leader = move || {
+        let record = Leader { node_id: leader_id.clone(), url: leader_url.clone(), epoch: master.epoch().0 };
+        (!master.is_slave()).then(|| serde_json::to_vec(&record).expect("a leader record serializes"))
+    };
+    tokio::spawn(keep_announced(etcd.clone(), format!("{keys}/leader"), ttl, leader));
+    let (member, key) = (node.clone(), format!("{keys}/members/{id}"));
+    let record = move || {
+        // Never a candidate: an election that a flag change starts publishes its own.
+        let record =
+            Member { node_id: id.clone(), url: url.clone(), epoch: member.epoch().0, durable_lsn: 0, eligible: false };
+        (!member.features().failover).then(|| serde_json::to_vec(&record).expect("a member record serializes"))
+    };
+    tokio::spawn(keep_announced(etcd.clone(), key, ttl, record));
 }
 
 /// Every `every`: the users and marks of each owned range, off the runtime's threads.
