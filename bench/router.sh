@@ -20,6 +20,9 @@
 #   cpu          is-read straight to group a's master vs the plain node: CPU time of
 #                the node process per request (utime + stime from /proc), the cost of
 #                the ownership check;
+#   pinned       is-read c64 again with the router on a core of its own (taskset: the
+#                master and wrk on core 0 on both sides, the router alone on core 1), as a
+#                router deployed on machines of its own;
 # then hands the upper half of the space to group b (map version 3) and runs
 #   receipts     POST /api/v1/messages/7/readers for 100 users over both groups through
 #                the router vs the same 100 users asked of the plain node.
@@ -132,7 +135,7 @@ run() { # round scenario side url script connections [pid]: one wrk run, recorde
   local threads=2
   [ "$6" = 1 ] && threads=1
   [ -n "${7:-}" ] && before=$(cpu_ticks "$7")
-  out=$(wrk -t"$threads" -c"$6" -d"${secs}s" --latency -s "$work/$5" "$4" 2>&1) || { echo "$out" >&2; fail "wrk $5 $4"; }
+  out=$(${wrk_pin:-} wrk -t"$threads" -c"$6" -d"${secs}s" --latency -s "$work/$5" "$4" 2>&1) || { echo "$out" >&2; fail "wrk $5 $4"; }
   grep -q 'Non-2xx' <<<"$out" && { echo "$out" >&2; fail "non-2xx answers: $3 $2"; }
   line=$(grep '^RESULT' <<<"$out")
   rps=$(sed 's/.*rps=\([0-9]*\).*/\1/' <<<"$line")
@@ -163,6 +166,11 @@ for r in $(seq 1 "$rounds"); do
   pair "$r" is-read-c1 is-read.lua 1 router "$router" "" direct "$a" ""
   pair "$r" mark mark.lua 64 router "$router" "" direct "$a" ""
   pair "$r" cpu is-read.lua 64 sharded "$a" "$a_pid" plain "$plain" "$plain_pid"
+  # the router on a core of its own, as on a machine of its own: the master and wrk share
+  # core 0 on both sides, the router has core 1
+  taskset -acp 0 "$a_pid" >/dev/null; taskset -acp 1 "$router_pid" >/dev/null
+  wrk_pin="taskset -c 0" pair "$r" pinned is-read.lua 64 router "$router" "$router_pid" direct "$a" "$a_pid"
+  taskset -acp 0-1 "$a_pid" >/dev/null; taskset -acp 0-1 "$router_pid" >/dev/null
 done
 shards assign 0x8000000000000000..end b >/dev/null
 wait_for "group b to own its half" curl -sf -X PUT "$router/api/v1/users/1/reads/2"
@@ -170,7 +178,10 @@ for r in $(seq 1 "$rounds"); do
   pair "$r" receipts receipts.lua 64 router "$router" "" plain "$plain" ""
 done
 
+pipelined=$(curl -sf "$router/actuator/prometheus" | awk '$1 == "bitark_router_pipelined_reads_total" { r = $2 }
+  $1 == "bitark_router_pipeline_writes_total" { w = $2 } END { printf "%d reads in %d writes (%.1f a write)", r, w, w ? r / w : 0 }')
 echo
+echo "router's pipelined reads: $pipelined"
 echo "medians over $rounds rounds:"
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { # scenario left right column: median of left/right
@@ -189,5 +200,7 @@ printf '  %-40s %s\n' \
   "durable mark added p50 / p99" "$(diff_ms mark router direct 5) ms / $(diff_ms mark router direct 6) ms" \
   "CPU per is-read, sharded / plain" "$(ratio cpu sharded plain 7)×" \
   "CPU per is-read, the router / the master" "$(ratio is-read router direct 7)×" \
+  "is-read c64, router on its own core / direct" "$(ratio pinned router direct 4)×" \
+  "  added p50 / p99" "$(diff_ms pinned router direct 5) ms / $(diff_ms pinned router direct 6) ms" \
   "receipts (100 users, 2 groups) via router" "$(awk '$2 == "receipts" && $3 == "router" { print $4 }' "$results" | median)/s, p50 $(awk '$2 == "receipts" && $3 == "router" { print $5 / 1000 }' "$results" | median) ms, p99 $(awk '$2 == "receipts" && $3 == "router" { print $6 / 1000 }' "$results" | median) ms" \
   "receipts via router / one plain node" "$(ratio receipts router plain 4)×"

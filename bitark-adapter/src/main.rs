@@ -99,6 +99,10 @@ enum Command {
         /// Longest one request to a node may take.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         node_timeout: std::time::Duration,
+        /// Connections per node that carry plain reads pipelined (0: none, each read
+        /// on a connection of its own as writes are).
+        #[arg(long, default_value_t = 4)]
+        node_pipelines: usize,
     },
     /// Print the OpenAPI document and exit.
     Openapi,
@@ -164,6 +168,18 @@ enum ShardsAction {
         range: String,
         /// The group that owns it from now on.
         group: String,
+        /// Refuse unless the map is still at this version.
+        #[arg(long)]
+        expect_version: Option<u64>,
+    },
+    /// Cut one range of the map in two, both halves still its group's, in the next map
+    /// version (metadata only: no data is copied, the group serves the same users).
+    Split {
+        /// The range, exactly as `bitark shards show` lists it: START..END in hex.
+        range: String,
+        /// Where the second half starts (a hash in hex); the midpoint by default.
+        #[arg(long)]
+        at: Option<String>,
         /// Refuse unless the map is still at this version.
         #[arg(long)]
         expect_version: Option<u64>,
@@ -288,17 +304,21 @@ fn main() -> ExitCode {
             ShardsAction::Assign { range, group, expect_version } => {
                 Action::Assign { range: range.clone(), group: group.clone(), expect_version: *expect_version }
             }
+            ShardsAction::Split { range, at, expect_version } => {
+                Action::Split { range: range.clone(), at: at.clone(), expect_version: *expect_version }
+            }
         };
         let place = etcd_place(etcd);
         return offline("shards", async move { bitark_adapter::shards::run(place, action, say).await });
     }
-    if let Some(Command::Router { etcd, failover_wait, node_timeout }) = &cli.command {
+    if let Some(Command::Router { etcd, failover_wait, node_timeout, node_pipelines }) = &cli.command {
         init_logging(&config.logging);
         raise_open_files_limit();
         let options = bitark_adapter::router::RouterOptions {
             place: etcd_place(etcd),
             failover_wait: *failover_wait,
             node_timeout: *node_timeout,
+            pipelines: *node_pipelines,
             refresh: config.engine.cluster.refresh,
             limits: bitark_adapter::server::Limits::of(&config.server, 2),
             drain: config.server.shutdown_timeout,

@@ -1,8 +1,8 @@
-//! `bitark shards init | show | assign`: the shard map in etcd, read and changed from
+//! `bitark shards init | show | assign | split`: the shard map in etcd, read and changed from
 //! the command line. Every change is one compare-and-swap on the map's revision, checked
 //! for overlapping and missing ranges before it is written.
 
-use bitark_common::{GroupId, HashRange, ShardMap, ShardMapError};
+use bitark_common::{parse_hash, GroupId, HashRange, ShardMap, ShardMapError};
 use bitark_engine::sharding::{read_directory, ShardError, ShardMapStore};
 use bitark_infra::etcd::{Etcd, EtcdError};
 use std::time::Duration;
@@ -24,6 +24,9 @@ pub enum Action {
     Show { json: bool },
     /// Gives a range to a group, in the next map version.
     Assign { range: String, group: String, expect_version: Option<u64> },
+    /// Cuts one of the map's ranges in two, at a hash or at its midpoint, in the next
+    /// map version (the same group owns both halves).
+    Split { range: String, at: Option<String>, expect_version: Option<u64> },
 }
 
 /// Why a `shards` command failed.
@@ -70,6 +73,15 @@ pub async fn run(place: Place, action: Action, say: impl Fn(&str)) -> Result<(),
             let group = GroupId::new(&group)?;
             let map = store.assign(range, &group, expect_version).await?;
             say(&format!("shard map version {}: {range} is group {group}'s", map.version));
+            show(&map, &Default::default(), &say);
+        }
+        Action::Split { range, at, expect_version } => {
+            let range: HashRange = range.parse()?;
+            let at = at.as_deref().map(parse_hash).transpose()?;
+            let started = std::time::Instant::now();
+            let map = store.split(range, at, expect_version).await?;
+            let took = started.elapsed();
+            say(&format!("shard map version {}: {range} split in two (committed in {took:.1?})", map.version));
             show(&map, &Default::default(), &say);
         }
     }

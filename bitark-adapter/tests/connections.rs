@@ -276,3 +276,31 @@ async fn oversized_and_malformed_requests_get_json_errors() {
 
     assert_eq!(node.api().readiness().await.unwrap(), StatusCode::OK, "the node serves on");
 }
+
+#[tokio::test]
+async fn requests_sent_together_on_one_connection_are_answered_in_order() {
+    let node = Node::builder().start().await;
+    let api = Api::new(&node.url());
+    api.mark_read(5, 1).await.unwrap();
+    let mut stream = TcpStream::connect(node.addr().unwrap()).await.unwrap();
+    // Three requests in one write, a write in the middle of reads; then a close.
+    stream
+        .write_all(
+            b"GET /api/v1/users/5/reads/1 HTTP/1.1\r\nHost: x\r\n\r\n\
+              PUT /api/v1/users/5/reads/2 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n\
+              GET /api/v1/users/5/reads/2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let raw = read_until_closed(&mut stream, CLOSED_WITHIN).await.expect("the node closed after the last");
+    let text = String::from_utf8_lossy(&raw);
+    let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{text}");
+    assert!(answers[0].starts_with("200") && answers[0].contains("\"read\":true"), "{}", answers[0]);
+    assert!(answers[1].starts_with("20"), "{}", answers[1]);
+    assert!(
+        answers[2].starts_with("200") && answers[2].contains("\"read\":true"),
+        "the write came first: {}",
+        answers[2]
+    );
+}

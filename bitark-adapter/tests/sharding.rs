@@ -123,6 +123,12 @@ async fn every_user_lands_on_its_group_and_the_other_group_refuses_it() {
         assert!(text.contains(&format!("bitark_router_requests_total{{group=\"{name}\",status=\"200\"}}")), "{text}");
     }
     assert!(text.contains("bitark_router_map_version 1"), "{text}");
+    // The reads without a token went pipelined; the ones with a token did not.
+    let pipelined = text
+        .lines()
+        .find_map(|l| l.strip_prefix("bitark_router_pipelined_reads_total "))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    assert!(pipelined.is_some_and(|n| n >= users.len()), "{pipelined:?} of {} plain reads pipelined", users.len());
     assert!(text.contains("bitark_router_requests_total{group=\"fanout\",status=\"200\"} 2"), "{text}");
     let (ok, out, err) = shards(&s.etcd, &["show"]);
     assert!(ok, "{err}");
@@ -155,6 +161,37 @@ async fn the_map_is_changed_only_whole_and_by_name() {
     .await;
     let b = s.groups[1].master.api();
     wait_until(WITHIN, "group b to take the user", async || b.mark_read(user, 1).await.is_ok()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_cuts_a_range_in_two_and_its_group_serves_both_halves() {
+    let Some(s) = Sharded::start(&["a", "b"], 0).await else { return };
+    let upper = s.map.ranges[1].range.to_string();
+    let (ok, _, err) = shards(&s.etcd, &["split", "0..0x10"]);
+    assert!(!ok && err.contains("not a range of the map"), "{err}");
+    let (ok, _, err) = shards(&s.etcd, &["split", &upper, "--at", "0x10"]);
+    assert!(!ok && err.contains("does not cut"), "{err}");
+    let (ok, _, err) = shards(&s.etcd, &["split", &upper, "--at", "zz"]);
+    assert!(!ok && err.contains("`zz` is no hash"), "{err}");
+    let (ok, out, err) = shards(&s.etcd, &["split", &upper, "--expect-version", "1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("version 2") && out.contains("committed in"), "{out}");
+    assert!(out.contains("0xc000000000000000"), "the midpoint: {out}");
+    // Group b's master follows the map and logs both halves; every user stays where it was.
+    let b = &s.groups[1].master;
+    wait_until(WITHIN, "group b to log the two halves", async || {
+        support::metric(b, "bitark_shard_owned_ranges", &[]).await == Some(2.0)
+    })
+    .await;
+    for g in 0..2 {
+        for user in s.users_of(g, 5) {
+            let api = s.groups[g].master.api();
+            api.mark_read(user, 3).await.unwrap_or_else(|e| panic!("group {} refused user {user}: {e:?}", s.names[g]));
+        }
+    }
+    // The whole range is gone from the map: splitting it again names that.
+    let (ok, _, err) = shards(&s.etcd, &["split", &upper]);
+    assert!(!ok && err.contains("not a range of the map"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

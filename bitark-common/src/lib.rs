@@ -28,4 +28,4 @@ pub use epoch::{EpochEnd, EpochHistory, EpochStart, ScopedToken, TokenCheck, Wri
 pub use error::CodecError;
 pub use ids::{Epoch, Lsn, NodeId};
 pub use record::Record;
-pub use shard::{GroupId, HashRange, Ownership, Partitioner, ShardMap, ShardMapError};
+pub use shard::{parse_hash, GroupId, HashRange, Ownership, Partitioner, ShardMap, ShardMapError};

@@ -107,6 +107,11 @@ impl std::str::FromStr for HashRange {
     }
 }
 
+/// A hash in hex (`0x` optional), as range bounds are written.
+pub fn parse_hash(s: &str) -> Result<u64, ShardMapError> {
+    parse_hex(s).and_then(|v| u64::try_from(v).ok()).ok_or_else(|| ShardMapError::BadHash(s.to_string()))
+}
+
 fn parse_hex(s: &str) -> Option<u128> {
     let s = s.trim();
     let digits = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
@@ -266,6 +271,12 @@ pub enum ShardMapError {
     Missing { from: u128, to: u128 },
     #[error("ranges {0} and {1} overlap")]
     Overlap(HashRange, HashRange),
+    #[error("{0} is not a range of the map (bitark shards show lists them)")]
+    NotARange(HashRange),
+    #[error("{at:#x} does not cut {range} in two: a split point lies strictly inside the range")]
+    BadSplit { range: HashRange, at: u64 },
+    #[error("`{0}` is no hash: expected a 64-bit number in hex, such as 0xc000000000000000")]
+    BadHash(String),
     #[error("no group given")]
     NoGroups,
     #[error("group `{0}` is named twice")]
@@ -370,6 +381,27 @@ impl ShardMap {
                 ranges.push(RangeOwner { range: HashRange { start: range.end as u64, ..r.range }, ..r.clone() });
             }
         }
+        let map = ShardMap { version, partitioner: self.partitioner, ranges };
+        map.check()?;
+        Ok(map)
+    }
+
+    /// The next version: the range `range` (one of the map's, exactly) cut in two at
+    /// `at` (its midpoint when `None`), both halves still its group's and both at the
+    /// new version. Metadata only: the group serves the same users as before.
+    pub fn split(&self, range: HashRange, at: Option<u64>) -> Result<ShardMap, ShardMapError> {
+        self.check()?;
+        let i = self.ranges.iter().position(|r| r.range == range).ok_or(ShardMapError::NotARange(range))?;
+        let at = at.unwrap_or_else(|| ((u128::from(range.start) + range.end) / 2) as u64);
+        if at <= range.start || u128::from(at) >= range.end {
+            return Err(ShardMapError::BadSplit { range, at });
+        }
+        let version = self.version + 1;
+        let whole = &self.ranges[i];
+        let halves = [HashRange { end: at.into(), ..range }, HashRange { start: at, ..range }]
+            .map(|range| RangeOwner { range, group: whole.group.clone(), version });
+        let mut ranges = self.ranges.clone();
+        ranges.splice(i..=i, halves);
         let map = ShardMap { version, partitioner: self.partitioner, ranges };
         map.check()?;
         Ok(map)
@@ -521,6 +553,31 @@ mod tests {
         assert_eq!(map.check(), Err(ShardMapError::Missing { from: SPACE_END - 1, to: SPACE_END }));
         map.ranges.clear();
         assert_eq!(map.check(), Err(ShardMapError::NoRanges));
+    }
+
+    #[test]
+    fn split_cuts_one_range_in_two_for_the_same_group_and_nothing_else() {
+        let map = ShardMap::even(&[g("a"), g("b")]).unwrap();
+        let half = 1u64 << 63;
+        let upper = map.ranges[1].range;
+        let next = map.split(upper, None).unwrap();
+        assert_eq!(next.version, 2);
+        let summary: Vec<_> = next.ranges.iter().map(|r| (r.range.start, r.group.as_str(), r.version)).collect();
+        assert_eq!(summary, vec![(0, "a", 1), (half, "b", 2), (half + (1 << 62), "b", 2)]);
+        assert_eq!(next.ranges[2].range.end, SPACE_END);
+        for user in 0..2_000u64 {
+            assert_eq!(map.owner_of(user).group, next.owner_of(user).group, "user {user} changed group");
+        }
+        let at = next.split(next.ranges[0].range, Some(7)).unwrap();
+        assert_eq!((at.ranges[0].range.end, at.ranges[1].range.start), (7, 7));
+        // Only a range of the map, and only strictly inside it.
+        let not_one = HashRange::new(0, 5).unwrap();
+        assert_eq!(map.split(not_one, None), Err(ShardMapError::NotARange(not_one)));
+        let lower = map.ranges[0].range;
+        assert_eq!(map.split(lower, Some(0)), Err(ShardMapError::BadSplit { range: lower, at: 0 }));
+        assert_eq!(map.split(lower, Some(half)), Err(ShardMapError::BadSplit { range: lower, at: half }));
+        let tiny = ShardMap::even(&[g("a")]).unwrap().assign(HashRange::new(0, 1).unwrap(), &g("b")).unwrap();
+        assert!(matches!(tiny.split(tiny.ranges[0].range, None), Err(ShardMapError::BadSplit { .. })), "one hash");
     }
 
     #[test]

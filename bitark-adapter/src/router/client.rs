@@ -9,33 +9,26 @@
 //! failed, and is then sent again on a new connection; a request that was written and
 //! got no byte back is sent again only when it is a read (`resend_unanswered`), since a
 //! write may have been applied.
+//!
+//! Reads a master answers at once (`get`) go pipelined through `pipe.rs` when the client
+//! has lanes, and the ordinary way when a lane could not answer them.
 
 use axum::body::Bytes;
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::pipe::{Lost, PipeCounters, Pipes};
+use super::wire::{encode_request, parse_answer, Answer, AnswerError, Parsed, MAX_ANSWER};
+
 /// Idle connections kept per node.
 const MAX_IDLE_PER_NODE: usize = 256;
 /// A connection idle longer is closed rather than used: well under a node's
 /// `server.idle-timeout` (60 s by default), so the node does not close it first.
 const MAX_IDLE_FOR: Duration = Duration::from_secs(20);
-/// Response headers read (a node sends a handful).
-const MAX_HEADERS: usize = 32;
-/// The largest answer taken from a node.
-const MAX_ANSWER: usize = 64 << 20;
-
-/// A node's answer, as the router passes it on.
-#[derive(Debug)]
-pub(super) struct Answer {
-    pub status: StatusCode,
-    pub content_type: Option<HeaderValue>,
-    pub location: Option<HeaderValue>,
-    pub body: Bytes,
-}
 
 /// Why an exchange with a node failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,25 +60,7 @@ pub(crate) struct NodeClient {
     idle: Mutex<HashMap<String, Vec<Idle>>>,
     timeout: Duration,
     connect_timeout: Duration,
-}
-
-/// Why an answer could not be read.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum AnswerError {
-    #[error("a malformed answer: {0}")]
-    Malformed(httparse::Error),
-    #[error("a malformed status {0}")]
-    Status(u16),
-    #[error("a malformed content-length `{0}`")]
-    Length(String),
-    #[error("a malformed chunk size")]
-    ChunkSize,
-    #[error("the answer is over {MAX_ANSWER} bytes")]
-    TooLarge,
-    #[error("the connection closed mid-answer")]
-    Truncated,
-    #[error("reading the answer: {0}")]
-    Io(std::io::Error),
+    pipes: Option<Pipes>,
 }
 
 /// How one exchange on one connection ended, when it gave no answer.
@@ -100,7 +75,33 @@ enum Broken {
 
 impl NodeClient {
     pub(super) fn new(timeout: Duration) -> NodeClient {
-        NodeClient { idle: Mutex::new(HashMap::new()), timeout, connect_timeout: timeout.min(Duration::from_secs(1)) }
+        NodeClient {
+            idle: Mutex::new(HashMap::new()),
+            timeout,
+            connect_timeout: timeout.min(Duration::from_secs(1)),
+            pipes: None,
+        }
+    }
+
+    /// The same client with `per_node` lanes to each node for plain reads (`get`).
+    pub(super) fn pipelined(self, per_node: usize, counters: PipeCounters) -> NodeClient {
+        let pipes = Pipes::new(per_node, self.timeout, self.connect_timeout, counters);
+        NodeClient { pipes: Some(pipes), ..self }
+    }
+
+    /// A GET of `path` that the node answers at once (no wait inside the node): through
+    /// a lane when the client has them, else (or when the lane could not answer it)
+    /// the ordinary way.
+    pub(super) async fn get(&self, base: &str, path: &str) -> Result<Answer, SendError> {
+        if let Some(pipes) = &self.pipes {
+            let authority = authority(base)?;
+            match tokio::time::timeout(self.timeout, pipes.get(authority, path)).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(Lost)) => {}
+                Err(_) => return Err(SendError::Timeout(self.timeout)),
+            }
+        }
+        self.send(&Method::GET, base, path, None, &Bytes::new(), true).await
     }
 
     /// `method` of `path` (with its query) on the node at `base` (`http://host:port`),
@@ -174,7 +175,7 @@ fn open(stream: &TcpStream) -> bool {
 }
 
 /// `host:port` of a node's base URL.
-fn authority(base: &str) -> Result<&str, SendError> {
+pub(super) fn authority(base: &str) -> Result<&str, SendError> {
     let rest = base
         .strip_prefix("http://")
         .ok_or_else(|| SendError::Connect(format!("`{base}` is not an http:// URL; the router speaks plain HTTP")))?;
@@ -183,32 +184,6 @@ fn authority(base: &str) -> Result<&str, SendError> {
         return Err(SendError::Connect(format!("`{base}` names no host")));
     }
     Ok(authority)
-}
-
-fn encode_request(
-    method: &Method,
-    authority: &str,
-    path: &str,
-    content_type: Option<&HeaderValue>,
-    body: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(96 + path.len() + body.len());
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    out.extend_from_slice(authority.as_bytes());
-    if let Some(ct) = content_type {
-        out.extend_from_slice(b"\r\ncontent-type: ");
-        out.extend_from_slice(ct.as_bytes());
-    }
-    if !body.is_empty() || !matches!(*method, Method::GET | Method::HEAD) {
-        out.extend_from_slice(b"\r\ncontent-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-    }
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(body);
-    out
 }
 
 /// Writes `request` on `stream` and reads the answer: the answer, whether the
@@ -235,91 +210,11 @@ async fn exchange(
         };
         let closed = read == 0;
         match parse_answer(&buf, closed, *method == Method::HEAD).map_err(Broken::Failed)? {
-            Parsed::Done(answer, keep) => return Ok(((answer, keep && !closed), stream)),
+            Parsed::Done(answer, keep, _) => return Ok(((answer, keep && !closed), stream)),
             Parsed::More if closed && buf.is_empty() => return Err(Broken::Unanswered),
             Parsed::More if closed => return Err(Broken::Failed(AnswerError::Truncated)),
             Parsed::More => {}
         }
-    }
-}
-
-/// What the bytes read so far hold.
-#[derive(Debug)]
-enum Parsed {
-    More,
-    /// The answer, and whether the connection may carry another request.
-    Done(Answer, bool),
-}
-
-/// Parses an answer from `buf`; `closed` when the node closed the connection after it,
-/// `head` for an answer to HEAD (no body whatever its length says).
-fn parse_answer(buf: &[u8], closed: bool, head: bool) -> Result<Parsed, AnswerError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(buf).map_err(AnswerError::Malformed)? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return Ok(Parsed::More),
-    };
-    let code = response.code.unwrap_or(0);
-    let status = StatusCode::from_u16(code).map_err(|_| AnswerError::Status(code))?;
-    let mut keep = response.version == Some(1);
-    let (mut content_type, mut location, mut length, mut chunked) = (None, None, None, false);
-    for h in response.headers.iter() {
-        let value = || HeaderValue::from_bytes(h.value).ok();
-        if h.name.eq_ignore_ascii_case("content-type") {
-            content_type = value();
-        } else if h.name.eq_ignore_ascii_case("location") {
-            location = value();
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            let text = std::str::from_utf8(h.value).unwrap_or("").trim();
-            length = Some(text.parse::<usize>().map_err(|_| AnswerError::Length(text.to_string()))?);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = h.value.eq_ignore_ascii_case(b"chunked");
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            keep &= !h.value.eq_ignore_ascii_case(b"close");
-        }
-    }
-    let rest = &buf[head_len..];
-    let body = if head || code == 204 || code == 304 || (100..200).contains(&code) {
-        Bytes::new()
-    } else if chunked {
-        match dechunk(rest)? {
-            Some(body) => Bytes::from(body),
-            None => return Ok(Parsed::More),
-        }
-    } else if let Some(length) = length {
-        if rest.len() < length {
-            return Ok(Parsed::More);
-        }
-        Bytes::copy_from_slice(&rest[..length])
-    } else if closed {
-        keep = false;
-        Bytes::copy_from_slice(rest)
-    } else {
-        return Ok(Parsed::More);
-    };
-    Ok(Parsed::Done(Answer { status, content_type, location, body }, keep))
-}
-
-/// The body of a whole chunked transfer, or `None` while it is incomplete.
-fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>, AnswerError> {
-    let mut body = Vec::new();
-    loop {
-        let (skip, size) = match httparse::parse_chunk_size(rest).map_err(|_| AnswerError::ChunkSize)? {
-            httparse::Status::Complete(found) => found,
-            httparse::Status::Partial => return Ok(None),
-        };
-        let size = usize::try_from(size).map_err(|_| AnswerError::TooLarge)?;
-        rest = &rest[skip..];
-        if size == 0 {
-            // No trailers from a node: the last chunk ends with an empty line.
-            return Ok(rest.starts_with(b"\r\n").then_some(body));
-        }
-        if rest.len() < size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
     }
 }
 
@@ -328,52 +223,8 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
-    fn done(parsed: Parsed) -> (Answer, bool) {
-        match parsed {
-            Parsed::Done(answer, keep) => (answer, keep),
-            Parsed::More => panic!("incomplete"),
-        }
-    }
-
     #[test]
-    fn an_answer_is_read_by_its_length_whatever_the_reads_cut() {
-        let whole = b"HTTP/1.1 409 Conflict\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"a\":1}";
-        for cut in 0..whole.len() {
-            assert!(matches!(parse_answer(&whole[..cut], false, false), Ok(Parsed::More)), "cut at {cut}");
-        }
-        let (answer, keep) = done(parse_answer(whole, false, false).unwrap());
-        assert_eq!(answer.status, StatusCode::CONFLICT);
-        assert_eq!(answer.content_type.unwrap(), "application/json");
-        assert_eq!(&answer.body[..], b"{\"a\":1}");
-        assert!(keep);
-    }
-
-    #[test]
-    fn chunked_answers_close_and_head_are_understood() {
-        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert!(matches!(parse_answer(&chunked[..chunked.len() - 2], false, false), Ok(Parsed::More)));
-        assert_eq!(&done(parse_answer(chunked, false, false).unwrap()).0.body[..], b"abcde");
-        let close = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
-        assert!(!done(parse_answer(close, false, false).unwrap()).1, "connection: close is not reused");
-        let no_length = b"HTTP/1.1 200 OK\r\n\r\nto the end";
-        assert!(matches!(parse_answer(no_length, false, false), Ok(Parsed::More)));
-        let (answer, keep) = done(parse_answer(no_length, true, false).unwrap());
-        assert_eq!((&answer.body[..], keep), (&b"to the end"[..], false));
-        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\n\r\n";
-        assert!(done(parse_answer(head, false, true).unwrap()).0.body.is_empty());
-        assert!(parse_answer(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", false, false).is_err());
-        assert!(parse_answer(b"garbage\r\n\r\n", false, false).is_err());
-    }
-
-    #[test]
-    fn requests_name_their_length_and_type() {
-        let json = HeaderValue::from_static("application/json");
-        let put = encode_request(&Method::PUT, "n:1", "/a?token=x", Some(&json), b"{}");
-        assert_eq!(
-            put,
-            b"PUT /a?token=x HTTP/1.1\r\nhost: n:1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
-        );
-        assert_eq!(encode_request(&Method::GET, "n:1", "/b", None, b""), b"GET /b HTTP/1.1\r\nhost: n:1\r\n\r\n");
+    fn only_plain_http_urls_name_a_node() {
         assert!(authority("https://n:1").is_err());
         assert_eq!(authority("http://n:1/").unwrap(), "n:1");
     }

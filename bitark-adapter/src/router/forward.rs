@@ -6,7 +6,8 @@
 //! request that reached a node and got no answer is answered 502 and never sent twice,
 //! so a write is acknowledged to the client exactly when a master acknowledged it.
 
-use super::client::{Answer, SendError};
+use super::client::SendError;
+use super::wire::Answer;
 use super::Shared;
 use crate::http::extract::parse_id;
 use axum::body::Bytes;
@@ -91,6 +92,14 @@ pub(super) struct Outgoing<'a> {
     pub any_member: bool,
 }
 
+impl Outgoing<'_> {
+    /// A read a master answers at once (a GET without a token, which a slave may hold
+    /// until it has applied the token's write): one that may be pipelined.
+    fn at_once(&self) -> bool {
+        *self.method == Method::GET && !self.any_member && self.body.is_empty()
+    }
+}
+
 /// Sends `out` to the node `target` names, following redirects for up to
 /// `--failover-wait`. Answers the group it went to and the node's answer.
 pub(super) async fn send(shared: &Shared, target: Target, out: &Outgoing<'_>) -> Result<(GroupId, Answer), Failure> {
@@ -117,7 +126,11 @@ pub(super) async fn send(shared: &Shared, target: Target, out: &Outgoing<'_>) ->
                 message: format!("group {group} has no master in etcd (waited {:?})", shared.options.failover_wait),
             });
         };
-        let sent = shared.client.send(out.method, &base, out.path, out.content_type, &out.body, out.read).await;
+        let sent = if out.at_once() {
+            shared.client.get(&base, out.path).await
+        } else {
+            shared.client.send(out.method, &base, out.path, out.content_type, &out.body, out.read).await
+        };
         let answer = match sent {
             Ok(answer) => answer,
             Err(e) if !e.delivered() => {

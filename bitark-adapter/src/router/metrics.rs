@@ -11,12 +11,16 @@
 //!   master, 0 while none is known (its users cannot be written);
 //! - `bitark_router_etcd_connected`: 1 while the watch on etcd answers, 0 while the
 //!   router serves from its cached map;
+//! - `bitark_router_pipelined_reads_total`, `bitark_router_pipeline_writes_total`,
+//!   `bitark_router_pipeline_lost_total`: plain reads answered through a pipelined
+//!   connection, the writes that carried them (reads / writes is how many shared a
+//!   write), and reads handed back to go the ordinary way;
 //! - `bitark_http_connections_open`, `_refused_total`, `_expired_total{reason}`: the
 //!   client connections, as on a node.
 
 use super::Shared;
 use bitark_infra::metrics::Connections;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +33,7 @@ pub struct RouterMetrics {
     pub group_has_master: IntGaugeVec,
     pub etcd_connected: IntGauge,
     pub connections: Connections,
+    pub(super) pipes: super::pipe::PipeCounters,
 }
 
 impl RouterMetrics {
@@ -64,6 +69,22 @@ impl RouterMetrics {
         for kind in ["wrong_shard", "not_master", "no_master", "unreachable"] {
             redirects.with_label_values(&[kind]);
         }
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let counter = IntCounter::new(name, help)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
+        let pipes = super::pipe::PipeCounters {
+            answered: counter(
+                "bitark_router_pipelined_reads_total",
+                "Plain reads answered through a pipelined connection",
+            )?,
+            writes: counter(
+                "bitark_router_pipeline_writes_total",
+                "Writes of pipelined reads to a node, each one or more",
+            )?,
+            lost: counter("bitark_router_pipeline_lost_total", "Pipelined reads handed back to be sent on their own")?,
+        };
         let connections = Connections::new(&registry)?;
         Ok(RouterMetrics {
             registry,
@@ -74,6 +95,7 @@ impl RouterMetrics {
             group_has_master,
             etcd_connected,
             connections,
+            pipes,
         })
     }
 

@@ -11,6 +11,8 @@
 //!   (it follows the new master), no master during a failover (it waits up to
 //!   `--failover-wait`).
 //! - `client.rs`: the pooled HTTP/1.1 client to the nodes.
+//! - `pipe.rs`: plain reads pipelined on a few connections per node.
+//! - `wire.rs`: requests written and answers read, in HTTP/1.1.
 //! - `fanout.rs`: the cross-user reads, split by group and put back in request order.
 //! - `metrics.rs`: the router's own Prometheus metrics.
 //!
@@ -22,6 +24,8 @@ mod client;
 mod fanout;
 mod forward;
 mod metrics;
+mod pipe;
+mod wire;
 
 use crate::http::receipts::{PAIRS_ROUTE, READERS_ROUTE};
 use crate::shards::Place;
@@ -47,6 +51,8 @@ pub struct RouterOptions {
     pub failover_wait: Duration,
     /// Longest one request to a node may take.
     pub node_timeout: Duration,
+    /// Connections per node that carry plain reads pipelined (0: none).
+    pub pipelines: usize,
     /// How often the map is read again without a change seen.
     pub refresh: Duration,
     /// What a client connection may hold and for how long (`server.*`, as on a node).
@@ -101,13 +107,14 @@ pub async fn run(
         return Err(RouterError::NoEtcd);
     }
     let etcd = Etcd::connect(&options.place.endpoints, options.place.timeout)?;
-    let client = client::NodeClient::new(options.node_timeout);
+    let metrics = RouterMetrics::new()?;
+    let client = client::NodeClient::new(options.node_timeout).pipelined(options.pipelines, metrics.pipes.clone());
     let shared = Arc::new(Shared {
         view: ShardView::default(),
         etcd: etcd.clone(),
         prefix: options.place.prefix.clone(),
         client,
-        metrics: RouterMetrics::new()?,
+        metrics,
         options: options.clone(),
     });
     tokio::spawn(follow(etcd, options.place.prefix.clone(), shared.view.clone(), options.refresh));

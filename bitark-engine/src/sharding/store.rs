@@ -120,6 +120,18 @@ impl<K: MapKv> ShardMapStore<K> {
         self.replace(&seen, &next).await?;
         Ok(next)
     }
+
+    /// Cuts the map's range `range` in two at `at` (its midpoint by default) in the next
+    /// version, one compare-and-swap: the same group owns both halves, no data moves.
+    pub async fn split(&self, range: HashRange, at: Option<u64>, expect: Option<u64>) -> Result<ShardMap, ShardError> {
+        let seen = self.current().await?;
+        if expect.is_some_and(|v| v != seen.map.version) {
+            return Err(ShardError::Conflict { now: seen.map.version });
+        }
+        let next = seen.map.split(range, at)?;
+        self.replace(&seen, &next).await?;
+        Ok(next)
+    }
 }
 
 fn encode(map: &ShardMap) -> Vec<u8> {
@@ -239,6 +251,21 @@ mod tests {
         assert!(e.to_string().contains("/bitark/shards/map") && e.to_string().contains("no range"), "{e}");
         kv.put("/bitark/shards/map", b"{not json");
         assert!(matches!(run(store.read()), Err(ShardError::Unreadable { .. })));
+    }
+
+    #[test]
+    fn a_split_is_one_swap_guarded_on_the_version() {
+        let kv = MemoryKv::default();
+        let store = ShardMapStore::new(&kv, "/bitark");
+        run(store.init(&ShardMap::even(&[g("a"), g("b")]).unwrap())).unwrap();
+        let upper = run(store.current()).unwrap().map.ranges[1].range;
+        let stale = run(store.split(upper, None, Some(0))).unwrap_err();
+        assert!(matches!(stale, ShardError::Conflict { now: 1 }), "{stale}");
+        let next = run(store.split(upper, None, Some(1))).unwrap();
+        assert_eq!(run(store.current()).unwrap().map, next);
+        assert_eq!(next.ranges.len(), 3);
+        // The whole range is no range of the map any more.
+        assert!(matches!(run(store.split(upper, None, None)), Err(ShardError::Invalid(_))));
     }
 
     #[test]
