@@ -25,7 +25,8 @@
 #                router deployed on machines of its own;
 # then hands the upper half of the space to group b (map version 3) and runs
 #   receipts     POST /api/v1/messages/7/readers for 100 users over both groups through
-#                the router vs the same 100 users asked of the plain node.
+#                the router vs the same 100 users asked of the plain node;
+# and last 20 `shards split` of the lowest range in a row, the time each took to commit.
 # Any non-2xx answer in a wrk run stops the script. It prints one line per run and the
 # median of each ratio over the rounds.
 set -euo pipefail
@@ -178,6 +179,16 @@ for r in $(seq 1 "$rounds"); do
   pair "$r" receipts receipts.lua 64 router "$router" "" plain "$plain" ""
 done
 
+# Splits: 20 in a row of the lower range, each one compare-and-swap in etcd; the time to
+# commit as `shards split` measures it (the command's own start-up not included).
+splits=$work/splits
+: >"$splits"
+for _ in $(seq 1 20); do
+  lower=$(shards show | awk 'NR == 2 { print $1 }')
+  shards split "$lower" | sed -n 's/.*committed in \([0-9.]*\)\(µs\|ms\|s\)).*/\1 \2/p' |
+    awk '{ v = $1; if ($2 == "µs") v /= 1000; if ($2 == "s") v *= 1000; print v }' >>"$splits"
+done
+[ "$(wc -l <"$splits")" = 20 ] || fail "a split did not commit"
 pipelined=$(curl -sf "$router/actuator/prometheus" | awk '$1 == "bitark_router_pipelined_reads_total" { r = $2 }
   $1 == "bitark_router_pipeline_writes_total" { w = $2 } END { printf "%d reads in %d writes (%.1f a write)", r, w, w ? r / w : 0 }')
 echo
@@ -203,4 +214,5 @@ printf '  %-40s %s\n' \
   "is-read c64, router on its own core / direct" "$(ratio pinned router direct 4)×" \
   "  added p50 / p99" "$(diff_ms pinned router direct 5) ms / $(diff_ms pinned router direct 6) ms" \
   "receipts (100 users, 2 groups) via router" "$(awk '$2 == "receipts" && $3 == "router" { print $4 }' "$results" | median)/s, p50 $(awk '$2 == "receipts" && $3 == "router" { print $5 / 1000 }' "$results" | median) ms, p99 $(awk '$2 == "receipts" && $3 == "router" { print $6 / 1000 }' "$results" | median) ms" \
-  "receipts via router / one plain node" "$(ratio receipts router plain 4)×"
+  "receipts via router / one plain node" "$(ratio receipts router plain 4)×" \
+  "shards split: commit, median / max of 20" "$(median <"$splits") ms / $(sort -g "$splits" | tail -1) ms"
