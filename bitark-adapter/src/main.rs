@@ -99,6 +99,10 @@ enum Command {
         /// Longest one request to a node may take.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         node_timeout: std::time::Duration,
+        /// Longest a write to a range frozen for a move (its cutover's pause) is held
+        /// before the node's `503 range_frozen` is passed on.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        frozen_hold: std::time::Duration,
         /// Connections per node that carry plain reads pipelined (0: none, each read
         /// on a connection of its own as writes are).
         #[arg(long, default_value_t = 4)]
@@ -311,13 +315,14 @@ fn main() -> ExitCode {
         let place = etcd_place(etcd);
         return offline("shards", async move { bitark_adapter::shards::run(place, action, say).await });
     }
-    if let Some(Command::Router { etcd, failover_wait, node_timeout, node_pipelines }) = &cli.command {
+    if let Some(Command::Router { etcd, failover_wait, node_timeout, frozen_hold, node_pipelines }) = &cli.command {
         init_logging(&config.logging);
         raise_open_files_limit();
         let options = bitark_adapter::router::RouterOptions {
             place: etcd_place(etcd),
             failover_wait: *failover_wait,
             node_timeout: *node_timeout,
+            frozen_hold: *frozen_hold,
             pipelines: *node_pipelines,
             refresh: config.engine.cluster.refresh,
             limits: bitark_adapter::server::Limits::of(&config.server, 2),

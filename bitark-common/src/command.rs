@@ -13,7 +13,7 @@
 //! [`Ownership::encode`]). It replaces whatever ownership the node held before.
 
 use crate::error::CodecError;
-use crate::shard::Ownership;
+use crate::ownership::Ownership;
 
 /// A state-changing command.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -350,12 +350,6 @@ impl ShardMap {
         out
     }
 
-    /// What `group` owns in this map.
-    pub fn ownership(&self, group: &GroupId) -> Ownership {
-        let ranges = self.ranges.iter().filter(|r| &r.group == group).map(|r| (r.range, r.version)).collect();
-        Ownership { group: group.clone(), map_version: self.version, partitioner: self.partitioner, ranges }
-    }
-
     /// The next version: `range` owned by `group`, the ranges it cuts split at its
     /// bounds. Every piece that changes owner takes the new version; the rest keep theirs.
     pub fn assign(&self, range: HashRange, group: &GroupId) -> Result<ShardMap, ShardMapError> {
@@ -411,88 +405,6 @@ impl ShardMap {
     pub fn sorted(mut self) -> ShardMap {
         self.ranges.sort_by_key(|r| r.range);
         self
-    }
-}
-
-/// The ranges one group serves, at one map version: what its master logs and checks
-/// every request against.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ownership {
-    pub group: GroupId,
-    pub map_version: u64,
-    pub partitioner: Partitioner,
-    /// Each owned range with its own version, sorted by start.
-    pub ranges: Vec<(HashRange, u64)>,
-}
-
-impl Ownership {
-    /// The partitioner's byte in the log record.
-    const SPLITMIX64: u8 = 1;
-
-    /// The log record's payload (little endian): `group_len u8 | group | map_version u64
-    /// | partitioner u8 | count u32 | count × (start u64 | last u64 | version u64)`, where
-    /// `last` is the range's last hash (its end minus one, so 2^64 fits).
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(self.group.as_str().len() as u8);
-        out.extend_from_slice(self.group.as_str().as_bytes());
-        out.extend_from_slice(&self.map_version.to_le_bytes());
-        out.push(match self.partitioner {
-            Partitioner::SplitMix64 => Self::SPLITMIX64,
-        });
-        out.extend_from_slice(&(self.ranges.len() as u32).to_le_bytes());
-        for (range, version) in &self.ranges {
-            out.extend_from_slice(&range.start.to_le_bytes());
-            out.extend_from_slice(&((range.end - 1) as u64).to_le_bytes());
-            out.extend_from_slice(&version.to_le_bytes());
-        }
-    }
-
-    /// Bytes of [`Ownership::encode`]'s payload.
-    pub fn encoded_len(&self) -> usize {
-        1 + self.group.as_str().len() + 8 + 1 + 4 + 24 * self.ranges.len()
-    }
-
-    /// Reads [`Ownership::encode`]'s payload; the reason when it is not one.
-    pub fn decode(payload: &[u8]) -> Result<Ownership, &'static str> {
-        let n = *payload.first().ok_or("empty")? as usize;
-        let fixed = 1 + n + 8 + 1 + 4;
-        if payload.len() < fixed {
-            return Err("shorter than its header");
-        }
-        let name = std::str::from_utf8(&payload[1..1 + n]).map_err(|_| "group name is not UTF-8")?;
-        let group = GroupId::new(name).map_err(|_| "not a group name")?;
-        let word = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("slice of 8"));
-        let map_version = word(1 + n);
-        let partitioner = match payload[1 + n + 8] {
-            Self::SPLITMIX64 => Partitioner::SplitMix64,
-            _ => return Err("unknown partitioner"),
-        };
-        let count = u32::from_le_bytes(payload[fixed - 4..fixed].try_into().expect("slice of 4")) as usize;
-        if payload.len() != fixed + 24 * count {
-            return Err("range count disagrees with length");
-        }
-        let mut ranges = Vec::with_capacity(count);
-        for i in 0..count {
-            let at = fixed + 24 * i;
-            let (start, last) = (word(at), word(at + 8));
-            if start > last || ranges.last().is_some_and(|(r, _): &(HashRange, u64)| r.end > u128::from(start)) {
-                return Err("ranges out of order");
-            }
-            ranges.push((HashRange { start, end: u128::from(last) + 1 }, word(at + 16)));
-        }
-        Ok(Ownership { group, map_version, partitioner, ranges })
-    }
-
-    /// Whether `user` falls in an owned range.
-    pub fn owns(&self, user: u64) -> bool {
-        self.range_of(user).is_some()
-    }
-
-    /// The index in `ranges` of the owned range `user` falls in.
-    pub fn range_of(&self, user: u64) -> Option<usize> {
-        let hash = self.partitioner.hash(user);
-        let i = self.ranges.partition_point(|(r, _)| r.start <= hash);
-        (i > 0 && self.ranges[i - 1].0.contains(hash)).then(|| i - 1)
     }
 }
 
@@ -627,28 +539,6 @@ mod tests {
         assert!(serde_json::from_str::<ShardMap>(&extra).unwrap_err().to_string().contains("weight"));
         let bad_group = text.replace(r#""group":"a""#, r#""group":"A:1""#);
         assert!(serde_json::from_str::<ShardMap>(&bad_group).unwrap_err().to_string().contains("A:1"));
-    }
-
-    #[test]
-    fn an_ownership_record_reads_back_and_refuses_damage() {
-        let map = ShardMap::even(&[g("a"), g("eu-2"), g("a")][..2]).unwrap();
-        let map = map.assign(HashRange::new(1 << 62, SPACE_END).unwrap(), &g("a")).unwrap();
-        let own = map.ownership(&g("a"));
-        assert_eq!(own.ranges.last().unwrap().0.end, SPACE_END);
-        let mut bytes = Vec::new();
-        own.encode(&mut bytes);
-        assert_eq!(bytes.len(), own.encoded_len());
-        assert_eq!(Ownership::decode(&bytes), Ok(own.clone()));
-        assert_eq!(Ownership::decode(&bytes[..bytes.len() - 1]), Err("range count disagrees with length"));
-        assert_eq!(Ownership::decode(&[]), Err("empty"));
-        let mut bad = bytes.clone();
-        bad[1] = b'A';
-        assert_eq!(Ownership::decode(&bad), Err("not a group name"));
-        let none = ShardMap::even(&[g("b")]).unwrap().ownership(&g("a"));
-        let mut bytes = Vec::new();
-        none.encode(&mut bytes);
-        assert_eq!(Ownership::decode(&bytes), Ok(none.clone()));
-        assert!(!none.owns(7));
     }
 
     proptest! {

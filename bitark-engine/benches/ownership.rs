@@ -34,6 +34,7 @@ fn owning(ranges: usize) -> ReadStore {
         map_version: 1,
         partitioner: Partitioner::SplitMix64,
         ranges: owned,
+        frozen: Vec::new(),
     }));
     store
 }

@@ -75,6 +75,32 @@ pub enum WriteError {
     /// logged.
     #[error("this group serves shard map version {now} already; version {given} is older and was not logged")]
     StaleOwnership { now: u64, given: u64 },
+    /// The user's range is frozen for a move (503 `range_frozen`, retry). Not logged.
+    #[error("{0}")]
+    RangeFrozen(#[from] RangeFrozen),
+    /// A freeze or thaw of a range this group does not own as one range (409
+    /// `not_an_owned_range`). Not logged.
+    #[error("{range} is not one of the ranges group {group} owns at shard map version {map_version}; freezes name a whole owned range")]
+    NotAnOwnedRange { range: bitark_common::HashRange, group: bitark_common::GroupId, map_version: u64 },
+    /// A freeze or thaw on a node whose log holds no ownership (409 `not_sharded`). Not
+    /// logged.
+    #[error("this node's log holds no shard ownership, so it has no range to freeze")]
+    NotSharded,
+}
+
+/// A write to a user whose range is frozen for a move (503 `range_frozen`): reads of it
+/// are still served, writes wait for the move's cutover to end, here (after an abort)
+/// or at the range's next owner.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "user {user} is in range {range} of group {group}, frozen for a move (shard map version {map_version}); \
+     the write was not logged: retry shortly, through a router, which holds such writes for the pause"
+)]
+pub struct RangeFrozen {
+    pub user: u64,
+    pub group: bitark_common::GroupId,
+    pub range: bitark_common::HashRange,
+    pub map_version: u64,
 }
 
 /// A user this node's group does not serve, by the ownership its log last set (409

@@ -168,3 +168,116 @@ fn requests_are_counted_by_owned_range_and_a_range_given_away_leaves_the_counter
     assert!(!text.contains(&quarter.to_string()), "a range no longer owned is not reported:\n{text}");
     node.shutdown();
 }
+
+/// Group a of [`map`] with the top quarter too: the lower half and the top quarter.
+fn two_ranges() -> (ShardMap, HashRange, HashRange) {
+    let quarter = HashRange::new((3u128 << 62) as u64, 1u128 << 64).unwrap();
+    let map = map().assign(quarter, &g("a")).unwrap();
+    (map, HashRange::new(0, 1u128 << 63).unwrap(), quarter)
+}
+
+fn users_in(map: &ShardMap, range: &HashRange, n: usize) -> Vec<u64> {
+    (1..).filter(|u| range.contains(map.partitioner.hash(*u))).take(n).collect()
+}
+
+#[test]
+fn a_frozen_range_refuses_writes_serves_reads_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let config = config(dir.path());
+    let node = open(&config);
+    let (map, lower, quarter) = two_ranges();
+    rt.block_on(node.set_ownership(map.ownership(&g("a")))).unwrap();
+    let (held, free) = (users_in(&map, &quarter, 3), users_in(&map, &lower, 3));
+    mark(&node, &rt, held[0]).unwrap();
+
+    let frozen = rt.block_on(node.freeze_range(quarter, true)).unwrap();
+    assert!(frozen.logged);
+    assert_eq!(frozen.frozen, vec![quarter]);
+    assert_eq!(frozen.lsn, node.applied_lsn(), "the freeze record is the last one");
+    assert_eq!(node.metrics().shard_frozen_ranges.get(), 0, "published by the member loop, not yet");
+    node.publish_ownership();
+    assert_eq!(node.metrics().shard_frozen_ranges.get(), 1);
+    let check = |node: &Node| {
+        for user in &held {
+            match mark(node, &rt, *user) {
+                Err(WriteError::RangeFrozen(refused)) => {
+                    assert_eq!((refused.user, refused.range, refused.group.as_str()), (*user, quarter, "a"));
+                    assert!(refused.to_string().contains("frozen for a move"), "{refused}");
+                }
+                other => panic!("user {user} of the frozen range: {other:?}"),
+            }
+            node.check_owner(*user).expect("a frozen range is still read");
+        }
+        assert!(node.is_read(held[0], 7), "its marks are still there");
+    };
+    let applied = node.applied_lsn();
+    check(&node);
+    assert_eq!(node.applied_lsn(), applied, "a refused write is not logged");
+    for user in &free {
+        mark(&node, &rt, *user).expect("the other range takes writes");
+    }
+    // A repeat logs nothing and answers a point every write to the range lies below.
+    let again = rt.block_on(node.freeze_range(quarter, true)).unwrap();
+    assert_eq!((again.logged, again.lsn), (false, node.applied_lsn()));
+    node.shutdown();
+    drop(node);
+
+    // From the log.
+    let node = open(&config);
+    check(&node);
+    let info = rt.block_on(node.snapshot_now()).unwrap();
+    assert!(info.lsn >= frozen.lsn);
+    node.shutdown();
+    drop(node);
+    // From the snapshot alone.
+    for segment in bitark_infra::wal::list_segments(&dir.path().join("wal")).unwrap() {
+        std::fs::remove_file(segment.path).unwrap();
+    }
+    let node = open(&config);
+    check(&node);
+
+    let thawed = rt.block_on(node.freeze_range(quarter, false)).unwrap();
+    assert!(thawed.logged && thawed.frozen.is_empty());
+    for user in &held {
+        mark(&node, &rt, *user).expect("a thawed range takes writes");
+    }
+    node.shutdown();
+}
+
+#[test]
+fn a_newer_map_keeps_a_freeze_and_only_whole_owned_ranges_freeze() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let node = open(&config(dir.path()));
+    let (map, lower, quarter) = two_ranges();
+    let not_sharded = rt.block_on(node.freeze_range(quarter, true)).unwrap_err();
+    assert_eq!(not_sharded, WriteError::NotSharded);
+    rt.block_on(node.set_ownership(map.ownership(&g("a")))).unwrap();
+    let applied = node.applied_lsn();
+    for range in [HashRange::new(0, 1 << 62).unwrap(), HashRange::new(1 << 63, 3u128 << 62).unwrap()] {
+        match rt.block_on(node.freeze_range(range, true)) {
+            Err(e @ WriteError::NotAnOwnedRange { .. }) => {
+                assert!(e.to_string().contains(&range.to_string()) && e.to_string().contains("group a"), "{e}")
+            }
+            other => panic!("a freeze of {range}: {other:?}"),
+        }
+    }
+    assert_eq!(node.applied_lsn(), applied, "a refused freeze is not logged");
+    rt.block_on(node.freeze_range(quarter, true)).unwrap();
+
+    // The frozen quarter is split: both halves stay frozen, the lower half stays free.
+    let split = map.split(quarter, None).unwrap();
+    rt.block_on(node.set_ownership(split.ownership(&g("a")))).unwrap().expect("the new map is logged");
+    let own = node.ownership().unwrap();
+    assert_eq!(own.map_version, split.version);
+    assert_eq!(own.frozen.len(), 2);
+    assert!(own.frozen.iter().all(|r| quarter.start <= r.start && r.end <= quarter.end));
+    mark(&node, &rt, users_in(&map, &quarter, 1)[0]).unwrap_err();
+    mark(&node, &rt, users_in(&map, &lower, 1)[0]).unwrap();
+    // Giving the quarter away ends its freeze with it.
+    let moved = split.assign(quarter, &g("b")).unwrap();
+    rt.block_on(node.set_ownership(moved.ownership(&g("a")))).unwrap();
+    assert!(node.ownership().unwrap().frozen.is_empty());
+    node.shutdown();
+}

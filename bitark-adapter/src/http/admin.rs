@@ -24,6 +24,8 @@ pub(crate) fn router(state: AppState) -> RouteTable {
         .route("/admin/promote", post(promote))
         .route("/admin/demote", post(demote))
         .route("/admin/replication/features", axum::routing::put(change_features))
+        .route("/admin/shard/freeze", post(super::freeze::freeze))
+        .route("/admin/shard/thaw", post(super::freeze::thaw))
         .route("/actuator/refresh", post(refresh))
         .route("/admin/backup", post(super::backup::begin_backup))
         .route("/admin/backup/{id}/snapshot", get(super::backup::backup_snapshot))

@@ -56,11 +56,13 @@ pub struct ErrorBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problems: Option<Vec<String>>,
     /// With `wrong_shard`: the newest shard map version the node knows; a router
-    /// refreshes its map only when this is newer than its own.
+    /// refreshes its map only when this is newer than its own. With `range_frozen`: the
+    /// map version of the frozen range's ownership.
     #[serde(rename = "mapVersion", skip_serializing_if = "Option::is_none")]
     pub map_version: Option<u64>,
     /// With `wrong_shard`: the group that owns the user, when the node knows it (its
-    /// master, when known, is `masterUrl`).
+    /// master, when known, is `masterUrl`). With `range_frozen`: the group whose range
+    /// is frozen.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "eu-2")]
     pub group: Option<String>,
@@ -109,6 +111,9 @@ pub enum ApiError {
     /// 409 `stale_ownership`: an ownership of an older shard map than the one in force.
     #[error("{0}")]
     StaleOwnership(String),
+    /// 503 `range_frozen`: the user's range is frozen for a move; nothing was logged.
+    #[error(transparent)]
+    RangeFrozen(#[from] bitark_engine::RangeFrozen),
     /// 503: recovery has not finished yet.
     #[error("the node is starting (recovering its state); retry shortly")]
     Starting,
@@ -214,6 +219,7 @@ impl ApiError {
             ApiError::MarkLimit(_) => (StatusCode::CONFLICT, "mark_limit"),
             ApiError::WrongShard(_) => (StatusCode::CONFLICT, "wrong_shard"),
             ApiError::StaleOwnership(_) => (StatusCode::CONFLICT, "stale_ownership"),
+            ApiError::RangeFrozen(_) => (StatusCode::SERVICE_UNAVAILABLE, "range_frozen"),
             ApiError::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::TooManyConnections(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
@@ -362,6 +368,9 @@ impl From<WriteError> for ApiError {
             WriteError::MarkLimit(message) => ApiError::MarkLimit(message),
             WriteError::WrongShard(refused) => ApiError::WrongShard(refused),
             stale @ WriteError::StaleOwnership { .. } => ApiError::StaleOwnership(stale.to_string()),
+            WriteError::RangeFrozen(frozen) => ApiError::RangeFrozen(frozen),
+            owned @ WriteError::NotAnOwnedRange { .. } => ApiError::conflict("not_an_owned_range", owned.to_string()),
+            WriteError::NotSharded => ApiError::conflict("not_sharded", WriteError::NotSharded.to_string()),
             WriteError::LeaseLapsed(message) => ApiError::LeaseLapsed(message),
             WriteError::NotMaster { master_url } => ApiError::NotMaster { location: master_url.clone(), master_url },
             fenced @ WriteError::Fenced { .. } => {
@@ -438,6 +447,10 @@ impl ApiError {
                 body.group = refused.owner.as_ref().map(|g| g.to_string());
                 body.master_url = refused.owner_master.clone();
             }
+            ApiError::RangeFrozen(frozen) => {
+                body.map_version = Some(frozen.map_version);
+                body.group = Some(frozen.group.to_string());
+            }
             _ => {}
         }
         body
@@ -472,6 +485,7 @@ impl IntoResponse for ApiError {
             | ApiError::Busy(_)
             | ApiError::WriteFailed(_)
             | ApiError::NotEnoughReplicas { .. }
+            | ApiError::RangeFrozen(_)
             | ApiError::InsufficientStorage { .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

@@ -14,6 +14,7 @@ pub mod backup;
 pub mod body;
 pub mod error;
 pub mod extract;
+pub mod freeze;
 pub mod reads;
 pub mod receipts;
 pub mod refusals;

@@ -22,7 +22,7 @@ pub(crate) enum WriteRefusals {
     OutcomeUnknown(ErrorBody),
     #[response(
         status = 503,
-        description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`), `leader_lease_lapsed` (failover: this master could not renew its leader lease in time; not acknowledged, retry)"
+        description = "`starting`, `shutting_down`, `overloaded`, `write_failed` (not logged; retry), `write_path_failed` (not logged; the node needs a restart), `not_enough_replicas` (fewer ALIVE slaves than `ack` needs; not logged; with `ack` and `required`), `leader_lease_lapsed` (failover: this master could not renew its leader lease in time; not acknowledged, retry), `range_frozen` (the user's range is frozen for a move: not logged, retry shortly; with `group` and `mapVersion`; a router holds such writes for the pause)"
     )]
     Unavailable(ErrorBody),
     #[response(

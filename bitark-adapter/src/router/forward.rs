@@ -3,6 +3,8 @@
 //! A request is sent again only when the node cannot have acted on it: the connection
 //! was refused, or the node answered that it did not serve it (`wrong_shard`,
 //! `not_master`, `starting`, `shutting_down`, `leader_lease_lapsed`: nothing logged). A
+//! write to a range frozen for a move (`range_frozen`) is held: sent again until the
+//! move's cutover ends, for up to `--frozen-hold`, without counting as a redirect. A
 //! request that reached a node and got no answer is answered 502 and never sent twice,
 //! so a write is acknowledged to the client exactly when a master acknowledged it.
 
@@ -105,7 +107,10 @@ impl Outgoing<'_> {
 pub(super) async fn send(shared: &Shared, target: Target, out: &Outgoing<'_>) -> Result<(GroupId, Answer), Failure> {
     let deadline = Instant::now() + shared.options.failover_wait;
     let mut direct: Option<String> = None;
-    for _ in 0..MAX_SENDS {
+    let mut held = Hold::default();
+    let mut sends = 0;
+    while sends < MAX_SENDS {
+        sends += 1;
         let directory = shared.view.get().ok_or_else(|| Failure {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "no_shard_map",
@@ -146,6 +151,13 @@ pub(super) async fn send(shared: &Shared, target: Target, out: &Outgoing<'_>) ->
         };
         match next_step(&answer, directory.map.version, &base, matches!(target, Target::User(_))) {
             Step::Answer => {}
+            Step::Hold => {
+                if held.wait(shared).await {
+                    // Held, not redirected: the sends left are kept for redirects.
+                    sends -= 1;
+                    continue;
+                }
+            }
             Step::NewerMap => {
                 shared.metrics.redirects.with_label_values(&["wrong_shard"]).inc();
                 shared.refresh().await;
@@ -168,8 +180,10 @@ pub(super) async fn send(shared: &Shared, target: Target, out: &Outgoing<'_>) ->
                 }
             }
         }
+        held.observe(shared);
         return Ok((group, answer));
     }
+    held.observe(shared);
     Err(Failure {
         status: StatusCode::SERVICE_UNAVAILABLE,
         code: "too_many_redirects",
@@ -186,6 +200,8 @@ enum Step {
     NewerMap,
     /// Send to the master the node named.
     Follow(String),
+    /// A write to a range frozen for a move: hold it until the move's cutover ends.
+    Hold,
     /// Nothing was done and it may soon be: wait a moment (reading etcd again first when
     /// `refresh`) and send again, or pass the answer on once the wait is over.
     Wait { refresh: bool, kind: Option<&'static str> },
@@ -213,6 +229,7 @@ fn next_step(answer: &Answer, ours: u64, base: &str, by_user: bool) -> Step {
             }
         }
         "starting" | "shutting_down" | "leader_lease_lapsed" => Step::Wait { refresh: true, kind: None },
+        "range_frozen" if by_user => Step::Hold,
         _ => Step::Answer,
     }
 }
@@ -235,6 +252,43 @@ async fn pause(deadline: Instant) -> bool {
     }
     tokio::time::sleep(step).await;
     true
+}
+
+/// How long one write to a frozen range has been held.
+#[derive(Default)]
+struct Hold {
+    since: Option<Instant>,
+}
+
+impl Hold {
+    /// Longest one look at a frozen range waits for the directory to change: a thaw (an
+    /// aborted move) shows only in a node's answer.
+    const STEP: Duration = Duration::from_millis(5);
+
+    /// Waits for the cutover of the write's frozen range to end: until the directory
+    /// changes (the map gives the range to another group) or a step passes, while the
+    /// write has been held less than `--frozen-hold`. False once it has been held that
+    /// long: the node's `range_frozen` is passed on.
+    async fn wait(&mut self, shared: &Shared) -> bool {
+        let since = *self.since.get_or_insert_with(|| {
+            shared.metrics.redirects.with_label_values(&["range_frozen"]).inc();
+            Instant::now()
+        });
+        let left = (since + shared.options.frozen_hold).saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut changes = shared.view.subscribe();
+        let _ = tokio::time::timeout(left.min(Self::STEP), changes.changed()).await;
+        true
+    }
+
+    /// Records how long a held write was held, once it is answered.
+    fn observe(&self, shared: &Shared) {
+        if let Some(since) = self.since {
+            shared.metrics.held_seconds.observe(since.elapsed().as_secs_f64());
+        }
+    }
 }
 
 /// Waits for the directory to change (a new master), up to `deadline`.
@@ -340,5 +394,12 @@ mod tests {
         }
         assert_eq!(next_step(&answer(200, serde_json::json!({"read": true})), 1, "http://a", true), Step::Answer);
         assert_eq!(next_step(&answer(409, serde_json::json!("not json")), 1, "http://a", true), Step::Answer);
+    }
+
+    #[test]
+    fn a_write_to_a_frozen_range_is_held_but_not_a_fanned_out_part() {
+        let frozen = answer(503, serde_json::json!({"error": "range_frozen", "group": "a", "mapVersion": 3}));
+        assert_eq!(next_step(&frozen, 3, "http://a", true), Step::Hold);
+        assert_eq!(next_step(&frozen, 3, "http://a", false), Step::Answer);
     }
 }

@@ -5,7 +5,9 @@
 //! - `bitark_router_request_seconds{group}`: time to answer, node round trips included;
 //! - `bitark_router_redirects_total{kind}`: redirects followed: `wrong_shard` (a newer
 //!   map), `not_master` (a new master), `no_master` (waited for one), `unreachable`
-//!   (a master that did not take the connection);
+//!   (a master that did not take the connection), `range_frozen` (a write held while
+//!   its range was frozen for a move);
+//! - `bitark_router_held_seconds`: how long each held write was held;
 //! - `bitark_router_map_version`: the shard map version in use;
 //! - `bitark_router_group_has_master{group}`: 1 while the router knows the group's
 //!   master, 0 while none is known (its users cannot be written);
@@ -20,7 +22,9 @@
 
 use super::Shared;
 use bitark_infra::metrics::Connections;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +33,7 @@ pub struct RouterMetrics {
     pub requests: IntCounterVec,
     pub seconds: HistogramVec,
     pub redirects: IntCounterVec,
+    pub held_seconds: Histogram,
     pub map_version: IntGauge,
     pub group_has_master: IntGaugeVec,
     pub etcd_connected: IntGauge,
@@ -53,6 +58,10 @@ impl RouterMetrics {
             Opts::new("bitark_router_redirects_total", "Redirects the router followed, by kind"),
             &["kind"],
         )?;
+        let held_seconds = Histogram::with_opts(
+            HistogramOpts::new("bitark_router_held_seconds", "How long a write to a frozen range was held")
+                .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]),
+        )?;
         let map_version = IntGauge::new("bitark_router_map_version", "Version of the shard map the router uses")?;
         let group_has_master = IntGaugeVec::new(
             Opts::new("bitark_router_group_has_master", "1 while the router knows the group's master, else 0"),
@@ -63,10 +72,11 @@ impl RouterMetrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(seconds.clone()))?;
         registry.register(Box::new(redirects.clone()))?;
+        registry.register(Box::new(held_seconds.clone()))?;
         registry.register(Box::new(map_version.clone()))?;
         registry.register(Box::new(group_has_master.clone()))?;
         registry.register(Box::new(etcd_connected.clone()))?;
-        for kind in ["wrong_shard", "not_master", "no_master", "unreachable"] {
+        for kind in ["wrong_shard", "not_master", "no_master", "unreachable", "range_frozen"] {
             redirects.with_label_values(&[kind]);
         }
         let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
@@ -91,6 +101,7 @@ impl RouterMetrics {
             requests,
             seconds,
             redirects,
+            held_seconds,
             map_version,
             group_has_master,
             etcd_connected,

@@ -9,7 +9,8 @@
 //! - `forward.rs`: one user's request, with the redirects it follows: `wrong_shard`
 //!   from a node that knows a newer map (the router reads the map again), `not_master`
 //!   (it follows the new master), no master during a failover (it waits up to
-//!   `--failover-wait`).
+//!   `--failover-wait`); a write to a range frozen for a move is held for up to
+//!   `--frozen-hold`.
 //! - `client.rs`: the pooled HTTP/1.1 client to the nodes.
 //! - `pipe.rs`: plain reads pipelined on a few connections per node.
 //! - `wire.rs`: requests written and answers read, in HTTP/1.1.
@@ -51,6 +52,9 @@ pub struct RouterOptions {
     pub failover_wait: Duration,
     /// Longest one request to a node may take.
     pub node_timeout: Duration,
+    /// Longest a write to a range frozen for a move is held before the node's
+    /// `range_frozen` is passed on.
+    pub frozen_hold: Duration,
     /// Connections per node that carry plain reads pipelined (0: none).
     pub pipelines: usize,
     /// How often the map is read again without a change seen.

@@ -24,6 +24,7 @@ mod backup;
 mod fencing;
 mod open;
 mod ownership;
+pub use ownership::Freeze;
 mod reads;
 mod replica;
 mod roles;

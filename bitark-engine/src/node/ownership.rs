@@ -9,10 +9,10 @@
 //! (`cluster.group`) serves nobody before its log holds an ownership.
 
 use super::Node;
-use crate::error::{WriteError, WrongShard};
+use crate::error::{RangeFrozen, WriteError, WrongShard};
 use crate::sharding::ShardView;
 use crate::store::Owned;
-use bitark_common::{Command, Lsn, Ownership};
+use bitark_common::{Command, HashRange, Lsn, Ownership};
 use prometheus::IntCounter;
 use std::sync::{Arc, PoisonError};
 
@@ -42,17 +42,29 @@ impl Node {
     /// Whether this node's group serves `user`; the refusal names the group and map
     /// version otherwise.
     pub fn check_owner(&self, user: u64) -> Result<(), WrongShard> {
-        self.owner_refusal(user, "read")
+        self.served(user, "read").map(|_| ())
     }
 
-    /// [`Node::check_owner`], counting a refusal under `kind` (`read` or `write`).
-    pub(super) fn owner_refusal(&self, user: u64, kind: &str) -> Result<(), WrongShard> {
+    /// Whether this node takes a write of `user`: its group serves the user and the
+    /// user's range is not frozen for a move.
+    pub(super) fn write_refusal(&self, user: u64) -> Result<(), WriteError> {
+        if !self.served(user, "write")? {
+            return Ok(());
+        }
+        let own = self.ownership().expect("a frozen range is one of an ownership");
+        let range = own.range_of(user).map(|i| own.ranges[i].0).expect("the user is in the frozen range");
+        Err(RangeFrozen { user, group: own.group.clone(), range, map_version: own.map_version }.into())
+    }
+
+    /// Whether this node's group serves `user` (counting a refusal under `kind`, `read` or
+    /// `write`), and if so whether the user's range is frozen.
+    fn served(&self, user: u64, kind: &str) -> Result<bool, WrongShard> {
         match self.inner.state.store.owned(user) {
             // A node of a group (`cluster.group`) serves nobody until its log says what.
-            Owned::Unset if self.inner.group.is_none() => return Ok(()),
-            Owned::Range { index, map_version, ranges } => {
+            Owned::Unset if self.inner.group.is_none() => return Ok(false),
+            Owned::Range { index, map_version, ranges, frozen } => {
                 self.count_range_request(index, map_version, ranges, kind);
-                return Ok(());
+                return Ok(frozen);
             }
             Owned::Unset | Owned::Outside => {}
         }
@@ -118,6 +130,7 @@ impl Node {
         let ranges = own.as_ref().map_or(&[][..], |o| &o.ranges[..]);
         m.shard_map_version.set(own.as_ref().map_or(0, |o| o.map_version) as i64);
         m.shard_owned_ranges.set(ranges.len() as i64);
+        m.shard_frozen_ranges.set(own.as_ref().map_or(0, |o| o.frozen.len()) as i64);
         m.shard_owned_fraction.set(ranges.iter().map(|(r, _)| r.share()).sum());
     }
 
@@ -145,23 +158,71 @@ impl Node {
     }
 
     /// Logs `ownership` as the ranges this group serves from now on, through the same
-    /// write path as a user's write (master only, durable when answered). A map version
-    /// older than the one in force is refused as stale, the same one is answered with
-    /// no new record.
+    /// write path as a user's write (master only, durable when answered), keeping the
+    /// freezes of the ownership in force for the ranges still owned. A map version older
+    /// than the one in force is refused as stale, the same one is answered with no new
+    /// record.
     pub async fn set_ownership(&self, ownership: Ownership) -> Result<Option<Lsn>, WriteError> {
         let pending = {
             let _gate = self.inner.ownership_gate.write().unwrap_or_else(PoisonError::into_inner);
-            if let Some(now) = self.ownership() {
-                if *now == ownership {
-                    return Ok(None);
-                }
-                if now.map_version > ownership.map_version {
+            let ownership = match self.ownership() {
+                Some(now) if now.map_version > ownership.map_version => {
                     return Err(WriteError::StaleOwnership { now: now.map_version, given: ownership.map_version });
                 }
-            }
+                Some(now) => {
+                    let ownership = ownership.keeping_frozen(&now);
+                    if *now == ownership {
+                        return Ok(None);
+                    }
+                    ownership
+                }
+                None => ownership,
+            };
             self.admit_write()?;
             self.propose(Command::SetOwnership(ownership))?
         };
         self.finish_write(pending).await.map(Some)
     }
+
+    /// Freezes the owned range `range` for a move (`freeze`), or thaws it, by a logged
+    /// ownership record made durable under the configured acknowledgement mode, so a
+    /// promoted slave keeps the freeze. From the record on, writes to the range are
+    /// refused (`range_frozen`) and reads still served. Answers an LSN every write to the
+    /// range lies at or below: the record's, or the applied LSN when the range was in that
+    /// state already (a retry logs nothing).
+    pub async fn freeze_range(&self, range: HashRange, freeze: bool) -> Result<Freeze, WriteError> {
+        let mode = self.ack_mode(None);
+        let hub = self.admit_acked(mode)?;
+        let (pending, frozen) = {
+            let _gate = self.inner.ownership_gate.write().unwrap_or_else(PoisonError::into_inner);
+            self.admit_write()?;
+            let now = self.ownership().ok_or(WriteError::NotSharded)?;
+            let refused =
+                || WriteError::NotAnOwnedRange { range, group: now.group.clone(), map_version: now.map_version };
+            let next = now.with_frozen(range, freeze).ok_or_else(refused)?;
+            let frozen = next.frozen.clone();
+            let pending = (next != *now).then(|| self.propose(Command::SetOwnership(next))).transpose()?;
+            (pending, frozen)
+        };
+        let logged = pending.is_some();
+        let lsn = match pending {
+            Some(pending) => self.finish_write(pending).await?,
+            None => self.applied_lsn(),
+        };
+        if let Some(hub) = hub {
+            self.confirm_acked(&hub, lsn, mode).await?;
+        }
+        Ok(Freeze { lsn, logged, frozen })
+    }
+}
+
+/// What [`Node::freeze_range`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Freeze {
+    /// Every write to the range lies at or below it.
+    pub lsn: Lsn,
+    /// Whether a record was logged (false when the range was in that state already).
+    pub logged: bool,
+    /// The frozen ranges from now on.
+    pub frozen: Vec<HashRange>,
 }

@@ -6,6 +6,7 @@ use crate::config::AckMode;
 use crate::error::{InvalidCommand, ReplicateError, WriteError};
 use crate::limits::admit_marks;
 use crate::replication::ack::AckShortfall;
+use crate::replication::MasterHub;
 use bitark_common::{Command, Lsn, Record};
 use bitark_infra::wal::{AppendOutcome, ProposeError};
 use std::sync::atomic::Ordering;
@@ -66,8 +67,9 @@ impl Node {
             // Checked and proposed under one shared hold of the gate (see `ownership.rs`).
             let _gate = self.inner.ownership_gate.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(user) = command.user() {
-                self.owner_refusal(user, "write").inspect_err(|_| {
-                    metrics.writes_rejected.with_label_values(&["wrong-shard"]).inc();
+                self.write_refusal(user).inspect_err(|e| {
+                    let reason = if matches!(e, WriteError::RangeFrozen(_)) { "range-frozen" } else { "wrong-shard" };
+                    metrics.writes_rejected.with_label_values(&[reason]).inc();
                 })?;
             }
             self.propose(command)?
@@ -110,23 +112,45 @@ impl Node {
     /// before logging anything (unless `ack-wait-for-replicas`).
     pub async fn write_acked(&self, command: Command, ack: Option<AckMode>) -> Result<Lsn, WriteError> {
         let mode = self.ack_mode(ack);
-        if mode == AckMode::Async {
+        let Some(hub) = self.admit_acked(mode)? else {
             return self.write(command).await;
+        };
+        let lsn = self.write(command).await?;
+        self.confirm_acked(&hub, lsn, mode).await
+    }
+
+    /// Before a write under `mode` is logged: the master hub whose slaves must confirm it
+    /// (`None` under `async`), refused on a slave or without the ALIVE slaves it needs.
+    pub(super) fn admit_acked(&self, mode: AckMode) -> Result<Option<MasterHub>, WriteError> {
+        if mode == AckMode::Async {
+            return Ok(None);
         }
-        let hub = self.hub();
-        let required = if mode == AckMode::Semi { self.inner.config.load().replication.min_acks } else { 1 };
-        let not_enough = |alive| WriteError::NotEnoughReplicas { ack: mode, alive, required };
-        let Some(hub) = hub.filter(|_| !self.is_slave()) else {
-            if self.is_slave() {
-                return Err(WriteError::NotMaster { master_url: self.master_url() });
-            }
-            return Err(not_enough(0));
+        if self.is_slave() {
+            return Err(WriteError::NotMaster { master_url: self.master_url() });
+        }
+        let required = self.required_acks(mode);
+        let Some(hub) = self.hub() else {
+            return Err(WriteError::NotEnoughReplicas { ack: mode, alive: 0, required });
         };
         if let Err(AckShortfall::NotEnoughReplicas { alive, .. }) = hub.admit_ack(mode) {
             self.inner.state.metrics.writes_rejected.with_label_values(&["not-enough-replicas"]).inc();
-            return Err(not_enough(alive));
+            return Err(WriteError::NotEnoughReplicas { ack: mode, alive, required });
         }
-        let lsn = self.write(command).await?;
+        Ok(Some(hub))
+    }
+
+    /// Slave acknowledgements `mode` needs.
+    fn required_acks(&self, mode: AckMode) -> usize {
+        if mode == AckMode::Semi {
+            self.inner.config.load().replication.min_acks
+        } else {
+            1
+        }
+    }
+
+    /// After a write at `lsn` is durable here: waits for the slaves `mode` needs to hold
+    /// it durably (and, under failover, for the floor in etcd).
+    pub(super) async fn confirm_acked(&self, hub: &MasterHub, lsn: Lsn, mode: AckMode) -> Result<Lsn, WriteError> {
         match hub.wait_for_acks(lsn, mode).await {
             Ok(_) if self.inner.config.load().failover() => self.record_floor(lsn, mode).await.map(|()| lsn),
             Ok(_) => Ok(lsn),
@@ -138,7 +162,9 @@ impl Node {
                 required: count.required,
                 timeout_ms: self.inner.config.load().replication.ack_timeout.as_millis() as u64,
             }),
-            Err(AckShortfall::NotEnoughReplicas { alive, .. }) => Err(not_enough(alive)),
+            Err(AckShortfall::NotEnoughReplicas { alive, .. }) => {
+                Err(WriteError::NotEnoughReplicas { ack: mode, alive, required: self.required_acks(mode) })
+            }
         }
     }
 

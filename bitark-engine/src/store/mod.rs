@@ -115,8 +115,8 @@ pub enum Owned {
     /// The log set no ownership.
     Unset,
     /// In the owned range at `index` of the ownership of `map_version` (with `ranges`
-    /// ranges).
-    Range { index: usize, map_version: u64, ranges: usize },
+    /// ranges), which takes no writes when `frozen`.
+    Range { index: usize, map_version: u64, ranges: usize, frozen: bool },
     /// In no owned range.
     Outside,
 }
@@ -141,7 +141,12 @@ impl ReadStore {
         match self.ownership.load().as_ref() {
             None => Owned::Unset,
             Some(own) => match own.range_of(user) {
-                Some(index) => Owned::Range { index, map_version: own.map_version, ranges: own.ranges.len() },
+                Some(index) => Owned::Range {
+                    index,
+                    map_version: own.map_version,
+                    ranges: own.ranges.len(),
+                    frozen: own.is_frozen(index),
+                },
                 None => Owned::Outside,
             },
         }

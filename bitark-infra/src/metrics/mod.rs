@@ -97,6 +97,8 @@ pub struct Metrics {
     pub shard_map_version: IntGauge,
     /// `bitark_shard_owned_ranges`: ranges the group owns.
     pub shard_owned_ranges: IntGauge,
+    /// `bitark_shard_frozen_ranges`: owned ranges frozen for a move.
+    pub shard_frozen_ranges: IntGauge,
     /// `bitark_shard_owned_fraction`: the share of the hash space it owns.
     pub shard_owned_fraction: prometheus::Gauge,
     /// `bitark_shard_wrong_shard_total{kind="read|write"}`: users of other groups refused.
@@ -297,6 +299,7 @@ impl Metrics {
             writes_rejected: store::writes_rejected(r)?,
             shard_map_version: shard::map_version(r)?,
             shard_owned_ranges: shard::owned_ranges(r)?,
+            shard_frozen_ranges: shard::frozen_ranges(r)?,
             shard_owned_fraction: shard::owned_fraction(r)?,
             shard_wrong_shard: shard::wrong_shard(r)?,
             shard_range_users: shard::range_users(r)?,

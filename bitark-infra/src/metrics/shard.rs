@@ -12,6 +12,10 @@ pub(super) fn owned_ranges(r: &Registry) -> Result<IntGauge> {
     reg(r, IntGauge::new("bitark_shard_owned_ranges", "Hash ranges this node's group owns")?)
 }
 
+pub(super) fn frozen_ranges(r: &Registry) -> Result<IntGauge> {
+    reg(r, IntGauge::new("bitark_shard_frozen_ranges", "Owned hash ranges frozen for a move (writes refused)")?)
+}
+
 pub(super) fn owned_fraction(r: &Registry) -> Result<Gauge> {
     reg(r, Gauge::new("bitark_shard_owned_fraction", "Share of the hash space this node's group owns, 0 to 1")?)
 }

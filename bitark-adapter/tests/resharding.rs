@@ -1,0 +1,145 @@
+//! A range frozen for a move, as real processes: its group's master refuses its writes
+//! with `range_frozen` and logs nothing, reads it still, and its slaves hold the freeze
+//! from the log; a router holds such writes until the range is thawed, or for up to
+//! `--frozen-hold`; a master promoted by a failover keeps the freeze.
+
+mod support;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::sharded::{router_builder, shards, Sharded, WITHIN};
+use support::{wait_until, Api};
+
+/// `method path` with `body` to `base`: status, `Retry-After` and JSON body.
+async fn call(base: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Option<String>, Value) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let mut request = client.request(method, format!("{base}{path}"));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("the call is answered");
+    let status = response.status();
+    let retry = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    (status, retry, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `POST /admin/shard/{action}` of `range` at `base`.
+async fn freeze(base: &str, action: &str, range: &str) -> (StatusCode, Value) {
+    let (status, _, body) =
+        call(base, Method::POST, &format!("/admin/shard/{action}"), Some(json!({ "range": range }))).await;
+    (status, body)
+}
+
+fn mark(user: u64, msg: u64) -> String {
+    format!("/api/v1/users/{user}/reads/{msg}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_range_is_refused_by_its_master_held_by_the_router_and_thawed() {
+    let Some(s) = Sharded::start(&["a", "b"], 1).await else { return };
+    let short = router_builder(&s.etcd).arg("--frozen-hold").arg("200ms").start().await;
+    let long = router_builder(&s.etcd).arg("--frozen-hold").arg("60s").start().await;
+    let (a, b) = (&s.groups[0].master, &s.groups[1].master);
+    let (range_a, range_b) = (s.map.ranges[0].range.to_string(), s.map.ranges[1].range.to_string());
+    let (user_a, user_b) = (s.users_of(0, 1)[0], s.users_of(1, 1)[0]);
+
+    // Only a whole range of the group's own, named as a range, on its master.
+    let (status, body) = freeze(&b.url(), "freeze", "zz").await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_range")), "{body}");
+    let (status, body) = freeze(&b.url(), "freeze", &range_a).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::CONFLICT, Some("not_an_owned_range")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains(&range_a), "{body}");
+    let (status, body) = freeze(&s.groups[1].slaves[0].url(), "freeze", &range_b).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::CONFLICT, Some("not_master")), "{body}");
+
+    let (status, body) = freeze(&b.url(), "freeze", &range_b).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["logged"].as_bool(), &body["frozen"]), (Some(true), &json!([range_b])), "{body}");
+    let frozen_at = body["lsn"].as_u64().unwrap();
+    let (status, body) = freeze(&b.url(), "freeze", &range_b).await;
+    assert_eq!((status, body["logged"].as_bool()), (StatusCode::OK, Some(false)), "a repeat logs nothing: {body}");
+    assert!(body["lsn"].as_u64().unwrap() >= frozen_at);
+
+    // Straight to the master: refused, retry-able, nothing logged; still read.
+    let applied = b.api().digest().await.unwrap().applied_lsn;
+    let (status, retry, body) = call(&b.url(), Method::PUT, &mark(user_b, 1), None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("range_frozen")), "{body}");
+    assert_eq!((retry.as_deref(), body["group"].as_str()), (Some("1"), Some("b")), "{body}");
+    assert_eq!(b.api().digest().await.unwrap().applied_lsn, applied, "a refused write is not logged");
+    assert_eq!(b.api().check(user_b, &[0]).await.unwrap(), vec![true], "a frozen range is still read");
+    // The slave holds the freeze from the log; the other group is untouched.
+    let slave = &s.groups[1].slaves[0];
+    wait_until(WITHIN, "group b's slave to hold the freeze", async || {
+        support::metric(slave, "bitark_shard_frozen_ranges", &[]).await == Some(1.0)
+    })
+    .await;
+    let (status, _, body) = call(&short.url(), Method::PUT, &mark(user_a, 1), None).await;
+    assert_eq!(status, StatusCode::OK, "group a takes writes: {body}");
+    assert_eq!(support::metric(a, "bitark_shard_frozen_ranges", &[]).await, Some(0.0));
+
+    // Through a router: held for its --frozen-hold, then the node's answer.
+    let (status, _, body) = call(&short.url(), Method::PUT, &mark(user_b, 2), None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("range_frozen")), "{body}");
+    let held = [("kind", "range_frozen")];
+    assert_eq!(support::counter(&short, "bitark_router_redirects_total", &held).await, 1);
+    assert_eq!(support::counter(&short, "bitark_router_held_seconds_count", &[]).await, 1);
+
+    // Held until the range is thawed, then written once.
+    let via = long.url();
+    let write = tokio::spawn(async move { call(&via, Method::PUT, &mark(user_b, 3), None).await });
+    wait_until(WITHIN, "the router to hold the write", async || {
+        support::counter(&long, "bitark_router_redirects_total", &held).await == 1
+    })
+    .await;
+    assert!(!write.is_finished(), "the write is held while its range is frozen");
+    let (status, body) = freeze(&b.url(), "thaw", &range_b).await;
+    assert_eq!((status, body["logged"].as_bool(), &body["frozen"]), (StatusCode::OK, Some(true), &json!([])), "{body}");
+    let (status, _, body) = write.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "the held write is taken once the range thaws: {body}");
+    assert!(body["token"].as_str().unwrap().starts_with("b:"), "{body}");
+    assert_eq!(b.api().check(user_b, &[1, 2, 3]).await.unwrap(), vec![false, false, true]);
+    wait_until(WITHIN, "group b's slave to hold the thaw", async || {
+        support::metric(slave, "bitark_shard_frozen_ranges", &[]).await == Some(0.0)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_promoted_by_a_failover_keeps_the_freeze() {
+    use support::failover::{Failover, ELECT_WITHIN};
+    use support::sharded::PREFIX;
+    let group_a = |_: usize, b: support::NodeBuilder| {
+        b.env("BITARK_CLUSTER__GROUP", "a")
+            .env("BITARK_CLUSTER__REFRESH", "500ms")
+            .env("BITARK_COORDINATION__ETCD__PREFIX", PREFIX)
+    };
+    let Some(mut a) = Failover::start(3, group_a).await else { return };
+    let (ok, _, err) = shards(&a.etcd, &["init", "--groups", "a"]);
+    assert!(ok, "{err}");
+    let old = a.master(ELECT_WITHIN, None).await;
+    let (user, all) = (7u64, bitark_common::HashRange::ALL.to_string());
+    wait_until(WITHIN, "the master to log its ownership", async || a.nodes[old].api().mark_read(user, 1).await.is_ok())
+        .await;
+    let (status, body) = freeze(&a.nodes[old].url(), "freeze", &all).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for node in &a.nodes {
+        wait_until(WITHIN, "every member to hold the freeze", async || {
+            support::metric(node, "bitark_shard_frozen_ranges", &[]).await == Some(1.0)
+        })
+        .await;
+    }
+    a.nodes[old].sigkill();
+    let new = a.master(ELECT_WITHIN, Some(old)).await;
+    let api = Api::new(&a.nodes[new].url());
+    wait_until(WITHIN, "the new master to answer writes", async || {
+        let (status, _, body) = call(&a.nodes[new].url(), Method::PUT, &mark(user, 2), None).await;
+        assert_ne!(status, StatusCode::OK, "the promoted master took a write of a frozen range: {body}");
+        body["error"] == "range_frozen"
+    })
+    .await;
+    assert_eq!(api.check(user, &[1, 2]).await.unwrap(), vec![true, false]);
+    let (status, body) = freeze(&a.nodes[new].url(), "thaw", &all).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    api.mark_read(user, 3).await.expect("a thawed range takes writes on the new master");
+}
