@@ -14,6 +14,7 @@
 
 use crate::error::CodecError;
 use crate::ownership::Ownership;
+use crate::shard::{HashRange, Partitioner};
 
 /// A state-changing command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +39,13 @@ pub enum Command {
     },
     /// From this record on, the group serves exactly these ranges of the shard map.
     SetOwnership(Ownership),
+    /// Every user whose hash by `partitioner` falls in `range` is removed: a range a
+    /// group holds without owning it (a move's staged copy, or the source's copy after
+    /// the cutover).
+    DropRange {
+        partitioner: Partitioner,
+        range: HashRange,
+    },
 }
 
 impl Command {
@@ -46,6 +54,7 @@ impl Command {
     pub const TYPE_MARK_BATCH: u8 = 3;
     pub const TYPE_MARK_RANGE: u8 = 4;
     pub const TYPE_SET_OWNERSHIP: u8 = 16;
+    pub const TYPE_DROP_RANGE: u8 = 17;
 
     /// The record type byte of this command.
     pub fn type_byte(&self) -> u8 {
@@ -55,18 +64,19 @@ impl Command {
             Command::MarkBatch { .. } => Self::TYPE_MARK_BATCH,
             Command::MarkRange { .. } => Self::TYPE_MARK_RANGE,
             Command::SetOwnership(_) => Self::TYPE_SET_OWNERSHIP,
+            Command::DropRange { .. } => Self::TYPE_DROP_RANGE,
         }
     }
 
     /// The user whose read set this command changes; `None` for a record about the
-    /// node itself (ownership).
+    /// node itself (ownership) or about a range of users.
     pub fn user(&self) -> Option<u64> {
         match self {
             Command::MarkRead { user, .. }
             | Command::MarkUnread { user, .. }
             | Command::MarkBatch { user, .. }
             | Command::MarkRange { user, .. } => Some(*user),
-            Command::SetOwnership(_) => None,
+            Command::SetOwnership(_) | Command::DropRange { .. } => None,
         }
     }
 
@@ -77,14 +87,21 @@ impl Command {
             Command::MarkBatch { msgs, .. } => 12 + 8 * msgs.len(),
             Command::MarkRange { .. } => 24,
             Command::SetOwnership(own) => own.encoded_len(),
+            Command::DropRange { .. } => 17,
         }
     }
 
     /// Appends the payload to `out`.
     pub fn encode_payload(&self, out: &mut Vec<u8>) {
         let Some(user) = self.user() else {
-            if let Command::SetOwnership(own) = self {
-                own.encode(out);
+            match self {
+                Command::SetOwnership(own) => own.encode(out),
+                Command::DropRange { partitioner, range } => {
+                    out.push(partitioner.byte());
+                    out.extend_from_slice(&range.start.to_le_bytes());
+                    out.extend_from_slice(&((range.end - 1) as u64).to_le_bytes());
+                }
+                _ => {}
             }
             return;
         };
@@ -103,7 +120,7 @@ impl Command {
                 out.extend_from_slice(&from.to_le_bytes());
                 out.extend_from_slice(&to.to_le_bytes());
             }
-            Command::SetOwnership(_) => {}
+            Command::SetOwnership(_) | Command::DropRange { .. } => {}
         }
     }
 
@@ -119,6 +136,7 @@ impl Command {
                     .map(Command::SetOwnership)
                     .map_err(|reason| CodecError::BadPayload { kind: "set-ownership", reason });
             }
+            Self::TYPE_DROP_RANGE => return Self::decode_drop_range(payload),
             other => return Err(CodecError::UnknownType(other)),
         };
         let bad = |reason| CodecError::BadPayload { kind, reason };
@@ -157,5 +175,20 @@ impl Command {
                 Ok(Command::MarkRange { user: word(0), from, to })
             }
         }
+    }
+
+    /// A [`Command::DropRange`] payload: `partitioner u8 | start u64 | last u64`.
+    fn decode_drop_range(payload: &[u8]) -> Result<Command, CodecError> {
+        let bad = |reason| CodecError::BadPayload { kind: "drop-range", reason };
+        if payload.len() != 17 {
+            return Err(bad("expected 17 bytes"));
+        }
+        let partitioner = Partitioner::of_byte(payload[0]).ok_or(bad("unknown partitioner"))?;
+        let word = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("slice of 8"));
+        let (start, last) = (word(1), word(9));
+        if start > last {
+            return Err(bad("range start after its end"));
+        }
+        Ok(Command::DropRange { partitioner, range: HashRange { start, end: u128::from(last) + 1 } })
     }
 }

@@ -25,9 +25,6 @@ pub struct Ownership {
 }
 
 impl Ownership {
-    /// The partitioner's byte in the log record.
-    const SPLITMIX64: u8 = 1;
-
     /// The log record's payload (little endian): `group_len u8 | group | map_version u64
     /// | partitioner u8 | count u32 | count × (start u64 | last u64 | version u64)`, where
     /// `last` is the range's last hash (its end minus one, so 2^64 fits); then, only when
@@ -37,9 +34,7 @@ impl Ownership {
         out.push(self.group.as_str().len() as u8);
         out.extend_from_slice(self.group.as_str().as_bytes());
         out.extend_from_slice(&self.map_version.to_le_bytes());
-        out.push(match self.partitioner {
-            Partitioner::SplitMix64 => Self::SPLITMIX64,
-        });
+        out.push(self.partitioner.byte());
         out.extend_from_slice(&(self.ranges.len() as u32).to_le_bytes());
         for (range, version) in &self.ranges {
             out.extend_from_slice(&range.start.to_le_bytes());
@@ -73,10 +68,7 @@ impl Ownership {
         let word = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("slice of 8"));
         let count_at = |i: usize| u32::from_le_bytes(payload[i..i + 4].try_into().expect("slice of 4")) as usize;
         let map_version = word(1 + n);
-        let partitioner = match payload[1 + n + 8] {
-            Self::SPLITMIX64 => Partitioner::SplitMix64,
-            _ => return Err("unknown partitioner"),
-        };
+        let partitioner = Partitioner::of_byte(payload[1 + n + 8]).ok_or("unknown partitioner")?;
         let count = count_at(fixed - 4);
         let ranges_end = fixed.checked_add(count.checked_mul(24).ok_or("range count too large")?);
         let ranges_end = ranges_end.filter(|end| *end <= payload.len()).ok_or("range count disagrees with length")?;

@@ -154,6 +154,11 @@ mod tests {
             Command::MarkBatch { user: 9, msgs: vec![] },
             Command::MarkBatch { user: 9, msgs: vec![3, 2, 1] },
             Command::MarkRange { user: 7, from: 10, to: u64::MAX },
+            Command::DropRange {
+                partitioner: crate::Partitioner::SplitMix64,
+                range: crate::HashRange { start: 1 << 63, end: 1 << 64 },
+            },
+            Command::DropRange { partitioner: crate::Partitioner::SplitMix64, range: crate::HashRange::ALL },
         ];
         for (i, command) in commands.into_iter().enumerate() {
             let rec = Record { epoch: Epoch(1), lsn: Lsn(i as u64 + 1), time: i as u64, command };
@@ -161,6 +166,23 @@ mod tests {
             assert_eq!(bytes.len(), rec.encoded_len());
             assert_eq!(Record::decode(&bytes).unwrap(), (rec, bytes.len()));
         }
+    }
+
+    #[test]
+    fn a_damaged_drop_range_is_refused() {
+        let mut payload = Vec::new();
+        Command::DropRange { partitioner: crate::Partitioner::SplitMix64, range: crate::HashRange::ALL }
+            .encode_payload(&mut payload);
+        assert_eq!(payload.len(), 17);
+        let refused = |p: &[u8]| Command::decode_payload(Command::TYPE_DROP_RANGE, p).unwrap_err().to_string();
+        assert!(refused(&payload[..16]).contains("expected 17 bytes"));
+        let mut unknown = payload.clone();
+        unknown[0] = 9;
+        assert!(refused(&unknown).contains("unknown partitioner"));
+        let mut inverted = payload.clone();
+        inverted[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
+        inverted[9..17].copy_from_slice(&1u64.to_le_bytes());
+        assert!(refused(&inverted).contains("start after its end"));
     }
 
     #[test]

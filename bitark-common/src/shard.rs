@@ -50,6 +50,18 @@ impl Partitioner {
             Partitioner::SplitMix64 => "splitmix64",
         }
     }
+
+    /// The partitioner's byte in log records.
+    pub fn byte(self) -> u8 {
+        match self {
+            Partitioner::SplitMix64 => 1,
+        }
+    }
+
+    /// The partitioner a log record's byte names.
+    pub fn of_byte(byte: u8) -> Option<Partitioner> {
+        (byte == 1).then_some(Partitioner::SplitMix64)
+    }
 }
 
 /// A half-open range `[start, end)` of the hash space, `end` at most [`SPACE_END`].

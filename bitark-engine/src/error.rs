@@ -86,6 +86,33 @@ pub enum WriteError {
     /// logged.
     #[error("this node's log holds no shard ownership, so it has no range to freeze")]
     NotSharded,
+    /// A move's copy of a user this group owns (409 `owned_user`): a copy goes only to
+    /// a range the group does not serve yet. Nothing of the batch is logged.
+    #[error("user {user} is in a range group {group} owns; a move copies only users of a range it does not own yet")]
+    ImportOwned { user: u64, group: bitark_common::GroupId },
+    /// A removal of users of a range this group owns (409 `owned_range`). Not logged.
+    #[error("{range} overlaps a range group {group} owns; only a range it does not own can be dropped")]
+    OwnedRange { range: bitark_common::HashRange, group: bitark_common::GroupId },
+}
+
+/// Why a source could not answer for a range it moves.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum MoveError {
+    /// This node is a slave (409 `not_master`): the group's master answers.
+    #[error("this node is a slave; ask the master at {master_url}")]
+    NotMaster { master_url: String },
+    /// The range is not inside one range this group owns (409 `not_an_owned_range`).
+    #[error("{range} is not inside a range this group owns; a move's source answers only for its own")]
+    NotOwned { range: bitark_common::HashRange },
+    /// No such shard of the store (400 `invalid_shard`).
+    #[error("shard {shard} does not exist: the store has shards 0 to {}", count - 1)]
+    BadShard { shard: usize, count: usize },
+    /// The log from `needed` on is gone (410 `log_purged`): the copy starts again.
+    #[error("the log from LSN {needed} is gone (the oldest kept is {oldest}); start the copy again")]
+    Purged { needed: u64, oldest: u64 },
+    /// The log could not be read (500).
+    #[error("{0}")]
+    Storage(String),
 }
 
 /// A write to a user whose range is frozen for a move (503 `range_frozen`): reads of it

@@ -66,9 +66,9 @@ pub use config::{
     LimitsConfig, MaxLag, NodeConfig, OnLag, ReadsConfig, ReplicationConfig, Role, SnapshotConfig,
 };
 pub use error::{
-    ConsistencyError, FeaturesError, InvalidCommand, LeaderReadError, OpenError, RangeFrozen, ReplicateError,
-    RoleError, SnapshotError, WriteError, WrongShard,
+    ConsistencyError, FeaturesError, InvalidCommand, LeaderReadError, MoveError, OpenError, RangeFrozen,
+    ReplicateError, RoleError, SnapshotError, WriteError, WrongShard,
 };
-pub use node::{Freeze, Node};
+pub use node::{Freeze, Node, RangeCopy, RangeLog};
 pub use recovery::RecoveryReport;
 pub use store::{RangeCounts, ReadStore, StoreDigest};

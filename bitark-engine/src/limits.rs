@@ -88,7 +88,7 @@ pub(crate) fn admit_marks(store: &ReadStore, max: u64, command: &Command) -> Res
     }
     let Some(user) = command.user() else { return Ok(()) };
     let added = match command {
-        Command::MarkUnread { .. } | Command::SetOwnership(_) => return Ok(()),
+        Command::MarkUnread { .. } | Command::SetOwnership(_) | Command::DropRange { .. } => return Ok(()),
         Command::MarkRead { msg, .. } => u64::from(!store.is_read(user, *msg)),
         Command::MarkBatch { msgs, .. } => {
             let mut ids = msgs.clone();

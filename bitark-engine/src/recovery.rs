@@ -110,13 +110,31 @@ fn replay_in_parallel(store: &ReadStore, wal_dir: &Path, after: Lsn) -> Result<R
     }
     std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(workers);
-        for _ in 0..workers {
+        for worker in 0..workers {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Command>>(8);
             senders.push(tx);
-            scope.spawn(move || rx.into_iter().flatten().for_each(|command| store.apply(&command)));
+            scope.spawn(move || {
+                rx.into_iter().flatten().for_each(|command| match command {
+                    // Every worker drops the range's users of its own shards.
+                    Command::DropRange { partitioner, range } => {
+                        store.drop_range(partitioner, range, |shard| shard % workers == worker);
+                    }
+                    command => store.apply(&command),
+                })
+            });
         }
         let mut batches: Vec<Vec<Command>> = (0..workers).map(|_| Vec::with_capacity(REPLAY_BATCH)).collect();
         let outcome = replay(wal_dir, after, |record| {
+            // A range's removal touches every shard: each worker takes it in its turn.
+            if let Command::DropRange { .. } = record.command {
+                for (worker, batch) in batches.iter_mut().enumerate() {
+                    batch.push(record.command.clone());
+                    if batch.len() == REPLAY_BATCH {
+                        let _ = senders[worker].send(std::mem::replace(batch, Vec::with_capacity(REPLAY_BATCH)));
+                    }
+                }
+                return;
+            }
             // Records about the node (ownership) all go to the first worker, in order.
             let worker = record.command.user().map_or(0, |user| store.shard_of(user) % workers);
             batches[worker].push(record.command);

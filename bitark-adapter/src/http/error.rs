@@ -371,6 +371,8 @@ impl From<WriteError> for ApiError {
             WriteError::RangeFrozen(frozen) => ApiError::RangeFrozen(frozen),
             owned @ WriteError::NotAnOwnedRange { .. } => ApiError::conflict("not_an_owned_range", owned.to_string()),
             WriteError::NotSharded => ApiError::conflict("not_sharded", WriteError::NotSharded.to_string()),
+            owned @ WriteError::ImportOwned { .. } => ApiError::conflict("owned_user", owned.to_string()),
+            owned @ WriteError::OwnedRange { .. } => ApiError::conflict("owned_range", owned.to_string()),
             WriteError::LeaseLapsed(message) => ApiError::LeaseLapsed(message),
             WriteError::NotMaster { master_url } => ApiError::NotMaster { location: master_url.clone(), master_url },
             fenced @ WriteError::Fenced { .. } => {

@@ -22,6 +22,8 @@ use std::time::SystemTime;
 
 mod backup;
 mod fencing;
+mod moves;
+pub use moves::{RangeCopy, RangeLog};
 mod open;
 mod ownership;
 pub use ownership::Freeze;

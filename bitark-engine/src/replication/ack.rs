@@ -87,6 +87,34 @@ impl MasterHub {
     }
 }
 
+impl MasterHub {
+    /// The highest LSN the slaves `mode` needs hold durably: under `semi` the
+    /// `min-acks`-th highest acknowledgement, under `all` the lowest of the ALIVE
+    /// slaves' (0 without one). What a failover to one of them cannot take back.
+    pub fn held_by_slaves(&self, mode: AckMode) -> Lsn {
+        let slaves = self.inner.read_links();
+        let views = slaves.iter().filter(|l| !l.is_closed()).map(|link| {
+            let s = link.lock();
+            AckView { verified: s.verified, state: s.state(), last_ack: s.last_ack, progress: s.features.progress }
+        });
+        held_by(views, mode, self.inner.config().min_acks)
+    }
+}
+
+/// [`MasterHub::held_by_slaves`] over the slaves' views.
+fn held_by(slaves: impl IntoIterator<Item = AckView>, mode: AckMode, min_acks: usize) -> Lsn {
+    let promises = slaves.into_iter().filter(|s| s.verified && s.progress);
+    match mode {
+        AckMode::Async => Lsn(u64::MAX),
+        AckMode::Semi => {
+            let mut acks: Vec<Lsn> = promises.map(|s| s.last_ack).collect();
+            acks.sort_unstable_by(|a, b| b.cmp(a));
+            acks.get(min_acks.max(1) - 1).copied().unwrap_or(Lsn(0))
+        }
+        AckMode::All => promises.filter(|s| s.state == SlaveState::Alive).map(|s| s.last_ack).min().unwrap_or(Lsn(0)),
+    }
+}
+
 /// ALIVE slaves the mode needs before a write may go ahead: `min-acks` for `semi`, one
 /// for `all` (`all` of no slave at all would be `async` in disguise).
 fn required_alive(hub: &HubInner, mode: AckMode) -> usize {
@@ -163,6 +191,18 @@ mod tests {
         // The DEAD slave is not waited for; once the other ALIVE one acks, the write is done.
         let slaves = [slave(SlaveState::Alive, 10), slave(SlaveState::Alive, 10), slave(SlaveState::Dead, 3)];
         assert!(count_acks(slaves, Lsn(10), AckMode::All, 1).done());
+    }
+
+    #[test]
+    fn what_the_slaves_hold_is_the_ack_modes_own_count() {
+        let slaves = [slave(SlaveState::Alive, 10), slave(SlaveState::Alive, 7), slave(SlaveState::Dead, 3)];
+        assert_eq!(held_by(slaves, AckMode::Semi, 1), Lsn(10));
+        assert_eq!(held_by(slaves, AckMode::Semi, 2), Lsn(7));
+        assert_eq!(held_by(slaves, AckMode::Semi, 4), Lsn(0), "fewer slaves than min-acks hold nothing");
+        assert_eq!(held_by(slaves, AckMode::All, 1), Lsn(7), "a DEAD slave is not waited for");
+        assert_eq!(held_by([], AckMode::All, 1), Lsn(0));
+        let no_progress = AckView { progress: false, ..slave(SlaveState::Alive, 10) };
+        assert_eq!(held_by([no_progress], AckMode::Semi, 1), Lsn(0));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Many replication groups, each owning part of the users: the shard map kept in etcd
 //! (`store.rs`), what a node or router knows of
 //! the other groups (`directory.rs`), a node's part in its group (`member.rs`:
-//! following the map, logging its ownership, announcing a static master), and the keys each group keeps under its own prefix.
+//! following the map, logging its ownership, announcing a static master), a move's data
+//! pulled by its destination (`pull.rs`), and the keys each group keeps under its own prefix.
 //!
 //! Keys, under `coordination.etcd.prefix`:
 //! - `<prefix>/shards/map`: the [`bitark_common::ShardMap`], JSON, changed by
@@ -11,6 +12,7 @@
 
 mod directory;
 pub mod member;
+pub mod pull;
 mod store;
 
 pub use directory::{follow, read_directory, Directory, ShardView, WatchState};

@@ -35,6 +35,7 @@
 mod digest;
 mod keys;
 mod pages;
+mod ranges;
 mod snapshot;
 
 pub(crate) use snapshot::LoadError;
@@ -43,7 +44,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bitark_common::{Command, HashRange, Ownership, Partitioner};
+use bitark_common::{Command, Ownership};
 use hashbrown::HashTable;
 use roaring::RoaringTreemap;
 
@@ -169,6 +170,10 @@ impl ReadStore {
                 self.ownership.store(Some(Arc::new(own.clone())));
                 return;
             }
+            Command::DropRange { partitioner, range } => {
+                self.drop_range(*partitioner, *range, |_| true);
+                return;
+            }
         };
         let slot = Slot::of(user);
         let mut shard = self.write(slot.shard);
@@ -216,25 +221,6 @@ impl ReadStore {
         digest.finish()
     }
 
-    /// Users and marks in each of `ranges` (sorted, by `partitioner`'s hash), and those
-    /// of users in none of them, one shard at a time.
-    pub fn count_by_range(&self, partitioner: Partitioner, ranges: &[HashRange]) -> RangeCounts {
-        let mut counts = RangeCounts { ranges: vec![(0, 0); ranges.len()], outside: (0, 0) };
-        for shard in 0..SHARDS {
-            self.walk_shard(shard, |user, set| {
-                let hash = partitioner.hash(user);
-                let i = ranges.partition_point(|r| r.start <= hash);
-                let slot = match i.checked_sub(1).filter(|&i| ranges[i].contains(hash)) {
-                    Some(i) => &mut counts.ranges[i],
-                    None => &mut counts.outside,
-                };
-                slot.0 += 1;
-                slot.1 += set.len();
-            });
-        }
-        counts
-    }
-
     pub fn shard_count(&self) -> usize {
         SHARDS
     }
@@ -251,11 +237,7 @@ impl ReadStore {
     /// `f` under it, large (roaring) ones are cloned under it and handed over after, so a
     /// user with millions of marks costs the writer a memcpy, not an encoding.
     pub fn walk_shard(&self, shard: usize, mut f: impl FnMut(u64, &SetView<'_>)) {
-        let users: Vec<u64> = {
-            let guard = self.read(shard);
-            let packed = guard.packed.iter().map(|&at| Slot::user(shard, key_of_entry(guard.pages.entry(at))));
-            packed.chain(guard.roaring.iter().map(|(user, _)| *user)).collect()
-        };
+        let users = self.users_in_shard(shard);
         let mut large = Vec::new();
         for chunk in users.chunks(WALK_CHUNK) {
             {
@@ -273,6 +255,13 @@ impl ReadStore {
                 f(user, &SetView::roaring(&set));
             }
         }
+    }
+
+    /// The users `shard` holds now.
+    fn users_in_shard(&self, shard: usize) -> Vec<u64> {
+        let guard = self.read(shard);
+        let packed = guard.packed.iter().map(|&at| Slot::user(shard, key_of_entry(guard.pages.entry(at))));
+        packed.chain(guard.roaring.iter().map(|(user, _)| *user)).collect()
     }
 
     /// Replaces `user`'s set with `set`; an empty set removes the user.
