@@ -8,7 +8,7 @@ use crate::http::admin;
 use crate::http::backup;
 use crate::http::error;
 use crate::http::extract;
-use crate::http::freeze;
+use crate::http::moves;
 use crate::http::reads;
 use crate::http::receipts;
 use crate::http::replication;
@@ -33,7 +33,8 @@ use utoipa::{Modify, OpenApi};
         receipts::readers, receipts::check_pairs,
         actuator::health, actuator::liveness, actuator::readiness, actuator::info, actuator::prometheus,
         actuator::configprops, replication::replication_status, admin::snapshot, admin::digest,
-        admin::promote, admin::demote, admin::change_features, admin::refresh, freeze::freeze, freeze::thaw,
+        admin::promote, admin::demote, admin::change_features, admin::refresh, moves::freeze, moves::thaw,
+        moves::drop_range, moves::start_incoming, moves::incoming, moves::drain_incoming, moves::stop_incoming,
         backup::begin_backup, backup::backup_snapshot, backup::backup_wal, backup::end_backup,
     ),
     components(schemas(error::ErrorBody, extract::IdString, reads::MarkIds, reads::MarkRange)),

@@ -143,3 +143,116 @@ async fn a_master_promoted_by_a_failover_keeps_the_freeze() {
     assert_eq!(status, StatusCode::OK, "{body}");
     api.mark_read(user, 3).await.expect("a thawed range takes writes on the new master");
 }
+
+/// What a [`writer`] got: each acknowledged (user, message), and why the others failed.
+type Written = (Vec<(u64, u64)>, Vec<String>);
+
+/// A writer through `via` marking `users` in turn until `stop`.
+fn writer(
+    via: String,
+    users: Vec<u64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Written> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let (mut acknowledged, mut failed) = (Vec::new(), Vec::new());
+        let mut msg = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            msg += 1;
+            let user = users[msg as usize % users.len()];
+            match client.put(format!("{via}{}", mark(user, msg))).send().await {
+                Ok(r) if r.status() == StatusCode::OK => acknowledged.push((user, msg)),
+                Ok(r) => failed.push(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (acknowledged, failed)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_moves_by_hand_under_router_writes_and_nothing_acknowledged_is_lost() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(s) = Sharded::start(&["a", "b"], 1).await else { return };
+    // A long hold: the test is of what is kept, not of how long the pause is.
+    let router = router_builder(&s.etcd).arg("--frozen-hold").arg("30s").start().await;
+    let (a, b) = (&s.groups[0].master, &s.groups[1].master);
+    // The top quarter of group b's half moves to group a: split it off first.
+    let (ok, _, err) = shards(&s.etcd, &["split", &s.map.ranges[1].range.to_string()]);
+    assert!(ok, "{err}");
+    wait_until(WITHIN, "group b to log the two halves", async || {
+        support::metric(b, "bitark_shard_owned_ranges", &[]).await == Some(2.0)
+    })
+    .await;
+    let moving = bitark_common::HashRange::new(0xc000_0000_0000_0000, 1 << 64).unwrap();
+    let range = moving.to_string();
+    let p = s.map.partitioner;
+    let users: Vec<u64> = (1..).filter(|u| moving.contains(p.hash(*u))).take(24).collect();
+    let others: Vec<u64> = s.users_of(1, 40).into_iter().filter(|u| !moving.contains(p.hash(*u))).take(8).collect();
+
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let moved_writes = writer(router.url(), users.clone(), stop.clone());
+    let other_writes = writer(router.url(), others.clone(), stop.clone());
+    let b_writes =
+        async || support::counter(&router, "bitark_router_requests_total", &[("group", "b"), ("status", "200")]).await;
+    wait_until(WITHIN, "writes to flow to group b", async || b_writes().await > 200).await;
+
+    // The destination stages a copy and replays the source's log.
+    let (status, _, body) =
+        call(&a.url(), Method::POST, "/admin/shard/incoming", Some(json!({"range": range, "source": b.url()}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let progress = async || call(&a.url(), Method::GET, "/admin/shard/incoming", None).await.2[0].clone();
+    wait_until(WITHIN, "the copy to be staged and replaying", async || progress().await["phase"] == "catch-up").await;
+    let before = b_writes().await;
+    wait_until(WITHIN, "writes to go on while the log replays", async || b_writes().await > before + 100).await;
+    let staged = progress().await;
+    assert!(staged["copied"].as_u64().unwrap() > 0 && staged["replayed"].as_u64().unwrap() > 0, "{staged}");
+    let (status, _, body) = call(&a.url(), Method::GET, &mark(users[0], 1), None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::CONFLICT, Some("wrong_shard")), "staged, not served");
+
+    // The cutover: freeze on the source, drain the destination to the freeze point,
+    // give the range to the destination in the map.
+    let (status, body) = freeze(&b.url(), "freeze", &range).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let until = body["lsn"].as_u64().unwrap();
+    let drain = json!({"range": range, "untilLsn": until, "timeoutMs": 30000});
+    let (status, _, body) = call(&a.url(), Method::POST, "/admin/shard/incoming/drain", Some(drain)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(progress().await["phase"], "drained");
+    let (ok, _, err) = shards(&s.etcd, &["assign", &range, "a", "--expect-version", "2"]);
+    assert!(ok, "{err}");
+    let a_writes =
+        async || support::counter(&router, "bitark_router_requests_total", &[("group", "a"), ("status", "200")]).await;
+    wait_until(WITHIN, "the moved users' writes to land on group a", async || a_writes().await > 100).await;
+    stop.store(true, Ordering::Release);
+    let ((moved, failed_moved), (other, failed_other)) = (moved_writes.await.unwrap(), other_writes.await.unwrap());
+    assert!(failed_moved.is_empty(), "writes of the moving range failed: {failed_moved:?}");
+    assert!(failed_other.is_empty(), "writes of the rest of group b failed: {failed_other:?}");
+    assert!(support::counter(&router, "bitark_router_redirects_total", &[("kind", "range_frozen")]).await >= 1);
+
+    // The source drops its copy; every acknowledged write is read where it now lives.
+    let (status, body) = freeze(&b.url(), "drop", &range).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = freeze(&b.url(), "drop", &s.map.ranges[1].range.to_string()).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::CONFLICT, Some("owned_range")), "{body}");
+    wait_until(WITHIN, "group b to hold no user it does not own", async || {
+        support::metric(b, "bitark_shard_unowned_users", &[]).await == Some(0.0)
+    })
+    .await;
+    let api = Api::new(&router.url());
+    for (user, msgs) in [(&moved, &users), (&other, &others)].iter().flat_map(|(taken, users)| {
+        users.iter().map(move |u| (*u, taken.iter().filter(|(w, _)| w == u).map(|(_, m)| *m).collect::<Vec<_>>()))
+    }) {
+        for part in msgs.chunks(500) {
+            let read = api.check(user, part).await.unwrap();
+            assert!(read.iter().all(|r| *r), "user {user} lost an acknowledged write");
+        }
+    }
+    // Group a's slave holds what its master holds.
+    let slave = &s.groups[0].slaves[0];
+    let digest = a.api().digest().await.unwrap();
+    wait_until(WITHIN, "group a's slave to hold the moved range", async || {
+        slave.api().digest().await.is_ok_and(|d| d.digest == digest.digest)
+    })
+    .await;
+}

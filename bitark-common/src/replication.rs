@@ -16,6 +16,16 @@ pub const EPOCH_HEADER: &str = "x-bitark-epoch";
 /// Content type of a body of WAL records.
 pub const WAL_CONTENT_TYPE: &str = "application/x-bitark-wal";
 
+/// `/internal/shard/*` answers (a move's source): the source's epoch, which a
+/// destination checks stays the same for a whole copy and its replay.
+pub const SOURCE_EPOCH_HEADER: &str = "x-bitark-source-epoch";
+/// A range's copy: the source's applied LSN before the shard was read.
+pub const APPLIED_LSN_HEADER: &str = "x-bitark-applied-lsn";
+/// A range's log: where the next read starts.
+pub const NEXT_LSN_HEADER: &str = "x-bitark-next-lsn";
+/// A range's log: the highest LSN the source answers now.
+pub const SAFE_LSN_HEADER: &str = "x-bitark-safe-lsn";
+
 /// The replication capabilities of a node: one flag per roadmap stage, in rollout
 /// order. A valid set is a prefix of that order: a flag needs every earlier one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -84,7 +84,7 @@ fn a_range_moves_under_writes_and_the_destination_holds_exactly_the_source_s_use
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = rt.spawn(write_until(s.clone(), users.clone(), stop.clone()));
-    let copied = rt.block_on(copy_range(&d, &s, range)).unwrap();
+    let copied = rt.block_on(copy_range(&d, &s, range, || true)).unwrap();
     assert!(copied.commands >= users.len());
     // Staged: held, but not served.
     assert!(d.check_owner(users[0]).is_err(), "a staged user is not read");
@@ -196,12 +196,12 @@ fn a_failover_in_the_source_stops_the_pull_and_a_new_copy_starts_clean() {
         rt.block_on(s.write(Command::MarkRead { user, msg: 3 })).unwrap();
     }
     let source = FailsOver { node: s.clone(), calls: AtomicUsize::new(0), after: 100 };
-    let stopped = rt.block_on(copy_range(&d, &source, range)).unwrap_err();
+    let stopped = rt.block_on(copy_range(&d, &source, range, || true)).unwrap_err();
     assert!(matches!(stopped, PullError::EpochChanged { .. }), "{stopped}");
     // The source unmarks a user that was staged; a new copy starts from nothing staged.
     let staged = *users.iter().find(|u| d.is_read(**u, 3)).expect("part of the copy was staged");
     rt.block_on(s.write(Command::MarkUnread { user: staged, msg: 3 })).unwrap();
-    let copied = rt.block_on(copy_range(&d, &s, range)).unwrap();
+    let copied = rt.block_on(copy_range(&d, &s, range, || true)).unwrap();
     rt.block_on(drain_to(&d, &s, range, copied.epoch, copied.replay_from, s.applied_lsn(), Duration::from_secs(10)))
         .unwrap();
     assert_eq!(d.digest_of_range(range), s.digest_of_range(range));

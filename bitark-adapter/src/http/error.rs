@@ -111,6 +111,10 @@ pub enum ApiError {
     /// 409 `stale_ownership`: an ownership of an older shard map than the one in force.
     #[error("{0}")]
     StaleOwnership(String),
+    /// 504 `drain_timeout`: an incoming move did not replay the source's log far enough
+    /// in time.
+    #[error("{0}")]
+    DrainTimeout(String),
     /// 503 `range_frozen`: the user's range is frozen for a move; nothing was logged.
     #[error(transparent)]
     RangeFrozen(#[from] bitark_engine::RangeFrozen),
@@ -220,6 +224,7 @@ impl ApiError {
             ApiError::WrongShard(_) => (StatusCode::CONFLICT, "wrong_shard"),
             ApiError::StaleOwnership(_) => (StatusCode::CONFLICT, "stale_ownership"),
             ApiError::RangeFrozen(_) => (StatusCode::SERVICE_UNAVAILABLE, "range_frozen"),
+            ApiError::DrainTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "drain_timeout"),
             ApiError::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::TooManyConnections(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
@@ -350,6 +355,19 @@ impl From<InvalidCommand> for ApiError {
             ApiError::TooLarge { code, message: e.to_string() }
         } else {
             ApiError::bad_request(code, e.to_string())
+        }
+    }
+}
+
+impl From<bitark_engine::MoveError> for ApiError {
+    fn from(e: bitark_engine::MoveError) -> Self {
+        use bitark_engine::MoveError;
+        match e {
+            MoveError::NotMaster { master_url } => ApiError::NotMaster { location: master_url.clone(), master_url },
+            owned @ MoveError::NotOwned { .. } => ApiError::conflict("not_an_owned_range", owned.to_string()),
+            shard @ MoveError::BadShard { .. } => ApiError::bad_request("invalid_shard", shard.to_string()),
+            purged @ MoveError::Purged { .. } => ApiError::conflict("log_purged", purged.to_string()),
+            MoveError::Storage(message) => ApiError::Failed { code: "move_failed", message },
         }
     }
 }

@@ -14,12 +14,13 @@ pub mod backup;
 pub mod body;
 pub mod error;
 pub mod extract;
-pub mod freeze;
+pub mod moves;
 pub mod reads;
 pub mod receipts;
 pub mod refusals;
 pub mod replication;
 pub mod routes;
+pub mod shard_source;
 
 use crate::app::AppState;
 use crate::openapi;
@@ -66,6 +67,7 @@ pub fn router_of(state: AppState, which: Routes) -> Api {
             .merge(reads::router())
             .merge(receipts::router())
             .merge(replication::internal_router(state.clone()))
+            .merge(shard_source::router(state.clone()))
             .route("/openapi.json", get(openapi_document));
     }
     if which != Routes::Api {

@@ -77,11 +77,13 @@ pub(crate) struct Inner {
     /// Orders ownership checks of writes against changes of ownership
     /// (`ownership.rs`): writes hold it shared from check to proposal.
     ownership_gate: RwLock<()>,
+    /// The moves this node's group takes in, by range (its master's).
+    pub(crate) incoming: crate::sharding::incoming_state::IncomingMoves,
     /// The request counters of the owned ranges (`ownership.rs`), for the ownership
     /// they were made for.
     range_requests: arc_swap::ArcSwapOption<ownership::RangeRequests>,
     /// `cluster.group`, when the node is sharded (restart-only).
-    group: Option<bitark_common::GroupId>,
+    pub(crate) group: Option<bitark_common::GroupId>,
     /// The shard directory, to name the owner of a user this node refuses.
     shards: crate::sharding::ShardView,
     /// Held for the life of the node: the OS lock on `<data-dir>/LOCK`.

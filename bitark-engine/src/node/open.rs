@@ -135,6 +135,7 @@ impl Node {
                 backups: Default::default(),
                 hub: RwLock::new(None),
                 ownership_gate: RwLock::new(()),
+                incoming: Default::default(),
                 range_requests: arc_swap::ArcSwapOption::empty(),
                 group: config.cluster.group_id(),
                 shards: Default::default(),

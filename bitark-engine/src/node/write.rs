@@ -78,7 +78,7 @@ impl Node {
     }
 
     /// Refuses a write on a slave or on a master a newer epoch fenced.
-    pub(super) fn admit_write(&self) -> Result<(), WriteError> {
+    pub(crate) fn admit_write(&self) -> Result<(), WriteError> {
         if self.is_slave() {
             return Err(WriteError::NotMaster { master_url: self.master_url() });
         }
@@ -150,7 +150,7 @@ impl Node {
 
     /// After a write at `lsn` is durable here: waits for the slaves `mode` needs to hold
     /// it durably (and, under failover, for the floor in etcd).
-    pub(super) async fn confirm_acked(&self, hub: &MasterHub, lsn: Lsn, mode: AckMode) -> Result<Lsn, WriteError> {
+    pub(crate) async fn confirm_acked(&self, hub: &MasterHub, lsn: Lsn, mode: AckMode) -> Result<Lsn, WriteError> {
         match hub.wait_for_acks(lsn, mode).await {
             Ok(_) if self.inner.config.load().failover() => self.record_floor(lsn, mode).await.map(|()| lsn),
             Ok(_) => Ok(lsn),

@@ -2,7 +2,7 @@
 //! (`store.rs`), what a node or router knows of
 //! the other groups (`directory.rs`), a node's part in its group (`member.rs`:
 //! following the map, logging its ownership, announcing a static master), a move's data
-//! pulled by its destination (`pull.rs`), and the keys each group keeps under its own prefix.
+//! pulled by its destination (`pull.rs`, run for each incoming range by `incoming.rs`), and the keys each group keeps under its own prefix.
 //!
 //! Keys, under `coordination.etcd.prefix`:
 //! - `<prefix>/shards/map`: the [`bitark_common::ShardMap`], JSON, changed by
@@ -11,6 +11,8 @@
 //!   `acked`, `members/<node id>`), as an unsharded cluster keeps them at `<prefix>/…`.
 
 mod directory;
+pub mod incoming;
+pub(crate) mod incoming_state;
 pub mod member;
 pub mod pull;
 mod store;

@@ -40,6 +40,9 @@ pub enum PullError {
     /// A failover in the source group: the copy starts again.
     #[error("the source's epoch changed from {was} to {now}; the copy starts again")]
     EpochChanged { was: u64, now: u64 },
+    /// The pull was told to stop.
+    #[error("the pull was stopped")]
+    Stopped,
     /// The source did not make `until` safe in time.
     #[error("the source's safe LSN stayed at {safe}, below {until}, for {waited:?}")]
     NotSafe { safe: u64, until: u64, waited: Duration },
@@ -67,12 +70,20 @@ pub struct Copied {
 }
 
 /// Stages a fresh copy of `range` on `dest`: what it held of the range is dropped, then
-/// every store shard's users are copied.
-pub async fn copy_range(dest: &Node, source: &impl RangeSource, range: HashRange) -> Result<Copied, PullError> {
+/// every store shard's users are copied, while `going` answers true.
+pub async fn copy_range(
+    dest: &Node,
+    source: &impl RangeSource,
+    range: HashRange,
+    going: impl Fn() -> bool,
+) -> Result<Copied, PullError> {
     dest.drop_unowned_range(range).await?;
     let mut epoch = None;
     let (mut oldest, mut commands) = (Lsn(u64::MAX), 0);
     for shard in 0..dest.shard_count() {
+        if !going() {
+            return Err(PullError::Stopped);
+        }
         let copy = source.copy(range, shard).await?;
         same_epoch(&mut epoch, copy.epoch)?;
         oldest = oldest.min(copy.applied);
