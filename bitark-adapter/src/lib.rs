@@ -38,6 +38,7 @@ pub mod rollout;
 pub mod router;
 pub mod server;
 pub mod shards;
+pub mod shards_move;
 
 pub use config::AppConfig;
 

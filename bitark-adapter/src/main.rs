@@ -188,6 +188,52 @@ enum ShardsAction {
         #[arg(long)]
         expect_version: Option<u64>,
     },
+    /// Move one range of the map, with its users, to another group while writes go on:
+    /// copy, catch up, a short pause of the range's writes, one transaction in etcd.
+    Move {
+        /// The range, exactly as `bitark shards show` lists it.
+        range: String,
+        /// The group that takes it.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        pause: MoveArgs,
+    },
+    /// Abort a move that has not committed: the source takes the range's writes again.
+    Abort { range: String },
+    /// Move a range a finished move took back to the group it came from.
+    Rollback {
+        range: String,
+        #[command(flatten)]
+        pause: MoveArgs,
+    },
+    /// Print every recorded move and its phase.
+    Status,
+}
+
+#[derive(clap::Args)]
+struct MoveArgs {
+    /// Longest the range's writes may pause; past it the move aborts.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    max_pause: std::time::Duration,
+    /// Source records still to replay at which the cutover starts.
+    #[arg(long, default_value_t = 1000)]
+    max_lag: u64,
+    /// The controller's lease in etcd: how soon another controller may take over the
+    /// move once this one is gone.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    claim_ttl: std::time::Duration,
+}
+
+impl MoveArgs {
+    fn options(&self) -> bitark_engine::sharding::controller::MoveOptions {
+        let defaults = bitark_engine::sharding::controller::MoveOptions::default();
+        bitark_engine::sharding::controller::MoveOptions {
+            max_pause: self.max_pause,
+            max_lag: self.max_lag,
+            ..defaults
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -299,6 +345,7 @@ fn main() -> ExitCode {
         },
         prefix: etcd.prefix.clone().unwrap_or_else(|| config.engine.coordination.etcd.prefix.clone()),
         timeout: config.engine.coordination.etcd.timeout.max(std::time::Duration::from_secs(2)),
+        admin_token: config.security.admin_token.expose().map(str::to_string),
     };
     if let Some(Command::Shards { action, etcd }) = &cli.command {
         use bitark_adapter::shards::Action;
@@ -311,6 +358,14 @@ fn main() -> ExitCode {
             ShardsAction::Split { range, at, expect_version } => {
                 Action::Split { range: range.clone(), at: at.clone(), expect_version: *expect_version }
             }
+            ShardsAction::Move { range, to, pause } => {
+                Action::Move { range: range.clone(), to: to.clone(), options: pause.options() }
+            }
+            ShardsAction::Rollback { range, pause } => {
+                Action::Rollback { range: range.clone(), options: pause.options() }
+            }
+            ShardsAction::Abort { range } => Action::Abort { range: range.clone() },
+            ShardsAction::Status => Action::Status,
         };
         let place = etcd_place(etcd);
         return offline("shards", async move { bitark_adapter::shards::run(place, action, say).await });

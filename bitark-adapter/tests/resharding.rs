@@ -256,3 +256,96 @@ async fn a_range_moves_by_hand_under_router_writes_and_nothing_acknowledged_is_l
     })
     .await;
 }
+
+/// `bitark shards move …` against `s`'s etcd, started and left running.
+fn spawn_move(s: &Sharded, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_bitark"))
+        .env_remove("BITARK_PROFILE")
+        .current_dir(std::env::temp_dir())
+        .args(["shards", "move"])
+        .args(args)
+        .args(["--etcd", &s.etcd.url(), "--prefix", support::sharded::PREFIX])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run bitark shards move")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bitark_shards_move_survives_a_sigkill_of_its_controller_and_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(s) = Sharded::start(&["a", "b"], 1).await else { return };
+    let router = router_builder(&s.etcd).arg("--frozen-hold").arg("30s").start().await;
+    let (a, b) = (&s.groups[0].master, &s.groups[1].master);
+    let (ok, _, err) = shards(&s.etcd, &["split", &s.map.ranges[1].range.to_string()]);
+    assert!(ok, "{err}");
+    wait_until(WITHIN, "group b to log the two halves", async || {
+        support::metric(b, "bitark_shard_owned_ranges", &[]).await == Some(2.0)
+    })
+    .await;
+    let moving = bitark_common::HashRange::new(0xc000_0000_0000_0000, 1 << 64).unwrap();
+    let range = moving.to_string();
+    let p = s.map.partitioner;
+    let users: Vec<u64> = (1..).filter(|u| moving.contains(p.hash(*u))).take(24).collect();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writes = writer(router.url(), users.clone(), stop.clone());
+    wait_until(WITHIN, "writes to flow to group b", async || {
+        support::counter(&router, "bitark_router_requests_total", &[("group", "b"), ("status", "200")]).await > 200
+    })
+    .await;
+
+    // The first controller is killed as soon as the destination copies.
+    let args = ["--to", "a", "--claim-ttl", "2s", "--max-pause", "5s"];
+    let mut first = spawn_move(&s, &[&range, args[0], args[1], args[2], args[3], args[4], args[5]]);
+    wait_until(WITHIN, "the destination to start its copy", async || {
+        let (_, _, body) = call(&a.url(), Method::GET, "/admin/shard/incoming", None).await;
+        body.as_array().is_some_and(|all| !all.is_empty())
+    })
+    .await;
+    first.kill().expect("SIGKILL the controller");
+    first.wait().unwrap();
+    // Another controller takes the move on once the first one's claim lapses.
+    let mut last = (false, String::new(), String::new());
+    let finished = support::poll_until(Duration::from_secs(60), async || {
+        let etcd_url = s.etcd.url();
+        let mut all = vec!["move".to_string(), range.clone()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        last = tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_bitark"))
+                .env_remove("BITARK_PROFILE")
+                .current_dir(std::env::temp_dir())
+                .arg("shards")
+                .args(&all)
+                .args(["--etcd", &etcd_url, "--prefix", support::sharded::PREFIX])
+                .output()
+                .unwrap();
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (out.status.success(), text(&out.stdout), text(&out.stderr))
+        })
+        .await
+        .unwrap();
+        last.0 || !last.2.contains("another controller holds")
+    })
+    .await;
+    assert!(finished && last.0, "the second controller did not finish the move: {last:?}");
+    assert!(last.1.contains("resuming") || last.1.contains("done already"), "{}", last.1);
+    let a_writes =
+        async || support::counter(&router, "bitark_router_requests_total", &[("group", "a"), ("status", "200")]).await;
+    wait_until(WITHIN, "the moved users' writes to land on group a", async || a_writes().await > 100).await;
+    stop.store(true, Ordering::Release);
+    let (taken, failed) = writes.await.unwrap();
+    assert!(failed.is_empty(), "writes of the moving range failed: {failed:?}");
+    let api = Api::new(&router.url());
+    for user in &users {
+        let msgs: Vec<u64> = taken.iter().filter(|(u, _)| u == user).map(|(_, m)| *m).collect();
+        for part in msgs.chunks(500) {
+            assert!(api.check(*user, part).await.unwrap().iter().all(|r| *r), "user {user} lost a write");
+        }
+    }
+    let (ok, out, err) = shards(&s.etcd, &["status"]);
+    assert!(ok && out.contains("\"phase\":\"done\"") && out.contains("pause"), "{out}{err}");
+    wait_until(WITHIN, "group b to hold no user it does not own", async || {
+        support::metric(b, "bitark_shard_unowned_users", &[]).await == Some(0.0)
+    })
+    .await;
+}

@@ -351,6 +351,11 @@ impl ShardMap {
         &self.ranges[i.saturating_sub(1)]
     }
 
+    /// The group that owns `range` as one of the map's ranges.
+    pub fn owner_of_range(&self, range: HashRange) -> Option<&GroupId> {
+        self.ranges.iter().find(|r| r.range == range).map(|r| &r.group)
+    }
+
     /// The groups that own a range, each once, in the order of their first range.
     pub fn groups(&self) -> Vec<GroupId> {
         let mut out: Vec<GroupId> = Vec::new();

@@ -1,7 +1,7 @@
 //! Many replication groups, each owning part of the users: the shard map kept in etcd
 //! (`store.rs`), what a node or router knows of
 //! the other groups (`directory.rs`), a node's part in its group (`member.rs`:
-//! following the map, logging its ownership, announcing a static master), a move's data
+//! following the map, logging its ownership, announcing a static master), a move's controller (`controller.rs`), a move's data
 //! pulled by its destination (`pull.rs`, run for each incoming range by `incoming.rs`), and the keys each group keeps under its own prefix.
 //!
 //! Keys, under `coordination.etcd.prefix`:
@@ -10,6 +10,7 @@
 //! - `<prefix>/groups/<group>/…`: a group's own coordination keys (`leader`, `epoch`,
 //!   `acked`, `members/<node id>`), as an unsharded cluster keeps them at `<prefix>/…`.
 
+pub mod controller;
 mod directory;
 pub mod incoming;
 pub(crate) mod incoming_state;
