@@ -151,6 +151,13 @@ pub(super) async fn send(shared: &Shared, target: Target, out: &Outgoing<'_>) ->
         };
         match next_step(&answer, directory.map.version, &base, matches!(target, Target::User(_))) {
             Step::Answer => {}
+            Step::Behind => {
+                if pause_for(deadline, Hold::STEP).await {
+                    // Bounded by `--failover-wait`, not by the sends left.
+                    sends -= 1;
+                    continue;
+                }
+            }
             Step::Hold => {
                 if held.wait(shared).await {
                     // Held, not redirected: the sends left are kept for redirects.
@@ -202,6 +209,9 @@ enum Step {
     Follow(String),
     /// A write to a range frozen for a move: hold it until the move's cutover ends.
     Hold,
+    /// The node has not logged the map the router uses yet (a move's destination just
+    /// after the commit): look again very soon.
+    Behind,
     /// Nothing was done and it may soon be: wait a moment (reading etcd again first when
     /// `refresh`) and send again, or pass the answer on once the wait is over.
     Wait { refresh: bool, kind: Option<&'static str> },
@@ -219,7 +229,7 @@ fn next_step(answer: &Answer, ours: u64, base: &str, by_user: bool) -> Step {
         "wrong_shard" if by_user => match peek.map_version.unwrap_or(0) {
             theirs if theirs > ours => Step::NewerMap,
             // The node has not logged the map the router uses yet: it soon will.
-            theirs if theirs < ours => Step::Wait { refresh: false, kind: None },
+            theirs if theirs < ours => Step::Behind,
             _ => Step::Answer,
         },
         "not_master" => {
@@ -246,7 +256,11 @@ fn unreachable(group: &GroupId, base: &str, e: &SendError) -> Failure {
 
 /// Waits a moment before another send, unless that would pass `deadline`.
 async fn pause(deadline: Instant) -> bool {
-    let step = Duration::from_millis(50);
+    pause_for(deadline, Duration::from_millis(50)).await
+}
+
+/// Waits `step` before another send, unless that would pass `deadline`.
+async fn pause_for(deadline: Instant, step: Duration) -> bool {
     if Instant::now() + step >= deadline {
         return false;
     }
@@ -362,7 +376,7 @@ mod tests {
     fn wrong_shard_reads_the_map_again_only_from_a_node_that_knows_a_newer_one() {
         let refused = |v: u64| answer(409, serde_json::json!({"error": "wrong_shard", "mapVersion": v}));
         assert_eq!(next_step(&refused(5), 4, "http://a", true), Step::NewerMap);
-        assert_eq!(next_step(&refused(3), 4, "http://a", true), Step::Wait { refresh: false, kind: None });
+        assert_eq!(next_step(&refused(3), 4, "http://a", true), Step::Behind);
         assert_eq!(next_step(&refused(4), 4, "http://a", true), Step::Answer, "the same map: the node is right");
         assert_eq!(next_step(&refused(9), 4, "http://a", false), Step::Answer, "a fanned-out part");
     }
