@@ -170,24 +170,31 @@ fn writer(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_range_moves_by_hand_under_router_writes_and_nothing_acknowledged_is_lost() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let Some(s) = Sharded::start(&["a", "b"], 1).await else { return };
-    // A long hold: the test is of what is kept, not of how long the pause is.
+/// Two groups a and b with a slave each, group b's half split in two, and a router that
+/// holds frozen writes long (the tests are of what is kept, not of the pause): the top
+/// quarter, the range that moves, and 24 of its users.
+async fn top_quarter_to_move() -> Option<(Sharded, support::Node, bitark_common::HashRange, Vec<u64>)> {
+    let s = Sharded::start(&["a", "b"], 1).await?;
     let router = router_builder(&s.etcd).arg("--frozen-hold").arg("30s").start().await;
-    let (a, b) = (&s.groups[0].master, &s.groups[1].master);
-    // The top quarter of group b's half moves to group a: split it off first.
     let (ok, _, err) = shards(&s.etcd, &["split", &s.map.ranges[1].range.to_string()]);
     assert!(ok, "{err}");
+    let b = &s.groups[1].master;
     wait_until(WITHIN, "group b to log the two halves", async || {
         support::metric(b, "bitark_shard_owned_ranges", &[]).await == Some(2.0)
     })
     .await;
     let moving = bitark_common::HashRange::new(0xc000_0000_0000_0000, 1 << 64).unwrap();
-    let range = moving.to_string();
     let p = s.map.partitioner;
-    let users: Vec<u64> = (1..).filter(|u| moving.contains(p.hash(*u))).take(24).collect();
+    let users = (1..).filter(|u| moving.contains(p.hash(*u))).take(24).collect();
+    Some((s, router, moving, users))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_moves_by_hand_under_router_writes_and_nothing_acknowledged_is_lost() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some((s, router, moving, users)) = top_quarter_to_move().await else { return };
+    let (a, b) = (&s.groups[0].master, &s.groups[1].master);
+    let (range, p) = (moving.to_string(), s.map.partitioner);
     let others: Vec<u64> = s.users_of(1, 40).into_iter().filter(|u| !moving.contains(p.hash(*u))).take(8).collect();
 
     let stop = std::sync::Arc::new(AtomicBool::new(false));
@@ -274,19 +281,9 @@ fn spawn_move(s: &Sharded, args: &[&str]) -> std::process::Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bitark_shards_move_survives_a_sigkill_of_its_controller_and_loses_nothing() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let Some(s) = Sharded::start(&["a", "b"], 1).await else { return };
-    let router = router_builder(&s.etcd).arg("--frozen-hold").arg("30s").start().await;
+    let Some((s, router, moving, users)) = top_quarter_to_move().await else { return };
     let (a, b) = (&s.groups[0].master, &s.groups[1].master);
-    let (ok, _, err) = shards(&s.etcd, &["split", &s.map.ranges[1].range.to_string()]);
-    assert!(ok, "{err}");
-    wait_until(WITHIN, "group b to log the two halves", async || {
-        support::metric(b, "bitark_shard_owned_ranges", &[]).await == Some(2.0)
-    })
-    .await;
-    let moving = bitark_common::HashRange::new(0xc000_0000_0000_0000, 1 << 64).unwrap();
     let range = moving.to_string();
-    let p = s.map.partitioner;
-    let users: Vec<u64> = (1..).filter(|u| moving.contains(p.hash(*u))).take(24).collect();
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let writes = writer(router.url(), users.clone(), stop.clone());
     wait_until(WITHIN, "writes to flow to group b", async || {

@@ -35,6 +35,19 @@ fn map() -> ShardMap {
     ShardMap::even(&[g("s"), g("d")]).unwrap()
 }
 
+/// Masters of groups s and d on the two directories, each holding its ownership of
+/// [`map`].
+fn source_and_destination(
+    rt: &tokio::runtime::Runtime,
+    dir_s: &std::path::Path,
+    dir_d: &std::path::Path,
+) -> (Node, Node, ShardMap) {
+    let (s, d, map) = (master(dir_s, "s"), master(dir_d, "d"), map());
+    rt.block_on(s.set_ownership(map.ownership(&g("s")))).unwrap();
+    rt.block_on(d.set_ownership(map.ownership(&g("d")))).unwrap();
+    (s, d, map)
+}
+
 fn lower() -> HashRange {
     map().ranges[0].range
 }
@@ -65,10 +78,7 @@ async fn write_until(node: Node, users: Vec<u64>, stop: Arc<AtomicBool>) -> Vec<
 fn a_range_moves_under_writes_and_the_destination_holds_exactly_the_source_s_users() {
     let (dir_s, dir_d) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let rt = runtime();
-    let (s, d) = (master(dir_s.path(), "s"), master(dir_d.path(), "d"));
-    let map = map();
-    rt.block_on(s.set_ownership(map.ownership(&g("s")))).unwrap();
-    rt.block_on(d.set_ownership(map.ownership(&g("d")))).unwrap();
+    let (s, d, map) = source_and_destination(&rt, dir_s.path(), dir_d.path());
     let range = lower();
     let users = users_in(&map, &range, 200);
     for &user in &users {
@@ -186,10 +196,7 @@ impl RangeSource for FailsOver {
 fn a_failover_in_the_source_stops_the_pull_and_a_new_copy_starts_clean() {
     let (dir_s, dir_d) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let rt = runtime();
-    let (s, d) = (master(dir_s.path(), "s"), master(dir_d.path(), "d"));
-    let map = map();
-    rt.block_on(s.set_ownership(map.ownership(&g("s")))).unwrap();
-    rt.block_on(d.set_ownership(map.ownership(&g("d")))).unwrap();
+    let (s, d, map) = source_and_destination(&rt, dir_s.path(), dir_d.path());
     let range = lower();
     let users = users_in(&map, &range, 50);
     for &user in &users {

@@ -139,6 +139,7 @@ fn parse_range(text: &str) -> Result<HashRange, ApiError> {
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 409, description = "`owned_range`: the range overlaps one this group owns; `not_sharded`; `not_master`", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody),
     ))]
 pub async fn start_incoming(
     State(state): State<AppState>,
@@ -163,6 +164,7 @@ pub async fn start_incoming(
     responses(
         (status = 200, body = [IncomingStatus]),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody),
     ))]
 pub async fn incoming(State(state): State<AppState>) -> Result<Json<Vec<IncomingStatus>>, ApiError> {
     Ok(Json(state.node()?.incoming()))
@@ -177,6 +179,8 @@ pub async fn incoming(State(state): State<AppState>) -> Result<Json<Vec<Incoming
         (status = 400, description = "`invalid_range`, or a malformed body", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "`not_found`: no incoming move of the range runs here", body = ErrorBody),
+        (status = 415, description = "Body is not application/json", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody),
         (status = 504, description = "`drain_timeout`: not replayed that far in time; `replication_timeout`: not yet on the slaves the ack mode needs", body = ErrorBody),
     ))]
 pub async fn drain_incoming(
@@ -198,8 +202,11 @@ pub async fn drain_incoming(
     request_body(content = RangeRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Stopped", body = [IncomingStatus]),
+        (status = 400, description = "`invalid_range`, or a malformed body", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "`not_found`: no incoming move of the range runs here", body = ErrorBody),
+        (status = 415, description = "Body is not application/json", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody),
     ))]
 pub async fn stop_incoming(
     State(state): State<AppState>,
@@ -222,6 +229,8 @@ pub async fn stop_incoming(
         (status = 400, description = "`invalid_range`, or a malformed body", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 409, description = "`owned_range`: the range overlaps one this group owns; `not_sharded`; `not_master`", body = ErrorBody),
+        (status = 415, description = "Body is not application/json", body = ErrorBody),
+        (status = 503, description = "Starting, or the write path cannot log (see the write endpoints)", body = ErrorBody),
     ))]
 pub async fn drop_range(
     State(state): State<AppState>,
