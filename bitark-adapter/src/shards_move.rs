@@ -6,7 +6,7 @@
 use bitark_common::{GroupId, HashRange};
 use bitark_engine::sharding::controller::{GroupSteps, StepError};
 use bitark_engine::sharding::incoming::IncomingStatus;
-use bitark_engine::sharding::read_directory;
+use bitark_engine::sharding::read_master;
 use bitark_infra::etcd::Etcd;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -69,9 +69,8 @@ impl HttpSteps {
 impl GroupSteps for HttpSteps {
     async fn master(&self, group: &GroupId) -> Result<String, StepError> {
         let failed = |reason: String| StepError { step: "find the master", url: self.prefix.clone(), reason };
-        let directory = read_directory(&self.etcd, &self.prefix).await.map_err(|e| failed(e.to_string()))?;
-        let directory = directory.ok_or_else(|| failed("no shard map".into()))?;
-        directory.masters.get(group).cloned().ok_or_else(|| failed(format!("group {group} has no master in etcd")))
+        let master = read_master(&self.etcd, &self.prefix, group).await.map_err(|e| failed(e.to_string()))?;
+        master.ok_or_else(|| failed(format!("group {group} has no master in etcd")))
     }
 
     async fn start_incoming(&self, dest: &str, range: HashRange, source: &str) -> Result<(), StepError> {

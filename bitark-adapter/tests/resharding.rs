@@ -346,3 +346,24 @@ async fn bitark_shards_move_survives_a_sigkill_of_its_controller_and_loses_nothi
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_s_last_range_moves_and_the_group_drops_its_copy() {
+    let Some(s) = Sharded::start(&["a", "b"], 0).await else { return };
+    let b = &s.groups[1].master;
+    for user in s.users_of(1, 20) {
+        b.api().mark_read(user, 5).await.unwrap();
+    }
+    let range = s.map.ranges[1].range.to_string();
+    let (ok, out, err) = shards(&s.etcd, &["move", &range, "--to", "a"]);
+    // Group b owns no range once the move commits: its master is still found to drop.
+    assert!(ok && out.contains("the source dropped its copy"), "{out}{err}");
+    wait_until(WITHIN, "group b to hold no user", async || {
+        support::metric(b, "bitark_shard_unowned_users", &[]).await == Some(0.0)
+    })
+    .await;
+    let api = s.groups[0].master.api();
+    for user in s.users_of(1, 20) {
+        assert_eq!(api.check(user, &[5]).await.unwrap(), vec![true], "user {user} moved with its mark");
+    }
+}

@@ -107,6 +107,13 @@ impl ShardView {
     }
 }
 
+/// The URL in `group`'s leader key, whether or not the map gives it a range (a move's
+/// source after its last range went).
+pub async fn read_master(etcd: &Etcd, prefix: &str, group: &GroupId) -> Result<Option<String>, ShardError> {
+    let (kv, _) = etcd.get(&format!("{}/leader", group_prefix(prefix, group))).await?;
+    Ok(kv.and_then(|kv| serde_json::from_slice::<Leader>(&kv.value).ok()).map(|leader| leader.url))
+}
+
 /// Reads the map and every group's leader key once.
 pub async fn read_directory(etcd: &Etcd, prefix: &str) -> Result<Option<Directory>, ShardError> {
     let Some(Versioned { map, .. }) = ShardMapStore::new(etcd.clone(), prefix).read().await? else {
@@ -115,10 +122,8 @@ pub async fn read_directory(etcd: &Etcd, prefix: &str) -> Result<Option<Director
     let (mut masters, mut members) = (HashMap::new(), HashMap::new());
     for group in map.groups() {
         let keys = group_prefix(prefix, &group);
-        if let (Some(kv), _) = etcd.get(&format!("{keys}/leader")).await? {
-            if let Ok(leader) = serde_json::from_slice::<Leader>(&kv.value) {
-                masters.insert(group.clone(), leader.url);
-            }
+        if let Some(url) = read_master(etcd, prefix, &group).await? {
+            masters.insert(group.clone(), url);
         }
         let records = etcd.get_prefix(&format!("{keys}/members/")).await?;
         let urls: Vec<String> =

@@ -18,7 +18,7 @@ pub mod member;
 pub mod pull;
 mod store;
 
-pub use directory::{follow, read_directory, Directory, ShardView, WatchState};
+pub use directory::{follow, read_directory, read_master, Directory, ShardView, WatchState};
 pub use store::{map_key, MapKv, ShardError, ShardMapStore, Versioned};
 
 use bitark_common::GroupId;
