@@ -173,7 +173,10 @@ for i in $(seq 1 "$moves"); do
   kill -0 "$wrk_pid" 2>/dev/null || break
 done
 wait "$wrk_pid" || fail "wrk failed under moves: $(cat "$work/loaded.out")"
-grep -q 'Non-2xx' "$work/loaded.out" && fail "non-2xx answers under moves: $(cat "$work/loaded.out")"
+grep -q 'Non-2xx' "$work/loaded.out" &&
+  fail "non-2xx answers under moves: $(cat "$work/loaded.out")
+$(curl -sf "$router/actuator/prometheus" | grep -E '^bitark_router_(requests|redirects)_total')
+$(grep -h -i -E 'warn|error' "$work"/*.log | tail -20)"
 echo "moves: $(grep '^RESULT' "$work/loaded.out")" | tee -a "$results"
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

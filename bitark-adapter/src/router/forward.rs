@@ -228,9 +228,10 @@ fn next_step(answer: &Answer, ours: u64, base: &str, by_user: bool) -> Step {
     match peek.error.as_str() {
         "wrong_shard" if by_user => match peek.map_version.unwrap_or(0) {
             theirs if theirs > ours => Step::NewerMap,
-            // The node has not logged the map the router uses yet: it soon will.
-            theirs if theirs < ours => Step::Behind,
-            _ => Step::Answer,
+            // The node has not logged the map the router uses yet: it soon will. It may
+            // know that map already (its directory) and name its version, so the same
+            // version means the same: by this map the node's group owns the user.
+            _ => Step::Behind,
         },
         "not_master" => {
             match peek.master_url.filter(|u| !u.is_empty() && u.trim_end_matches('/') != base.trim_end_matches('/')) {
@@ -377,7 +378,7 @@ mod tests {
         let refused = |v: u64| answer(409, serde_json::json!({"error": "wrong_shard", "mapVersion": v}));
         assert_eq!(next_step(&refused(5), 4, "http://a", true), Step::NewerMap);
         assert_eq!(next_step(&refused(3), 4, "http://a", true), Step::Behind);
-        assert_eq!(next_step(&refused(4), 4, "http://a", true), Step::Answer, "the same map: the node is right");
+        assert_eq!(next_step(&refused(4), 4, "http://a", true), Step::Behind, "it knows the map, not logged it yet");
         assert_eq!(next_step(&refused(9), 4, "http://a", false), Step::Answer, "a fanned-out part");
     }
 
