@@ -123,7 +123,8 @@ pub struct Logged {
     pub lsn: u64,
 }
 
-fn parse_range(text: &str) -> Result<HashRange, ApiError> {
+/// A range as a request names it (`START..END` in hex); `400 invalid_range` otherwise.
+pub(crate) fn parse_range(text: &str) -> Result<HashRange, ApiError> {
     text.parse().map_err(|e| ApiError::bad_request("invalid_range", format!("{e}")))
 }
 

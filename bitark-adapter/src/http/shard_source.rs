@@ -29,7 +29,7 @@ fn range_of(query: &QueryParams) -> Result<HashRange, ApiError> {
     let text = query
         .text("range")
         .ok_or_else(|| ApiError::bad_request("invalid_query", "query parameter `range` is required"))?;
-    text.parse().map_err(|e| ApiError::bad_request("invalid_range", format!("{e}")))
+    super::moves::parse_range(text)
 }
 
 /// The commands as records of `epoch`, numbered from 1 within the answer.
