@@ -24,37 +24,8 @@ users=${1:-200000}
 moves=${2:-10}
 secs=${3:-20}
 
-sudo=""
-[ "$(id -u)" = 0 ] || sudo=sudo
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v etcd >/dev/null || missing+=(etcd-server)
-if [ ${#missing[@]} -gt 0 ]; then
-  $sudo apt-get install -y "${missing[@]}" || { $sudo apt-get update && $sudo apt-get install -y "${missing[@]}"; }
-fi
-target=${CARGO_TARGET_DIR:-$root/target}
-CARGO_TARGET_DIR=$target cargo build --release --quiet --bin bitark -p bitark-adapter
-bin=$target/release/bitark
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "move.sh: $*" >&2; exit 1; }
-free_port() {
-  local p=$1
-  while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
-  echo "$p"
-}
-wait_for() {
-  local what=$1; shift
-  for _ in $(seq 1 300); do "$@" >/dev/null 2>&1 && return; sleep 0.1; done
-  fail "$what did not start"
-}
+name=move.sh
+source "$root/bench/lib/sharded.sh"
 ecport=$(free_port "${BENCH_PORT:-18800}")
 epport=$(free_port $((ecport + 1)))
 aport=$(free_port $((epport + 1)))
@@ -65,11 +36,7 @@ a=http://127.0.0.1:$aport
 b=http://127.0.0.1:$bport
 router=http://127.0.0.1:$rport
 
-etcd --data-dir "$work/etcd" --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
-  --listen-peer-urls "http://127.0.0.1:$epport" --initial-advertise-peer-urls "http://127.0.0.1:$epport" \
-  --initial-cluster "default=http://127.0.0.1:$epport" >"$work/etcd.log" 2>&1 &
-pids+=($!)
-wait_for etcd curl -sf "$etcd_url/health"
+start_etcd "$ecport" "$epport"
 shards() { (cd "$work" && "$bin" shards --etcd "$etcd_url" --prefix /bench "$@"); }
 shards init --groups a,b >/dev/null
 upper=0x8000000000000000..0x10000000000000000
